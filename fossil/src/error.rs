@@ -1,0 +1,46 @@
+//! fossil's one error type. The FUSE adapter maps it to an errno in one place.
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("name too long ({len} bytes, at most {max})")]
+    NameTooLong { len: usize, max: usize },
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("operation not permitted")]
+    NotPermitted,
+    #[error("read-only (snapshot)")]
+    ReadOnly,
+    #[error("no such attribute")]
+    NoAttribute,
+    #[error("value too large for the buffer")]
+    Range,
+    #[error("no space left on device")]
+    NoSpace,
+    #[error("not supported")]
+    Unsupported,
+    #[error("stale file handle")]
+    StaleHandle,
+    #[error("too many links")]
+    TooManyLinks,
+    #[error("block store: {0}")]
+    Store(#[from] venti::Error),
+    #[error("namespace database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("corrupt {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}

@@ -1,0 +1,5 @@
+//! net — Kith's devices, agreement and block movement.
+//!
+//! This crate will hold device identity, the QUIC transport, the per-volume Paxos
+//! group and block exchange. It depends on fossil and
+//! venti; nothing below it depends on it.

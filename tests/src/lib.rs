@@ -1,0 +1,1 @@
+//! Helpers for Kith's integration tests: real mounts, real daemons, real stores.
