@@ -1,0 +1,1 @@
+//! paxos — one Multi-Paxos group per Kith volume, as a sans-IO state machine.
