@@ -10,6 +10,8 @@
 //! numbers, names and byte ranges, and the `kith` binary adapts that to the kernel.
 
 pub mod error;
+pub mod log;
+pub mod op;
 pub mod types;
 pub mod volume;
 
