@@ -1,5 +1,333 @@
-//! `kith`: the command line, the daemon and the FUSE adapter.
+//! `kith`: the command line, the daemon and the FUSE adapter, in one binary.
+//!
+//! ```text
+//! kith mount DIR [--foreground]   start a daemon serving the store at DIR
+//! kith unmount DIR                flush, sync and unmount (or detach a dead mount)
+//! kith status                     what each running daemon serves
+//! kith snapshot [NAME]            record a read-only snapshot under .snapshots/NAME
+//! kith verify                     read back every file and directory of the store
+//! ```
+//!
+//! Every command takes `--store PATH` (default: the `store` of config.toml, else
+//! `$XDG_DATA_HOME/kith/store`). The first command creates the device identity and
+//! the store; nothing else needs setting up.
+//!
+//! Modules: [`config`] (XDG paths, identity, config.toml), [`daemon`] (daemon life
+//! cycle, store lock, shutdown), [`control`] (the control socket protocol),
+//! [`fuse_fs`] (kernel requests → `fossil::Volume`, the errno mapping), [`mounts`]
+//! (mount point checks, the mount table), [`verify`] (the read-back walk).
+//!
+//! Failures print one line, `kith: <what went wrong>`, and exit with status 1.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("kith: not built yet")
+mod config;
+mod control;
+mod daemon;
+mod error;
+mod fuse_fs;
+mod mounts;
+mod verify;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Dirs};
+use crate::control::Request;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kith",
+    version,
+    about = "Kith: an end-to-end encrypted file system for your devices and friends"
+)]
+struct Cli {
+    /// The store to use (default: `store` in config.toml, else $XDG_DATA_HOME/kith/store).
+    #[arg(long, global = true, value_name = "PATH")]
+    store: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mount the store at DIR (starts a background daemon).
+    Mount {
+        /// An existing, empty directory.
+        dir: PathBuf,
+        /// Stay in the foreground and log to stderr; Ctrl-C unmounts.
+        #[arg(long)]
+        foreground: bool,
+        /// Internal: report "ready"/"error …" on stdout for the parent `kith mount`.
+        #[arg(long, hide = true)]
+        notify_stdout: bool,
+    },
+    /// Flush, sync and unmount DIR; detach it if its daemon died.
+    Unmount { dir: PathBuf },
+    /// Show what the running daemons serve.
+    Status,
+    /// Record a read-only snapshot of the volume (default name: the UTC time).
+    Snapshot { name: Option<String> },
+    /// Read back every file, directory and link of the store; exit 1 on any problem.
+    Verify,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_daemon = matches!(
+        cli.command,
+        Command::Mount {
+            foreground: true,
+            ..
+        }
+    );
+    init_logging(is_daemon);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kith: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let dirs = Dirs::from_env()?;
+    let config = Config::load(&dirs.config_file())?;
+    let store_given = cli.store.is_some();
+    let store = config::absolute(
+        &cli.store
+            .or_else(|| config.store.clone())
+            .unwrap_or_else(|| dirs.default_store()),
+    )?;
+    match cli.command {
+        Command::Mount {
+            dir,
+            foreground,
+            notify_stdout,
+        } => {
+            let plan = daemon::MountPlan {
+                mount_point: config::absolute(&dir)?,
+                dirs,
+                config,
+                store,
+            };
+            if foreground {
+                daemon::run_foreground(&plan, notify_stdout)
+            } else {
+                let message = daemon::spawn_background(&plan)?;
+                println!("kith: {message}");
+                Ok(())
+            }
+        }
+        Command::Unmount { dir } => unmount(&dirs, &config::absolute(&dir)?),
+        Command::Status => status(&dirs, store_given.then_some(store.as_path())),
+        Command::Snapshot { name } => {
+            let name = name.unwrap_or_else(utc_timestamp);
+            daemon::validate_snapshot_name(&name)?;
+            let socket = dirs.socket_for(&config::store_id(&store));
+            if control::is_alive(&socket) {
+                print!("{}", control::call(&socket, &Request::Snapshot(name))?);
+            } else {
+                let _lock = daemon::lock_store(&store, None)?;
+                let volume = fossil::Volume::open(&store)?;
+                volume.snapshot(&name)?;
+                volume.sync_all()?;
+                println!("snapshot {name} recorded (under .snapshots/{name})");
+            }
+            Ok(())
+        }
+        Command::Verify => {
+            let socket = dirs.socket_for(&config::store_id(&store));
+            let rendered = if control::is_alive(&socket) {
+                control::call(&socket, &Request::Verify)?
+            } else {
+                if !store.exists() {
+                    return Err(Error::NotRunning { store });
+                }
+                let _lock = daemon::lock_store(&store, None)?;
+                let volume = fossil::Volume::open(&store)?;
+                verify::verify(&volume).render()
+            };
+            print!("{rendered}");
+            match verify::problems_in(&rendered) {
+                Some(0) => Ok(()),
+                Some(count) => Err(Error::VerifyFailed { count }),
+                None => Err(Error::Remote("verify gave no result".into())),
+            }
+        }
+    }
+}
+
+/// The control sockets of all daemons that answer (stale ones are skipped).
+fn live_sockets(dirs: &Dirs) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(&dirs.runtime) else {
+        return Vec::new();
+    };
+    let mut sockets: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "sock"))
+        .filter(|path| control::is_alive(path))
+        .collect();
+    sockets.sort();
+    sockets
+}
+
+fn unmount(dirs: &Dirs, dir: &Path) -> Result<()> {
+    for socket in live_sockets(dirs) {
+        let Ok(served) = control::call(&socket, &Request::Mountpoint) else {
+            continue;
+        };
+        if Path::new(served.trim_end()) == dir {
+            print!("kith: {}", control::call(&socket, &Request::Unmount)?);
+            return Ok(());
+        }
+    }
+    // No live daemon serves it: a mount left behind by a daemon that died.
+    match mounts::mounted_at(dir) {
+        Some(entry) if entry.is_kith() => {
+            detach(dir)?;
+            println!(
+                "kith: detached {} (its daemon was no longer running)",
+                dir.display()
+            );
+            Ok(())
+        }
+        _ => Err(Error::NotAKithMount {
+            path: dir.to_owned(),
+        }),
+    }
+}
+
+fn detach(dir: &Path) -> Result<()> {
+    if daemon::is_root() {
+        return nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH).map_err(|errno| {
+            Error::Path {
+                what: "detach",
+                path: dir.to_owned(),
+                source: std::io::Error::from(errno),
+            }
+        });
+    }
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(dir)
+        .status()
+        .map_err(|source| Error::Path {
+            what: "run fusermount3 -u -z on",
+            path: dir.to_owned(),
+            source,
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Fuse(format!(
+            "fusermount3 -u -z {} failed ({status})",
+            dir.display()
+        )))
+    }
+}
+
+fn status(dirs: &Dirs, store: Option<&Path>) -> Result<()> {
+    let sockets = match store {
+        Some(store) => {
+            let socket = dirs.socket_for(&config::store_id(store));
+            if !control::is_alive(&socket) {
+                println!("store {}: not mounted", store.display());
+                return Ok(());
+            }
+            vec![socket]
+        }
+        None => live_sockets(dirs),
+    };
+    if sockets.is_empty() {
+        println!("no kith daemon is running");
+    }
+    for (i, socket) in sockets.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        print!("{}", control::call(socket, &Request::Status)?);
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DDTHHMMSSZ` in UTC (no colons: the name is a path component).
+fn utc_timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}{:02}{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn init_logging(is_daemon: bool) {
+    let default = if is_daemon { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_match_known_days() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_778), (2026, 11, 21));
+    }
+
+    #[test]
+    fn cli_parses_every_command() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|cli| cli.command);
+        assert!(matches!(
+            parse(&["kith", "mount", "/m", "--foreground"]),
+            Ok(Command::Mount {
+                foreground: true,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["kith", "unmount", "/m"]),
+            Ok(Command::Unmount { .. })
+        ));
+        assert!(matches!(parse(&["kith", "status"]), Ok(Command::Status)));
+        assert!(matches!(
+            parse(&["kith", "snapshot"]),
+            Ok(Command::Snapshot { name: None })
+        ));
+        assert!(matches!(parse(&["kith", "verify"]), Ok(Command::Verify)));
+        assert!(parse(&["kith", "mount"]).is_err());
+        let cli = Cli::try_parse_from(["kith", "status", "--store", "/s"]);
+        assert!(cli.is_ok_and(|c| c.store == Some(PathBuf::from("/s"))));
+    }
 }

@@ -1,0 +1,527 @@
+//! The daemon: one process per mounted store.
+//!
+//! Life of a daemon:
+//!
+//! 1. `kith mount DIR` (background mode) re-executes itself as
+//!    `kith mount --foreground --notify-stdout DIR` in its own process group, with
+//!    stdin closed, stderr appended to the store's log and stdout a pipe. It then
+//!    waits for the child's single status line — `ready` or `error MESSAGE` — and
+//!    reports it on the terminal. Re-exec rather than fork: the daemon starts threads
+//!    (fuser, control socket), and forking a threaded process is unsound.
+//! 2. The foreground daemon blocks SIGINT/SIGTERM/SIGHUP before any thread exists (so
+//!    every thread inherits the mask and one thread receives them with `sigwait`),
+//!    creates the identity on first run, takes an exclusive `flock` on the store (a
+//!    second daemon is refused, naming the holder), checks the mount point, opens the
+//!    volume, binds the control socket, mounts, and only then says `ready`.
+//! 3. It runs until a signal, `kith unmount`, or an external `umount`. Shutdown is
+//!    always: unmount (lazily if busy and a signal asked), let the FUSE threads end,
+//!    `Volume::sync_all`, remove the socket, drop the lock. A `kill -9` skips all of
+//!    that, which the volume must survive (fsync'd data is durable) — and the next
+//!    `kith unmount DIR` detaches the dead mount.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fossil::Volume;
+use nix::sys::signal::{SigSet, Signal};
+use parking_lot::Mutex;
+
+use crate::config::{self, Config, Dirs};
+use crate::control::{self, Handler, Request};
+use crate::error::{Error, Result};
+use crate::fuse_fs::{CacheTtls, KithFs};
+use crate::mounts;
+use crate::verify;
+
+/// How long `kith mount` waits for the daemon to report.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+/// After a signal, how long the FUSE threads get to finish once unmounted.
+const SESSION_END_TIMEOUT: Duration = Duration::from_secs(10);
+/// Name of the lock file inside the store directory.
+const LOCK_FILE: &str = "kith-daemon.lock";
+/// Holder description read back from a lock file, at most this long.
+const LOCK_INFO_BYTES_MAX: u64 = 4096;
+
+/// Everything a mount needs to know, resolved.
+#[derive(Clone, Debug)]
+pub struct MountPlan {
+    pub dirs: Dirs,
+    pub config: Config,
+    pub mount_point: PathBuf,
+    pub store: PathBuf,
+}
+
+impl MountPlan {
+    fn store_id(&self) -> String {
+        config::store_id(&self.store)
+    }
+}
+
+/// `kith mount` without `--foreground`: start a daemon and report how it went.
+pub fn spawn_background(plan: &MountPlan) -> Result<String> {
+    mounts::check_mount_point(&plan.mount_point)?;
+    plan.dirs.ensure_initialized()?;
+    let log_path = plan.dirs.log_for(&plan.store_id());
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|source| Error::Path {
+            what: "open the log",
+            path: log_path.clone(),
+            source,
+        })?;
+    let exe = std::env::current_exe().map_err(|source| Error::Path {
+        what: "find the kith executable",
+        path: PathBuf::from("/proc/self/exe"),
+        source,
+    })?;
+    let mut child = Command::new(exe)
+        .arg("--store")
+        .arg(&plan.store)
+        .arg("mount")
+        .arg("--foreground")
+        .arg("--notify-stdout")
+        .arg(&plan.mount_point)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        // Its own process group: a Ctrl-C meant for the shell does not reach it.
+        .process_group(0)
+        .spawn()
+        .map_err(|source| Error::Path {
+            what: "start the daemon",
+            path: plan.mount_point.clone(),
+            source,
+        })?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Startup("no pipe to the daemon".into()))?;
+    let (line_tx, line_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let read = BufReader::new(stdout.take(64 * 1024)).read_line(&mut line);
+        let _ = line_tx.send(read.map(|_| line));
+    });
+    let line = match line_rx.recv_timeout(STARTUP_TIMEOUT) {
+        Ok(Ok(line)) => line,
+        Ok(Err(error)) => return Err(Error::Startup(error.to_string())),
+        Err(_) => {
+            return Err(Error::Startup(format!(
+                "no answer within {} s; see {}",
+                STARTUP_TIMEOUT.as_secs(),
+                log_path.display()
+            )));
+        }
+    };
+    let line = line.trim_end();
+    if line == "ready" {
+        return Ok(format!(
+            "mounted {} (daemon pid {}, log {})",
+            plan.mount_point.display(),
+            child.id(),
+            log_path.display()
+        ));
+    }
+    if let Some(message) = line.strip_prefix("error ") {
+        let _ = child.wait();
+        return Err(Error::Startup(message.to_owned()));
+    }
+    let status = child
+        .wait()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|e| e.to_string());
+    Err(Error::Startup(format!(
+        "the daemon exited ({status}) before mounting; see {}",
+        log_path.display()
+    )))
+}
+
+/// `kith mount --foreground`: run the daemon in this process until it is told to stop.
+pub fn run_foreground(plan: &MountPlan, notify_stdout: bool) -> Result<()> {
+    // Before any thread exists: every later thread inherits the blocked set.
+    let signals = shutdown_signals();
+    signals
+        .thread_block()
+        .map_err(|e| Error::Startup(format!("cannot block signals: {e}")))?;
+    let running = match start(plan) {
+        Ok(running) => running,
+        Err(error) => {
+            if notify_stdout {
+                println!("error {}", error.to_string().replace('\n', " "));
+            }
+            return Err(error);
+        }
+    };
+    tracing::info!(
+        mount_point = %plan.mount_point.display(),
+        store = %plan.store.display(),
+        pid = std::process::id(),
+        "mounted"
+    );
+    if notify_stdout {
+        // The last thing ever written to stdout: the parent closes the pipe after it.
+        println!("ready");
+        let _ = std::io::stdout().flush();
+    }
+    running.serve()
+}
+
+/// The parts of a running daemon that shutdown needs.
+struct Running {
+    volume: Arc<Volume>,
+    events: mpsc::Receiver<Event>,
+    unmounter: fuser::SessionUnmounter,
+    mount_point: PathBuf,
+    socket: PathBuf,
+    _lock: File,
+}
+
+enum Event {
+    Signal(Signal),
+    Unmount(mpsc::Sender<std::result::Result<String, String>>),
+    SessionEnded(std::io::Result<()>),
+}
+
+fn start(plan: &MountPlan) -> Result<Running> {
+    plan.dirs.ensure_initialized()?;
+    std::fs::create_dir_all(&plan.store).map_err(|source| Error::Path {
+        what: "create the store",
+        path: plan.store.clone(),
+        source,
+    })?;
+    let lock = lock_store(&plan.store, Some(&plan.mount_point))?;
+    mounts::check_mount_point(&plan.mount_point)?;
+    let volume = Arc::new(Volume::open(&plan.store)?);
+    let socket_path = plan.dirs.socket_for(&plan.store_id());
+    let server = control::Server::bind(&socket_path)?;
+
+    let fs = KithFs::new(
+        volume.clone(),
+        CacheTtls {
+            entry: plan.config.entry_ttl,
+            attr: plan.config.attr_ttl,
+        },
+        is_root(),
+    );
+    let mut session = fuser::Session::new(fs, &plan.mount_point, &fuse_config(&plan.config))
+        .map_err(|error| mounts::mount_failure(&plan.mount_point, &error))?;
+    let unmounter = session.unmount_callable();
+
+    let (event_tx, events) = mpsc::channel();
+    let session_tx = event_tx.clone();
+    std::thread::Builder::new()
+        .name("kith-fuse".into())
+        .spawn(move || {
+            let _ = session_tx.send(Event::SessionEnded(session.run()));
+        })
+        .map_err(|e| Error::Startup(format!("cannot start the FUSE thread: {e}")))?;
+    let signal_tx = event_tx.clone();
+    std::thread::Builder::new()
+        .name("kith-signals".into())
+        .spawn(move || {
+            let signals = shutdown_signals();
+            while let Ok(signal) = signals.wait() {
+                if signal_tx.send(Event::Signal(signal)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| Error::Startup(format!("cannot start the signal thread: {e}")))?;
+    let handler = DaemonHandler {
+        volume: volume.clone(),
+        events: Mutex::new(event_tx),
+        info: DaemonInfo {
+            mount_point: plan.mount_point.clone(),
+            store: plan.store.clone(),
+            store_id: plan.store_id(),
+            device_id: plan.dirs.device_id().unwrap_or_default(),
+            started: Instant::now(),
+            fuse_threads: plan.config.fuse_threads,
+        },
+    };
+    let socket = server.path().to_owned();
+    server.spawn(Arc::new(handler))?;
+    Ok(Running {
+        volume,
+        events,
+        unmounter,
+        mount_point: plan.mount_point.clone(),
+        socket,
+        _lock: lock,
+    })
+}
+
+impl Running {
+    fn serve(mut self) -> Result<()> {
+        let mut waiting_unmounts = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let event = match deadline {
+                None => self.events.recv().ok(),
+                Some(deadline) => self
+                    .events
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .ok(),
+            };
+            match event {
+                Some(Event::Unmount(reply)) => match self.unmounter.unmount() {
+                    Ok(()) => waiting_unmounts.push(reply),
+                    Err(error) => {
+                        let message = if error.raw_os_error() == Some(libc::EBUSY) {
+                            "the mount point is busy (files open or a shell in it)".to_owned()
+                        } else {
+                            format!("unmount failed: {error}")
+                        };
+                        let _ = reply.send(Err(message));
+                    }
+                },
+                Some(Event::Signal(signal)) => {
+                    tracing::info!(?signal, "stopping");
+                    if let Err(error) = self.unmounter.unmount() {
+                        tracing::warn!(%error, "unmount failed; detaching lazily");
+                        let _ = nix::mount::umount2(
+                            &self.mount_point,
+                            nix::mount::MntFlags::MNT_DETACH,
+                        );
+                    }
+                    deadline.get_or_insert(Instant::now() + SESSION_END_TIMEOUT);
+                }
+                Some(Event::SessionEnded(result)) => {
+                    if let Err(error) = result {
+                        tracing::error!(%error, "the FUSE session failed");
+                    }
+                    break;
+                }
+                // Timed out waiting for the FUSE threads, or every sender is gone.
+                None => {
+                    tracing::warn!("FUSE threads did not finish; syncing and exiting anyway");
+                    break;
+                }
+            }
+        }
+        let synced = self.volume.sync_all();
+        let _ = std::fs::remove_file(&self.socket);
+        let answer = match &synced {
+            Ok(()) => Ok(format!("unmounted {}\n", self.mount_point.display())),
+            Err(error) => Err(format!("final sync failed: {error}")),
+        };
+        for reply in waiting_unmounts {
+            let _ = reply.send(answer.clone());
+        }
+        tracing::info!("stopped");
+        synced.map_err(Error::from)
+    }
+}
+
+#[derive(Debug)]
+struct DaemonInfo {
+    mount_point: PathBuf,
+    store: PathBuf,
+    store_id: String,
+    device_id: String,
+    started: Instant,
+    fuse_threads: usize,
+}
+
+struct DaemonHandler {
+    volume: Arc<Volume>,
+    events: Mutex<mpsc::Sender<Event>>,
+    info: DaemonInfo,
+}
+
+impl Handler for DaemonHandler {
+    fn handle(&self, request: Request) -> std::result::Result<String, String> {
+        match request {
+            Request::Ping => Ok("pong\n".into()),
+            Request::Mountpoint => Ok(format!("{}\n", self.info.mount_point.display())),
+            Request::Status => Ok(self.status()),
+            Request::Snapshot(name) => {
+                validate_snapshot_name(&name).map_err(|e| e.to_string())?;
+                self.volume
+                    .snapshot(&name)
+                    .and_then(|()| self.volume.sync_all())
+                    .map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "snapshot {name} recorded (under .snapshots/{name})\n"
+                ))
+            }
+            Request::Verify => Ok(verify::verify(&self.volume).render()),
+            Request::Unmount => {
+                let (reply_tx, reply_rx) = mpsc::channel();
+                self.events
+                    .lock()
+                    .send(Event::Unmount(reply_tx))
+                    .map_err(|_| "the daemon is stopping".to_owned())?;
+                reply_rx
+                    .recv()
+                    .map_err(|_| "the daemon stopped without answering".to_owned())?
+            }
+        }
+    }
+}
+
+impl DaemonHandler {
+    fn status(&self) -> String {
+        let info = &self.info;
+        let mut text = format!(
+            "mountpoint: {}\nstore: {}\nstore id: {}\ndevice: {}\npid: {}\nuptime: {} s\n\
+             mode: local (single device)\nfuse threads: {}\n",
+            info.mount_point.display(),
+            info.store.display(),
+            info.store_id,
+            info.device_id,
+            std::process::id(),
+            info.started.elapsed().as_secs(),
+            info.fuse_threads,
+        );
+        match self.volume.statfs() {
+            Ok(stat) => text.push_str(&format!(
+                "space: {} of {} blocks of {} bytes free\nfiles: {} used\n",
+                stat.blocks_available,
+                stat.blocks,
+                stat.block_size,
+                stat.files.saturating_sub(stat.files_free),
+            )),
+            Err(error) => text.push_str(&format!("space: unknown ({error})\n")),
+        }
+        text
+    }
+}
+
+/// Take the store's exclusive lock, or say who holds it. `mount_point` is recorded in
+/// the lock file for that message.
+pub fn lock_store(store: &Path, mount_point: Option<&Path>) -> Result<File> {
+    let path = store.join(LOCK_FILE);
+    let io_error = |source| Error::Path {
+        what: "lock",
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_error)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = (&file)
+                .take(LOCK_INFO_BYTES_MAX)
+                .read_to_string(&mut holder);
+            let holder = holder.trim().replace('\n', ", ");
+            return Err(Error::StoreBusy {
+                store: store.to_owned(),
+                holder: if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({holder})")
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(source)) => return Err(io_error(source)),
+    }
+    let mut info = format!("pid {}", std::process::id());
+    match mount_point {
+        Some(mount_point) => info.push_str(&format!("\nmounted at {}", mount_point.display())),
+        None => info.push_str("\nrunning a kith command"),
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(info.as_bytes()))
+        .map_err(io_error)?;
+    Ok(file)
+}
+
+pub fn validate_snapshot_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > 255 {
+        Some("it is longer than 255 bytes")
+    } else if name == "." || name == ".." {
+        Some("it is . or ..")
+    } else if name.contains('/') || name.contains('\0') || name.contains('\n') {
+        Some("it contains '/', a newline or NUL")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::SnapshotName {
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn fuse_config(config: &Config) -> fuser::Config {
+    use fuser::MountOption;
+    let mut fuse = fuser::Config::default();
+    fuse.mount_options = vec![
+        MountOption::FSName(mounts::FS_NAME.into()),
+        MountOption::Subtype(mounts::FS_NAME.into()),
+        MountOption::DefaultPermissions,
+    ];
+    // allow_other lets every user reach the mount (the kernel still checks their
+    // permissions: default_permissions); fusermount allows it to root only by default.
+    if is_root() {
+        fuse.acl = fuser::SessionACL::All;
+    }
+    fuse.n_threads = Some(config.fuse_threads);
+    fuse.clone_fd = true;
+    fuse
+}
+
+fn shutdown_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGHUP);
+    set
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_a_store_is_refused_naming_the_holder() -> anyhow::Result<()> {
+        let store = tempfile::tempdir()?;
+        let first = lock_store(store.path(), Some(Path::new("/mnt/kith")))?;
+        let second = lock_store(store.path(), None);
+        let message = second.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("already in use"), "{message}");
+        assert!(
+            message.contains(&format!("pid {}", std::process::id())),
+            "{message}"
+        );
+        assert!(message.contains("/mnt/kith"), "{message}");
+        drop(first);
+        assert!(lock_store(store.path(), None).is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn snapshot_names_are_single_path_components() {
+        assert!(validate_snapshot_name("2026-11-21T063000Z").is_ok());
+        assert!(validate_snapshot_name("before upgrade").is_ok());
+        for bad in ["", ".", "..", "a/b", "a\0b", "a\nb"] {
+            assert!(validate_snapshot_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_snapshot_name(&"x".repeat(256)).is_err());
+    }
+}
