@@ -1,0 +1,608 @@
+//! Wire and disk encoding: versioned, little-endian, length-prefixed, strict.
+//!
+//! `encode(envelope)` = `version u8 (=1) ‖ volume u128 ‖ config u64 ‖ ballot ‖ tag u8 ‖
+//! body`. A ballot is `epoch u64 ‖ round u64 ‖ node u64`; a vector is `count u32 ‖
+//! items`; bytes are `len u32 ‖ bytes`; `Option` is `0u8` or `1u8 ‖ value`. Decoding
+//! refuses input longer than `MESSAGE_BYTES_MAX`, any count or length above its bound or
+//! above what the remaining input could hold (so allocation is bounded by input size),
+//! unknown versions and tags, invalid configurations and trailing bytes. It never panics.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::ballot::Ballot;
+use crate::chain::ChainHash;
+use crate::config::Config;
+use crate::error::Error;
+use crate::ids::{ConfigId, NodeId, ReadId, Slot, VolumeId};
+use crate::limits::{
+    BATCH_ENTRIES_MAX, CATCHUP_ENTRIES_MAX, ENTRY_BYTES_MAX, FORWARD_ENTRIES_MAX, LEARNERS_MAX,
+    MESSAGE_BYTES_MAX, PROPOSERS_MAX, SNAPSHOT_BYTES_MAX, VOTERS_MAX,
+};
+use crate::message::{Body, Command, Entry, Envelope, Snapshot};
+
+/// Current encoding version.
+pub const VERSION: u8 = 1;
+
+/// Entries in one `Promise` (bounded by the acceptor window).
+const PROMISE_ENTRIES_MAX: usize = crate::limits::ACCEPT_WINDOW_SLOTS as usize;
+const RANKING_MAX: usize = VOTERS_MAX;
+
+/// Encodes a message.
+pub fn encode(envelope: &Envelope) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(VERSION);
+    out.extend_from_slice(&envelope.volume.0.to_le_bytes());
+    put_u64(&mut out, envelope.config.0);
+    put_ballot(&mut out, envelope.ballot);
+    encode_body(&envelope.body, &mut out);
+    out
+}
+
+/// Decodes a message, strictly (see the module comment).
+pub fn decode(bytes: &[u8]) -> Result<Envelope, Error> {
+    if bytes.len() > MESSAGE_BYTES_MAX {
+        return Err(Error::TooLarge {
+            what: "message",
+            len: bytes.len(),
+            max: MESSAGE_BYTES_MAX,
+        });
+    }
+    let mut r = Reader::new(bytes, "message");
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(Error::UnknownVersion {
+            what: "message",
+            version,
+        });
+    }
+    let volume = VolumeId(r.u128()?);
+    let config = ConfigId(r.u64()?);
+    let ballot = r.ballot()?;
+    let body = r.body()?;
+    r.finish()?;
+    Ok(Envelope {
+        volume,
+        config,
+        ballot,
+        body,
+    })
+}
+
+/// Appends the encoding of one entry (used by the chain hash and the durable store).
+pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
+    match entry {
+        Entry::Noop => out.push(0),
+        Entry::Command(c) => {
+            out.push(1);
+            put_command(out, c);
+        }
+        Entry::Reconfigure(config) => {
+            out.push(2);
+            put_config(out, config);
+        }
+    }
+}
+
+/// Decodes exactly one entry.
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, Error> {
+    let mut r = Reader::new(bytes, "entry");
+    let entry = r.entry()?;
+    r.finish()?;
+    Ok(entry)
+}
+
+/// Encodes a snapshot (versioned, for the durable store).
+pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
+    let mut out = vec![VERSION];
+    put_snapshot(&mut out, snapshot);
+    out
+}
+
+/// Decodes a snapshot written by [`encode_snapshot`].
+pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, Error> {
+    let mut r = Reader::new(bytes, "snapshot");
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(Error::UnknownVersion {
+            what: "snapshot",
+            version,
+        });
+    }
+    let snapshot = r.snapshot()?;
+    r.finish()?;
+    Ok(snapshot)
+}
+
+/// Encodes a ballot as 24 bytes (for the durable store).
+pub fn encode_ballot(ballot: Ballot) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24);
+    put_ballot(&mut out, ballot);
+    out
+}
+
+/// Decodes a ballot written by [`encode_ballot`].
+pub fn decode_ballot(bytes: &[u8]) -> Result<Ballot, Error> {
+    let mut r = Reader::new(bytes, "ballot");
+    let ballot = r.ballot()?;
+    r.finish()?;
+    Ok(ballot)
+}
+
+/// Encodes a command (for the durable proposal queue).
+pub fn encode_command(command: &Command) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_command(&mut out, command);
+    out
+}
+
+/// Decodes a command written by [`encode_command`].
+pub fn decode_command(bytes: &[u8]) -> Result<Command, Error> {
+    let mut r = Reader::new(bytes, "command");
+    let command = r.command()?;
+    r.finish()?;
+    Ok(command)
+}
+
+fn encode_body(body: &Body, out: &mut Vec<u8>) {
+    match body {
+        Body::Prepare { first } => {
+            out.push(1);
+            put_u64(out, first.0);
+        }
+        Body::Promise {
+            first,
+            committed,
+            accepted,
+        } => {
+            out.push(2);
+            put_u64(out, first.0);
+            put_u64(out, committed.0);
+            put_len(out, accepted.len());
+            for (slot, ballot, entry) in accepted {
+                put_u64(out, slot.0);
+                put_ballot(out, *ballot);
+                encode_entry(entry, out);
+            }
+        }
+        Body::Accept {
+            first,
+            entries,
+            decided,
+        } => {
+            out.push(3);
+            put_u64(out, first.0);
+            put_u64(out, decided.0);
+            put_entries(out, entries);
+        }
+        Body::Accepted { first, count } => {
+            out.push(4);
+            put_u64(out, first.0);
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+        Body::Reject {
+            promised,
+            committed,
+        } => {
+            out.push(5);
+            put_ballot(out, *promised);
+            put_u64(out, committed.0);
+        }
+        Body::Heartbeat {
+            decided,
+            head,
+            round,
+            ranking,
+        } => {
+            out.push(6);
+            put_u64(out, decided.0);
+            out.extend_from_slice(&head.0);
+            put_u64(out, *round);
+            put_len(out, ranking.len());
+            for n in ranking {
+                put_u64(out, n.0);
+            }
+        }
+        Body::HeartbeatAck {
+            round,
+            committed,
+            score_ms,
+        } => {
+            out.push(7);
+            put_u64(out, *round);
+            put_u64(out, committed.0);
+            out.extend_from_slice(&score_ms.to_le_bytes());
+        }
+        Body::Fetch { first } => {
+            out.push(8);
+            put_u64(out, first.0);
+        }
+        Body::Entries {
+            first,
+            prev,
+            entries,
+            committed,
+        } => {
+            out.push(9);
+            put_u64(out, first.0);
+            out.extend_from_slice(&prev.0);
+            put_u64(out, committed.0);
+            put_entries(out, entries);
+        }
+        Body::SnapshotData { snapshot } => {
+            out.push(10);
+            put_snapshot(out, snapshot);
+        }
+        Body::Forward { commands } => {
+            out.push(11);
+            put_len(out, commands.len());
+            for c in commands {
+                put_command(out, c);
+            }
+        }
+        Body::Redirect { leader } => {
+            out.push(12);
+            match leader {
+                None => out.push(0),
+                Some(n) => {
+                    out.push(1);
+                    put_u64(out, n.0);
+                }
+            }
+        }
+        Body::ReadIndexRequest { id } => {
+            out.push(13);
+            put_u64(out, id.0);
+        }
+        Body::ReadIndexReply { id, slot } => {
+            out.push(14);
+            put_u64(out, id.0);
+            match slot {
+                None => out.push(0),
+                Some(s) => {
+                    out.push(1);
+                    put_u64(out, s.0);
+                }
+            }
+        }
+        Body::TimeoutNow => out.push(15),
+    }
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// Lengths are bounded far below `u32::MAX` by the limits; saturate defensively.
+fn put_len(out: &mut Vec<u8>, len: usize) {
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_len(out, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+fn put_ballot(out: &mut Vec<u8>, b: Ballot) {
+    put_u64(out, b.epoch.0);
+    put_u64(out, b.round);
+    put_u64(out, b.node.0);
+}
+
+fn put_command(out: &mut Vec<u8>, c: &Command) {
+    put_u64(out, c.proposer.0);
+    put_u64(out, c.seq);
+    put_bytes(out, &c.payload);
+}
+
+fn put_entries(out: &mut Vec<u8>, entries: &[Entry]) {
+    put_len(out, entries.len());
+    for e in entries {
+        encode_entry(e, out);
+    }
+}
+
+fn put_nodes(out: &mut Vec<u8>, nodes: &BTreeSet<NodeId>) {
+    put_len(out, nodes.len());
+    for n in nodes {
+        put_u64(out, n.0);
+    }
+}
+
+fn put_config(out: &mut Vec<u8>, c: &Config) {
+    put_u64(out, c.id.0);
+    put_nodes(out, &c.voters);
+    put_nodes(out, &c.witnesses);
+    put_nodes(out, &c.learners);
+    out.push(c.phase1_quorum);
+    out.push(c.phase2_quorum);
+}
+
+fn put_snapshot(out: &mut Vec<u8>, s: &Snapshot) {
+    put_u64(out, s.slot.0);
+    out.extend_from_slice(&s.chain.0);
+    put_config(out, &s.config);
+    put_len(out, s.applied_seqs.len());
+    for (node, seq) in &s.applied_seqs {
+        put_u64(out, node.0);
+        put_u64(out, *seq);
+    }
+    put_bytes(out, &s.state);
+}
+
+/// A bounds-checked cursor over untrusted bytes.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    offset: usize,
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8], what: &'static str) -> Self {
+        Reader {
+            bytes,
+            offset: 0,
+            what,
+        }
+    }
+
+    fn malformed(&self) -> Error {
+        Error::Malformed {
+            what: self.what,
+            offset: self.offset,
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        let end = self.offset.checked_add(n).ok_or_else(|| self.malformed())?;
+        let slice = self
+            .bytes
+            .get(self.offset..end)
+            .ok_or_else(|| self.malformed())?;
+        self.offset = end;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
+        let slice = self.take(N)?;
+        <[u8; N]>::try_from(slice).map_err(|_| self.malformed())
+    }
+
+    fn u8(&mut self) -> Result<u8, Error> {
+        Ok(u8::from_le_bytes(self.array::<1>()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, Error> {
+        Ok(u32::from_le_bytes(self.array::<4>()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, Error> {
+        Ok(u64::from_le_bytes(self.array::<8>()?))
+    }
+
+    fn u128(&mut self) -> Result<u128, Error> {
+        Ok(u128::from_le_bytes(self.array::<16>()?))
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len().saturating_sub(self.offset)
+    }
+
+    /// Reads a count, refusing more than `max` and more than the remaining input could
+    /// encode at `item_bytes_min` bytes each (bounds allocation by input size).
+    fn count(&mut self, max: usize, item_bytes_min: usize) -> Result<usize, Error> {
+        let count = usize::try_from(self.u32()?).map_err(|_| self.malformed())?;
+        if count > max {
+            return Err(Error::TooLarge {
+                what: self.what,
+                len: count,
+                max,
+            });
+        }
+        if count.saturating_mul(item_bytes_min) > self.remaining() {
+            return Err(self.malformed());
+        }
+        Ok(count)
+    }
+
+    fn bytes(&mut self, max: usize) -> Result<Vec<u8>, Error> {
+        let len = self.count(max, 1)?;
+        Ok(self.take(len)?.to_vec())
+    }
+
+    fn hash(&mut self) -> Result<ChainHash, Error> {
+        Ok(ChainHash(self.array::<32>()?))
+    }
+
+    fn ballot(&mut self) -> Result<Ballot, Error> {
+        Ok(Ballot {
+            epoch: ConfigId(self.u64()?),
+            round: self.u64()?,
+            node: NodeId(self.u64()?),
+        })
+    }
+
+    fn slot(&mut self) -> Result<Slot, Error> {
+        Ok(Slot(self.u64()?))
+    }
+
+    fn command(&mut self) -> Result<Command, Error> {
+        Ok(Command {
+            proposer: NodeId(self.u64()?),
+            seq: self.u64()?,
+            payload: self.bytes(ENTRY_BYTES_MAX)?,
+        })
+    }
+
+    fn nodes(&mut self, max: usize) -> Result<BTreeSet<NodeId>, Error> {
+        let count = self.count(max, 8)?;
+        let mut nodes = BTreeSet::new();
+        for _ in 0..count {
+            if !nodes.insert(NodeId(self.u64()?)) {
+                return Err(self.malformed());
+            }
+        }
+        Ok(nodes)
+    }
+
+    fn config(&mut self) -> Result<Config, Error> {
+        let config = Config {
+            id: ConfigId(self.u64()?),
+            voters: self.nodes(VOTERS_MAX)?,
+            witnesses: self.nodes(VOTERS_MAX)?,
+            learners: self.nodes(LEARNERS_MAX)?,
+            phase1_quorum: self.u8()?,
+            phase2_quorum: self.u8()?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn entry(&mut self) -> Result<Entry, Error> {
+        match self.u8()? {
+            0 => Ok(Entry::Noop),
+            1 => Ok(Entry::Command(self.command()?)),
+            2 => Ok(Entry::Reconfigure(self.config()?)),
+            _ => Err(self.malformed()),
+        }
+    }
+
+    fn entries(&mut self, max: usize) -> Result<Vec<Entry>, Error> {
+        let count = self.count(max, 1)?;
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            entries.push(self.entry()?);
+        }
+        Ok(entries)
+    }
+
+    fn snapshot(&mut self) -> Result<Snapshot, Error> {
+        let slot = self.slot()?;
+        let chain = self.hash()?;
+        let config = self.config()?;
+        let count = self.count(PROPOSERS_MAX, 16)?;
+        let mut applied_seqs = BTreeMap::new();
+        for _ in 0..count {
+            let node = NodeId(self.u64()?);
+            let seq = self.u64()?;
+            if applied_seqs.insert(node, seq).is_some() {
+                return Err(self.malformed());
+            }
+        }
+        let state = self.bytes(SNAPSHOT_BYTES_MAX)?;
+        Ok(Snapshot {
+            slot,
+            chain,
+            config,
+            applied_seqs,
+            state,
+        })
+    }
+
+    fn body(&mut self) -> Result<Body, Error> {
+        let body = match self.u8()? {
+            1 => Body::Prepare {
+                first: self.slot()?,
+            },
+            2 => {
+                let first = self.slot()?;
+                let committed = self.slot()?;
+                let count = self.count(PROMISE_ENTRIES_MAX, 33)?;
+                let mut accepted = Vec::with_capacity(count);
+                for _ in 0..count {
+                    accepted.push((self.slot()?, self.ballot()?, self.entry()?));
+                }
+                Body::Promise {
+                    first,
+                    committed,
+                    accepted,
+                }
+            }
+            3 => Body::Accept {
+                first: self.slot()?,
+                decided: self.slot()?,
+                entries: self.entries(BATCH_ENTRIES_MAX)?,
+            },
+            4 => Body::Accepted {
+                first: self.slot()?,
+                count: self.u32()?,
+            },
+            5 => Body::Reject {
+                promised: self.ballot()?,
+                committed: self.slot()?,
+            },
+            6 => {
+                let decided = self.slot()?;
+                let head = self.hash()?;
+                let round = self.u64()?;
+                let count = self.count(RANKING_MAX, 8)?;
+                let mut ranking = Vec::with_capacity(count);
+                for _ in 0..count {
+                    ranking.push(NodeId(self.u64()?));
+                }
+                Body::Heartbeat {
+                    decided,
+                    head,
+                    round,
+                    ranking,
+                }
+            }
+            7 => Body::HeartbeatAck {
+                round: self.u64()?,
+                committed: self.slot()?,
+                score_ms: self.u32()?,
+            },
+            8 => Body::Fetch {
+                first: self.slot()?,
+            },
+            9 => Body::Entries {
+                first: self.slot()?,
+                prev: self.hash()?,
+                committed: self.slot()?,
+                entries: self.entries(CATCHUP_ENTRIES_MAX)?,
+            },
+            10 => Body::SnapshotData {
+                snapshot: self.snapshot()?,
+            },
+            11 => {
+                let count = self.count(FORWARD_ENTRIES_MAX, 20)?;
+                let mut commands = Vec::with_capacity(count);
+                for _ in 0..count {
+                    commands.push(self.command()?);
+                }
+                Body::Forward { commands }
+            }
+            12 => Body::Redirect {
+                leader: match self.u8()? {
+                    0 => None,
+                    1 => Some(NodeId(self.u64()?)),
+                    _ => return Err(self.malformed()),
+                },
+            },
+            13 => Body::ReadIndexRequest {
+                id: ReadId(self.u64()?),
+            },
+            14 => {
+                let id = ReadId(self.u64()?);
+                let slot = match self.u8()? {
+                    0 => None,
+                    1 => Some(self.slot()?),
+                    _ => return Err(self.malformed()),
+                };
+                Body::ReadIndexReply { id, slot }
+            }
+            15 => Body::TimeoutNow,
+            _ => return Err(self.malformed()),
+        };
+        Ok(body)
+    }
+
+    fn finish(&self) -> Result<(), Error> {
+        if self.offset == self.bytes.len() {
+            Ok(())
+        } else {
+            Err(self.malformed())
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Durable state: what a node must find again after a crash, and the stores that keep it.
+//!
+//! The core never writes anything itself; it emits `Effect::Persist(DurableWrite)`.
+//! The driver hands each write to an [`AcceptorStore`] (`write`, buffered) and calls
+//! `sync` before executing any later non-`Persist` effect. [`DurableState::apply`] is
+//! the single definition of what a write means; both stores implement exactly it (the
+//! contract test runs one body against both).
+
+use std::collections::BTreeMap;
+
+use crate::ballot::Ballot;
+use crate::chain::ChainHash;
+use crate::error::Error;
+use crate::ids::Slot;
+use crate::message::{Command, Entry, Snapshot};
+
+mod sqlite;
+pub use sqlite::SqliteStore;
+
+/// One durable change, in the order the core emitted it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum DurableWrite {
+    /// Promise: never accept a ballot below `ballot` again.
+    Promise {
+        /// The promised ballot.
+        ballot: Ballot,
+    },
+    /// Accepted `entries` at consecutive slots from `first` at `ballot` (implies the
+    /// promise of `ballot`). One write per phase-2 batch.
+    Accept {
+        /// The ballot.
+        ballot: Ballot,
+        /// First slot.
+        first: Slot,
+        /// One entry per slot.
+        entries: Vec<Entry>,
+    },
+    /// Entries `[first, first + len)` are chosen and committed, in order; `head` is the
+    /// chain hash after the last one. Accepted values for these slots are dropped.
+    Commit {
+        /// First slot (the previous commit index).
+        first: Slot,
+        /// The chosen entries.
+        entries: Vec<Entry>,
+        /// Chain hash after the last entry.
+        head: ChainHash,
+    },
+    /// Replace everything up to `snapshot.slot` by the snapshot (install or compaction):
+    /// committed entries and accepted values at or below it are dropped.
+    Snapshot(Snapshot),
+    /// Discard accepted values at slots ≥ `from` (they belong to a stopped
+    /// configuration and can never be chosen).
+    DiscardAccepted {
+        /// First slot discarded.
+        from: Slot,
+    },
+    /// Queue one of this node's own proposals until it is applied.
+    Enqueue {
+        /// The command (`proposer` = this node).
+        command: Command,
+    },
+    /// Own queued proposals with `seq ≤ through_seq` have been applied (or skipped for
+    /// good); forget them.
+    Dequeue {
+        /// Highest dequeued seq.
+        through_seq: u64,
+    },
+}
+
+/// Everything a node persists. `Node::recover` rebuilds a node from it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DurableState {
+    /// Highest ballot promised.
+    pub promised: Ballot,
+    /// Accepted `(ballot, entry)` per slot not yet committed.
+    pub accepted: BTreeMap<Slot, (Ballot, Entry)>,
+    /// The latest snapshot, if any.
+    pub snapshot: Option<Snapshot>,
+    /// Committed entries after the snapshot (or from slot 0), contiguous.
+    pub committed: BTreeMap<Slot, Entry>,
+    /// Chain hash after the last committed entry (as written with it).
+    pub head: Option<ChainHash>,
+    /// This node's own queued proposals by seq.
+    pub queue: BTreeMap<u64, Command>,
+}
+
+impl DurableState {
+    /// Applies one write: the reference semantics every store implements.
+    pub fn apply(&mut self, write: &DurableWrite) {
+        match write {
+            DurableWrite::Promise { ballot } => {
+                self.promised = self.promised.max(*ballot);
+            }
+            DurableWrite::Accept {
+                ballot,
+                first,
+                entries,
+            } => {
+                self.promised = self.promised.max(*ballot);
+                let mut slot = *first;
+                for entry in entries {
+                    self.accepted.insert(slot, (*ballot, entry.clone()));
+                    slot = slot.next();
+                }
+            }
+            DurableWrite::Commit {
+                first,
+                entries,
+                head,
+            } => {
+                let mut slot = *first;
+                for entry in entries {
+                    self.committed.insert(slot, entry.clone());
+                    self.accepted.remove(&slot);
+                    slot = slot.next();
+                }
+                // Anything accepted below the commit index is settled.
+                self.accepted = self.accepted.split_off(&slot);
+                self.head = Some(*head);
+            }
+            DurableWrite::Snapshot(snapshot) => {
+                let after = snapshot.slot.next();
+                self.committed = self.committed.split_off(&after);
+                self.accepted = self.accepted.split_off(&after);
+                if self.committed.is_empty() {
+                    self.head = Some(snapshot.chain);
+                }
+                self.snapshot = Some(snapshot.clone());
+            }
+            DurableWrite::DiscardAccepted { from } => {
+                self.accepted.split_off(from);
+            }
+            DurableWrite::Enqueue { command } => {
+                self.queue.insert(command.seq, command.clone());
+            }
+            DurableWrite::Dequeue { through_seq } => {
+                self.queue = self.queue.split_off(&through_seq.saturating_add(1));
+            }
+        }
+    }
+}
+
+/// A durable home for a node's [`DurableState`].
+///
+/// Contract: `write` may buffer; after `sync` returns `Ok`, every write so far survives
+/// a crash; a crash loses only an unsynced *suffix* of writes (never reorders them).
+/// `load` returns the state as a restart would find it.
+pub trait AcceptorStore {
+    /// Records one write (possibly buffered).
+    fn write(&mut self, write: &DurableWrite) -> Result<(), Error>;
+    /// Makes every write so far durable (fsync) before returning.
+    fn sync(&mut self) -> Result<(), Error>;
+    /// The durable state.
+    fn load(&self) -> Result<DurableState, Error>;
+
+    /// `write` then `sync`.
+    fn persist(&mut self, write: &DurableWrite) -> Result<(), Error> {
+        self.write(write)?;
+        self.sync()
+    }
+}
+
+/// In-memory store that can crash: writes since the last `sync` are lost (or a prefix of
+/// them kept, like a torn flush).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MemStore {
+    durable: DurableState,
+    unsynced: Vec<DurableWrite>,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Simulates a crash that keeps the first `keep` unsynced writes and loses the rest.
+    pub fn crash(&mut self, keep: usize) {
+        let kept: Vec<DurableWrite> = self.unsynced.drain(..).take(keep).collect();
+        for w in &kept {
+            self.durable.apply(w);
+        }
+    }
+
+    /// Writes not yet synced.
+    pub fn unsynced_len(&self) -> usize {
+        self.unsynced.len()
+    }
+}
+
+impl AcceptorStore for MemStore {
+    fn write(&mut self, write: &DurableWrite) -> Result<(), Error> {
+        self.unsynced.push(write.clone());
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), Error> {
+        for w in std::mem::take(&mut self.unsynced) {
+            self.durable.apply(&w);
+        }
+        Ok(())
+    }
+
+    fn load(&self) -> Result<DurableState, Error> {
+        Ok(self.durable.clone())
+    }
+}
