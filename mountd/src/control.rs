@@ -153,8 +153,11 @@ impl Server {
     }
 
     /// Serve forever on a background thread (the daemon exits the process to stop it).
-    pub fn spawn(self, handler: Arc<dyn Handler>) -> Result<()> {
+    pub fn spawn(self, handler: Arc<dyn Handler>) -> Result<ServerHandle> {
         let active = Arc::new(AtomicUsize::new(0));
+        let handle = ServerHandle {
+            active: active.clone(),
+        };
         std::thread::Builder::new()
             .name("kith-control".into())
             .spawn(move || {
@@ -183,7 +186,27 @@ impl Server {
                 path: PathBuf::from("control socket"),
                 source,
             })?;
-        Ok(())
+        Ok(handle)
+    }
+}
+
+/// Observes a serving [`Server`].
+#[derive(Clone, Debug)]
+pub struct ServerHandle {
+    active: Arc<AtomicUsize>,
+}
+
+impl ServerHandle {
+    /// Wait until no exchange is in progress (answers written), at most `timeout`.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.active.load(Ordering::SeqCst) > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 }
 

@@ -24,8 +24,8 @@ use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use fossil::Volume;
@@ -43,6 +43,8 @@ use crate::verify;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// After a signal, how long the FUSE threads get to finish once unmounted.
 const SESSION_END_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping daemon waits for control answers to be written.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Name of the lock file inside the store directory.
 const LOCK_FILE: &str = "kith-daemon.lock";
 /// Holder description read back from a lock file, at most this long.
@@ -132,7 +134,7 @@ pub fn spawn_background(plan: &MountPlan) -> Result<String> {
     }
     if let Some(message) = line.strip_prefix("error ") {
         let _ = child.wait();
-        return Err(Error::Startup(message.to_owned()));
+        return Err(Error::Reported(message.to_owned()));
     }
     let status = child
         .wait()
@@ -181,7 +183,8 @@ struct Running {
     unmounter: fuser::SessionUnmounter,
     mount_point: PathBuf,
     socket: PathBuf,
-    _lock: File,
+    control: control::ServerHandle,
+    lock: File,
 }
 
 enum Event {
@@ -236,7 +239,7 @@ fn start(plan: &MountPlan) -> Result<Running> {
         })
         .map_err(|e| Error::Startup(format!("cannot start the signal thread: {e}")))?;
     let handler = DaemonHandler {
-        volume: volume.clone(),
+        volume: Arc::downgrade(&volume),
         events: Mutex::new(event_tx),
         info: DaemonInfo {
             mount_point: plan.mount_point.clone(),
@@ -248,14 +251,15 @@ fn start(plan: &MountPlan) -> Result<Running> {
         },
     };
     let socket = server.path().to_owned();
-    server.spawn(Arc::new(handler))?;
+    let control = server.spawn(Arc::new(handler))?;
     Ok(Running {
+        control,
         volume,
         events,
         unmounter,
         mount_point: plan.mount_point.clone(),
         socket,
-        _lock: lock,
+        lock,
     })
 }
 
@@ -309,6 +313,16 @@ impl Running {
         }
         let synced = self.volume.sync_all();
         let _ = std::fs::remove_file(&self.socket);
+        // Close the volume, then release the store, then answer: a `kith mount` right
+        // after `kith unmount` returns must find the store free and consistent. If a
+        // request still holds the volume, the lock goes with the process instead.
+        match Arc::try_unwrap(self.volume) {
+            Ok(volume) => {
+                drop(volume);
+                drop(self.lock);
+            }
+            Err(volume) => std::mem::forget((volume, self.lock)),
+        }
         let answer = match &synced {
             Ok(()) => Ok(format!("unmounted {}\n", self.mount_point.display())),
             Err(error) => Err(format!("final sync failed: {error}")),
@@ -316,6 +330,8 @@ impl Running {
         for reply in waiting_unmounts {
             let _ = reply.send(answer.clone());
         }
+        // Let the answers reach `kith unmount` before the process ends.
+        self.control.wait_idle(ANSWER_TIMEOUT);
         tracing::info!("stopped");
         synced.map_err(Error::from)
     }
@@ -332,28 +348,35 @@ struct DaemonInfo {
 }
 
 struct DaemonHandler {
-    volume: Arc<Volume>,
+    /// Weak: once the daemon lets go of the volume, requests get "stopping".
+    volume: Weak<Volume>,
     events: Mutex<mpsc::Sender<Event>>,
     info: DaemonInfo,
 }
 
 impl Handler for DaemonHandler {
     fn handle(&self, request: Request) -> std::result::Result<String, String> {
+        let volume = || {
+            self.volume
+                .upgrade()
+                .ok_or_else(|| "the daemon is stopping".to_owned())
+        };
         match request {
             Request::Ping => Ok("pong\n".into()),
             Request::Mountpoint => Ok(format!("{}\n", self.info.mount_point.display())),
             Request::Status => Ok(self.status()),
             Request::Snapshot(name) => {
                 validate_snapshot_name(&name).map_err(|e| e.to_string())?;
-                self.volume
+                let volume = volume()?;
+                volume
                     .snapshot(&name)
-                    .and_then(|()| self.volume.sync_all())
+                    .and_then(|()| volume.sync_all())
                     .map_err(|e| e.to_string())?;
                 Ok(format!(
                     "snapshot {name} recorded (under .snapshots/{name})\n"
                 ))
             }
-            Request::Verify => Ok(verify::verify(&self.volume).render()),
+            Request::Verify => Ok(verify::verify(volume()?.as_ref()).render()),
             Request::Unmount => {
                 let (reply_tx, reply_rx) = mpsc::channel();
                 self.events
@@ -382,7 +405,11 @@ impl DaemonHandler {
             info.started.elapsed().as_secs(),
             info.fuse_threads,
         );
-        match self.volume.statfs() {
+        let statfs = match self.volume.upgrade() {
+            Some(volume) => volume.statfs().map_err(|e| e.to_string()),
+            None => Err("the daemon is stopping".to_owned()),
+        };
+        match statfs {
             Ok(stat) => text.push_str(&format!(
                 "space: {} of {} blocks of {} bytes free\nfiles: {} used\n",
                 stat.blocks_available,

@@ -38,6 +38,9 @@ pub enum Error {
     SnapshotName { name: String, reason: &'static str },
     #[error("the daemon did not start: {0}")]
     Startup(String),
+    /// A failure the daemon already phrased for the terminal.
+    #[error("{0}")]
+    Reported(String),
     #[error("verify found {count} problem(s)")]
     VerifyFailed { count: usize },
 }

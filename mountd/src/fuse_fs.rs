@@ -84,6 +84,13 @@ impl KithFs {
         );
     }
 
+    /// Return the lookup reference `Volume::readdir` took for `entry`.
+    fn give_back(&self, entry: &fossil::DirEntry) {
+        if !is_dot_or_dotdot(&entry.name) {
+            self.volume.forget(entry.attr.ino, 1);
+        }
+    }
+
     /// Open flags for a file at `version`; records it for the next open.
     fn open_flags_for(&self, ino: InodeNo, version: u64) -> FopenFlags {
         let previous = self.opened_versions.lock().insert(ino, version);
@@ -435,24 +442,28 @@ impl Filesystem for KithFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        // Only used if the kernel declines readdirplus; names and kinds, no lookups.
-        match self.volume.readdir(ino_of(ino), offset) {
-            Ok(entries) => {
-                for entry in entries {
-                    let full = reply.add(
-                        INodeNo(entry.attr.ino.0),
-                        entry.cookie,
-                        file_type(entry.attr.kind),
-                        &entry.name,
-                    );
-                    if full {
-                        break;
-                    }
-                }
-                reply.ok();
+        // Only used if the kernel declines readdirplus. Plain readdir entries are not
+        // lookups for the kernel, so every reference the volume took is given back.
+        let entries = match self.volume.readdir(ino_of(ino), offset) {
+            Ok(entries) => entries,
+            Err(error) => {
+                reply.error(errno_of(&error));
+                return;
             }
-            Err(error) => reply.error(errno_of(&error)),
+        };
+        let mut full = false;
+        for entry in &entries {
+            if !full {
+                full = reply.add(
+                    INodeNo(entry.attr.ino.0),
+                    entry.cookie,
+                    file_type(entry.attr.kind),
+                    &entry.name,
+                );
+            }
+            self.give_back(entry);
         }
+        reply.ok();
     }
 
     fn readdirplus(
@@ -463,41 +474,30 @@ impl Filesystem for KithFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let dir = ino_of(ino);
-        let entries = match self.volume.readdir(dir, offset) {
+        // `Volume::readdir` counts a lookup for every entry but "." and "..", as the
+        // kernel does for each entry it accepts; entries that do not fit in the
+        // kernel's buffer are given back.
+        let entries = match self.volume.readdir(ino_of(ino), offset) {
             Ok(entries) => entries,
             Err(error) => {
                 reply.error(errno_of(&error));
                 return;
             }
         };
-        for entry in entries {
-            let dot_or_dotdot = entry.name == "." || entry.name == "..";
-            // The kernel counts one lookup for every entry it accepts other than "."
-            // and "..": take that reference in the volume before handing it out.
-            let attr = if dot_or_dotdot {
-                entry.attr
-            } else {
-                match self.volume.lookup(dir, &entry.name) {
-                    Ok(attr) => attr,
-                    // Removed since the listing was taken: skip it.
-                    Err(_) => continue,
-                }
-            };
-            let full = reply.add(
-                INodeNo(attr.ino.0),
-                entry.cookie,
-                &entry.name,
-                &self.ttls.entry,
-                &file_attr(&attr),
-                Generation(0),
-            );
+        let mut full = false;
+        for entry in &entries {
+            if !full {
+                full = reply.add(
+                    INodeNo(entry.attr.ino.0),
+                    entry.cookie,
+                    &entry.name,
+                    &self.ttls.entry,
+                    &file_attr(&entry.attr),
+                    Generation(0),
+                );
+            }
             if full {
-                if !dot_or_dotdot {
-                    // Not delivered: give back the reference taken above.
-                    self.volume.forget(attr.ino, 1);
-                }
-                break;
+                self.give_back(entry);
             }
         }
         reply.ok();
@@ -908,6 +908,10 @@ pub fn access_allowed(attr: &Attr, uid: u32, gid: u32, mask: i32) -> bool {
         perm & 0o7
     };
     granted & wanted == wanted
+}
+
+pub fn is_dot_or_dotdot(name: &OsStr) -> bool {
+    name == "." || name == ".."
 }
 
 fn ino_of(ino: INodeNo) -> InodeNo {

@@ -87,7 +87,7 @@ pub fn verify(volume: &Volume) -> Report {
             }
             cookie = last.cookie;
             for entry in entries {
-                if entry.name == "." || entry.name == ".." {
+                if crate::fuse_fs::is_dot_or_dotdot(&entry.name) {
                     continue;
                 }
                 let path = dir_path.join(&entry.name);
@@ -112,6 +112,8 @@ pub fn verify(volume: &Volume) -> Report {
                     }
                     _ => report.others += 1,
                 }
+                // `readdir` counted a lookup for the entry; the walk keeps none.
+                volume.forget(attr.ino, 1);
             }
         }
     }
