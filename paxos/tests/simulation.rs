@@ -1,0 +1,132 @@
+//! Seeded whole-group simulation of the real Paxos core (see `support/sim.rs` for the
+//! world and the invariants).
+//!
+//! - `seeds_in_time_box`: as many seeds as fit in `PAXOS_SIM_SECONDS` (default 60 s;
+//!   `KITH_LONG=1` → 20 min), or exactly `PAXOS_SEEDS=N` seeds; starts at
+//!   `PAXOS_SEED_START` (default 0).
+//! - `replay_seed`: `PAXOS_SEED=N` replays one seed (add `PAXOS_TRACE=1` for the
+//!   event trace).
+//! - `regression_seeds`: every seed that once found a bug.
+
+#[path = "support/lincheck.rs"]
+mod lincheck;
+#[path = "support/sim.rs"]
+mod sim;
+
+use std::time::{Duration, Instant};
+
+use sim::{Outcome, run_seed};
+
+/// Seeds that found bugs (see `/work/briefs/paxos-bugs.md`); they must keep passing.
+const REGRESSION_SEEDS: &[u64] = &[];
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    seeds: u64,
+    slots: u64,
+    commands: u64,
+    reconfigurations: u64,
+    crashes: u64,
+    snapshots: u64,
+    ops_ok: u64,
+    ops_unknown: u64,
+    reads_ok: u64,
+    lincheck_unknown: u64,
+    messages: u64,
+    dropped: u64,
+}
+
+impl Totals {
+    fn add(&mut self, outcome: &Outcome) {
+        self.seeds += 1;
+        self.slots += outcome.slots_committed;
+        self.commands += outcome.commands_applied;
+        self.reconfigurations += outcome.reconfigurations;
+        self.crashes += outcome.crashes;
+        self.snapshots += outcome.snapshots_installed;
+        self.ops_ok += outcome.ops_ok;
+        self.ops_unknown += outcome.ops_unknown;
+        self.reads_ok += outcome.reads_ok;
+        self.lincheck_unknown += u64::from(outcome.lincheck_unknown);
+        self.messages += outcome.messages_sent;
+        self.dropped += outcome.messages_dropped;
+    }
+}
+
+fn run_or_panic(seed: u64) -> Outcome {
+    match run_seed(seed) {
+        Ok(outcome) => outcome,
+        Err(failure) => panic!("{failure}"),
+    }
+}
+
+#[test]
+fn seeds_in_time_box() {
+    if std::env::var_os("PAXOS_SEED").is_some() {
+        return; // replay_seed handles it.
+    }
+    let start = env_u64("PAXOS_SEED_START").unwrap_or(0);
+    let seeds_exact = env_u64("PAXOS_SEEDS");
+    let budget = Duration::from_secs(env_u64("PAXOS_SIM_SECONDS").unwrap_or(
+        if std::env::var_os("KITH_LONG").is_some() {
+            1200
+        } else {
+            60
+        },
+    ));
+    let began = Instant::now();
+    let mut totals = Totals::default();
+    let mut seed = start;
+    loop {
+        match seeds_exact {
+            Some(n) if totals.seeds >= n => break,
+            None if began.elapsed() >= budget => break,
+            _ => {}
+        }
+        let outcome = run_or_panic(seed);
+        totals.add(&outcome);
+        seed += 1;
+    }
+    println!(
+        "simulated seeds {start}..{seed} in {:.1} s: {totals:?}",
+        began.elapsed().as_secs_f64()
+    );
+    // The run must have exercised what it claims to check, or passing means little.
+    assert!(totals.seeds >= 20, "only {} seeds ran", totals.seeds);
+    assert!(
+        totals.commands > totals.seeds,
+        "almost nothing committed: {totals:?}"
+    );
+    assert!(
+        totals.crashes > 0 && totals.ops_unknown > 0 && totals.reads_ok > 0,
+        "{totals:?}"
+    );
+    assert!(
+        totals.reconfigurations > 0,
+        "no reconfiguration completed: {totals:?}"
+    );
+    assert!(
+        totals.snapshots > 0,
+        "no snapshot was ever installed: {totals:?}"
+    );
+}
+
+#[test]
+fn replay_seed() {
+    let Some(seed) = env_u64("PAXOS_SEED") else {
+        return;
+    };
+    let outcome = run_or_panic(seed);
+    println!("seed {seed}: {outcome:?}");
+}
+
+#[test]
+fn regression_seeds() {
+    for &seed in REGRESSION_SEEDS {
+        run_or_panic(seed);
+    }
+}

@@ -1,0 +1,79 @@
+//! Steady-state behaviour of a healthy group, driven without faults or latency
+//! (`support/cluster.rs`): a commit costs exactly one round trip
+//! (leader → acceptors → leader), and a burst of proposals is batched.
+
+// Test code: a failed expectation is the test failing, with its message.
+#![allow(clippy::expect_used)]
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use cluster::Cluster;
+use paxos::NodeId;
+
+/// An elected 3-voter cluster that has already committed a few commands.
+fn warmed_up() -> Cluster {
+    let mut cluster = Cluster::new(3).expect("cluster");
+    cluster.elect(NodeId(1)).expect("election");
+    for n in 0..3u8 {
+        cluster.propose(0, vec![n]).expect("propose");
+        cluster.run_until_quiet(100).expect("quiet");
+    }
+    cluster
+}
+
+/// Waves until the leader has committed through `slot_next`.
+fn waves_until_leader_commits(cluster: &mut Cluster, leader: usize, slot_next: u64) -> usize {
+    let mut waves = 0;
+    while cluster.committed_next[leader].0 < slot_next {
+        assert!(cluster.in_flight() > 0, "stalled after {waves} waves");
+        cluster.wave().expect("wave");
+        waves += 1;
+        assert!(waves <= 20, "no commit after 20 waves");
+    }
+    waves
+}
+
+#[test]
+fn one_commit_costs_one_round_trip() {
+    let mut cluster = warmed_up();
+    let leader = cluster.leader_index().expect("a leader");
+    for round in 0..5u8 {
+        let target = cluster.committed_next[leader].0 + 1;
+        let batches_before = cluster.stats.accept_batches;
+        cluster.propose(leader, vec![round; 16]).expect("propose");
+        let waves = waves_until_leader_commits(&mut cluster, leader, target);
+        assert_eq!(
+            waves, 2,
+            "leader → acceptors → leader is two waves, one round trip"
+        );
+        assert_eq!(
+            cluster.stats.accept_batches - batches_before,
+            1,
+            "one phase-2 batch per commit"
+        );
+        cluster.run_until_quiet(100).expect("quiet");
+    }
+}
+
+#[test]
+fn a_burst_is_batched_and_pipelined_within_one_round_trip() {
+    let mut cluster = warmed_up();
+    let leader = cluster.leader_index().expect("a leader");
+    let burst: u64 = 1000;
+    let target = cluster.committed_next[leader].0 + burst;
+    let before = cluster.stats;
+    for n in 0..burst {
+        cluster
+            .propose(leader, n.to_le_bytes().to_vec())
+            .expect("propose");
+    }
+    let waves = waves_until_leader_commits(&mut cluster, leader, target);
+    assert_eq!(waves, 2, "the whole burst commits in one round trip");
+    let batches = cluster.stats.accept_batches - before.accept_batches;
+    let batch_max = paxos::limits::BATCH_ENTRIES_MAX as u64;
+    assert!(
+        batches <= burst.div_ceil(batch_max) + 1,
+        "{batches} phase-2 batches for {burst} proposals (batch limit {batch_max})"
+    );
+}
