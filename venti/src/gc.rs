@@ -1,0 +1,58 @@
+//! Garbage collection: mark (by the caller), sweep, compact.
+//!
+//! venti cannot know which blocks are reachable — only the caller knows its roots — so
+//! GC is three steps around the caller's mark:
+//!
+//! 1. [`Gc::begin`] syncs and takes a *fence*: every block put (or put again, even as a
+//!    no-op duplicate) from now on carries a sequence number at or past the fence and is
+//!    never swept by this round. That is what keeps blocks written while GC runs.
+//! 2. The caller marks: it builds the live set from its roots (for example by walking
+//!    trees) — as long as it likes, while puts and gets go on.
+//! 3. [`Gc::sweep`] removes the index rows of every block before the fence that is not
+//!    live; [`Gc::finish`] sweeps and then compacts so the dead bytes leave the disk.
+//!
+//! Every step is crash-safe: the sweep is one index transaction; compaction's steps are
+//! argued in [`Store::compact`].
+
+use std::collections::HashSet;
+
+use crate::store::CompactReport;
+use crate::{Address, Result, Store};
+
+/// One GC round in progress.
+#[derive(Debug)]
+pub struct Gc<'a> {
+    store: &'a Store,
+    fence: u64,
+}
+
+/// What a GC round removed.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    /// Blocks whose index rows the sweep removed.
+    pub swept: Vec<Address>,
+    pub compaction: CompactReport,
+}
+
+impl<'a> Gc<'a> {
+    /// Start a round: blocks put from now on survive it whatever the mark says.
+    pub fn begin(store: &'a Store) -> Result<Gc<'a>> {
+        Ok(Gc {
+            fence: store.gc_fence()?,
+            store,
+        })
+    }
+
+    /// Remove every block from before [`Gc::begin`] that `is_live` rejects. Returns the
+    /// removed addresses; their bytes remain until compaction.
+    pub fn sweep(&self, is_live: &dyn Fn(&Address) -> bool) -> Result<Vec<Address>> {
+        self.store.sweep(self.fence, is_live)
+    }
+
+    /// Sweep everything not in `live`, then compact every arena with dead bytes.
+    pub fn finish(self, live: &HashSet<Address>) -> Result<GcReport> {
+        let swept = self.sweep(&|address| live.contains(address))?;
+        let compaction = self.store.compact(0.0)?;
+        Ok(GcReport { swept, compaction })
+    }
+}

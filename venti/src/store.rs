@@ -1,0 +1,937 @@
+//! [`Store`]: sealed blocks in arenas, found through the SQLite index.
+//!
+//! One writer, many readers. Puts take the writer lock, append a record to the current
+//! arena with one `write_at` (no fsync) and note the new location in an in-memory
+//! *pending* map; `sync()` then fsyncs every arena written since the last sync (and the
+//! directory, if an arena was created) and only then commits all pending rows to the
+//! index in one transaction. Readers take no writer lock: they look in the pending map,
+//! then in the index through their own read-only SQLite connection, and `read_at` the
+//! record, checking header and hash before returning a byte.
+//!
+//! Durability contract: after `sync()` returns, every block put before it survives a
+//! crash at any instant. Arena bytes are durable before the index commit that refers to
+//! them; records past an arena's `indexed_through` are re-indexed on open (they were
+//! written but their commit was lost); a torn or garbage tail is cut, never served.
+//! Operations that delete (`remove`, eviction, compaction) sync pending puts first, so a
+//! tail scan can never resurrect a block that was removed.
+//!
+//! Classes: cached blocks count hits in memory; hits reach the index in the next commit,
+//! and every `ageing_interval_hits` hits all cached hit counts are halved. When cached
+//! bytes exceed `cache_bytes_max`, the least-hit cached blocks leave the index at the
+//! next sync (their bytes leave the disk at the next compaction).
+//!
+//! Known limits: the index is the only record of `remove` and of a downgrade from
+//! pinned to cached, so rebuilding the index from the arenas brings back removed
+//! blocks that compaction has not yet erased and re-pins downgraded ones — both err on
+//! the side of keeping data. A put of an address that is indexed but whose record is
+//! damaged is a no-op: `remove` it first, then put it again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::arena::{
+    self, ARENA_HEADER_BYTES, ArenaHeader, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX,
+    RecordHeader, ScanItem,
+};
+use crate::backend::{Backend, BackendFile};
+use crate::index::{self, Index, IndexState, Location, Meta, Reader, Upsert};
+use crate::{Address, BlockStore, Class, Error, Result};
+
+/// How many reads may find a block's arena gone (compaction moved it) before giving up.
+const GET_ATTEMPTS_MAX: usize = 4;
+/// Distinct addresses whose hits are buffered between commits; more are not counted.
+const HIT_BUFFER_ENTRIES_MAX: usize = 1 << 16;
+/// Rows fetched per round of eviction.
+const EVICTION_BATCH_ROWS: usize = 256;
+
+/// Tunables; [`StoreOptions::default`] suits a desktop.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// An arena is closed and a new one started when the next record would pass this.
+    pub arena_bytes_max: u64,
+    /// Budget for cached-class payload bytes.
+    pub cache_bytes_max: u64,
+    /// Halve cached hit counts after this many hits.
+    pub ageing_interval_hits: u64,
+    /// Unsynced bytes that force an internal sync (bounds the pending map).
+    pub unsynced_bytes_max: u64,
+    /// Idle read-only index connections kept for reuse.
+    pub readers_idle_max: usize,
+    /// Hash every put and refuse bytes that do not match their address.
+    pub verify_puts: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            arena_bytes_max: 1 << 30,
+            cache_bytes_max: 4 << 30,
+            ageing_interval_hits: 1 << 16,
+            unsynced_bytes_max: 1 << 30,
+            readers_idle_max: 16,
+            verify_puts: true,
+        }
+    }
+}
+
+/// Counts and sizes, from the index plus what is pending.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub blocks: u64,
+    pub pinned_bytes: u64,
+    pub cached_bytes: u64,
+    pub arenas: u64,
+    /// Arena file bytes on disk, headers and dead records included.
+    pub arena_bytes: u64,
+    /// Arena bytes no index row refers to (removed, evicted, torn): compaction frees them.
+    pub dead_bytes: u64,
+}
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub records_checked: u64,
+    /// One typed error (with arena and offset) per bad record or arena header.
+    pub problems: Vec<Error>,
+}
+
+/// What a compaction pass did.
+#[derive(Debug, Default)]
+pub struct CompactReport {
+    pub arenas_rewritten: u64,
+    pub records_copied: u64,
+    /// Arena bytes before minus after.
+    pub bytes_freed: u64,
+    /// Records that could not be copied because they were damaged; their rows are gone.
+    pub damaged: Vec<Error>,
+}
+
+/// The block store. See the module comment for the design.
+#[derive(Debug)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    options: StoreOptions,
+    index_path: PathBuf,
+    writer: Mutex<Writer>,
+    /// Written but not yet committed to the index. Only the writer inserts or clears.
+    pending: RwLock<HashMap<Address, Location>>,
+    arenas: RwLock<HashMap<u32, Arc<dyn BackendFile>>>,
+    readers: Mutex<Vec<Reader>>,
+    hits: Mutex<HashMap<Address, u32>>,
+    open_report: Vec<Error>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    index: Index,
+    meta: Meta,
+    /// The arena puts append to, and its length.
+    current: Option<(u32, u64)>,
+    /// Arenas written since the last sync, with the length they must be indexed through.
+    unsynced_arenas: BTreeMap<u32, u64>,
+    dir_dirty: bool,
+    upserts: Vec<Upsert>,
+    touches: Vec<(Address, u64)>,
+    unsynced_bytes: u64,
+    /// Cached payload bytes, committed and pending.
+    cached_bytes: u64,
+    hits_since_ageing: u64,
+    scratch: Vec<u8>,
+}
+
+impl Store {
+    /// Open (or create) the store on `backend`, reconciling the index with the arenas:
+    /// re-index unindexed tails, cut torn tails, drop rows of missing or truncated
+    /// arenas, finish interrupted compactions. Problems found are in [`Store::open_report`].
+    pub fn open(backend: Arc<dyn Backend>, options: StoreOptions) -> Result<Store> {
+        let index_path = backend.index_path();
+        let (index, state) = Index::open(&index_path)?;
+        let mut report = Vec::new();
+        let mut writer = Writer {
+            meta: Meta::default(),
+            index,
+            current: None,
+            unsynced_arenas: BTreeMap::new(),
+            dir_dirty: false,
+            upserts: Vec::new(),
+            touches: Vec::new(),
+            unsynced_bytes: 0,
+            cached_bytes: 0,
+            hits_since_ageing: 0,
+            scratch: Vec::new(),
+        };
+        let arenas = reconcile(backend.as_ref(), &mut writer, state, &mut report)?;
+        let (_, cached_bytes, _) = index::totals(writer.index.conn())?;
+        writer.cached_bytes = cached_bytes;
+        Ok(Store {
+            backend,
+            options,
+            index_path,
+            writer: Mutex::new(writer),
+            pending: RwLock::new(HashMap::new()),
+            arenas: RwLock::new(arenas),
+            readers: Mutex::new(Vec::new()),
+            hits: Mutex::new(HashMap::new()),
+            open_report: report,
+        })
+    }
+
+    /// Delete the index and open, rebuilding it from the arenas.
+    pub fn open_rebuilding_index(
+        backend: Arc<dyn Backend>,
+        options: StoreOptions,
+    ) -> Result<Store> {
+        let path = backend.index_path();
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            match std::fs::remove_file(&file) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(error.into());
+                }
+                _ => {}
+            }
+        }
+        Store::open(backend, options)
+    }
+
+    /// What open found wrong and repaired or worked around: cut tails, damaged stretches,
+    /// lost rows. Empty for a clean store.
+    pub fn open_report(&self) -> &[Error] {
+        &self.open_report
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    /// Store `sealed` under `address`. Durable after the next [`Store::sync`].
+    pub fn put(&self, address: &Address, sealed: &[u8], class: Class) -> Result<()> {
+        if sealed.len() > RECORD_PAYLOAD_BYTES_MAX as usize {
+            return Err(Error::TooLarge {
+                bytes: sealed.len(),
+                bytes_max: RECORD_PAYLOAD_BYTES_MAX as usize,
+            });
+        }
+        if self.options.verify_puts && Address::of(sealed) != *address {
+            return Err(Error::AddressMismatch { address: *address });
+        }
+        let mut writer = self.writer.lock();
+        let existing = match self.pending.read().get(address) {
+            Some(location) => Some(*location),
+            None => index::lookup(writer.index.conn(), address)?,
+        };
+        let seq = writer.next_seq();
+        match existing {
+            Some(location) if location.class == Class::Pinned || class == Class::Cached => {
+                writer.touches.push((*address, seq));
+                Ok(())
+            }
+            Some(location) => {
+                // Cached → pinned: a new record, so a rebuilt index keeps the promise.
+                writer.cached_bytes = writer
+                    .cached_bytes
+                    .saturating_sub(u64::from(location.length));
+                self.append(&mut writer, address, sealed, Class::Pinned, seq)
+            }
+            None => self.append(&mut writer, address, sealed, class, seq),
+        }
+    }
+
+    /// The sealed bytes of `address`, checked against it.
+    pub fn get(&self, address: &Address) -> Result<Vec<u8>> {
+        for _ in 0..GET_ATTEMPTS_MAX {
+            let Some(location) = self.locate(address)? else {
+                return Err(Error::NotFound { address: *address });
+            };
+            let Some(file) = self.arenas.read().get(&location.arena).cloned() else {
+                // Compaction retired the arena between lookup and read: look again.
+                continue;
+            };
+            let (_, bytes) = arena::read_record(
+                file.as_ref(),
+                location.arena,
+                location.offset,
+                address,
+                location.length,
+            )?;
+            if location.class == Class::Cached {
+                let mut hits = self.hits.lock();
+                if hits.len() < HIT_BUFFER_ENTRIES_MAX || hits.contains_key(address) {
+                    *hits.entry(*address).or_insert(0) += 1;
+                }
+            }
+            return Ok(bytes);
+        }
+        Err(Error::NotFound { address: *address })
+    }
+
+    pub fn contains(&self, address: &Address) -> Result<bool> {
+        Ok(self.locate(address)?.is_some())
+    }
+
+    /// The class of a stored block.
+    pub fn class(&self, address: &Address) -> Result<Option<Class>> {
+        Ok(self.locate(address)?.map(|location| location.class))
+    }
+
+    /// Make every earlier put durable.
+    pub fn sync(&self) -> Result<()> {
+        let mut writer = self.writer.lock();
+        self.sync_locked(&mut writer)
+    }
+
+    /// Change a stored block's class. Pinning a cached block writes a new record (so a
+    /// rebuilt index keeps the pin); unpinning changes the index only.
+    pub fn set_class(&self, address: &Address, class: Class) -> Result<()> {
+        let mut writer = self.writer.lock();
+        self.sync_locked(&mut writer)?;
+        let location = index::lookup(writer.index.conn(), address)?
+            .ok_or(Error::NotFound { address: *address })?;
+        match (location.class, class) {
+            (Class::Cached, Class::Pinned) => {
+                let file = self.arena_file(location.arena)?;
+                let (_, bytes) = arena::read_record(
+                    file.as_ref(),
+                    location.arena,
+                    location.offset,
+                    address,
+                    location.length,
+                )?;
+                writer.cached_bytes = writer
+                    .cached_bytes
+                    .saturating_sub(u64::from(location.length));
+                let seq = writer.next_seq();
+                self.append(&mut writer, address, &bytes, Class::Pinned, seq)?;
+                self.sync_locked(&mut writer)
+            }
+            (Class::Pinned, Class::Cached) => {
+                let tx = writer.index.transaction()?;
+                index::set_class(&tx, address, Class::Cached)?;
+                self.backend.commit_point()?;
+                tx.commit()?;
+                writer.cached_bytes += u64::from(location.length);
+                self.evict_locked(&mut writer)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Forget `addresses` (absent ones are ignored); durable when this returns. The
+    /// bytes stay in their arenas until the next compaction.
+    pub fn remove(&self, addresses: &[Address]) -> Result<()> {
+        let mut writer = self.writer.lock();
+        self.sync_locked(&mut writer)?;
+        self.remove_locked(&mut writer, addresses)
+    }
+
+    /// Check every indexed record (header, length, hash) and every arena header.
+    /// Damaged blocks are reported, never repaired; undamaged ones stay readable.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let mut writer = self.writer.lock();
+        self.sync_locked(&mut writer)?;
+        let mut report = VerifyReport::default();
+        let arenas: Vec<(u32, Arc<dyn BackendFile>)> = {
+            let map = self.arenas.read();
+            let mut list: Vec<_> = map.iter().map(|(id, file)| (*id, file.clone())).collect();
+            list.sort_by_key(|(id, _)| *id);
+            list
+        };
+        for (id, file) in &arenas {
+            let mut header = [0u8; ARENA_HEADER_BYTES as usize];
+            match file.read_at(0, &mut header) {
+                Ok(()) => {
+                    if let Err(error) = ArenaHeader::decode(&header, *id) {
+                        report.problems.push(error);
+                    }
+                }
+                Err(error) => report.problems.push(error),
+            }
+            for (address, location, _) in index::blocks_in_arena(writer.index.conn(), *id)? {
+                report.records_checked += 1;
+                if let Err(error) = arena::read_record(
+                    file.as_ref(),
+                    *id,
+                    location.offset,
+                    &address,
+                    location.length,
+                ) {
+                    report.problems.push(error);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        let mut writer = self.writer.lock();
+        self.sync_locked(&mut writer)?;
+        let (pinned_bytes, cached_bytes, blocks) = index::totals(writer.index.conn())?;
+        let mut stats = Stats {
+            blocks,
+            pinned_bytes,
+            cached_bytes,
+            ..Stats::default()
+        };
+        let live = index::live_bytes_per_arena(writer.index.conn(), RECORD_HEADER_BYTES as u64)?;
+        let live: HashMap<u32, u64> = live.into_iter().collect();
+        for (id, file) in self.arenas.read().iter() {
+            let len = file.len()?;
+            stats.arenas += 1;
+            stats.arena_bytes += len;
+            let used = ARENA_HEADER_BYTES + live.get(id).copied().unwrap_or(0);
+            stats.dead_bytes += len.saturating_sub(used);
+        }
+        Ok(stats)
+    }
+
+    /// Rewrite every arena whose dead bytes are at least `dead_fraction_min` of it
+    /// (0.0: any dead byte) so dead records leave the disk. Crash-safe at every step:
+    /// live records are copied to a new arena and synced, one transaction moves their
+    /// rows and retires the old arena, and only then is the old file deleted.
+    pub fn compact(&self, dead_fraction_min: f64) -> Result<CompactReport> {
+        let mut report = CompactReport::default();
+        let candidates = {
+            let mut writer = self.writer.lock();
+            self.sync_locked(&mut writer)?;
+            let live: HashMap<u32, u64> =
+                index::live_bytes_per_arena(writer.index.conn(), RECORD_HEADER_BYTES as u64)?
+                    .into_iter()
+                    .collect();
+            let mut candidates = Vec::new();
+            let mut ids: Vec<u32> = self.arenas.read().keys().copied().collect();
+            ids.sort_unstable();
+            for id in ids {
+                let len = self.arena_file(id)?.len()?;
+                let used = ARENA_HEADER_BYTES + live.get(&id).copied().unwrap_or(0);
+                let dead = len.saturating_sub(used);
+                if dead > 0 && dead as f64 >= dead_fraction_min * len as f64 {
+                    candidates.push(id);
+                    if writer.current.map(|(current, _)| current) == Some(id) {
+                        // New puts go to a fresh arena from now on.
+                        writer.current = None;
+                    }
+                }
+            }
+            candidates
+        };
+        let mut destination: Option<(u32, u64)> = None;
+        for source in candidates {
+            // The writer lock is taken per source arena, so puts interleave with a long
+            // compaction; they never land in an arena being compacted.
+            let mut writer = self.writer.lock();
+            self.sync_locked(&mut writer)?;
+            self.compact_one(&mut writer, source, &mut destination, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    fn compact_one(
+        &self,
+        writer: &mut Writer,
+        source: u32,
+        destination: &mut Option<(u32, u64)>,
+        report: &mut CompactReport,
+    ) -> Result<()> {
+        let source_file = self.arena_file(source)?;
+        let source_len = source_file.len()?;
+        let rows = index::blocks_in_arena(writer.index.conn(), source)?;
+        let mut moved = Vec::with_capacity(rows.len());
+        let mut lost = Vec::new();
+        let mut written: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut bytes_after = 0u64;
+        for (address, location, seq) in rows {
+            let bytes = match arena::read_record(
+                source_file.as_ref(),
+                source,
+                location.offset,
+                &address,
+                location.length,
+            ) {
+                Ok((_, bytes)) => bytes,
+                Err(error) => {
+                    report.damaged.push(error);
+                    lost.push(address);
+                    continue;
+                }
+            };
+            let record_bytes = RECORD_HEADER_BYTES as u64 + bytes.len() as u64;
+            let (id, len) = match *destination {
+                Some((id, len))
+                    if len + record_bytes <= self.options.arena_bytes_max
+                        || len == ARENA_HEADER_BYTES =>
+                {
+                    (id, len)
+                }
+                _ => {
+                    let id = self.create_arena(writer)?;
+                    (id, ARENA_HEADER_BYTES)
+                }
+            };
+            let file = self.arena_file(id)?;
+            writer.scratch.clear();
+            let header = RecordHeader {
+                class: location.class,
+                length: location.length,
+                address,
+            };
+            arena::encode_record(&mut writer.scratch, &header, &bytes);
+            file.write_at(len, &writer.scratch)?;
+            *destination = Some((id, len + record_bytes));
+            written.insert(id, len + record_bytes);
+            bytes_after += record_bytes;
+            moved.push(Upsert {
+                address,
+                location: Location {
+                    arena: id,
+                    offset: len,
+                    ..location
+                },
+                seq,
+            });
+        }
+        for id in written.keys() {
+            self.arena_file(*id)?.sync()?;
+        }
+        if writer.dir_dirty {
+            self.backend.sync_dir()?;
+            writer.dir_dirty = false;
+        }
+        let tx = writer.index.transaction()?;
+        // Retire first (drops the source rows), then insert the moved rows.
+        index::retire_arena(&tx, source)?;
+        index::upsert(&tx, &moved)?;
+        for (id, len) in &written {
+            index::set_indexed_through(&tx, *id, *len)?;
+        }
+        index::write_meta(&tx, &writer.meta)?;
+        self.backend.commit_point()?;
+        tx.commit()?;
+        for (id, len) in &written {
+            // The destination is indexed through `len` now; nothing in it is pending.
+            if let Some(through) = writer.unsynced_arenas.get_mut(id) {
+                *through = (*through).max(*len);
+            }
+        }
+        writer
+            .unsynced_arenas
+            .retain(|id, _| !written.contains_key(id));
+        self.arenas.write().remove(&source);
+        self.backend.remove(&arena::arena_name(source))?;
+        self.backend.sync_dir()?;
+        for address in &lost {
+            tracing::warn!(%address, arena = source, "damaged block dropped by compaction");
+        }
+        let (_, cached_bytes, _) = index::totals(writer.index.conn())?;
+        writer.cached_bytes = cached_bytes;
+        report.arenas_rewritten += 1;
+        report.records_copied += moved.len() as u64;
+        report.bytes_freed += source_len.saturating_sub(bytes_after);
+        Ok(())
+    }
+
+    /// The put sequence number GC's sweep must not reach: every block put (or put
+    /// again) from now on has a sequence number at or above it.
+    pub(crate) fn gc_fence(&self) -> Result<u64> {
+        let mut writer = self.writer.lock();
+        self.sync_locked(&mut writer)?;
+        Ok(writer.meta.next_seq)
+    }
+
+    /// Remove every block put before `fence` for which `is_live` is false. Returns the
+    /// removed addresses.
+    pub(crate) fn sweep(
+        &self,
+        fence: u64,
+        is_live: &dyn Fn(&Address) -> bool,
+    ) -> Result<Vec<Address>> {
+        let mut writer = self.writer.lock();
+        self.sync_locked(&mut writer)?;
+        let dead: Vec<Address> = index::addresses_before(writer.index.conn(), fence)?
+            .into_iter()
+            .filter(|address| !is_live(address))
+            .collect();
+        self.remove_locked(&mut writer, &dead)?;
+        Ok(dead)
+    }
+
+    fn locate(&self, address: &Address) -> Result<Option<Location>> {
+        if let Some(location) = self.pending.read().get(address) {
+            return Ok(Some(*location));
+        }
+        let reader = match self.readers.lock().pop() {
+            Some(reader) => reader,
+            None => Reader::open(&self.index_path)?,
+        };
+        let found = reader.lookup(address);
+        let mut readers = self.readers.lock();
+        if readers.len() < self.options.readers_idle_max {
+            readers.push(reader);
+        }
+        found
+    }
+
+    fn arena_file(&self, id: u32) -> Result<Arc<dyn BackendFile>> {
+        self.arenas
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::Corrupt {
+                arena: id,
+                offset: 0,
+                reason: "arena is not open".into(),
+            })
+    }
+
+    fn append(
+        &self,
+        writer: &mut Writer,
+        address: &Address,
+        sealed: &[u8],
+        class: Class,
+        seq: u64,
+    ) -> Result<()> {
+        let record_bytes = RECORD_HEADER_BYTES as u64 + sealed.len() as u64;
+        let (id, len) = match writer.current {
+            Some((id, len))
+                if len + record_bytes <= self.options.arena_bytes_max
+                    || len == ARENA_HEADER_BYTES =>
+            {
+                (id, len)
+            }
+            _ => {
+                let id = self.create_arena(writer)?;
+                writer.current = Some((id, ARENA_HEADER_BYTES));
+                (id, ARENA_HEADER_BYTES)
+            }
+        };
+        let file = self.arena_file(id)?;
+        let length = u32::try_from(sealed.len()).map_err(|_| Error::TooLarge {
+            bytes: sealed.len(),
+            bytes_max: RECORD_PAYLOAD_BYTES_MAX as usize,
+        })?;
+        let header = RecordHeader {
+            class,
+            length,
+            address: *address,
+        };
+        writer.scratch.clear();
+        arena::encode_record(&mut writer.scratch, &header, sealed);
+        file.write_at(len, &writer.scratch)?;
+        let location = Location {
+            arena: id,
+            offset: len,
+            length,
+            class,
+        };
+        writer.current = Some((id, len + record_bytes));
+        writer.unsynced_arenas.insert(id, len + record_bytes);
+        writer.upserts.push(Upsert {
+            address: *address,
+            location,
+            seq,
+        });
+        writer.unsynced_bytes += record_bytes;
+        if class == Class::Cached {
+            writer.cached_bytes += u64::from(length);
+        }
+        self.pending.write().insert(*address, location);
+        if writer.unsynced_bytes >= self.options.unsynced_bytes_max {
+            self.sync_locked(writer)?;
+        }
+        Ok(())
+    }
+
+    /// A new empty arena with its header written; durable at the next sync.
+    fn create_arena(&self, writer: &mut Writer) -> Result<u32> {
+        let id = writer.meta.next_arena;
+        writer.meta.next_arena = id.checked_add(1).ok_or_else(|| Error::Malformed {
+            what: "arena ids",
+            detail: "exhausted".into(),
+        })?;
+        let file = self.backend.open(&arena::arena_name(id), true)?;
+        file.set_len(0)?;
+        file.write_at(0, &ArenaHeader { arena: id }.encode())?;
+        writer.unsynced_arenas.insert(id, ARENA_HEADER_BYTES);
+        writer.dir_dirty = true;
+        self.arenas.write().insert(id, file);
+        Ok(id)
+    }
+
+    fn sync_locked(&self, writer: &mut Writer) -> Result<()> {
+        let hits: Vec<(Address, u32)> =
+            std::mem::take(&mut *self.hits.lock()).into_iter().collect();
+        if writer.unsynced_arenas.is_empty() && writer.touches.is_empty() && hits.is_empty() {
+            return Ok(());
+        }
+        for id in writer.unsynced_arenas.keys() {
+            self.arena_file(*id)?.sync()?;
+        }
+        if writer.dir_dirty {
+            self.backend.sync_dir()?;
+        }
+        let hit_count: u64 = hits.iter().map(|(_, count)| u64::from(*count)).sum();
+        let age = writer.hits_since_ageing + hit_count >= self.options.ageing_interval_hits;
+        let mut meta = writer.meta;
+        meta.hit_clock += u64::from(!hits.is_empty());
+        let tx = writer.index.transaction()?;
+        index::upsert(&tx, &writer.upserts)?;
+        index::touch(&tx, &writer.touches)?;
+        for (id, through) in &writer.unsynced_arenas {
+            index::set_indexed_through(&tx, *id, *through)?;
+        }
+        index::add_hits(&tx, &hits, meta.hit_clock)?;
+        if age {
+            index::age_hits(&tx)?;
+        }
+        index::write_meta(&tx, &meta)?;
+        self.backend.commit_point()?;
+        tx.commit()?;
+        writer.meta = meta;
+        writer.hits_since_ageing = if age {
+            0
+        } else {
+            writer.hits_since_ageing + hit_count
+        };
+        writer.dir_dirty = false;
+        writer.unsynced_arenas.clear();
+        writer.upserts.clear();
+        writer.touches.clear();
+        writer.unsynced_bytes = 0;
+        self.pending.write().clear();
+        self.evict_locked(writer)
+    }
+
+    /// Drop least-hit cached blocks until cached bytes fit the budget. Pending puts must
+    /// be committed already (the caller synced).
+    fn evict_locked(&self, writer: &mut Writer) -> Result<()> {
+        while writer.cached_bytes > self.options.cache_bytes_max {
+            let candidates = index::eviction_order(writer.index.conn(), EVICTION_BATCH_ROWS)?;
+            if candidates.is_empty() {
+                // The running total drifted from the index: trust the index.
+                writer.cached_bytes = index::totals(writer.index.conn())?.1;
+                break;
+            }
+            let mut victims = Vec::new();
+            let mut cached_bytes = writer.cached_bytes;
+            for (address, length) in candidates {
+                if cached_bytes <= self.options.cache_bytes_max {
+                    break;
+                }
+                cached_bytes = cached_bytes.saturating_sub(u64::from(length));
+                victims.push(address);
+            }
+            self.remove_locked(writer, &victims)?;
+        }
+        Ok(())
+    }
+
+    fn remove_locked(&self, writer: &mut Writer, addresses: &[Address]) -> Result<()> {
+        if addresses.is_empty() {
+            return Ok(());
+        }
+        let tx = writer.index.transaction()?;
+        index::remove(&tx, addresses)?;
+        self.backend.commit_point()?;
+        tx.commit()?;
+        writer.cached_bytes = index::totals(writer.index.conn())?.1;
+        let mut hits = self.hits.lock();
+        for address in addresses {
+            hits.remove(address);
+        }
+        Ok(())
+    }
+}
+
+impl Writer {
+    fn next_seq(&mut self) -> u64 {
+        let seq = self.meta.next_seq;
+        self.meta.next_seq += 1;
+        seq
+    }
+}
+
+impl BlockStore for Store {
+    fn put(&self, address: &Address, sealed: &[u8], class: Class) -> Result<()> {
+        Store::put(self, address, sealed, class)
+    }
+
+    fn get(&self, address: &Address) -> Result<Vec<u8>> {
+        Store::get(self, address)
+    }
+
+    fn contains(&self, address: &Address) -> Result<bool> {
+        Store::contains(self, address)
+    }
+}
+
+/// Bring the index in line with the arena files on open; returns the open arenas.
+fn reconcile(
+    backend: &dyn Backend,
+    writer: &mut Writer,
+    state: IndexState,
+    report: &mut Vec<Error>,
+) -> Result<HashMap<u32, Arc<dyn BackendFile>>> {
+    let mut files: BTreeMap<u32, String> = BTreeMap::new();
+    for name in backend.list()? {
+        if let Some(id) = arena::parse_arena_name(&name) {
+            files.insert(id, name);
+        }
+    }
+    let conn = writer.index.conn();
+    let mut meta = index::read_meta(conn)?;
+    let retired: HashSet<u32> = index::retired_arenas(conn)?.into_iter().collect();
+    let indexed: HashMap<u32, u64> = index::arenas(conn)?.into_iter().collect();
+    let referenced = index::arenas_referenced(conn)?;
+    let max_id = files
+        .keys()
+        .chain(retired.iter())
+        .chain(indexed.keys())
+        .chain(referenced.iter())
+        .copied()
+        .max();
+    if let Some(max_id) = max_id {
+        meta.next_arena = meta.next_arena.max(max_id.saturating_add(1));
+    }
+    meta.next_seq = meta.next_seq.max(1);
+
+    let tx = writer.index.transaction()?;
+    let mut dir_dirty = false;
+    // An interrupted compaction: the index already moved the rows away.
+    for id in files.keys().filter(|id| retired.contains(id)) {
+        backend.remove(&arena::arena_name(*id))?;
+        dir_dirty = true;
+    }
+    files.retain(|id, _| !retired.contains(id));
+    // Rows pointing at arenas whose files are gone are lost.
+    for id in indexed.keys().chain(referenced.iter()) {
+        if !files.contains_key(id) && !retired.contains(id) {
+            let lost = index::drop_past(&tx, *id, 0, RECORD_HEADER_BYTES as u64)?;
+            report.push(Error::Corrupt {
+                arena: *id,
+                offset: 0,
+                reason: format!("arena file missing; {} indexed blocks lost", lost.len()),
+            });
+            index::retire_arena(&tx, *id)?;
+        }
+    }
+    let mut arenas: HashMap<u32, Arc<dyn BackendFile>> = HashMap::new();
+    let mut last: Option<(u32, u64)> = None;
+    for (&id, name) in &files {
+        let file = backend.open(name, false)?;
+        let len = file.len()?;
+        if len <= ARENA_HEADER_BYTES && !indexed.contains_key(&id) {
+            // Created but never got a record (or even its header) to disk.
+            backend.remove(name)?;
+            dir_dirty = true;
+            continue;
+        }
+        if len >= ARENA_HEADER_BYTES {
+            let mut header = [0u8; ARENA_HEADER_BYTES as usize];
+            file.read_at(0, &mut header)?;
+            if let Err(error) = ArenaHeader::decode(&header, id) {
+                // Records describe themselves; keep reading them.
+                report.push(error);
+            }
+        }
+        let mut start = match state {
+            IndexState::Fresh => ARENA_HEADER_BYTES,
+            IndexState::Existing => indexed.get(&id).copied().unwrap_or(ARENA_HEADER_BYTES),
+        };
+        if len < start {
+            let lost = index::drop_past(&tx, id, len, RECORD_HEADER_BYTES as u64)?;
+            for address in &lost {
+                report.push(Error::Damaged {
+                    address: *address,
+                    arena: id,
+                    offset: len,
+                    reason: "arena truncated: record lost".into(),
+                });
+            }
+            start = index::blocks_in_arena(&tx, id)?
+                .last()
+                .map(|(_, location, _)| {
+                    location.offset + RECORD_HEADER_BYTES as u64 + u64::from(location.length)
+                })
+                .unwrap_or(ARENA_HEADER_BYTES)
+                .max(ARENA_HEADER_BYTES);
+        }
+        let scan = arena::scan(file.as_ref(), start.min(len.max(ARENA_HEADER_BYTES)))?;
+        let mut upserts = Vec::new();
+        for item in scan.items {
+            match item {
+                ScanItem::Record { offset, header } => {
+                    let existing = index::lookup(&tx, &header.address)?;
+                    let replace = match existing {
+                        None => true,
+                        // A later pinned copy wins over a cached one; otherwise the
+                        // indexed copy stays (both hold the same bytes).
+                        Some(location) => {
+                            location.class == Class::Cached && header.class == Class::Pinned
+                        }
+                    };
+                    if replace {
+                        upserts.push(Upsert {
+                            address: header.address,
+                            location: Location {
+                                arena: id,
+                                offset,
+                                length: header.length,
+                                class: header.class,
+                            },
+                            seq: meta.next_seq,
+                        });
+                        meta.next_seq += 1;
+                        index::upsert(&tx, &upserts[upserts.len() - 1..])?;
+                    }
+                }
+                ScanItem::Damaged {
+                    offset,
+                    bytes,
+                    reason,
+                } => report.push(Error::Corrupt {
+                    arena: id,
+                    offset,
+                    reason: format!("{bytes} bytes hold no valid record ({reason})"),
+                }),
+            }
+        }
+        let mut len = len;
+        if scan.valid_end < len {
+            report.push(Error::Corrupt {
+                arena: id,
+                offset: scan.valid_end,
+                reason: format!(
+                    "torn tail of {} bytes cut ({})",
+                    len - scan.valid_end,
+                    scan.tail_reason.unwrap_or_default()
+                ),
+            });
+            file.set_len(scan.valid_end)?;
+            file.sync()?;
+            len = scan.valid_end;
+        }
+        if len < ARENA_HEADER_BYTES {
+            // Not even a header survived: give the arena a fresh one.
+            file.set_len(0)?;
+            file.write_at(0, &ArenaHeader { arena: id }.encode())?;
+            file.sync()?;
+            len = ARENA_HEADER_BYTES;
+        }
+        index::set_indexed_through(&tx, id, len)?;
+        last = Some((id, len));
+        arenas.insert(id, file);
+    }
+    index::write_meta(&tx, &meta)?;
+    if dir_dirty {
+        backend.sync_dir()?;
+    }
+    backend.commit_point()?;
+    tx.commit()?;
+    writer.meta = meta;
+    writer.current = last;
+    Ok(arenas)
+}
