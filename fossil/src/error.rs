@@ -33,6 +33,8 @@ pub enum Error {
     Unsupported,
     #[error("stale file handle")]
     StaleHandle,
+    #[error("seek offset at or past the end of the file")]
+    SeekPastEnd,
     #[error("too many links")]
     TooManyLinks,
     #[error("block store: {0}")]

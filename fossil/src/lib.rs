@@ -9,8 +9,12 @@
 //! fossil never opens a socket and knows nothing of FUSE: [`Volume`] speaks in inode
 //! numbers, names and byte ranges, and the `kith` binary adapts that to the kernel.
 
+pub mod apply;
+pub mod checkpoint;
+pub mod content;
 pub mod error;
 pub mod log;
+pub mod namespace;
 pub mod op;
 pub mod types;
 pub mod volume;

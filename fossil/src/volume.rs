@@ -1,120 +1,1907 @@
 //! `Volume`: the namespace and file contents of one tree, driven by inode numbers.
 //!
-//! CONTRACT (skeleton): the signatures below are what the FUSE adapter calls; the
-//! bodies are being written. Lookup counts (`forget`) and open handles keep unlinked
-//! files alive until the kernel lets go of them.
+//! Every change goes the same way: check POSIX preconditions against the applied
+//! namespace, build an [`Op`], append it to the log, apply it into the namespace (in
+//! one SQLite transaction that is committed in groups), and answer. Reads come from
+//! the namespace, the write buffers of open files and the content store.
+//!
+//! Commit points: the SQLite transaction is committed at most every
+//! `commit_interval_ms` or `commit_ops_max` ops (the log is written out to the OS
+//! first, so the namespace is never ahead of the log); `fsync`/`sync_all` make content
+//! blocks durable in the store first, then the log. A background thread commits and
+//! flushes idle dirty files.
+//!
+//! Lookup counts (`forget`) and open handles keep unlinked files alive until the
+//! kernel lets go of them; `readdir` entries count as lookups (readdirplus semantics).
+//! `.snapshots/NAME/…` shows snapshot images read-only under inode numbers from bit 62
+//! up, which real inodes never use.
 
-use std::ffi::OsStr;
-use std::path::Path;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use parking_lot::{Condvar, Mutex};
+use venti::BlockRef;
+
+use crate::apply::{Outcome, apply};
+use crate::checkpoint::Image;
+use crate::content::{ContentStore, ContentWriter, MemContent, Overlay, read_content};
+use crate::log::{FileLog, Log};
+use crate::namespace::{Inode, Namespace};
+use crate::op::{
+    Content, DeviceId, INLINE_BYTES_MAX, NAME_BYTES_MAX, Op, OpBody, SYMLINK_BYTES_MAX,
+    XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX, name_is_valid,
+};
 use crate::*;
+
+/// Inode of the virtual `.snapshots` directory; snapshot views count up from it.
+const SNAPSHOTS_INO: InodeNo = InodeNo(1 << 62);
+const SNAPSHOTS_NAME: &[u8] = b".snapshots";
+/// Most entries one `readdir` call returns; the caller continues from the last cookie.
+pub const READDIR_ENTRIES_MAX: usize = 1024;
+const LINKS_MAX: u32 = 65000;
+/// Pieces of a streamed copy or rewrite.
+const COPY_BYTES: usize = 1 << 20;
+
+/// How to open a volume. `Default` gives a device-1 volume on a file log.
+#[derive(Debug)]
+pub struct VolumeOptions {
+    pub device: DeviceId,
+    /// Where file content goes; `None`: the volume's own store under its directory.
+    pub content: Option<Arc<dyn ContentStore>>,
+    /// The log; `None`: a [`FileLog`] under the volume directory.
+    pub log: Option<Box<dyn Log>>,
+    pub commit_interval_ms: u64,
+    pub commit_ops_max: usize,
+    /// A dirty file untouched this long is turned into a write op by the timer.
+    pub idle_flush_ms: u64,
+    /// Over this many buffered bytes in one file, it is flushed as a write op.
+    pub dirty_file_bytes_max: usize,
+    /// Run the background commit/flush thread.
+    pub background: bool,
+}
+
+impl Default for VolumeOptions {
+    fn default() -> VolumeOptions {
+        VolumeOptions {
+            device: DeviceId(1),
+            content: None,
+            log: None,
+            commit_interval_ms: 50,
+            commit_ops_max: 4096,
+            idle_flush_ms: 1000,
+            dirty_file_bytes_max: 64 << 20,
+            background: true,
+        }
+    }
+}
 
 /// One mounted volume.
 #[derive(Debug)]
 pub struct Volume {
-    _private: (),
+    shared: Arc<Shared>,
+    timer: Option<std::thread::JoinHandle<()>>,
 }
 
-#[allow(unused_variables, clippy::todo)]
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    content: Arc<dyn ContentStore>,
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+#[derive(Debug)]
+struct State {
+    dir: PathBuf,
+    ns: Namespace,
+    log: Box<dyn Log>,
+    content: Arc<dyn ContentStore>,
+    device: DeviceId,
+    next_seq: u64,
+    options: Tuning,
+    files: HashMap<InodeNo, OpenFile>,
+    handles: HashMap<u64, InodeNo>,
+    next_handle: u64,
+    lookups: HashMap<InodeNo, u64>,
+    /// Where each looked-up inode was last seen: the hint a write op carries for its
+    /// conflict copy.
+    names: HashMap<InodeNo, (InodeNo, Vec<u8>)>,
+    uncommitted_ops: usize,
+    last_commit: Instant,
+    views: Views,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Tuning {
+    commit_interval: Duration,
+    commit_ops_max: usize,
+    idle_flush: Duration,
+    dirty_file_bytes_max: usize,
+}
+
+#[derive(Debug, Default)]
+struct OpenFile {
+    handles: u32,
+    dirty: Option<Dirty>,
+}
+
+/// The write buffer of one file.
+struct Dirty {
+    overlay: Overlay,
+    /// Sequential writes of a new file stream straight into the store: the first
+    /// `streamed` bytes are in `stream`, not in the overlay.
+    stream: Option<Box<dyn ContentWriter>>,
+    mtime_ns: i64,
+    last_write: Instant,
+}
+
+impl std::fmt::Debug for Dirty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dirty")
+            .field("size", &self.overlay.size)
+            .field("buffered_bytes", &self.overlay.data_bytes())
+            .field(
+                "streaming",
+                &self.stream.as_ref().map(|stream| stream.len()),
+            )
+            .finish()
+    }
+}
+
 impl Volume {
     /// Open (creating on first use) the volume stored under `dir`.
     pub fn open(dir: &Path) -> Result<Volume> {
-        todo!()
+        Volume::open_with(dir, VolumeOptions::default())
     }
+
+    pub fn open_with(dir: &Path, options: VolumeOptions) -> Result<Volume> {
+        std::fs::create_dir_all(dir)?;
+        if options.device.0 == 0 || options.device.0 > DeviceId::MAX {
+            return Err(Error::Invalid("device number out of range"));
+        }
+        let content: Arc<dyn ContentStore> = match options.content {
+            Some(content) => content,
+            None => default_content_store(dir)?,
+        };
+        let log: Box<dyn Log> = match options.log {
+            Some(log) => log,
+            None => Box::new(FileLog::open(&dir.join("log"))?),
+        };
+        let tuning = Tuning {
+            commit_interval: Duration::from_millis(options.commit_interval_ms),
+            commit_ops_max: options.commit_ops_max.max(1),
+            idle_flush: Duration::from_millis(options.idle_flush_ms),
+            dirty_file_bytes_max: options.dirty_file_bytes_max.max(INLINE_BYTES_MAX),
+        };
+        let ns_path = dir.join("namespace.sqlite");
+        let mut state = State {
+            dir: dir.to_path_buf(),
+            ns: Namespace::open(&ns_path)?,
+            log,
+            content: Arc::clone(&content),
+            device: options.device,
+            next_seq: 1,
+            options: tuning,
+            files: HashMap::new(),
+            handles: HashMap::new(),
+            next_handle: 1,
+            lookups: HashMap::new(),
+            names: HashMap::new(),
+            uncommitted_ops: 0,
+            last_commit: Instant::now(),
+            views: Views::default(),
+        };
+        state.recover(&ns_path)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            content,
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let timer = if options.background {
+            let weak = Arc::downgrade(&shared);
+            let interval = tuning.commit_interval.max(Duration::from_millis(10));
+            Some(
+                std::thread::Builder::new()
+                    .name("fossil-commit".into())
+                    .spawn(move || background_loop(weak, interval))?,
+            )
+        } else {
+            None
+        };
+        Ok(Volume { shared, timer })
+    }
+
     pub fn lookup(&self, parent: InodeNo, name: &OsStr) -> Result<Attr> {
-        todo!()
+        let mut state = self.shared.state.lock();
+        let name = name.as_bytes();
+        check_name_len(name)?;
+        if let Some(attr) = state.view_lookup(parent, name)? {
+            return Ok(attr);
+        }
+        let dir = state.dir_inode(parent)?;
+        let ino = match name {
+            b"." => parent,
+            b".." => dir.parent,
+            _ => state.ns.lookup(parent, name)?.ok_or(Error::NotFound)?,
+        };
+        let attr = state.getattr(ino)?;
+        state.remember(ino, parent, name);
+        Ok(attr)
     }
+
     /// The kernel dropped `count` lookups of `ino`.
     pub fn forget(&self, ino: InodeNo, count: u64) {
-        todo!()
+        let mut state = self.shared.state.lock();
+        if let Some(lookups) = state.lookups.get_mut(&ino) {
+            *lookups = lookups.saturating_sub(count);
+            if *lookups == 0 {
+                state.lookups.remove(&ino);
+                state.names.remove(&ino);
+            }
+        }
+        if let Err(error) = state.reclaim_if_unused(ino) {
+            tracing::warn!(?ino, %error, "reclaiming an unlinked inode failed");
+        }
     }
+
     pub fn getattr(&self, ino: InodeNo) -> Result<Attr> {
-        todo!()
+        self.shared.state.lock().getattr(ino)
     }
-    pub fn setattr(&self, ino: InodeNo, change: &SetAttr, handle: Option<FileHandle>) -> Result<Attr> {
-        todo!()
+
+    pub fn setattr(
+        &self,
+        ino: InodeNo,
+        change: &SetAttr,
+        _handle: Option<FileHandle>,
+    ) -> Result<Attr> {
+        let mut state = self.shared.state.lock();
+        state.writable(ino)?;
+        let inode = state.inode(ino)?;
+        if let Some(size) = change.size {
+            match inode.kind {
+                FileKind::File => state.truncate(ino, size)?,
+                FileKind::Dir => return Err(Error::IsDir),
+                _ => return Err(Error::Invalid("truncate of a special file")),
+            }
+        }
+        let now = now_ns();
+        let time = |set: Option<TimeSet>| {
+            set.map(|set| match set {
+                TimeSet::Now => now,
+                TimeSet::At(at) => system_time_ns(at),
+            })
+        };
+        let atime_ns = time(change.atime);
+        let mtime_ns = time(change.mtime);
+        if change.perm.is_some()
+            || change.uid.is_some()
+            || change.gid.is_some()
+            || atime_ns.is_some()
+            || mtime_ns.is_some()
+        {
+            if mtime_ns.is_some() {
+                // An explicit mtime must not be overtaken by buffered writes.
+                state.flush_file(ino)?;
+            }
+            state.submit(OpBody::SetAttr {
+                ino,
+                perm: change.perm.map(|perm| perm & 0o7777),
+                uid: change.uid,
+                gid: change.gid,
+                atime_ns,
+                mtime_ns,
+            })?;
+        } else if change.ctime.is_some() && change.size.is_none() {
+            state.submit(OpBody::SetAttr {
+                ino,
+                perm: None,
+                uid: None,
+                gid: None,
+                atime_ns: None,
+                mtime_ns: None,
+            })?;
+        }
+        state.getattr(ino)
     }
-    pub fn mknod(&self, parent: InodeNo, name: &OsStr, kind: FileKind, perm: u16, rdev: u32, caller: Caller) -> Result<Attr> {
-        todo!()
+
+    pub fn mknod(
+        &self,
+        parent: InodeNo,
+        name: &OsStr,
+        kind: FileKind,
+        perm: u16,
+        rdev: u32,
+        caller: Caller,
+    ) -> Result<Attr> {
+        if kind == FileKind::Dir || kind == FileKind::Symlink {
+            return Err(Error::Invalid("mknod of a directory or symlink"));
+        }
+        let mut state = self.shared.state.lock();
+        let ino = state.create_node(
+            parent,
+            name.as_bytes(),
+            kind,
+            perm,
+            rdev,
+            caller,
+            Vec::new(),
+        )?;
+        state.getattr(ino)
     }
+
     pub fn mkdir(&self, parent: InodeNo, name: &OsStr, perm: u16, caller: Caller) -> Result<Attr> {
-        todo!()
+        let mut state = self.shared.state.lock();
+        let ino = state.create_node(
+            parent,
+            name.as_bytes(),
+            FileKind::Dir,
+            perm,
+            0,
+            caller,
+            Vec::new(),
+        )?;
+        state.getattr(ino)
     }
-    pub fn symlink(&self, parent: InodeNo, name: &OsStr, target: &Path, caller: Caller) -> Result<Attr> {
-        todo!()
+
+    pub fn symlink(
+        &self,
+        parent: InodeNo,
+        name: &OsStr,
+        target: &Path,
+        caller: Caller,
+    ) -> Result<Attr> {
+        let target = target.as_os_str().as_bytes().to_vec();
+        if target.is_empty() {
+            return Err(Error::NotFound);
+        }
+        if target.len() > SYMLINK_BYTES_MAX {
+            return Err(Error::NameTooLong {
+                len: target.len(),
+                max: SYMLINK_BYTES_MAX,
+            });
+        }
+        let mut state = self.shared.state.lock();
+        let ino = state.create_node(
+            parent,
+            name.as_bytes(),
+            FileKind::Symlink,
+            0o777,
+            0,
+            caller,
+            target,
+        )?;
+        state.getattr(ino)
     }
+
     pub fn readlink(&self, ino: InodeNo) -> Result<Vec<u8>> {
-        todo!()
+        let state = self.shared.state.lock();
+        let inode = state.inode(ino)?;
+        match (inode.kind, inode.content) {
+            (FileKind::Symlink, Content::Inline(target)) => Ok(target),
+            _ => Err(Error::Invalid("readlink of a non-symlink")),
+        }
     }
+
     pub fn unlink(&self, parent: InodeNo, name: &OsStr) -> Result<()> {
-        todo!()
+        let mut state = self.shared.state.lock();
+        state.remove_name(parent, name.as_bytes(), false)
     }
+
     pub fn rmdir(&self, parent: InodeNo, name: &OsStr) -> Result<()> {
-        todo!()
+        let mut state = self.shared.state.lock();
+        state.remove_name(parent, name.as_bytes(), true)
     }
-    pub fn rename(&self, parent: InodeNo, name: &OsStr, new_parent: InodeNo, new_name: &OsStr, flags: RenameFlags) -> Result<()> {
-        todo!()
+
+    pub fn rename(
+        &self,
+        parent: InodeNo,
+        name: &OsStr,
+        new_parent: InodeNo,
+        new_name: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<()> {
+        let mut state = self.shared.state.lock();
+        state.rename(
+            parent,
+            name.as_bytes(),
+            new_parent,
+            new_name.as_bytes(),
+            flags,
+        )
     }
+
     pub fn link(&self, ino: InodeNo, new_parent: InodeNo, new_name: &OsStr) -> Result<Attr> {
-        todo!()
+        let mut state = self.shared.state.lock();
+        let new_name = new_name.as_bytes();
+        check_name_len(new_name)?;
+        state.writable(ino)?;
+        state.writable(new_parent)?;
+        let inode = state.inode(ino)?;
+        if inode.kind == FileKind::Dir {
+            return Err(Error::NotPermitted);
+        }
+        if inode.nlink >= LINKS_MAX {
+            return Err(Error::TooManyLinks);
+        }
+        state.check_absent(new_parent, new_name)?;
+        state.submit(OpBody::Link {
+            ino,
+            new_parent,
+            new_name: new_name.to_vec(),
+        })?;
+        state.remember(ino, new_parent, new_name);
+        state.getattr(ino)
     }
+
     pub fn open_file(&self, ino: InodeNo, truncate: bool) -> Result<FileHandle> {
-        todo!()
+        let mut state = self.shared.state.lock();
+        if is_view(ino) {
+            if truncate {
+                return Err(Error::ReadOnly);
+            }
+            state.view_attr(ino)?;
+            return Ok(state.new_handle(ino));
+        }
+        let inode = state.inode(ino)?;
+        if inode.kind == FileKind::Dir {
+            return Err(Error::IsDir);
+        }
+        if truncate && inode.kind == FileKind::File {
+            state.truncate(ino, 0)?;
+        }
+        Ok(state.new_handle(ino))
     }
-    pub fn create(&self, parent: InodeNo, name: &OsStr, perm: u16, caller: Caller, exclusive: bool) -> Result<(Attr, FileHandle)> {
-        todo!()
+
+    pub fn create(
+        &self,
+        parent: InodeNo,
+        name: &OsStr,
+        perm: u16,
+        caller: Caller,
+        exclusive: bool,
+    ) -> Result<(Attr, FileHandle)> {
+        let mut state = self.shared.state.lock();
+        let name = name.as_bytes();
+        check_name_len(name)?;
+        state.writable(parent)?;
+        state.dir_inode(parent)?;
+        if let Some(existing) = state.ns.lookup(parent, name)? {
+            if exclusive {
+                return Err(Error::Exists);
+            }
+            if state.inode(existing)?.kind == FileKind::Dir {
+                return Err(Error::IsDir);
+            }
+            let attr = state.getattr(existing)?;
+            state.remember(existing, parent, name);
+            return Ok((attr, state.new_handle(existing)));
+        }
+        let ino = state.create_node(parent, name, FileKind::File, perm, 0, caller, Vec::new())?;
+        let attr = state.getattr(ino)?;
+        Ok((attr, state.new_handle(ino)))
     }
-    pub fn read(&self, ino: InodeNo, handle: FileHandle, offset: u64, size: u32) -> Result<Vec<u8>> {
-        todo!()
+
+    pub fn read(
+        &self,
+        ino: InodeNo,
+        _handle: FileHandle,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>> {
+        let (content, file_size) = {
+            let mut state = self.shared.state.lock();
+            if is_view(ino) {
+                let inode = state.view_inode(ino)?;
+                (inode.content, inode.size)
+            } else {
+                if state
+                    .files
+                    .get(&ino)
+                    .is_some_and(|file| file.dirty.is_some())
+                {
+                    return state.read_dirty(ino, offset, size as usize);
+                }
+                let inode = state.inode(ino)?;
+                if inode.kind == FileKind::Dir {
+                    return Err(Error::IsDir);
+                }
+                (inode.content, inode.size)
+            }
+        };
+        // Committed content is immutable: read it without holding the volume lock.
+        read_sized(
+            self.shared.content.as_ref(),
+            &content,
+            file_size,
+            offset,
+            size as usize,
+        )
     }
-    pub fn write(&self, ino: InodeNo, handle: FileHandle, offset: u64, data: &[u8]) -> Result<u32> {
-        todo!()
+
+    pub fn write(
+        &self,
+        ino: InodeNo,
+        _handle: FileHandle,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32> {
+        let mut state = self.shared.state.lock();
+        state.writable(ino)?;
+        state.write(ino, offset, data)?;
+        Ok(data.len() as u32)
     }
+
     /// `close(2)` of one descriptor: dirty data becomes one write operation.
-    pub fn flush(&self, ino: InodeNo, handle: FileHandle) -> Result<()> {
-        todo!()
+    pub fn flush(&self, ino: InodeNo, _handle: FileHandle) -> Result<()> {
+        if is_view(ino) {
+            return Ok(());
+        }
+        self.shared.state.lock().flush_file(ino)
     }
+
     pub fn release(&self, ino: InodeNo, handle: FileHandle) -> Result<()> {
-        todo!()
+        let mut state = self.shared.state.lock();
+        state.handles.remove(&handle.0);
+        if is_view(ino) {
+            return Ok(());
+        }
+        let flushed = state.flush_file(ino);
+        if let Some(file) = state.files.get_mut(&ino) {
+            file.handles = file.handles.saturating_sub(1);
+            if file.handles == 0 && file.dirty.is_none() {
+                state.files.remove(&ino);
+            }
+        }
+        flushed?;
+        state.reclaim_if_unused(ino)
     }
+
     /// Durable when this returns, also for an open but unlinked file.
-    pub fn fsync(&self, ino: InodeNo, data_only: bool) -> Result<()> {
-        todo!()
+    pub fn fsync(&self, ino: InodeNo, _data_only: bool) -> Result<()> {
+        if is_view(ino) {
+            return Ok(());
+        }
+        let mut state = self.shared.state.lock();
+        state.flush_file(ino)?;
+        state.make_durable()
     }
-    /// Entries after `cookie` (0 = from the start), including "." and "..".
+
+    /// Entries after `cookie` (0 = from the start), including "." and "..". At most
+    /// [`READDIR_ENTRIES_MAX`] per call; an empty answer is the end.
     pub fn readdir(&self, ino: InodeNo, cookie: u64) -> Result<Vec<DirEntry>> {
-        todo!()
+        let mut state = self.shared.state.lock();
+        if is_view(ino) {
+            return state.view_readdir(ino, cookie);
+        }
+        let dir = state.dir_inode(ino)?;
+        let mut out = Vec::new();
+        if cookie < 1 {
+            out.push(DirEntry {
+                cookie: 1,
+                name: ".".into(),
+                attr: state.getattr(ino)?,
+            });
+        }
+        if cookie < 2 {
+            out.push(DirEntry {
+                cookie: 2,
+                name: "..".into(),
+                attr: state.getattr(dir.parent)?,
+            });
+        }
+        if cookie < 3 && ino == InodeNo::ROOT && !state.ns.snapshots()?.is_empty() {
+            out.push(DirEntry {
+                cookie: 3,
+                name: OsString::from_vec(SNAPSHOTS_NAME.to_vec()),
+                attr: snapshots_dir_attr(&dir),
+            });
+        }
+        let after = cookie.saturating_sub(3);
+        for (position, name, child) in state.ns.dir_entries(ino, after, READDIR_ENTRIES_MAX)? {
+            let attr = state.getattr(child)?;
+            state.remember(child, ino, &name);
+            out.push(DirEntry {
+                cookie: position + 3,
+                name: OsString::from_vec(name),
+                attr,
+            });
+        }
+        Ok(out)
     }
+
     pub fn statfs(&self) -> Result<StatFs> {
-        todo!()
+        let state = self.shared.state.lock();
+        let files = state.ns.inode_count()?;
+        let disk = rustix::fs::statvfs(&state.dir).map_err(std::io::Error::from)?;
+        let block_size = 4096u64;
+        let scale = |blocks: u64| blocks.saturating_mul(disk.f_frsize.max(1)) / block_size;
+        Ok(StatFs {
+            blocks: scale(disk.f_blocks),
+            blocks_free: scale(disk.f_bfree),
+            blocks_available: scale(disk.f_bavail),
+            files: files + disk.f_ffree,
+            files_free: disk.f_ffree,
+            block_size: block_size as u32,
+            name_len_max: NAME_BYTES_MAX as u32,
+            fragment_size: block_size as u32,
+        })
     }
-    pub fn setxattr(&self, ino: InodeNo, name: &OsStr, value: &[u8], flags: XattrFlags) -> Result<()> {
-        todo!()
+
+    pub fn setxattr(
+        &self,
+        ino: InodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: XattrFlags,
+    ) -> Result<()> {
+        let mut state = self.shared.state.lock();
+        let name = name.as_bytes();
+        check_xattr_name(name)?;
+        if value.len() > XATTR_VALUE_BYTES_MAX {
+            return Err(Error::Range);
+        }
+        state.writable(ino)?;
+        state.inode(ino)?;
+        let exists = state.ns.xattr(ino, name)?.is_some();
+        if flags.create && exists {
+            return Err(Error::Exists);
+        }
+        if flags.replace && !exists {
+            return Err(Error::NoAttribute);
+        }
+        state.submit(OpBody::SetXattr {
+            ino,
+            name: name.to_vec(),
+            value: value.to_vec(),
+        })?;
+        Ok(())
     }
+
     pub fn getxattr(&self, ino: InodeNo, name: &OsStr) -> Result<Vec<u8>> {
-        todo!()
+        let mut state = self.shared.state.lock();
+        let name = name.as_bytes();
+        check_xattr_name(name)?;
+        if is_view(ino) {
+            return state.view_xattr(ino, name);
+        }
+        state.inode(ino)?;
+        state.ns.xattr(ino, name)?.ok_or(Error::NoAttribute)
     }
+
     pub fn listxattr(&self, ino: InodeNo) -> Result<Vec<std::ffi::OsString>> {
-        todo!()
+        let mut state = self.shared.state.lock();
+        if is_view(ino) {
+            return state.view_xattr_names(ino);
+        }
+        state.inode(ino)?;
+        Ok(state
+            .ns
+            .xattr_names(ino)?
+            .into_iter()
+            .map(OsString::from_vec)
+            .collect())
     }
+
     pub fn removexattr(&self, ino: InodeNo, name: &OsStr) -> Result<()> {
-        todo!()
+        let mut state = self.shared.state.lock();
+        let name = name.as_bytes();
+        check_xattr_name(name)?;
+        state.writable(ino)?;
+        state.inode(ino)?;
+        if state.ns.xattr(ino, name)?.is_none() {
+            return Err(Error::NoAttribute);
+        }
+        state.submit(OpBody::RemoveXattr {
+            ino,
+            name: name.to_vec(),
+        })?;
+        Ok(())
     }
-    pub fn fallocate(&self, ino: InodeNo, offset: u64, length: u64, mode: FallocateMode) -> Result<()> {
-        todo!()
+
+    pub fn fallocate(
+        &self,
+        ino: InodeNo,
+        offset: u64,
+        length: u64,
+        mode: FallocateMode,
+    ) -> Result<()> {
+        let mut state = self.shared.state.lock();
+        state.writable(ino)?;
+        let inode = state.inode(ino)?;
+        if inode.kind != FileKind::File {
+            return Err(if inode.kind == FileKind::Dir {
+                Error::IsDir
+            } else {
+                Error::Invalid("fallocate of a special file")
+            });
+        }
+        if length == 0 {
+            return Err(Error::Invalid("fallocate of zero bytes"));
+        }
+        let end = offset
+            .checked_add(length)
+            .ok_or(Error::Invalid("fallocate range overflows"))?;
+        if mode.punch_hole && !mode.keep_size {
+            return Err(Error::Invalid("punch hole needs keep size"));
+        }
+        let dirty = state.dirty(ino)?;
+        let size = dirty.overlay.size;
+        if mode.punch_hole || mode.zero_range {
+            let zero_end = if mode.keep_size { end.min(size) } else { end };
+            if zero_end > offset {
+                dirty.overlay.zero(offset, zero_end - offset);
+            }
+        }
+        if !mode.keep_size && end > dirty.overlay.size {
+            dirty.overlay.set_size(end);
+        }
+        dirty.mtime_ns = now_ns();
+        dirty.last_write = Instant::now();
+        state.flush_file(ino)
     }
+
     pub fn lseek(&self, ino: InodeNo, offset: u64, to: SeekTo) -> Result<u64> {
-        todo!()
+        let mut state = self.shared.state.lock();
+        let size = if is_view(ino) {
+            state.view_inode(ino)?.size
+        } else {
+            state.getattr(ino)?.size
+        };
+        if offset >= size {
+            return Err(Error::SeekPastEnd);
+        }
+        // Every byte is data: the only hole is the one past the end.
+        Ok(match to {
+            SeekTo::Data => offset,
+            SeekTo::Hole => size,
+        })
     }
-    pub fn copy_file_range(&self, ino_in: InodeNo, offset_in: u64, ino_out: InodeNo, offset_out: u64, length: u64) -> Result<u64> {
-        todo!()
+
+    pub fn copy_file_range(
+        &self,
+        ino_in: InodeNo,
+        offset_in: u64,
+        ino_out: InodeNo,
+        offset_out: u64,
+        length: u64,
+    ) -> Result<u64> {
+        let mut copied = 0u64;
+        while copied < length {
+            let piece = (length - copied).min(COPY_BYTES as u64) as u32;
+            let bytes = self.read(ino_in, FileHandle(0), offset_in + copied, piece)?;
+            if bytes.is_empty() {
+                break;
+            }
+            self.write(ino_out, FileHandle(0), offset_out + copied, &bytes)?;
+            copied += bytes.len() as u64;
+        }
+        Ok(copied)
     }
+
     /// Record the current namespace as a named, read-only snapshot under `.snapshots/`.
     pub fn snapshot(&self, name: &str) -> Result<()> {
-        todo!()
+        let name = name.as_bytes();
+        if !name_is_valid(name) {
+            return Err(Error::Invalid("snapshot name"));
+        }
+        let mut state = self.shared.state.lock();
+        state.flush_all()?;
+        if state.ns.snapshot_exists(name)? {
+            return Err(Error::Exists);
+        }
+        state.submit(OpBody::Snapshot {
+            name: name.to_vec(),
+        })?;
+        state.make_durable()
     }
+
+    /// Snapshot names, oldest slot first.
+    pub fn snapshots(&self) -> Result<Vec<String>> {
+        let state = self.shared.state.lock();
+        let mut snapshots = state.ns.snapshots()?;
+        snapshots.sort_by_key(|(_, slot, _)| *slot);
+        Ok(snapshots
+            .into_iter()
+            .map(|(name, _, _)| String::from_utf8_lossy(&name).into_owned())
+            .collect())
+    }
+
     /// Flush every dirty file and make the log durable.
     pub fn sync_all(&self) -> Result<()> {
-        todo!()
+        let mut state = self.shared.state.lock();
+        state.flush_all()?;
+        state.make_durable()
+    }
+
+    /// Write a checkpoint of the namespace to the content store, record it under the
+    /// volume directory and truncate the log behind it. Returns the checkpoint root.
+    pub fn checkpoint(&self) -> Result<BlockRef> {
+        let mut state = self.shared.state.lock();
+        state.flush_all()?;
+        state.make_durable()?;
+        let image = Image::capture(&state.ns)?;
+        let root = state.content.write_meta(&image.encode())?;
+        state.content.sync()?;
+        let path = state.dir.join("checkpoint");
+        let tmp = state.dir.join("checkpoint.tmp");
+        std::fs::write(&tmp, root.encode())?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&state.dir)?.sync_all()?;
+        state.log.truncate_before(image.applied_end)?;
+        Ok(root)
+    }
+
+    /// The checkpoint image of the namespace as it is now (tests, status).
+    pub fn image(&self) -> Result<Image> {
+        let state = self.shared.state.lock();
+        Image::capture(&state.ns)
+    }
+
+    /// Content roots the store must keep: every file of the live namespace, of the
+    /// snapshots, and the snapshot images themselves.
+    pub fn live_roots(&self) -> Result<Vec<BlockRef>> {
+        let mut guard = self.shared.state.lock();
+        let state = &mut *guard;
+        let mut roots = Vec::new();
+        for inode in state.ns.all_inodes()? {
+            if let Content::Tree(root) = inode.content {
+                roots.push(root);
+            }
+        }
+        for (name, _, _) in state.ns.snapshots()? {
+            if let Some(root) = state
+                .ns
+                .snapshot_root(&name)?
+                .and_then(|bytes| BlockRef::decode(&bytes).ok())
+            {
+                roots.push(root);
+                let image = state
+                    .views
+                    .image(&state.ns, state.content.as_ref(), &name)?;
+                roots.extend(
+                    image
+                        .image
+                        .inodes
+                        .iter()
+                        .filter_map(|inode| match inode.content {
+                            Content::Tree(root) => Some(root),
+                            Content::Inline(_) => None,
+                        }),
+                );
+            }
+        }
+        Ok(roots)
     }
 }
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        *self.shared.stop.lock() = true;
+        self.shared.wake.notify_all();
+        if let Some(timer) = self.timer.take() {
+            let _ = timer.join();
+        }
+        let mut state = self.shared.state.lock();
+        if let Err(error) = state.flush_all().and_then(|()| state.make_durable()) {
+            tracing::error!(%error, "volume: final sync failed");
+        }
+    }
+}
+
+fn background_loop(shared: Weak<Shared>, interval: Duration) {
+    loop {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        {
+            let mut stop = shared.stop.lock();
+            if *stop {
+                return;
+            }
+            shared.wake.wait_for(&mut stop, interval);
+            if *stop {
+                return;
+            }
+        }
+        let mut state = shared.state.lock();
+        if let Err(error) = state.tick() {
+            tracing::warn!(%error, "volume: background commit failed");
+        }
+    }
+}
+
+fn default_content_store(_dir: &Path) -> Result<Arc<dyn ContentStore>> {
+    // Replaced by the venti-backed store once venti's tree writer lands.
+    Ok(Arc::new(Arc::new(MemContent::new())))
+}
+
+impl State {
+    /// Bring the namespace up to the end of the log: from the database if it is
+    /// consistent with the log, else from the last checkpoint (or the empty volume).
+    fn recover(&mut self, ns_path: &Path) -> Result<()> {
+        let applied_end = self.ns.applied_end()?;
+        let has_root = self.ns.inode(InodeNo::ROOT)?.is_some();
+        let consistent = applied_end <= self.log.end()
+            && applied_end >= self.log.start()
+            && (has_root || applied_end == 0);
+        if !consistent {
+            tracing::warn!(
+                applied_end,
+                log_start = self.log.start(),
+                log_end = self.log.end(),
+                "namespace does not match the log: rebuilding"
+            );
+            drop(std::mem::replace(
+                &mut self.ns,
+                Namespace::open_in_memory()?,
+            ));
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = ns_path.as_os_str().to_owned();
+                path.push(suffix);
+                match std::fs::remove_file(PathBuf::from(path)) {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(error.into());
+                    }
+                    _ => {}
+                }
+            }
+            self.ns = Namespace::open(ns_path)?;
+            if self.log.start() > 0 {
+                let root_bytes = std::fs::read(self.dir.join("checkpoint"))?;
+                let root = BlockRef::decode(&root_bytes).map_err(|error| Error::Corrupt {
+                    what: "checkpoint pointer",
+                    detail: error.to_string(),
+                })?;
+                let image = Image::decode(&self.content.read_meta(&root)?)?;
+                if image.applied_end < self.log.start() {
+                    return Err(Error::Corrupt {
+                        what: "checkpoint",
+                        detail: "older than the log start".into(),
+                    });
+                }
+                self.ns.load(&image)?;
+            }
+        }
+        self.replay()?;
+        if self.ns.inode(InodeNo::ROOT)?.is_none() {
+            let meta = std::fs::metadata(&self.dir)?;
+            self.submit(OpBody::Genesis {
+                owner: self.device,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                perm: 0o755,
+            })?;
+        }
+        // Nobody holds unlinked inodes open after a restart.
+        for ino in self.ns.orphans()? {
+            self.submit(OpBody::Reclaim { ino })?;
+        }
+        self.commit()
+    }
+
+    /// Apply every log entry after the namespace's applied end.
+    fn replay(&mut self) -> Result<()> {
+        let mut next = self.ns.applied_end()?.max(self.log.start());
+        self.ns.begin()?;
+        loop {
+            let entries = self.log.read(next, 1024)?;
+            if entries.is_empty() {
+                break;
+            }
+            for (slot, bytes) in entries {
+                match Op::decode(&bytes) {
+                    Ok(op) => {
+                        let outcome = apply(&self.ns, slot, &op)?;
+                        self.after_apply(&outcome)?;
+                    }
+                    // Every device sees the same bytes, so skipping is deterministic.
+                    Err(error) => {
+                        tracing::warn!(slot, %error, "log: undecodable entry applied as a no-op")
+                    }
+                }
+                next = slot + 1;
+            }
+        }
+        self.ns.set_applied_end(next)?;
+        self.ns.commit()?;
+        self.next_seq = self.ns.author(self.device)?.map_or(0, |(seq, _)| seq) + 1;
+        Ok(())
+    }
+
+    /// Local effects of an applied op: a snapshot's image goes to the content store.
+    fn after_apply(&mut self, outcome: &Outcome) -> Result<()> {
+        if let Outcome::Snapshot { name } = outcome {
+            let image = Image::capture(&self.ns)?;
+            let root = self.content.write_meta(&image.encode())?;
+            self.ns.set_snapshot_root(name, &root.encode())?;
+        }
+        Ok(())
+    }
+
+    /// Log, apply and answer one local op.
+    fn submit(&mut self, body: OpBody) -> Result<Outcome> {
+        let op = Op {
+            author: self.device,
+            seq: self.next_seq,
+            time_ns: now_ns(),
+            body,
+        };
+        let slot = self.log.append(&op.encode())?;
+        self.next_seq += 1;
+        self.ns.begin()?;
+        let outcome = apply(&self.ns, slot, &op)?;
+        self.after_apply(&outcome)?;
+        self.uncommitted_ops += 1;
+        if self.uncommitted_ops >= self.options.commit_ops_max
+            || self.last_commit.elapsed() >= self.options.commit_interval
+        {
+            self.commit()?;
+        }
+        if let Outcome::NoOp(reason) = outcome {
+            // A local op was checked against the same namespace: this is a bug.
+            tracing::error!(?op, reason, "local op applied as a no-op");
+            return Err(Error::Invalid(reason));
+        }
+        Ok(outcome)
+    }
+
+    /// The log reaches the OS before the namespace commit that reflects it.
+    fn commit(&mut self) -> Result<()> {
+        self.log.write_out()?;
+        self.ns.set_applied_end(self.log.end())?;
+        self.ns.commit()?;
+        self.uncommitted_ops = 0;
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    /// Content blocks, then the log, then the namespace.
+    fn make_durable(&mut self) -> Result<()> {
+        self.content.sync()?;
+        self.log.sync()?;
+        self.commit()
+    }
+
+    fn tick(&mut self) -> Result<()> {
+        let idle: Vec<InodeNo> = self
+            .files
+            .iter()
+            .filter(|(_, file)| {
+                file.dirty
+                    .as_ref()
+                    .is_some_and(|dirty| dirty.last_write.elapsed() >= self.options.idle_flush)
+            })
+            .map(|(&ino, _)| ino)
+            .collect();
+        for ino in idle {
+            self.flush_file(ino)?;
+        }
+        if self.uncommitted_ops > 0 {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    fn new_handle(&mut self, ino: InodeNo) -> FileHandle {
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        self.handles.insert(handle, ino);
+        if !is_view(ino) {
+            self.files.entry(ino).or_default().handles += 1;
+        }
+        FileHandle(handle)
+    }
+
+    /// Count a lookup the kernel will `forget` later.
+    fn remember(&mut self, ino: InodeNo, parent: InodeNo, name: &[u8]) {
+        if name == b"." || name == b".." {
+            return;
+        }
+        *self.lookups.entry(ino).or_insert(0) += 1;
+        self.names.insert(ino, (parent, name.to_vec()));
+    }
+
+    fn inode(&self, ino: InodeNo) -> Result<Inode> {
+        if is_view(ino) {
+            return Err(Error::ReadOnly);
+        }
+        self.ns.inode(ino)?.ok_or(Error::NotFound)
+    }
+
+    fn dir_inode(&self, ino: InodeNo) -> Result<Inode> {
+        let inode = self.inode(ino)?;
+        if inode.kind != FileKind::Dir {
+            return Err(Error::NotDir);
+        }
+        Ok(inode)
+    }
+
+    fn writable(&self, ino: InodeNo) -> Result<()> {
+        if is_view(ino) {
+            Err(Error::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn getattr(&mut self, ino: InodeNo) -> Result<Attr> {
+        if is_view(ino) {
+            return self.view_attr(ino);
+        }
+        let inode = self.inode(ino)?;
+        let mut attr = attr_of(&inode, ino);
+        if let Some(dirty) = self.files.get(&ino).and_then(|file| file.dirty.as_ref()) {
+            attr.size = dirty.overlay.size;
+            attr.blocks = attr.size.div_ceil(512);
+            attr.mtime = ns_time(dirty.mtime_ns);
+            attr.ctime = attr.ctime.max(attr.mtime);
+        }
+        Ok(attr)
+    }
+
+    fn check_absent(&self, parent: InodeNo, name: &[u8]) -> Result<()> {
+        self.dir_inode(parent)?;
+        if (parent == InodeNo::ROOT && name == SNAPSHOTS_NAME)
+            || self.ns.lookup(parent, name)?.is_some()
+        {
+            return Err(Error::Exists);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_node(
+        &mut self,
+        parent: InodeNo,
+        name: &[u8],
+        kind: FileKind,
+        perm: u16,
+        rdev: u32,
+        caller: Caller,
+        target: Vec<u8>,
+    ) -> Result<InodeNo> {
+        check_name_len(name)?;
+        if !name_is_valid(name) {
+            return Err(if name == b"." || name == b".." {
+                Error::Exists
+            } else {
+                Error::Invalid("file name")
+            });
+        }
+        self.writable(parent)?;
+        let dir = self.dir_inode(parent)?;
+        if dir.nlink == 0 {
+            return Err(Error::NotFound);
+        }
+        if kind == FileKind::Dir && dir.nlink >= LINKS_MAX {
+            return Err(Error::TooManyLinks);
+        }
+        self.check_absent(parent, name)?;
+        // BSD group semantics on a set-group-id directory, as Linux does.
+        let (gid, perm) = if dir.perm & 0o2000 != 0 {
+            (
+                dir.gid,
+                if kind == FileKind::Dir {
+                    perm | 0o2000
+                } else {
+                    perm
+                },
+            )
+        } else {
+            (caller.gid, perm)
+        };
+        let outcome = self.submit(OpBody::Create {
+            parent,
+            name: name.to_vec(),
+            kind,
+            perm: perm & 0o7777,
+            uid: caller.uid,
+            gid,
+            rdev,
+            target,
+        })?;
+        let Outcome::Created { ino, .. } = outcome else {
+            return Err(Error::Invalid("create did not create"));
+        };
+        self.remember(ino, parent, name);
+        Ok(ino)
+    }
+
+    fn remove_name(&mut self, parent: InodeNo, name: &[u8], want_dir: bool) -> Result<()> {
+        check_name_len(name)?;
+        self.writable(parent)?;
+        self.dir_inode(parent)?;
+        if parent == InodeNo::ROOT && name == SNAPSHOTS_NAME {
+            return Err(Error::ReadOnly);
+        }
+        if name == b"." {
+            return Err(Error::Invalid("rmdir of ."));
+        }
+        if name == b".." {
+            return Err(Error::NotEmpty);
+        }
+        let ino = self.ns.lookup(parent, name)?.ok_or(Error::NotFound)?;
+        let inode = self.inode(ino)?;
+        match (want_dir, inode.kind == FileKind::Dir) {
+            (true, false) => return Err(Error::NotDir),
+            (false, true) => return Err(Error::IsDir),
+            (true, true) if !self.ns.dir_is_empty(ino)? => return Err(Error::NotEmpty),
+            _ => {}
+        }
+        self.submit(OpBody::Unlink {
+            parent,
+            name: name.to_vec(),
+            ino,
+        })?;
+        if self
+            .names
+            .get(&ino)
+            .is_some_and(|(p, n)| *p == parent && n == name)
+        {
+            self.names.remove(&ino);
+        }
+        self.reclaim_if_unused(ino)
+    }
+
+    fn rename(
+        &mut self,
+        parent: InodeNo,
+        name: &[u8],
+        new_parent: InodeNo,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        check_name_len(name)?;
+        check_name_len(new_name)?;
+        self.writable(parent)?;
+        self.writable(new_parent)?;
+        if flags.exchange && flags.no_replace {
+            return Err(Error::Invalid("rename: exchange and noreplace"));
+        }
+        for (dir, name) in [(parent, name), (new_parent, new_name)] {
+            if dir == InodeNo::ROOT && name == SNAPSHOTS_NAME {
+                return Err(Error::ReadOnly);
+            }
+            if !name_is_valid(name) {
+                return Err(Error::Invalid("rename of . or .."));
+            }
+        }
+        self.dir_inode(parent)?;
+        let new_dir = self.dir_inode(new_parent)?;
+        if new_dir.nlink == 0 {
+            return Err(Error::NotFound);
+        }
+        let ino = self.ns.lookup(parent, name)?.ok_or(Error::NotFound)?;
+        let inode = self.inode(ino)?;
+        let target = self.ns.lookup(new_parent, new_name)?;
+        let is_dir = inode.kind == FileKind::Dir;
+        if is_dir && self.is_ancestor(ino, new_parent)? {
+            return Err(Error::Invalid("rename of a directory into itself"));
+        }
+        match target {
+            None if flags.exchange => return Err(Error::NotFound),
+            None => {}
+            Some(_) if flags.no_replace => return Err(Error::Exists),
+            Some(target) if target == ino => return Ok(()),
+            Some(target) => {
+                let target_inode = self.inode(target)?;
+                let target_is_dir = target_inode.kind == FileKind::Dir;
+                if flags.exchange {
+                    if target_is_dir && self.is_ancestor(target, parent)? {
+                        return Err(Error::Invalid("exchange of a directory into itself"));
+                    }
+                } else {
+                    match (is_dir, target_is_dir) {
+                        (true, false) => return Err(Error::NotDir),
+                        (false, true) => return Err(Error::IsDir),
+                        (true, true) if !self.ns.dir_is_empty(target)? => {
+                            return Err(Error::NotEmpty);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if is_dir && target.is_none() && parent != new_parent && new_dir.nlink >= LINKS_MAX {
+            return Err(Error::TooManyLinks);
+        }
+        self.submit(OpBody::Rename {
+            parent,
+            name: name.to_vec(),
+            ino,
+            new_parent,
+            new_name: new_name.to_vec(),
+            replaced: target,
+            exchange: flags.exchange,
+        })?;
+        self.names.insert(ino, (new_parent, new_name.to_vec()));
+        if let Some(target) = target {
+            if flags.exchange {
+                self.names.insert(target, (parent, name.to_vec()));
+            } else {
+                self.names.remove(&target);
+                self.reclaim_if_unused(target)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn is_ancestor(&self, ancestor: InodeNo, dir: InodeNo) -> Result<bool> {
+        let mut at = dir;
+        for _ in 0..=self.ns.inode_count()? {
+            if at == ancestor {
+                return Ok(true);
+            }
+            if at == InodeNo::ROOT {
+                return Ok(false);
+            }
+            at = self.inode(at)?.parent;
+        }
+        Err(Error::Corrupt {
+            what: "namespace",
+            detail: format!("parent chain of {dir:?} loops"),
+        })
+    }
+
+    /// Drop an inode nobody names or holds any more.
+    fn reclaim_if_unused(&mut self, ino: InodeNo) -> Result<()> {
+        if is_view(ino)
+            || self.lookups.contains_key(&ino)
+            || self.files.get(&ino).is_some_and(|file| file.handles > 0)
+        {
+            return Ok(());
+        }
+        match self.ns.inode(ino)? {
+            Some(inode) if inode.nlink == 0 => {
+                self.files.remove(&ino);
+                self.submit(OpBody::Reclaim { ino })?;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The write buffer of `ino`, started over its committed content if needed.
+    fn dirty(&mut self, ino: InodeNo) -> Result<&mut Dirty> {
+        let needs_start = self.files.get(&ino).is_none_or(|file| file.dirty.is_none());
+        if needs_start {
+            let inode = self.inode(ino)?;
+            if inode.kind != FileKind::File {
+                return Err(if inode.kind == FileKind::Dir {
+                    Error::IsDir
+                } else {
+                    Error::Invalid("write to a special file")
+                });
+            }
+            let dirty = Dirty {
+                overlay: Overlay::new(inode.content, inode.size),
+                stream: None,
+                mtime_ns: inode.mtime_ns,
+                last_write: Instant::now(),
+            };
+            self.files.entry(ino).or_default().dirty = Some(dirty);
+        }
+        self.files
+            .get_mut(&ino)
+            .and_then(|file| file.dirty.as_mut())
+            .ok_or(Error::Invalid("write buffer vanished"))
+    }
+
+    fn write(&mut self, ino: InodeNo, offset: u64, data: &[u8]) -> Result<()> {
+        offset
+            .checked_add(data.len() as u64)
+            .ok_or(Error::Invalid("write past the largest offset"))?;
+        let content = Arc::clone(&self.content);
+        let dirty_max = self.options.dirty_file_bytes_max;
+        let dirty = self.dirty(ino)?;
+        let streamed = dirty.stream.as_ref().map(|stream| stream.len());
+        match streamed {
+            Some(streamed) if offset == streamed && dirty.overlay.is_clean() => {
+                if let Some(stream) = dirty.stream.as_mut() {
+                    stream.write(data)?;
+                }
+                dirty.overlay.size = dirty.overlay.size.max(offset + data.len() as u64);
+            }
+            Some(_) => {
+                // Out of order: the streamed prefix becomes the base of the overlay.
+                finish_stream(dirty)?;
+                dirty.overlay.write(offset, data);
+            }
+            None => {
+                dirty.overlay.write(offset, data);
+                // A new file written from the start: stream it to the store.
+                if dirty.overlay.base.is_empty()
+                    && dirty.overlay.base_valid == 0
+                    && dirty.overlay.data_bytes() as u64 == dirty.overlay.size
+                    && dirty.overlay.size > 4 * INLINE_BYTES_MAX as u64
+                {
+                    let mut stream = content.writer()?;
+                    let bytes =
+                        dirty
+                            .overlay
+                            .read(0, dirty.overlay.size as usize, &mut |_, _| Ok(Vec::new()))?;
+                    stream.write(&bytes)?;
+                    let size = dirty.overlay.size;
+                    dirty.overlay = Overlay::new(Content::EMPTY, size);
+                    dirty.stream = Some(stream);
+                }
+            }
+        }
+        dirty.mtime_ns = now_ns();
+        dirty.last_write = Instant::now();
+        if dirty.overlay.data_bytes() > dirty_max {
+            self.flush_file(ino)?;
+        }
+        Ok(())
+    }
+
+    fn truncate(&mut self, ino: InodeNo, size: u64) -> Result<()> {
+        let dirty = self.dirty(ino)?;
+        if dirty.stream.is_some() {
+            finish_stream(dirty)?;
+        }
+        dirty.overlay.set_size(size);
+        dirty.mtime_ns = now_ns();
+        dirty.last_write = Instant::now();
+        // Truncation is a metadata change: commit it now, so ctime moves with it.
+        self.flush_file(ino)
+    }
+
+    fn read_dirty(&mut self, ino: InodeNo, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let content = Arc::clone(&self.content);
+        let dirty = self
+            .files
+            .get_mut(&ino)
+            .and_then(|file| file.dirty.as_mut())
+            .ok_or(Error::NotFound)?;
+        if dirty.stream.is_some() {
+            finish_stream(dirty)?;
+        }
+        let base = dirty.overlay.base.clone();
+        dirty.overlay.read(offset, len, &mut |at, len| {
+            read_content(content.as_ref(), &base, at, len)
+        })
+    }
+
+    /// Turn `ino`'s write buffer into one write op.
+    fn flush_file(&mut self, ino: InodeNo) -> Result<()> {
+        let Some(mut dirty) = self.files.get_mut(&ino).and_then(|file| file.dirty.take()) else {
+            return Ok(());
+        };
+        if self.files.get(&ino).is_some_and(|file| file.handles == 0) {
+            self.files.remove(&ino);
+        }
+        let Some(inode) = self.ns.inode(ino)? else {
+            return Ok(());
+        };
+        let (content, size) = materialize(self.content.as_ref(), &mut dirty)?;
+        let (parent, name) = self
+            .names
+            .get(&ino)
+            .cloned()
+            .unwrap_or((InodeNo(0), Vec::new()));
+        let op = OpBody::Write {
+            ino,
+            base_version: inode.version,
+            size,
+            content,
+            parent,
+            name,
+        };
+        // The op's time is the last write's, so mtime is when the data changed.
+        let seq = self.next_seq;
+        let op = Op {
+            author: self.device,
+            seq,
+            time_ns: dirty.mtime_ns.max(inode.ctime_ns),
+            body: op,
+        };
+        let slot = self.log.append(&op.encode())?;
+        self.next_seq += 1;
+        self.ns.begin()?;
+        let outcome = apply(&self.ns, slot, &op)?;
+        self.uncommitted_ops += 1;
+        if let Outcome::NoOp(reason) = outcome {
+            tracing::error!(?ino, reason, "local write applied as a no-op");
+            return Err(Error::Invalid(reason));
+        }
+        Ok(())
+    }
+
+    fn flush_all(&mut self) -> Result<()> {
+        let dirty: Vec<InodeNo> = self
+            .files
+            .iter()
+            .filter(|(_, file)| file.dirty.is_some())
+            .map(|(&ino, _)| ino)
+            .collect();
+        for ino in dirty {
+            self.flush_file(ino)?;
+        }
+        Ok(())
+    }
+}
+
+/// The streamed prefix becomes the overlay's base.
+fn finish_stream(dirty: &mut Dirty) -> Result<()> {
+    if let Some(stream) = dirty.stream.take() {
+        let root = stream.finish()?;
+        let size = dirty.overlay.size;
+        dirty.overlay = Overlay::new(Content::Tree(root), size);
+    }
+    Ok(())
+}
+
+/// The content and size a write op records for this buffer.
+fn materialize(store: &dyn ContentStore, dirty: &mut Dirty) -> Result<(Content, u64)> {
+    if let Some(stream) = dirty.stream.take()
+        && dirty.overlay.is_clean()
+    {
+        let root = stream.finish()?;
+        let size = dirty.overlay.size;
+        return Ok((Content::Tree(root), size));
+    } else if dirty.stream.is_some() {
+        finish_stream(dirty)?;
+    }
+    let overlay = &dirty.overlay;
+    let content_len = overlay.content_len();
+    let base = overlay.base.clone();
+    let mut read_base = |at: u64, len: usize| read_content(store, &base, at, len);
+    if content_len <= INLINE_BYTES_MAX as u64 {
+        let bytes = overlay.read(0, content_len as usize, &mut read_base)?;
+        return Ok((Content::Inline(bytes), overlay.size));
+    }
+    if overlay.is_clean() && overlay.base_valid == overlay.base.len() {
+        return Ok((overlay.base.clone(), overlay.size));
+    }
+    let mut writer = store.writer()?;
+    let mut at = 0u64;
+    while at < content_len {
+        let piece = (content_len - at).min(COPY_BYTES as u64) as usize;
+        let bytes = overlay.read(at, piece, &mut read_base)?;
+        writer.write(&bytes)?;
+        at += piece as u64;
+    }
+    Ok((Content::Tree(writer.finish()?), overlay.size))
+}
+
+/// Read `[offset, offset + len)` of a file whose stored content may be shorter than its
+/// size (the rest reads as zeros).
+fn read_sized(
+    store: &dyn ContentStore,
+    content: &Content,
+    size: u64,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>> {
+    if offset >= size {
+        return Ok(Vec::new());
+    }
+    let len = len.min((size - offset) as usize);
+    let mut bytes = read_content(store, content, offset, len)?;
+    bytes.resize(len, 0);
+    Ok(bytes)
+}
+
+fn attr_of(inode: &Inode, ino: InodeNo) -> Attr {
+    Attr {
+        ino,
+        kind: inode.kind,
+        perm: inode.perm,
+        nlink: inode.nlink,
+        uid: inode.uid,
+        gid: inode.gid,
+        rdev: inode.rdev,
+        size: inode.size,
+        blocks: inode.content.len().div_ceil(512),
+        atime: ns_time(inode.atime_ns),
+        mtime: ns_time(inode.mtime_ns),
+        ctime: ns_time(inode.ctime_ns),
+        crtime: ns_time(inode.crtime_ns),
+        version: inode.version,
+    }
+}
+
+fn check_name_len(name: &[u8]) -> Result<()> {
+    if name.len() > NAME_BYTES_MAX {
+        return Err(Error::NameTooLong {
+            len: name.len(),
+            max: NAME_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+fn check_xattr_name(name: &[u8]) -> Result<()> {
+    if name.is_empty() || name.len() > XATTR_NAME_BYTES_MAX {
+        return Err(Error::Range);
+    }
+    Ok(())
+}
+
+fn now_ns() -> i64 {
+    system_time_ns(SystemTime::now())
+}
+
+fn system_time_ns(at: SystemTime) -> i64 {
+    match at.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_nanos()).map_or(i64::MIN, |ns| -ns),
+    }
+}
+
+fn ns_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn is_view(ino: InodeNo) -> bool {
+    ino.0 >= SNAPSHOTS_INO.0
+}
+
+fn snapshots_dir_attr(root: &Inode) -> Attr {
+    Attr {
+        ino: SNAPSHOTS_INO,
+        kind: FileKind::Dir,
+        perm: 0o555,
+        nlink: 2,
+        uid: root.uid,
+        gid: root.gid,
+        rdev: 0,
+        size: 0,
+        blocks: 0,
+        atime: ns_time(root.atime_ns),
+        mtime: ns_time(root.mtime_ns),
+        ctime: ns_time(root.ctime_ns),
+        crtime: ns_time(root.crtime_ns),
+        version: 0,
+    }
+}
+
+/// Read-only views of snapshot images: virtual inode numbers for (snapshot, inode).
+#[derive(Debug, Default)]
+struct Views {
+    snapshot_ids: HashMap<Vec<u8>, u32>,
+    snapshot_names: Vec<Vec<u8>>,
+    by_key: HashMap<(u32, InodeNo), InodeNo>,
+    by_virtual: HashMap<InodeNo, (u32, InodeNo)>,
+    images: HashMap<u32, Arc<ViewImage>>,
+}
+
+#[derive(Debug)]
+struct ViewImage {
+    image: Image,
+}
+
+impl ViewImage {
+    fn lookup(&self, parent: InodeNo, name: &[u8]) -> Option<InodeNo> {
+        let dirents = &self.image.dirents;
+        let index = dirents.partition_point(|(p, n, _)| (*p, n.as_slice()) < (parent, name));
+        dirents
+            .get(index)
+            .filter(|(p, n, _)| *p == parent && n == name)
+            .map(|(_, _, ino)| *ino)
+    }
+
+    fn children(&self, parent: InodeNo) -> &[(InodeNo, Vec<u8>, InodeNo)] {
+        let dirents = &self.image.dirents;
+        let start = dirents.partition_point(|(p, _, _)| *p < parent);
+        let end = dirents.partition_point(|(p, _, _)| *p <= parent);
+        &dirents[start..end]
+    }
+}
+
+impl Views {
+    fn snapshot_id(&mut self, name: &[u8]) -> u32 {
+        if let Some(&id) = self.snapshot_ids.get(name) {
+            return id;
+        }
+        let id = self.snapshot_names.len() as u32;
+        self.snapshot_names.push(name.to_vec());
+        self.snapshot_ids.insert(name.to_vec(), id);
+        id
+    }
+
+    fn virtual_ino(&mut self, snapshot: u32, ino: InodeNo) -> InodeNo {
+        if let Some(&virtual_ino) = self.by_key.get(&(snapshot, ino)) {
+            return virtual_ino;
+        }
+        let virtual_ino = InodeNo(SNAPSHOTS_INO.0 + 1 + self.by_virtual.len() as u64);
+        self.by_key.insert((snapshot, ino), virtual_ino);
+        self.by_virtual.insert(virtual_ino, (snapshot, ino));
+        virtual_ino
+    }
+
+    fn image(
+        &mut self,
+        ns: &Namespace,
+        store: &dyn ContentStore,
+        name: &[u8],
+    ) -> Result<Arc<ViewImage>> {
+        let id = self.snapshot_id(name);
+        if let Some(image) = self.images.get(&id) {
+            return Ok(Arc::clone(image));
+        }
+        let root = ns.snapshot_root(name)?.ok_or(Error::NotFound)?;
+        let root = BlockRef::decode(&root).map_err(|error| Error::Corrupt {
+            what: "snapshot root",
+            detail: error.to_string(),
+        })?;
+        let image = Arc::new(ViewImage {
+            image: Image::decode(&store.read_meta(&root)?)?,
+        });
+        self.images.insert(id, Arc::clone(&image));
+        Ok(image)
+    }
+}
+
+impl State {
+    /// `parent/name` when it leads into `.snapshots`.
+    fn view_lookup(&mut self, parent: InodeNo, name: &[u8]) -> Result<Option<Attr>> {
+        if parent == InodeNo::ROOT && name == SNAPSHOTS_NAME {
+            let root = self.inode(InodeNo::ROOT)?;
+            return Ok(Some(snapshots_dir_attr(&root)));
+        }
+        if parent == SNAPSHOTS_INO {
+            if name == b"." {
+                return self.view_attr(SNAPSHOTS_INO).map(Some);
+            }
+            if name == b".." {
+                return self.getattr(InodeNo::ROOT).map(Some);
+            }
+            if !self.ns.snapshot_exists(name)? {
+                return Err(Error::NotFound);
+            }
+            let id = self.views.snapshot_id(name);
+            let ino = self.views.virtual_ino(id, InodeNo::ROOT);
+            return self.view_attr(ino).map(Some);
+        }
+        if !is_view(parent) {
+            return Ok(None);
+        }
+        let (id, real_parent) = *self
+            .views
+            .by_virtual
+            .get(&parent)
+            .ok_or(Error::StaleHandle)?;
+        let image = self.view_image(id)?;
+        let parent_inode = image.image.inode(real_parent).ok_or(Error::NotFound)?;
+        if parent_inode.kind != FileKind::Dir {
+            return Err(Error::NotDir);
+        }
+        let real = match name {
+            b"." => real_parent,
+            b".." if real_parent == InodeNo::ROOT => {
+                return self.view_attr(SNAPSHOTS_INO).map(Some);
+            }
+            b".." => parent_inode.parent,
+            _ => image.lookup(real_parent, name).ok_or(Error::NotFound)?,
+        };
+        let ino = self.views.virtual_ino(id, real);
+        self.view_attr(ino).map(Some)
+    }
+
+    fn view_image(&mut self, id: u32) -> Result<Arc<ViewImage>> {
+        let name = self
+            .views
+            .snapshot_names
+            .get(id as usize)
+            .cloned()
+            .ok_or(Error::StaleHandle)?;
+        self.views.image(&self.ns, self.content.as_ref(), &name)
+    }
+
+    fn view_inode(&mut self, ino: InodeNo) -> Result<Inode> {
+        let (id, real) = *self.views.by_virtual.get(&ino).ok_or(Error::StaleHandle)?;
+        let image = self.view_image(id)?;
+        image.image.inode(real).cloned().ok_or(Error::NotFound)
+    }
+
+    fn view_attr(&mut self, ino: InodeNo) -> Result<Attr> {
+        if ino == SNAPSHOTS_INO {
+            let root = self.inode(InodeNo::ROOT)?;
+            return Ok(snapshots_dir_attr(&root));
+        }
+        let inode = self.view_inode(ino)?;
+        Ok(attr_of(&inode, ino))
+    }
+
+    fn view_readdir(&mut self, ino: InodeNo, cookie: u64) -> Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        if ino == SNAPSHOTS_INO {
+            let root_attr = self.getattr(InodeNo::ROOT)?;
+            let own = self.view_attr(SNAPSHOTS_INO)?;
+            let mut entries = vec![
+                (".".as_bytes().to_vec(), own),
+                ("..".as_bytes().to_vec(), root_attr),
+            ];
+            for (name, _, _) in self.ns.snapshots()? {
+                let id = self.views.snapshot_id(&name);
+                let virtual_ino = self.views.virtual_ino(id, InodeNo::ROOT);
+                entries.push((name, self.view_attr(virtual_ino)?));
+            }
+            for (index, (name, attr)) in entries.into_iter().enumerate().skip(cookie as usize) {
+                out.push(DirEntry {
+                    cookie: index as u64 + 1,
+                    name: OsString::from_vec(name),
+                    attr,
+                });
+            }
+            return Ok(out);
+        }
+        let (id, real) = *self.views.by_virtual.get(&ino).ok_or(Error::StaleHandle)?;
+        let image = self.view_image(id)?;
+        let inode = image.image.inode(real).ok_or(Error::NotFound)?;
+        if inode.kind != FileKind::Dir {
+            return Err(Error::NotDir);
+        }
+        let own = self.view_attr(ino)?;
+        let parent_attr = if real == InodeNo::ROOT {
+            self.view_attr(SNAPSHOTS_INO)?
+        } else {
+            let parent = self.views.virtual_ino(id, inode.parent);
+            self.view_attr(parent)?
+        };
+        let mut entries = vec![(b".".to_vec(), own), (b"..".to_vec(), parent_attr)];
+        let children = image.children(real);
+        let skip = (cookie as usize).saturating_sub(2);
+        for (_, name, child) in children.iter().skip(skip).take(READDIR_ENTRIES_MAX) {
+            let virtual_ino = self.views.virtual_ino(id, *child);
+            entries.push((name.clone(), self.view_attr(virtual_ino)?));
+        }
+        for (index, (name, attr)) in entries.into_iter().enumerate() {
+            let entry_cookie = if index < 2 {
+                index as u64 + 1
+            } else {
+                (skip + index) as u64 + 1
+            };
+            if entry_cookie > cookie {
+                out.push(DirEntry {
+                    cookie: entry_cookie,
+                    name: OsString::from_vec(name),
+                    attr,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn view_xattr(&mut self, ino: InodeNo, name: &[u8]) -> Result<Vec<u8>> {
+        let (id, real) = *self.views.by_virtual.get(&ino).ok_or(Error::NoAttribute)?;
+        let image = self.view_image(id)?;
+        image
+            .image
+            .xattrs
+            .iter()
+            .find(|(owner, attr_name, _)| *owner == real && attr_name == name)
+            .map(|(_, _, value)| value.clone())
+            .ok_or(Error::NoAttribute)
+    }
+
+    fn view_xattr_names(&mut self, ino: InodeNo) -> Result<Vec<OsString>> {
+        let Some(&(id, real)) = self.views.by_virtual.get(&ino) else {
+            return Ok(Vec::new());
+        };
+        let image = self.view_image(id)?;
+        Ok(image
+            .image
+            .xattrs
+            .iter()
+            .filter(|(owner, _, _)| *owner == real)
+            .map(|(_, name, _)| OsString::from_vec(name.clone()))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;

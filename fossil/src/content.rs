@@ -1,0 +1,408 @@
+//! File content: where bytes live, and how a volume reads and writes them.
+//!
+//! [`ContentStore`] is the narrow view fossil has of venti: stream bytes in and get a
+//! root [`BlockRef`], read a byte range of a root, store and load metadata blobs
+//! (checkpoints), and make everything stored durable. [`VentiContent`] implements it
+//! over venti's tree writer and store; [`MemContent`] keeps whole contents in a map
+//! for tests.
+//!
+//! [`Overlay`] is the write buffer of one file: the dirty pieces (data or zeros) over
+//! the committed content, and the size.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use venti::{Address, BlockRef};
+
+use crate::op::Content;
+use crate::{Error, Result};
+
+/// What a volume needs from the block store.
+pub trait ContentStore: Send + Sync + std::fmt::Debug {
+    /// A writer for new file content.
+    fn writer(&self) -> Result<Box<dyn ContentWriter>>;
+    /// Up to `len` bytes of the content under `root` from `offset` (shorter at the end).
+    fn read(&self, root: &BlockRef, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// Store a metadata blob (a checkpoint image).
+    fn write_meta(&self, bytes: &[u8]) -> Result<BlockRef>;
+    fn read_meta(&self, root: &BlockRef) -> Result<Vec<u8>>;
+    /// Everything stored so far survives a power loss.
+    fn sync(&self) -> Result<()>;
+}
+
+/// Streams one file's new content into the store.
+pub trait ContentWriter: Send {
+    fn write(&mut self, bytes: &[u8]) -> Result<()>;
+    /// Bytes written so far.
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn finish(self: Box<Self>) -> Result<BlockRef>;
+}
+
+/// Read `len` bytes of `content` from `offset`; shorter past the content's end.
+pub fn read_content(
+    store: &dyn ContentStore,
+    content: &Content,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>> {
+    let content_len = content.len();
+    if offset >= content_len || len == 0 {
+        return Ok(Vec::new());
+    }
+    let len = len.min((content_len - offset) as usize);
+    match content {
+        Content::Inline(bytes) => {
+            let start = offset as usize;
+            Ok(bytes
+                .get(start..start + len)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default())
+        }
+        Content::Tree(root) => store.read(root, offset, len),
+    }
+}
+
+/// Whole contents in memory, addressed by their hash. For tests (and nothing else:
+/// nothing here is sealed).
+#[derive(Debug, Default)]
+pub struct MemContent {
+    blobs: Mutex<HashMap<Address, Arc<Vec<u8>>>>,
+}
+
+impl MemContent {
+    pub fn new() -> MemContent {
+        MemContent::default()
+    }
+
+    fn put(&self, bytes: Vec<u8>) -> BlockRef {
+        let address = Address::of(&bytes);
+        let length = bytes.len() as u64;
+        self.blobs.lock().insert(address, Arc::new(bytes));
+        BlockRef {
+            address,
+            key: [0; 32],
+            epoch: 0,
+            length,
+        }
+    }
+
+    fn get(&self, root: &BlockRef) -> Result<Arc<Vec<u8>>> {
+        self.blobs
+            .lock()
+            .get(&root.address)
+            .cloned()
+            .ok_or(Error::Store(venti::Error::NotFound {
+                address: root.address,
+            }))
+    }
+
+    /// Blobs held (tests check that content reached the store).
+    pub fn blob_count(&self) -> usize {
+        self.blobs.lock().len()
+    }
+}
+
+struct MemWriter {
+    store: Arc<MemContent>,
+    bytes: Vec<u8>,
+}
+
+impl ContentStore for Arc<MemContent> {
+    fn writer(&self) -> Result<Box<dyn ContentWriter>> {
+        Ok(Box::new(MemWriter {
+            store: Arc::clone(self),
+            bytes: Vec::new(),
+        }))
+    }
+
+    fn read(&self, root: &BlockRef, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let blob = self.get(root)?;
+        let start = (offset as usize).min(blob.len());
+        let end = start.saturating_add(len).min(blob.len());
+        Ok(blob[start..end].to_vec())
+    }
+
+    fn write_meta(&self, bytes: &[u8]) -> Result<BlockRef> {
+        Ok(self.put(bytes.to_vec()))
+    }
+
+    fn read_meta(&self, root: &BlockRef) -> Result<Vec<u8>> {
+        Ok(self.get(root)?.as_ref().clone())
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl ContentWriter for MemWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn finish(self: Box<Self>) -> Result<BlockRef> {
+        let MemWriter { store, bytes } = *self;
+        Ok(store.put(bytes))
+    }
+}
+
+/// One dirty piece of a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    Data(Vec<u8>),
+    Zeros(u64),
+}
+
+impl Piece {
+    fn len(&self) -> u64 {
+        match self {
+            Piece::Data(bytes) => bytes.len() as u64,
+            Piece::Zeros(len) => *len,
+        }
+    }
+
+    /// The part of the piece in `[from, to)` relative to its start.
+    fn slice(&self, from: u64, to: u64) -> Piece {
+        match self {
+            Piece::Data(bytes) => Piece::Data(bytes[from as usize..to as usize].to_vec()),
+            Piece::Zeros(_) => Piece::Zeros(to - from),
+        }
+    }
+}
+
+/// Dirty pieces over a base content: what a file looks like before its write op.
+///
+/// Reading offset `x`: a piece covering `x` if any, else the base if `x <
+/// base_valid`, else zero. `base_valid` only shrinks (a truncate hides the base's tail
+/// for good, so growing the file again shows zeros).
+#[derive(Clone, Debug)]
+pub struct Overlay {
+    pub base: Content,
+    pub base_valid: u64,
+    pub size: u64,
+    pieces: BTreeMap<u64, Piece>,
+    data_bytes: usize,
+}
+
+impl Overlay {
+    pub fn new(base: Content, size: u64) -> Overlay {
+        let base_valid = base.len().min(size);
+        Overlay {
+            base,
+            base_valid,
+            size,
+            pieces: BTreeMap::new(),
+            data_bytes: 0,
+        }
+    }
+
+    /// Bytes of data held in memory.
+    pub fn data_bytes(&self) -> usize {
+        self.data_bytes
+    }
+
+    pub fn is_clean(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// Cut out `[start, end)` from the pieces, splitting ones that straddle it.
+    fn clear(&mut self, start: u64, end: u64) {
+        let mut overlapping = Vec::new();
+        if let Some((&at, piece)) = self.pieces.range(..start).next_back()
+            && at + piece.len() > start
+        {
+            overlapping.push(at);
+        }
+        overlapping.extend(self.pieces.range(start..end).map(|(&at, _)| at));
+        for at in overlapping {
+            let Some(piece) = self.pieces.remove(&at) else {
+                continue;
+            };
+            if let Piece::Data(bytes) = &piece {
+                self.data_bytes -= bytes.len();
+            }
+            let piece_end = at + piece.len();
+            if at < start {
+                self.insert_raw(at, piece.slice(0, start - at));
+            }
+            if piece_end > end {
+                self.insert_raw(end, piece.slice(end - at, piece_end - at));
+            }
+        }
+    }
+
+    fn insert_raw(&mut self, at: u64, piece: Piece) {
+        if piece.len() == 0 {
+            return;
+        }
+        if let Piece::Data(bytes) = &piece {
+            self.data_bytes += bytes.len();
+        }
+        self.pieces.insert(at, piece);
+    }
+
+    /// Write `bytes` at `offset`, growing the file if needed.
+    pub fn write(&mut self, offset: u64, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let end = offset + bytes.len() as u64;
+        self.clear(offset, end);
+        // Append to the piece ending exactly here: sequential writes stay one piece.
+        if let Some((&at, Piece::Data(previous))) = self.pieces.range_mut(..offset).next_back()
+            && at + previous.len() as u64 == offset
+            && previous.len() < (8 << 20)
+        {
+            previous.extend_from_slice(bytes);
+            self.data_bytes += bytes.len();
+        } else {
+            self.insert_raw(offset, Piece::Data(bytes.to_vec()));
+        }
+        self.size = self.size.max(end);
+    }
+
+    /// Zero `[offset, offset + len)` without changing the size beyond it.
+    pub fn zero(&mut self, offset: u64, len: u64) {
+        let end = offset.saturating_add(len);
+        self.clear(offset, end);
+        self.insert_raw(offset, Piece::Zeros(end - offset));
+    }
+
+    pub fn set_size(&mut self, size: u64) {
+        if size < self.size {
+            self.clear(size, self.size);
+            self.base_valid = self.base_valid.min(size);
+        }
+        self.size = size;
+    }
+
+    /// Bytes `[offset, offset + len)` clamped to the size; `read_base` reads the base.
+    pub fn read(
+        &self,
+        offset: u64,
+        len: usize,
+        read_base: &mut dyn FnMut(u64, usize) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        if offset >= self.size {
+            return Ok(Vec::new());
+        }
+        let end = self.size.min(offset + len as u64);
+        let mut out = vec![0u8; (end - offset) as usize];
+        if offset < self.base_valid {
+            let base_end = self.base_valid.min(end);
+            let base = read_base(offset, (base_end - offset) as usize)?;
+            let n = base.len().min(out.len());
+            out[..n].copy_from_slice(&base[..n]);
+        }
+        let first = self
+            .pieces
+            .range(..offset)
+            .next_back()
+            .map_or(offset, |(&at, _)| at);
+        for (&at, piece) in self.pieces.range(first..end) {
+            let piece_end = at + piece.len();
+            if piece_end <= offset {
+                continue;
+            }
+            let from = at.max(offset);
+            let to = piece_end.min(end);
+            let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
+            match piece {
+                Piece::Data(bytes) => {
+                    dst.copy_from_slice(&bytes[(from - at) as usize..(to - at) as usize])
+                }
+                Piece::Zeros(_) => dst.fill(0),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Length of the content to store: up to the last byte that may be non-zero.
+    pub fn content_len(&self) -> u64 {
+        let pieces_end = self
+            .pieces
+            .iter()
+            .rev()
+            .find_map(|(&at, piece)| matches!(piece, Piece::Data(_)).then(|| at + piece.len()))
+            .unwrap_or(0);
+        self.base_valid.max(pieces_end).min(self.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Edit {
+        Write(u64, Vec<u8>),
+        Zero(u64, u64),
+        Size(u64),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            (0u64..300, proptest::collection::vec(any::<u8>(), 1..80))
+                .prop_map(|(at, bytes)| Edit::Write(at, bytes)),
+            (0u64..300, 0u64..100).prop_map(|(at, len)| Edit::Zero(at, len)),
+            (0u64..400).prop_map(Edit::Size),
+        ]
+    }
+
+    proptest! {
+        /// The overlay reads exactly like a plain byte vector edited the same way.
+        #[test]
+        fn overlay_matches_a_vector(base in proptest::collection::vec(any::<u8>(), 0..200), edits in proptest::collection::vec(edit(), 0..30), at in 0u64..400, len in 0usize..400) {
+            let mut model = base.clone();
+            let mut overlay = Overlay::new(Content::Inline(base.clone()), base.len() as u64);
+            for edit in edits {
+                match edit {
+                    Edit::Write(at, bytes) => {
+                        let end = at as usize + bytes.len();
+                        if model.len() < end { model.resize(end, 0); }
+                        model[at as usize..end].copy_from_slice(&bytes);
+                        overlay.write(at, &bytes);
+                    }
+                    Edit::Zero(at, len) => {
+                        let end = ((at + len) as usize).min(model.len());
+                        if (at as usize) < end { model[at as usize..end].fill(0); }
+                        overlay.zero(at, len);
+                    }
+                    Edit::Size(size) => {
+                        model.resize(size as usize, 0);
+                        overlay.set_size(size);
+                    }
+                }
+            }
+            prop_assert_eq!(overlay.size, model.len() as u64);
+            let mut read_base = |offset: u64, len: usize| Ok(base[offset as usize..(offset as usize + len).min(base.len())].to_vec());
+            let all = overlay.read(0, model.len() + 10, &mut read_base)?;
+            prop_assert_eq!(&all, &model);
+            let part = overlay.read(at, len, &mut read_base)?;
+            let start = (at as usize).min(model.len());
+            let end = (start + len).min(model.len());
+            prop_assert_eq!(&part[..], &model[start..end]);
+            prop_assert!(model[overlay.content_len() as usize..].iter().all(|&b| b == 0));
+        }
+    }
+
+    #[test]
+    fn sequential_writes_stay_one_piece() {
+        let mut overlay = Overlay::new(Content::EMPTY, 0);
+        for index in 0..100u64 {
+            overlay.write(index * 10, &[index as u8; 10]);
+        }
+        assert_eq!(overlay.pieces.len(), 1);
+        assert_eq!(overlay.data_bytes(), 1000);
+    }
+}

@@ -1,0 +1,716 @@
+//! POSIX corner cases of `Volume`, one test per behaviour.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+
+use super::*;
+
+const ME: Caller = Caller {
+    uid: 1000,
+    gid: 1000,
+};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    content: Arc<MemContent>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+            content: Arc::new(MemContent::new()),
+        }
+    }
+
+    fn open(&self) -> Volume {
+        let content: Arc<dyn ContentStore> = Arc::new(Arc::clone(&self.content));
+        Volume::open_with(
+            self.dir.path(),
+            VolumeOptions {
+                content: Some(content),
+                background: false,
+                ..VolumeOptions::default()
+            },
+        )
+        .unwrap()
+    }
+}
+
+fn name(text: &str) -> &OsStr {
+    OsStr::new(text)
+}
+
+fn create_with(volume: &Volume, parent: InodeNo, file: &str, bytes: &[u8]) -> InodeNo {
+    let (attr, handle) = volume.create(parent, name(file), 0o644, ME, true).unwrap();
+    volume.write(attr.ino, handle, 0, bytes).unwrap();
+    volume.release(attr.ino, handle).unwrap();
+    attr.ino
+}
+
+fn read_all(volume: &Volume, ino: InodeNo) -> Vec<u8> {
+    let handle = volume.open_file(ino, false).unwrap();
+    let size = volume.getattr(ino).unwrap().size;
+    let bytes = volume.read(ino, handle, 0, size as u32 + 10).unwrap();
+    volume.release(ino, handle).unwrap();
+    bytes
+}
+
+fn names(volume: &Volume, dir: InodeNo) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cookie = 0;
+    loop {
+        let entries = volume.readdir(dir, cookie).unwrap();
+        let Some(last) = entries.last() else { break };
+        cookie = last.cookie;
+        out.extend(
+            entries
+                .iter()
+                .map(|entry| entry.name.to_string_lossy().into_owned()),
+        );
+    }
+    out
+}
+
+#[test]
+fn fresh_volume_has_a_root_directory() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let root = volume.getattr(InodeNo::ROOT).unwrap();
+    assert_eq!(root.kind, FileKind::Dir);
+    assert_eq!(root.nlink, 2);
+    assert_eq!(names(&volume, InodeNo::ROOT), vec![".", ".."]);
+}
+
+#[test]
+fn small_and_large_files_round_trip_and_survive_reopen() {
+    let fixture = Fixture::new();
+    let big: Vec<u8> = (0..300_000u32)
+        .map(|index| (index * 7 % 251) as u8)
+        .collect();
+    let (small_ino, big_ino) = {
+        let volume = fixture.open();
+        let small = create_with(&volume, InodeNo::ROOT, "small", b"hello");
+        let big_ino = create_with(&volume, InodeNo::ROOT, "big", &big);
+        assert_eq!(read_all(&volume, small), b"hello");
+        assert_eq!(read_all(&volume, big_ino), big);
+        (small, big_ino)
+    };
+    let volume = fixture.open();
+    assert_eq!(
+        volume.lookup(InodeNo::ROOT, name("small")).unwrap().ino,
+        small_ino
+    );
+    assert_eq!(read_all(&volume, small_ino), b"hello");
+    assert_eq!(read_all(&volume, big_ino), big);
+    assert!(
+        fixture.content.blob_count() > 0,
+        "large content went to the store"
+    );
+}
+
+#[test]
+fn reads_see_buffered_writes_before_flush() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let (attr, handle) = volume
+        .create(InodeNo::ROOT, name("f"), 0o644, ME, true)
+        .unwrap();
+    volume.write(attr.ino, handle, 0, b"abcdef").unwrap();
+    volume.write(attr.ino, handle, 2, b"XY").unwrap();
+    assert_eq!(volume.read(attr.ino, handle, 0, 100).unwrap(), b"abXYef");
+    assert_eq!(volume.getattr(attr.ino).unwrap().size, 6);
+    volume.write(attr.ino, handle, 10, b"z").unwrap();
+    assert_eq!(
+        volume.read(attr.ino, handle, 0, 100).unwrap(),
+        b"abXYef\0\0\0\0z"
+    );
+}
+
+#[test]
+fn hard_links_share_an_inode_and_count_links() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let ino = create_with(&volume, InodeNo::ROOT, "a", b"data");
+    let dir = volume.mkdir(InodeNo::ROOT, name("d"), 0o755, ME).unwrap();
+    let linked = volume.link(ino, dir.ino, name("b")).unwrap();
+    assert_eq!(linked.ino, ino);
+    assert_eq!(linked.nlink, 2);
+    assert_eq!(volume.lookup(dir.ino, name("b")).unwrap().ino, ino);
+    volume.unlink(InodeNo::ROOT, name("a")).unwrap();
+    assert_eq!(volume.getattr(ino).unwrap().nlink, 1);
+    assert_eq!(read_all(&volume, ino), b"data");
+    assert!(matches!(
+        volume.link(dir.ino, InodeNo::ROOT, name("dirlink")),
+        Err(Error::NotPermitted)
+    ));
+    assert!(matches!(
+        volume.link(ino, dir.ino, name("b")),
+        Err(Error::Exists)
+    ));
+}
+
+#[test]
+fn directory_link_counts_follow_subdirectories() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let a = volume.mkdir(InodeNo::ROOT, name("a"), 0o755, ME).unwrap();
+    assert_eq!(volume.getattr(InodeNo::ROOT).unwrap().nlink, 3);
+    let b = volume.mkdir(a.ino, name("b"), 0o755, ME).unwrap();
+    assert_eq!(volume.getattr(a.ino).unwrap().nlink, 3);
+    volume
+        .rename(
+            a.ino,
+            name("b"),
+            InodeNo::ROOT,
+            name("b"),
+            RenameFlags::default(),
+        )
+        .unwrap();
+    assert_eq!(volume.getattr(a.ino).unwrap().nlink, 2);
+    assert_eq!(volume.getattr(InodeNo::ROOT).unwrap().nlink, 4);
+    assert_eq!(volume.lookup(b.ino, name("..")).unwrap().ino, InodeNo::ROOT);
+    volume.rmdir(InodeNo::ROOT, name("b")).unwrap();
+    assert_eq!(volume.getattr(InodeNo::ROOT).unwrap().nlink, 3);
+}
+
+#[test]
+fn unlink_and_rmdir_check_kinds_and_emptiness() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let dir = volume.mkdir(InodeNo::ROOT, name("d"), 0o755, ME).unwrap();
+    create_with(&volume, dir.ino, "f", b"");
+    assert!(matches!(
+        volume.rmdir(InodeNo::ROOT, name("d")),
+        Err(Error::NotEmpty)
+    ));
+    assert!(matches!(
+        volume.unlink(InodeNo::ROOT, name("d")),
+        Err(Error::IsDir)
+    ));
+    assert!(matches!(
+        volume.rmdir(dir.ino, name("f")),
+        Err(Error::NotDir)
+    ));
+    assert!(matches!(
+        volume.unlink(dir.ino, name("missing")),
+        Err(Error::NotFound)
+    ));
+    volume.unlink(dir.ino, name("f")).unwrap();
+    volume.rmdir(InodeNo::ROOT, name("d")).unwrap();
+    assert!(matches!(
+        volume.lookup(InodeNo::ROOT, name("d")),
+        Err(Error::NotFound)
+    ));
+}
+
+#[test]
+fn rename_replaces_files_and_empty_directories_only() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let a = create_with(&volume, InodeNo::ROOT, "a", b"A");
+    let b = create_with(&volume, InodeNo::ROOT, "b", b"B");
+    volume
+        .rename(
+            InodeNo::ROOT,
+            name("a"),
+            InodeNo::ROOT,
+            name("b"),
+            RenameFlags::default(),
+        )
+        .unwrap();
+    assert_eq!(volume.lookup(InodeNo::ROOT, name("b")).unwrap().ino, a);
+    assert!(matches!(
+        volume.lookup(InodeNo::ROOT, name("a")),
+        Err(Error::NotFound)
+    ));
+    assert_eq!(
+        volume.getattr(b).unwrap().nlink,
+        0,
+        "the kernel still holds the replaced file"
+    );
+    volume.forget(b, 1);
+    assert!(
+        matches!(volume.getattr(b), Err(Error::NotFound)),
+        "replaced file is reclaimed"
+    );
+    let d1 = volume.mkdir(InodeNo::ROOT, name("d1"), 0o755, ME).unwrap();
+    let d2 = volume.mkdir(InodeNo::ROOT, name("d2"), 0o755, ME).unwrap();
+    assert!(matches!(
+        volume.rename(
+            InodeNo::ROOT,
+            name("b"),
+            InodeNo::ROOT,
+            name("d1"),
+            RenameFlags::default()
+        ),
+        Err(Error::IsDir)
+    ));
+    assert!(matches!(
+        volume.rename(
+            InodeNo::ROOT,
+            name("d1"),
+            InodeNo::ROOT,
+            name("b"),
+            RenameFlags::default()
+        ),
+        Err(Error::NotDir)
+    ));
+    create_with(&volume, d2.ino, "inside", b"");
+    assert!(matches!(
+        volume.rename(
+            InodeNo::ROOT,
+            name("d1"),
+            InodeNo::ROOT,
+            name("d2"),
+            RenameFlags::default()
+        ),
+        Err(Error::NotEmpty)
+    ));
+    assert!(matches!(
+        volume.rename(
+            InodeNo::ROOT,
+            name("d2"),
+            d2.ino,
+            name("x"),
+            RenameFlags::default()
+        ),
+        Err(Error::Invalid(_))
+    ));
+    volume
+        .rename(
+            InodeNo::ROOT,
+            name("d2"),
+            InodeNo::ROOT,
+            name("d1"),
+            RenameFlags::default(),
+        )
+        .unwrap();
+    assert_eq!(
+        volume.lookup(InodeNo::ROOT, name("d1")).unwrap().ino,
+        d2.ino
+    );
+    volume.forget(d1.ino, 1);
+    assert!(matches!(volume.getattr(d1.ino), Err(Error::NotFound)));
+    assert_eq!(volume.getattr(InodeNo::ROOT).unwrap().nlink, 3);
+}
+
+#[test]
+fn rename_noreplace_and_exchange() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let a = create_with(&volume, InodeNo::ROOT, "a", b"A");
+    let dir = volume.mkdir(InodeNo::ROOT, name("d"), 0o755, ME).unwrap();
+    let b = create_with(&volume, dir.ino, "b", b"B");
+    let no_replace = RenameFlags {
+        no_replace: true,
+        exchange: false,
+    };
+    let exchange = RenameFlags {
+        no_replace: false,
+        exchange: true,
+    };
+    assert!(matches!(
+        volume.rename(InodeNo::ROOT, name("a"), dir.ino, name("b"), no_replace),
+        Err(Error::Exists)
+    ));
+    assert!(matches!(
+        volume.rename(InodeNo::ROOT, name("a"), dir.ino, name("zz"), exchange),
+        Err(Error::NotFound)
+    ));
+    volume
+        .rename(InodeNo::ROOT, name("a"), dir.ino, name("b"), exchange)
+        .unwrap();
+    assert_eq!(volume.lookup(InodeNo::ROOT, name("a")).unwrap().ino, b);
+    assert_eq!(volume.lookup(dir.ino, name("b")).unwrap().ino, a);
+    // Exchange a directory with a file across parents: link counts follow.
+    let sub = volume.mkdir(dir.ino, name("sub"), 0o755, ME).unwrap();
+    volume
+        .rename(dir.ino, name("sub"), InodeNo::ROOT, name("a"), exchange)
+        .unwrap();
+    assert_eq!(
+        volume.lookup(InodeNo::ROOT, name("a")).unwrap().ino,
+        sub.ino
+    );
+    assert_eq!(
+        volume.lookup(sub.ino, name("..")).unwrap().ino,
+        InodeNo::ROOT
+    );
+    assert_eq!(volume.getattr(dir.ino).unwrap().nlink, 2);
+    assert_eq!(volume.getattr(InodeNo::ROOT).unwrap().nlink, 4);
+}
+
+#[test]
+fn unlinked_open_file_lives_until_release_and_fsync_works() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let (attr, handle) = volume
+        .create(InodeNo::ROOT, name("tmp"), 0o600, ME, true)
+        .unwrap();
+    volume.write(attr.ino, handle, 0, b"still here").unwrap();
+    volume.unlink(InodeNo::ROOT, name("tmp")).unwrap();
+    volume.fsync(attr.ino, false).unwrap();
+    assert_eq!(volume.getattr(attr.ino).unwrap().nlink, 0);
+    assert_eq!(
+        volume.read(attr.ino, handle, 0, 100).unwrap(),
+        b"still here"
+    );
+    volume.release(attr.ino, handle).unwrap();
+    // The kernel still holds the lookup from create.
+    assert!(volume.getattr(attr.ino).is_ok());
+    volume.forget(attr.ino, 1);
+    assert!(matches!(volume.getattr(attr.ino), Err(Error::NotFound)));
+}
+
+#[test]
+fn names_longer_than_name_max_are_refused() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let long = "x".repeat(256);
+    assert!(matches!(
+        volume.mkdir(InodeNo::ROOT, name(&long), 0o755, ME),
+        Err(Error::NameTooLong { len: 256, max: 255 })
+    ));
+    assert!(matches!(
+        volume.lookup(InodeNo::ROOT, name(&long)),
+        Err(Error::NameTooLong { .. })
+    ));
+    volume
+        .mkdir(InodeNo::ROOT, name(&long[..255]), 0o755, ME)
+        .unwrap();
+    assert_eq!(volume.statfs().unwrap().name_len_max, 255);
+}
+
+#[test]
+fn xattr_create_and_replace_flags() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let ino = create_with(&volume, InodeNo::ROOT, "f", b"");
+    let create = XattrFlags {
+        create: true,
+        replace: false,
+    };
+    let replace = XattrFlags {
+        create: false,
+        replace: true,
+    };
+    assert!(matches!(
+        volume.setxattr(ino, name("user.a"), b"1", replace),
+        Err(Error::NoAttribute)
+    ));
+    volume.setxattr(ino, name("user.a"), b"1", create).unwrap();
+    assert!(matches!(
+        volume.setxattr(ino, name("user.a"), b"2", create),
+        Err(Error::Exists)
+    ));
+    volume.setxattr(ino, name("user.a"), b"2", replace).unwrap();
+    volume
+        .setxattr(ino, name("user.b"), b"", XattrFlags::default())
+        .unwrap();
+    assert_eq!(volume.getxattr(ino, name("user.a")).unwrap(), b"2");
+    assert_eq!(
+        volume.listxattr(ino).unwrap(),
+        vec![OsString::from("user.a"), OsString::from("user.b")]
+    );
+    volume.removexattr(ino, name("user.a")).unwrap();
+    assert!(matches!(
+        volume.getxattr(ino, name("user.a")),
+        Err(Error::NoAttribute)
+    ));
+    assert!(matches!(
+        volume.removexattr(ino, name("user.a")),
+        Err(Error::NoAttribute)
+    ));
+}
+
+#[test]
+fn setattr_truncates_and_sets_times_and_modes() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let ino = create_with(&volume, InodeNo::ROOT, "f", b"0123456789");
+    let before = volume.getattr(ino).unwrap();
+    let attr = volume
+        .setattr(
+            ino,
+            &SetAttr {
+                size: Some(4),
+                ..SetAttr::default()
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(attr.size, 4);
+    assert!(attr.ctime >= before.ctime);
+    // Growing again shows zeros, never the old tail.
+    volume
+        .setattr(
+            ino,
+            &SetAttr {
+                size: Some(8),
+                ..SetAttr::default()
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(read_all(&volume, ino), b"0123\0\0\0\0");
+    let at = UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let attr = volume
+        .setattr(
+            ino,
+            &SetAttr {
+                perm: Some(0o4750),
+                mtime: Some(TimeSet::At(at)),
+                uid: Some(7),
+                ..SetAttr::default()
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(attr.perm, 0o4750);
+    assert_eq!(attr.mtime, at);
+    assert_eq!(attr.uid, 7);
+    assert!(attr.ctime > at);
+}
+
+#[test]
+fn fallocate_punch_hole_zero_range_and_keep_size() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let ino = create_with(&volume, InodeNo::ROOT, "f", &[7u8; 100]);
+    volume
+        .fallocate(
+            ino,
+            10,
+            20,
+            FallocateMode {
+                punch_hole: true,
+                keep_size: true,
+                zero_range: false,
+            },
+        )
+        .unwrap();
+    let bytes = read_all(&volume, ino);
+    assert_eq!(bytes.len(), 100);
+    assert!(bytes[10..30].iter().all(|&b| b == 0));
+    assert!(bytes[..10].iter().chain(&bytes[30..]).all(|&b| b == 7));
+    volume
+        .fallocate(
+            ino,
+            90,
+            50,
+            FallocateMode {
+                keep_size: true,
+                ..FallocateMode::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(volume.getattr(ino).unwrap().size, 100);
+    volume
+        .fallocate(ino, 90, 50, FallocateMode::default())
+        .unwrap();
+    assert_eq!(volume.getattr(ino).unwrap().size, 140);
+    volume
+        .fallocate(
+            ino,
+            95,
+            100,
+            FallocateMode {
+                zero_range: true,
+                ..FallocateMode::default()
+            },
+        )
+        .unwrap();
+    let bytes = read_all(&volume, ino);
+    assert_eq!(bytes.len(), 195);
+    assert!(bytes[95..].iter().all(|&b| b == 0));
+    assert!(matches!(
+        volume.fallocate(
+            ino,
+            0,
+            10,
+            FallocateMode {
+                punch_hole: true,
+                ..FallocateMode::default()
+            }
+        ),
+        Err(Error::Invalid(_))
+    ));
+}
+
+#[test]
+fn lseek_data_and_hole() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let ino = create_with(&volume, InodeNo::ROOT, "f", &[1u8; 50]);
+    assert_eq!(volume.lseek(ino, 10, SeekTo::Data).unwrap(), 10);
+    assert_eq!(volume.lseek(ino, 10, SeekTo::Hole).unwrap(), 50);
+    assert!(matches!(
+        volume.lseek(ino, 50, SeekTo::Data),
+        Err(Error::SeekPastEnd)
+    ));
+}
+
+#[test]
+fn copy_file_range_copies_bytes() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let source: Vec<u8> = (0..50_000u32).map(|index| index as u8).collect();
+    let from = create_with(&volume, InodeNo::ROOT, "from", &source);
+    let to = create_with(&volume, InodeNo::ROOT, "to", b"xx");
+    assert_eq!(
+        volume.copy_file_range(from, 100, to, 2, 1_000_000).unwrap(),
+        49_900
+    );
+    let bytes = read_all(&volume, to);
+    assert_eq!(&bytes[..2], b"xx");
+    assert_eq!(&bytes[2..], &source[100..]);
+}
+
+#[test]
+fn snapshots_are_read_only_views_of_the_past() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let dir = volume
+        .mkdir(InodeNo::ROOT, name("docs"), 0o755, ME)
+        .unwrap();
+    let big: Vec<u8> = vec![3u8; 100_000];
+    let file = create_with(&volume, dir.ino, "note", b"version 1");
+    create_with(&volume, dir.ino, "big", &big);
+    volume.snapshot("monday").unwrap();
+    let handle = volume.open_file(file, true).unwrap();
+    volume.write(file, handle, 0, b"version 2").unwrap();
+    volume.release(file, handle).unwrap();
+    let snapshots = volume.lookup(InodeNo::ROOT, name(".snapshots")).unwrap();
+    assert!(names(&volume, InodeNo::ROOT).contains(&".snapshots".to_string()));
+    assert_eq!(names(&volume, snapshots.ino), vec![".", "..", "monday"]);
+    let monday = volume.lookup(snapshots.ino, name("monday")).unwrap();
+    let old_docs = volume.lookup(monday.ino, name("docs")).unwrap();
+    let old_note = volume.lookup(old_docs.ino, name("note")).unwrap();
+    assert_ne!(old_note.ino, file);
+    assert_eq!(read_all(&volume, old_note.ino), b"version 1");
+    assert_eq!(read_all(&volume, file), b"version 2");
+    let old_big = volume.lookup(old_docs.ino, name("big")).unwrap();
+    assert_eq!(read_all(&volume, old_big.ino), big);
+    assert_eq!(names(&volume, old_docs.ino), vec![".", "..", "big", "note"]);
+    assert!(matches!(
+        volume.mkdir(old_docs.ino, name("x"), 0o755, ME),
+        Err(Error::ReadOnly)
+    ));
+    assert!(matches!(
+        volume.open_file(old_note.ino, true),
+        Err(Error::ReadOnly)
+    ));
+    assert!(matches!(
+        volume.unlink(old_docs.ino, name("note")),
+        Err(Error::ReadOnly)
+    ));
+    assert!(matches!(volume.snapshot("monday"), Err(Error::Exists)));
+    drop(volume);
+    // Snapshots survive a restart.
+    let volume = fixture.open();
+    assert_eq!(volume.snapshots().unwrap(), vec!["monday".to_string()]);
+    let snapshots = volume.lookup(InodeNo::ROOT, name(".snapshots")).unwrap();
+    let monday = volume.lookup(snapshots.ino, name("monday")).unwrap();
+    let old_docs = volume.lookup(monday.ino, name("docs")).unwrap();
+    let old_note = volume.lookup(old_docs.ino, name("note")).unwrap();
+    assert_eq!(read_all(&volume, old_note.ino), b"version 1");
+}
+
+#[test]
+fn checkpoint_truncates_the_log_and_a_lost_namespace_rebuilds_from_it() {
+    let fixture = Fixture::new();
+    {
+        let volume = fixture.open();
+        create_with(&volume, InodeNo::ROOT, "before", b"1");
+        volume.checkpoint().unwrap();
+        create_with(&volume, InodeNo::ROOT, "after", b"2");
+        volume.sync_all().unwrap();
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(fixture.dir.path().join(format!("namespace.sqlite{suffix}")));
+    }
+    let volume = fixture.open();
+    let before = volume.lookup(InodeNo::ROOT, name("before")).unwrap();
+    let after = volume.lookup(InodeNo::ROOT, name("after")).unwrap();
+    assert_eq!(read_all(&volume, before.ino), b"1");
+    assert_eq!(read_all(&volume, after.ino), b"2");
+}
+
+#[test]
+fn namespace_ahead_of_the_log_is_rebuilt_from_the_log() {
+    let fixture = Fixture::new();
+    {
+        let volume = fixture.open();
+        create_with(&volume, InodeNo::ROOT, "kept", b"1");
+        volume.sync_all().unwrap();
+    }
+    let log_path = fixture.dir.path().join("log");
+    let kept_len = std::fs::metadata(&log_path).unwrap().len();
+    {
+        let volume = fixture.open();
+        create_with(&volume, InodeNo::ROOT, "lost", b"2");
+        volume.sync_all().unwrap();
+    }
+    // A power cut kept the namespace's commit but not the log's tail.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log_path)
+        .unwrap()
+        .set_len(kept_len)
+        .unwrap();
+    let volume = fixture.open();
+    assert!(volume.lookup(InodeNo::ROOT, name("kept")).is_ok());
+    assert!(matches!(
+        volume.lookup(InodeNo::ROOT, name("lost")),
+        Err(Error::NotFound)
+    ));
+    create_with(&volume, InodeNo::ROOT, "new", b"3");
+}
+
+#[test]
+fn setgid_directories_pass_their_group_on() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let dir = volume
+        .mkdir(
+            InodeNo::ROOT,
+            name("shared"),
+            0o2775,
+            Caller { uid: 1, gid: 50 },
+        )
+        .unwrap();
+    let sub = volume.mkdir(dir.ino, name("sub"), 0o755, ME).unwrap();
+    assert_eq!(sub.gid, 50);
+    assert_eq!(sub.perm & 0o2000, 0o2000);
+    let (file, _) = volume.create(dir.ino, name("f"), 0o644, ME, true).unwrap();
+    assert_eq!(file.gid, 50);
+    assert_eq!(file.perm & 0o2000, 0);
+}
+
+#[test]
+fn creates_update_parent_times_and_special_files_work() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let before = volume.getattr(InodeNo::ROOT).unwrap();
+    std::thread::sleep(Duration::from_millis(2));
+    let fifo = volume
+        .mknod(InodeNo::ROOT, name("fifo"), FileKind::Fifo, 0o644, 0, ME)
+        .unwrap();
+    assert_eq!(fifo.kind, FileKind::Fifo);
+    let after = volume.getattr(InodeNo::ROOT).unwrap();
+    assert!(after.mtime > before.mtime && after.ctime > before.ctime);
+    let link = volume
+        .symlink(InodeNo::ROOT, name("ln"), Path::new("../target"), ME)
+        .unwrap();
+    assert_eq!(link.kind, FileKind::Symlink);
+    assert_eq!(link.size, 9);
+    assert_eq!(volume.readlink(link.ino).unwrap(), b"../target");
+    assert!(matches!(
+        volume.mkdir(InodeNo::ROOT, name("fifo"), 0o755, ME),
+        Err(Error::Exists)
+    ));
+    assert!(matches!(
+        volume.create(InodeNo::ROOT, name("fifo"), 0o644, ME, true),
+        Err(Error::Exists)
+    ));
+}
