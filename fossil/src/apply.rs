@@ -575,3 +575,6 @@ pub fn conflict_name(name: &[u8], author: DeviceId, seq: u64) -> Vec<u8> {
     out.extend_from_slice(suffix.as_bytes());
     out
 }
+
+#[cfg(test)]
+mod tests;
