@@ -415,7 +415,7 @@ fn arbitrary_op(
             new_parent: pick(b + c),
             new_name: name(a + 1),
             replaced: flag.then(|| pick(a + b)),
-            exchange: flag && c % 2 == 0,
+            exchange: flag && c.is_multiple_of(2),
         },
         5 => OpBody::SetXattr {
             ino: pick(a),
