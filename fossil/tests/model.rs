@@ -9,6 +9,9 @@
 //!
 //! `KITH_LONG=1` runs many more cases.
 
+// A test binary: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::sync::Arc;
