@@ -103,7 +103,7 @@ pub struct VerifyReport {
 pub struct CompactReport {
     pub arenas_rewritten: u64,
     pub records_copied: u64,
-    /// Arena bytes before minus after.
+    /// Arena file bytes before minus after (puts during compaction count against it).
     pub bytes_freed: u64,
     /// Records that could not be copied because they were damaged; their rows are gone.
     pub damaged: Vec<Error>,
@@ -418,6 +418,7 @@ impl Store {
             }
             candidates
         };
+        let bytes_before = self.arena_bytes()?;
         let mut destination: Option<(u32, u64)> = None;
         for source in candidates {
             // The writer lock is taken per source arena, so puts interleave with a long
@@ -426,6 +427,7 @@ impl Store {
             self.sync_locked(&mut writer)?;
             self.compact_one(&mut writer, source, &mut destination, &mut report)?;
         }
+        report.bytes_freed = bytes_before.saturating_sub(self.arena_bytes()?);
         Ok(report)
     }
 
@@ -437,12 +439,10 @@ impl Store {
         report: &mut CompactReport,
     ) -> Result<()> {
         let source_file = self.arena_file(source)?;
-        let source_len = source_file.len()?;
         let rows = index::blocks_in_arena(writer.index.conn(), source)?;
         let mut moved = Vec::with_capacity(rows.len());
         let mut lost = Vec::new();
         let mut written: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut bytes_after = 0u64;
         for (address, location, seq) in rows {
             let bytes = match arena::read_record(
                 source_file.as_ref(),
@@ -482,7 +482,6 @@ impl Store {
             file.write_at(len, &writer.scratch)?;
             *destination = Some((id, len + record_bytes));
             written.insert(id, len + record_bytes);
-            bytes_after += record_bytes;
             moved.push(Upsert {
                 address,
                 location: Location {
@@ -529,7 +528,6 @@ impl Store {
         writer.cached_bytes = cached_bytes;
         report.arenas_rewritten += 1;
         report.records_copied += moved.len() as u64;
-        report.bytes_freed += source_len.saturating_sub(bytes_after);
         Ok(())
     }
 
@@ -572,6 +570,12 @@ impl Store {
             readers.push(reader);
         }
         found
+    }
+
+    /// Bytes of all open arena files.
+    fn arena_bytes(&self) -> Result<u64> {
+        let files: Vec<_> = self.arenas.read().values().cloned().collect();
+        files.iter().try_fold(0, |sum, file| Ok(sum + file.len()?))
     }
 
     fn arena_file(&self, id: u32) -> Result<Arc<dyn BackendFile>> {
@@ -637,6 +641,12 @@ impl Store {
         writer.unsynced_bytes += record_bytes;
         if class == Class::Cached {
             writer.cached_bytes += u64::from(length);
+            // A block is cached because it was just needed: that counts as its first
+            // hit, so it is not the first to go.
+            let mut hits = self.hits.lock();
+            if hits.len() < HIT_BUFFER_ENTRIES_MAX {
+                *hits.entry(*address).or_insert(0) += 1;
+            }
         }
         self.pending.write().insert(*address, location);
         if writer.unsynced_bytes >= self.options.unsynced_bytes_max {
@@ -833,8 +843,14 @@ fn reconcile(
             let mut header = [0u8; ARENA_HEADER_BYTES as usize];
             file.read_at(0, &mut header)?;
             if let Err(error) = ArenaHeader::decode(&header, id) {
-                // Records describe themselves; keep reading them.
-                report.push(error);
+                // Records describe themselves and the header holds nothing the file name
+                // does not: rewrite it. Only a header that was once durable (its arena is
+                // indexed) is worth reporting; otherwise it was torn at creation.
+                if indexed.contains_key(&id) {
+                    report.push(error);
+                }
+                file.write_at(0, &ArenaHeader { arena: id }.encode())?;
+                file.sync()?;
             }
         }
         let mut start = match state {
