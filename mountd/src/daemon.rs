@@ -180,7 +180,6 @@ pub fn run_foreground(plan: &MountPlan, notify_stdout: bool) -> Result<()> {
 struct Running {
     volume: Arc<Volume>,
     events: mpsc::Receiver<Event>,
-    unmounter: fuser::SessionUnmounter,
     mount_point: PathBuf,
     socket: PathBuf,
     control: control::ServerHandle,
@@ -214,9 +213,8 @@ fn start(plan: &MountPlan) -> Result<Running> {
         },
         is_root(),
     );
-    let mut session = fuser::Session::new(fs, &plan.mount_point, &fuse_config(&plan.config))
+    let session = fuser::Session::new(fs, &plan.mount_point, &fuse_config(&plan.config))
         .map_err(|error| mounts::mount_failure(&plan.mount_point, &error))?;
-    let unmounter = session.unmount_callable();
 
     let (event_tx, events) = mpsc::channel();
     let session_tx = event_tx.clone();
@@ -256,7 +254,6 @@ fn start(plan: &MountPlan) -> Result<Running> {
         control,
         volume,
         events,
-        unmounter,
         mount_point: plan.mount_point.clone(),
         socket,
         lock,
@@ -264,7 +261,7 @@ fn start(plan: &MountPlan) -> Result<Running> {
 }
 
 impl Running {
-    fn serve(mut self) -> Result<()> {
+    fn serve(self) -> Result<()> {
         let mut waiting_unmounts = Vec::new();
         let mut deadline: Option<Instant> = None;
         loop {
@@ -276,7 +273,7 @@ impl Running {
                     .ok(),
             };
             match event {
-                Some(Event::Unmount(reply)) => match self.unmounter.unmount() {
+                Some(Event::Unmount(reply)) => match mounts::unmount(&self.mount_point, false) {
                     Ok(()) => waiting_unmounts.push(reply),
                     Err(error) => {
                         let message = if error.raw_os_error() == Some(libc::EBUSY) {
@@ -289,12 +286,11 @@ impl Running {
                 },
                 Some(Event::Signal(signal)) => {
                     tracing::info!(?signal, "stopping");
-                    if let Err(error) = self.unmounter.unmount() {
+                    if let Err(error) = mounts::unmount(&self.mount_point, false) {
                         tracing::warn!(%error, "unmount failed; detaching lazily");
-                        let _ = nix::mount::umount2(
-                            &self.mount_point,
-                            nix::mount::MntFlags::MNT_DETACH,
-                        );
+                        if let Err(error) = mounts::unmount(&self.mount_point, true) {
+                            tracing::error!(%error, "cannot detach the mount");
+                        }
                     }
                     deadline.get_or_insert(Instant::now() + SESSION_END_TIMEOUT);
                 }

@@ -201,33 +201,11 @@ fn unmount(dirs: &Dirs, dir: &Path) -> Result<()> {
 }
 
 fn detach(dir: &Path) -> Result<()> {
-    if daemon::is_root() {
-        return nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH).map_err(|errno| {
-            Error::Path {
-                what: "detach",
-                path: dir.to_owned(),
-                source: std::io::Error::from(errno),
-            }
-        });
-    }
-    let status = std::process::Command::new("fusermount3")
-        .arg("-u")
-        .arg("-z")
-        .arg(dir)
-        .status()
-        .map_err(|source| Error::Path {
-            what: "run fusermount3 -u -z on",
-            path: dir.to_owned(),
-            source,
-        })?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(Error::Fuse(format!(
-            "fusermount3 -u -z {} failed ({status})",
-            dir.display()
-        )))
-    }
+    mounts::unmount(dir, true).map_err(|source| Error::Path {
+        what: "detach",
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 fn status(dirs: &Dirs, store: Option<&Path>) -> Result<()> {

@@ -113,6 +113,37 @@ pub fn check_mount_point(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Unmount `path`; `lazy` detaches it even while busy. Root calls umount2 directly,
+/// anyone else goes through the setuid `fusermount3`. Unlike fuser's unmounter this
+/// can be retried after EBUSY.
+pub fn unmount(path: &Path, lazy: bool) -> std::io::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        let flags = if lazy {
+            nix::mount::MntFlags::MNT_DETACH
+        } else {
+            nix::mount::MntFlags::empty()
+        };
+        return nix::mount::umount2(path, flags).map_err(std::io::Error::from);
+    }
+    let mut command = std::process::Command::new("fusermount3");
+    command.arg("-u");
+    if lazy {
+        command.arg("-z");
+    }
+    let output = command.arg(path).output()?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("busy") {
+        return Err(std::io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    Err(std::io::Error::other(format!(
+        "fusermount3 -u failed: {}",
+        stderr.trim()
+    )))
+}
+
 /// Explain a failed FUSE mount in one line.
 pub fn mount_failure(path: &Path, error: &std::io::Error) -> Error {
     let problem = match error.raw_os_error() {
