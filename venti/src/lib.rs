@@ -13,7 +13,11 @@
 
 pub mod address;
 pub mod block_ref;
+pub mod chunk;
+pub mod compress;
 pub mod error;
+pub mod keys;
+pub mod seal;
 
 pub use address::Address;
 pub use block_ref::{BlockRef, Kind};
