@@ -20,6 +20,9 @@ use sim::{Outcome, run_seed};
 /// Seeds that found bugs (see `/work/briefs/paxos-bugs.md`); they must keep passing.
 const REGRESSION_SEEDS: &[u64] = &[];
 
+/// Stop collecting after this many failing seeds.
+const FAILURES_MAX: usize = 10;
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
@@ -80,6 +83,7 @@ fn seeds_in_time_box() {
     ));
     let began = Instant::now();
     let mut totals = Totals::default();
+    let mut failures: Vec<sim::Failure> = Vec::new();
     let mut seed = start;
     loop {
         match seeds_exact {
@@ -87,14 +91,34 @@ fn seeds_in_time_box() {
             None if began.elapsed() >= budget => break,
             _ => {}
         }
-        let outcome = run_or_panic(seed);
-        totals.add(&outcome);
+        match run_seed(seed) {
+            Ok(outcome) => totals.add(&outcome),
+            Err(failure) => {
+                totals.seeds += 1;
+                failures.push(failure);
+                if failures.len() >= FAILURES_MAX {
+                    break;
+                }
+            }
+        }
         seed += 1;
     }
     println!(
         "simulated seeds {start}..{seed} in {:.1} s: {totals:?}",
         began.elapsed().as_secs_f64()
     );
+    if let Some(first) = failures.first() {
+        let seeds: Vec<String> = failures
+            .iter()
+            .map(|f| format!("{} ({})", f.seed, f.invariant))
+            .collect();
+        panic!(
+            "{} of {} seeds failed: {}\nfirst failure:\n{first}",
+            failures.len(),
+            totals.seeds,
+            seeds.join(", ")
+        );
+    }
     // The run must have exercised what it claims to check, or passing means little.
     assert!(totals.seeds >= 20, "only {} seeds ran", totals.seeds);
     assert!(

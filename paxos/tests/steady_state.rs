@@ -1,6 +1,6 @@
 //! Steady-state behaviour of a healthy group, driven without faults or latency
 //! (`support/cluster.rs`): a commit costs exactly one round trip
-//! (leader → acceptors → leader), and a burst of proposals is batched.
+//! (leader → acceptors → leader), and a burst of proposals is batched and pipelined.
 
 // Test code: a failed expectation is the test failing, with its message.
 #![allow(clippy::expect_used)]
@@ -57,23 +57,25 @@ fn one_commit_costs_one_round_trip() {
 }
 
 #[test]
-fn a_burst_is_batched_and_pipelined_within_one_round_trip() {
+fn a_burst_is_batched_and_pipelined() {
     let mut cluster = warmed_up();
     let leader = cluster.leader_index().expect("a leader");
     let burst: u64 = 1000;
     let target = cluster.committed_next[leader].0 + burst;
     let before = cluster.stats;
     for n in 0..burst {
-        cluster
-            .propose(leader, n.to_le_bytes().to_vec())
-            .expect("propose");
+        cluster.propose(leader, n.to_le_bytes().to_vec()).expect("propose");
     }
+    // The first proposals leave at once, one batch each, until the window of batches in
+    // flight is full; everything arriving meanwhile goes out in full batches when the
+    // first answers come back. So the burst takes at most two round trips.
     let waves = waves_until_leader_commits(&mut cluster, leader, target);
-    assert_eq!(waves, 2, "the whole burst commits in one round trip");
+    assert!(waves <= 4, "{waves} waves (> 2 round trips) for a burst of {burst}");
     let batches = cluster.stats.accept_batches - before.accept_batches;
     let batch_max = paxos::limits::BATCH_ENTRIES_MAX as u64;
+    let batches_max = paxos::limits::BATCHES_IN_FLIGHT_MAX as u64 + burst.div_ceil(batch_max);
     assert!(
-        batches <= burst.div_ceil(batch_max) + 1,
-        "{batches} phase-2 batches for {burst} proposals (batch limit {batch_max})"
+        batches <= batches_max,
+        "{batches} phase-2 batches for {burst} proposals (at most {batches_max})"
     );
 }

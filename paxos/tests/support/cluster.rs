@@ -187,3 +187,26 @@ impl Cluster {
         Ok(())
     }
 }
+
+impl Cluster {
+    /// Asks the leader to move to `next` and delivers until quiet.
+    pub fn reconfigure(&mut self, next: Config) -> Result<(), String> {
+        let leader = self.leader_index().ok_or("no leader")?;
+        let effects = self.nodes[leader]
+            .reconfigure(self.now_ms, next)
+            .map_err(|e| e.to_string())?;
+        self.execute(leader, effects)?;
+        self.run_until_quiet(10_000).map(|_| ())
+    }
+
+    /// Crashes node `at` (losing unsynced writes — there are none between calls) and
+    /// restarts it from its store; returns the effects of `start`.
+    pub fn restart(&mut self, at: usize, genesis: Config) -> Result<Vec<Effect>, String> {
+        let state = self.stores[at].load().map_err(|e| e.to_string())?;
+        let options = self.nodes[at].options().clone();
+        self.nodes[at] = Node::recover(options, genesis, state).map_err(|e| e.to_string())?;
+        self.committed_next[at] = Slot(0);
+        let effects = self.nodes[at].start(self.now_ms);
+        Ok(effects)
+    }
+}

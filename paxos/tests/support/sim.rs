@@ -88,8 +88,15 @@ pub struct SimConfig {
     /// Mean time between nemesis actions.
     pub nemesis_interval_ms: u64,
     pub reconfigure: bool,
+    /// Broken-disk mode, to show the checks bite: a crash may roll a device's store back
+    /// to an older state, losing *synced* writes (a disk that lies about fsync). The
+    /// driver-contract checks (invariant 5) are off in this mode, so the protocol-level
+    /// checks must catch the damage.
+    pub disk_lies: bool,
     /// Record a readable trace of every event (slow; for replays).
     pub trace: bool,
+    /// Trace lines kept (the last ones); `PAXOS_TRACE=N` sets it.
+    pub trace_lines: usize,
 }
 
 impl SimConfig {
@@ -114,7 +121,13 @@ impl SimConfig {
             crash_mid_effects_per_100k: rng.random_range(0..60),
             nemesis_interval_ms: rng.random_range(200..1_500),
             reconfigure: rng.random_range(0..3) != 0,
+            disk_lies: false,
             trace: std::env::var_os("PAXOS_TRACE").is_some(),
+            trace_lines: std::env::var("PAXOS_TRACE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 1)
+                .unwrap_or(TRACE_LINES_MAX),
         }
     }
 }
@@ -269,6 +282,8 @@ struct Device {
     id: NodeId,
     node: Option<Node>,
     store: MemStore,
+    /// Broken-disk mode: an older copy of `store` a crash may roll back to.
+    stale_store: Option<MemStore>,
     /// Writes handed to the store and not yet synced, mirrored for the trackers.
     unsynced: Vec<DurableWrite>,
     sm: StateMachine,
@@ -280,6 +295,8 @@ struct Device {
     /// Synced acceptor state, for invariant 5.
     durable_promised: Ballot,
     durable_commit_next: Slot,
+    /// Last slot covered by a durable snapshot (compaction or install).
+    durable_snapshot_slot: Option<Slot>,
     /// Own proposals waiting for their client: seq → client.
     proposals: BTreeMap<u64, usize>,
     reads: BTreeMap<ReadId, usize>,
@@ -442,6 +459,7 @@ impl Sim {
                     id,
                     node: Some(Node::new(node_options(id), genesis.clone())),
                     store: MemStore::new(),
+                    stale_store: None,
                     unsynced: Vec::new(),
                     sm: StateMachine {
                         kv: BTreeMap::new(),
@@ -453,6 +471,7 @@ impl Sim {
                     commits: BTreeMap::new(),
                     durable_promised: Ballot::ZERO,
                     durable_commit_next: Slot(0),
+                    durable_snapshot_slot: None,
                     proposals: BTreeMap::new(),
                     reads: BTreeMap::new(),
                     reads_ready: Vec::new(),
@@ -525,7 +544,7 @@ impl Sim {
 
     fn log(&mut self, line: impl FnOnce() -> String) {
         if self.config.trace {
-            if self.trace.len() == TRACE_LINES_MAX {
+            if self.trace.len() >= self.config.trace_lines {
                 self.trace.pop_front();
             }
             let line = format!("{:>7} {}", self.now_ms, line());
@@ -795,6 +814,8 @@ impl Sim {
                 let next = snapshot.slot.next();
                 let commit_next = &mut self.devices[device].durable_commit_next;
                 *commit_next = (*commit_next).max(next);
+                let covered = &mut self.devices[device].durable_snapshot_slot;
+                *covered = (*covered).max(Some(snapshot.slot));
                 self.learn_config(snapshot.config.clone());
             }
             DurableWrite::DiscardAccepted { .. }
@@ -872,6 +893,9 @@ impl Sim {
 
     /// Invariant 5: nothing an acceptor tells a peer depends on unsynced state.
     fn check_durable_before_send(&mut self, from: usize, envelope: &Envelope) {
+        if self.config.disk_lies {
+            return;
+        }
         let device = &self.devices[from];
         match &envelope.body {
             Body::Promise { .. } if device.durable_promised < envelope.ballot => {
@@ -921,6 +945,7 @@ impl Sim {
             } => self.commit(device, slot, entry, chain, apply),
             Effect::InstallSnapshot(snapshot) => self.install_snapshot(device, snapshot),
             Effect::SetTimer { timer, at_ms } => {
+                self.log(|| format!("n{} set timer {timer:?} at {at_ms}", device + 1));
                 let incarnation = self.devices[device].incarnation;
                 self.devices[device].timers.insert(timer, at_ms);
                 let global = at_ms
@@ -1131,6 +1156,11 @@ impl Sim {
             )
         });
         self.devices[device].store.crash(keep);
+        if self.config.disk_lies
+            && let Some(stale) = self.devices[device].stale_store.take()
+        {
+            self.devices[device].store = stale;
+        }
         let writes = std::mem::take(&mut self.devices[device].unsynced);
         for write in writes.iter().take(keep) {
             self.on_durable(device, write);
@@ -1175,7 +1205,7 @@ impl Sim {
                 return;
             }
         };
-        if node.promised() < self.devices[device].durable_promised {
+        if !self.config.disk_lies && node.promised() < self.devices[device].durable_promised {
             let detail = format!(
                 "n{} recovered promise {:?} below durable {:?}",
                 device + 1,
@@ -1326,6 +1356,12 @@ impl Sim {
 
     fn nemesis(&mut self) {
         let count = self.devices.len();
+        if self.config.disk_lies {
+            let device = self.rng.random_range(0..count);
+            if self.devices[device].stale_store.is_none() {
+                self.devices[device].stale_store = Some(self.devices[device].store.clone());
+            }
+        }
         match self.rng.random_range(0..100) {
             0..15 => {
                 // Two-sided partition into random halves.
@@ -1530,14 +1566,22 @@ impl Sim {
         }
         let device = up[self.rng.random_range(0..up.len())];
         let applied_next = self.devices[device].sm.applied_next;
-        let Some(through) = applied_next.0.checked_sub(1) else {
+        let Some(through) = applied_next.0.checked_sub(1).map(Slot) else {
             return;
         };
+        // Only slots this node has committed and not yet compacted may be compacted.
+        let committed = self.devices[device]
+            .node
+            .as_ref()
+            .is_some_and(|node| through < node.commit_index());
+        if !committed || self.devices[device].durable_snapshot_slot >= Some(through) {
+            return;
+        }
         let state = encode_kv(&self.devices[device].sm.kv);
         let now = self.device_now(device);
-        self.log(|| format!("n{} compacts through s{through}", device + 1));
+        self.log(|| format!("n{} compacts through {through}", device + 1));
         if let Some(node) = self.devices[device].node.as_mut() {
-            match node.compact(now, Slot(through), state) {
+            match node.compact(now, through, state) {
                 Ok(effects) => self.execute(device, effects),
                 Err(error) => {
                     let detail = format!(
@@ -1656,7 +1700,9 @@ impl Sim {
             missing.push(format!("{} different states", states.len()));
         }
         for client in &self.clients {
-            if client.probe_due && !client.probe_done {
+            // Devices removed from the group after faults stopped are not owed progress.
+            let member = config.is_member(self.devices[client.device].id);
+            if member && client.probe_due && !client.probe_done {
                 missing.push(format!("client {} probe pending", client.id));
             }
         }
