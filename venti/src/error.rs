@@ -21,10 +21,19 @@ pub enum Error {
     Unseal { address: Address, reason: &'static str },
     #[error("arena {arena}, offset {offset}: corrupt record ({reason})")]
     Corrupt { arena: u32, offset: u64, reason: String },
-    #[error("index: {0}")]
-    Index(#[from] rusqlite::Error),
+    #[error("block {address} in arena {arena} at offset {offset}: {reason}")]
+    Damaged {
+        address: Address,
+        arena: u32,
+        offset: u64,
+        reason: String,
+    },
+    #[error("unsupported {what} format version {version}")]
+    UnsupportedVersion { what: &'static str, version: u32 },
     #[error("block of {bytes} bytes is over the maximum of {bytes_max}")]
     TooLarge { bytes: usize, bytes_max: usize },
+    #[error("index: {0}")]
+    Index(#[from] rusqlite::Error),
     #[error("block {address}: {fault}")]
     Block { address: Address, fault: BlockFault },
 }

@@ -12,16 +12,22 @@
 //! (The crate-level example is added with the tree writer.)
 
 pub mod address;
+pub mod arena;
+pub mod backend;
 pub mod block_ref;
 pub mod chunk;
 pub mod compress;
 pub mod error;
+pub mod gc;
+pub mod index;
 pub mod keys;
 pub mod seal;
+pub mod store;
 
 pub use address::Address;
 pub use block_ref::{BlockRef, Kind};
 pub use error::{Error, Result};
+pub use store::{Store, StoreOptions};
 
 /// Which promise a device made about a block.
 ///

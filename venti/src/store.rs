@@ -809,11 +809,9 @@ fn reconcile(
     meta.next_seq = meta.next_seq.max(1);
 
     let tx = writer.index.transaction()?;
-    let mut dir_dirty = false;
     // An interrupted compaction: the index already moved the rows away.
     for id in files.keys().filter(|id| retired.contains(id)) {
         backend.remove(&arena::arena_name(*id))?;
-        dir_dirty = true;
     }
     files.retain(|id, _| !retired.contains(id));
     // Rows pointing at arenas whose files are gone are lost.
@@ -836,8 +834,7 @@ fn reconcile(
         if len <= ARENA_HEADER_BYTES && !indexed.contains_key(&id) {
             // Created but never got a record (or even its header) to disk.
             backend.remove(name)?;
-            dir_dirty = true;
-            continue;
+                continue;
         }
         if len >= ARENA_HEADER_BYTES {
             let mut header = [0u8; ARENA_HEADER_BYTES as usize];
@@ -875,7 +872,8 @@ fn reconcile(
                 .unwrap_or(ARENA_HEADER_BYTES)
                 .max(ARENA_HEADER_BYTES);
         }
-        let scan = arena::scan(file.as_ref(), start.min(len.max(ARENA_HEADER_BYTES)))?;
+        let scan_from = start.min(len.max(ARENA_HEADER_BYTES));
+        let scan = arena::scan(file.as_ref(), scan_from)?;
         let mut upserts = Vec::new();
         for item in scan.items {
             match item {
@@ -930,6 +928,11 @@ fn reconcile(
             file.sync()?;
             len = scan.valid_end;
         }
+        if scan.valid_end > scan_from {
+            // The tail was written but maybe never synced (the process died before its
+            // sync): make it durable before the commit that indexes it.
+            file.sync()?;
+        }
         if len < ARENA_HEADER_BYTES {
             // Not even a header survived: give the arena a fresh one.
             file.set_len(0)?;
@@ -942,9 +945,9 @@ fn reconcile(
         arenas.insert(id, file);
     }
     index::write_meta(&tx, &meta)?;
-    if dir_dirty {
-        backend.sync_dir()?;
-    }
+    // Always: an arena created just before a crash may be indexed now, and its
+    // directory entry was perhaps never made durable.
+    backend.sync_dir()?;
     backend.commit_point()?;
     tx.commit()?;
     writer.meta = meta;
