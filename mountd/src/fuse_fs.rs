@@ -134,12 +134,14 @@ impl Filesystem for KithFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.volume.lookup(ino_of(parent), name) {
             Ok(attr) => self.reply_entry(reply, &attr),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("lookup", parent, &error)),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let ino = ino_of(ino);
+        // The kernel forgets an inode when it evicts it, page cache included.
+        self.opened_versions.lock().remove(&ino);
         self.volume.forget(ino, nlookup);
     }
 
@@ -152,7 +154,7 @@ impl Filesystem for KithFs {
     ) {
         match self.volume.getattr(ino_of(ino)) {
             Ok(attr) => reply.attr(&self.ttls.attr, &file_attr(&attr)),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("getattr", ino, &error)),
         }
     }
 
@@ -185,14 +187,14 @@ impl Filesystem for KithFs {
         };
         match self.volume.setattr(ino_of(ino), &change, fh.map(handle_of)) {
             Ok(attr) => reply.attr(&self.ttls.attr, &file_attr(&attr)),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("setattr", ino, &error)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.volume.readlink(ino_of(ino)) {
             Ok(target) => reply.data(&target),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("readlink", ino, &error)),
         }
     }
 
@@ -232,7 +234,7 @@ impl Filesystem for KithFs {
             caller_of(req),
         ) {
             Ok(attr) => self.reply_entry(reply, &attr),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("mknod", parent, &error)),
         }
     }
 
@@ -250,21 +252,21 @@ impl Filesystem for KithFs {
             .mkdir(ino_of(parent), name, perm_of(mode), caller_of(req))
         {
             Ok(attr) => self.reply_entry(reply, &attr),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("mkdir", parent, &error)),
         }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.volume.unlink(ino_of(parent), name) {
             Ok(()) => reply.ok(),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("unlink", parent, &error)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.volume.rmdir(ino_of(parent), name) {
             Ok(()) => reply.ok(),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("rmdir", parent, &error)),
         }
     }
 
@@ -281,7 +283,7 @@ impl Filesystem for KithFs {
             .symlink(ino_of(parent), link_name, target, caller_of(req))
         {
             Ok(attr) => self.reply_entry(reply, &attr),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("symlink", parent, &error)),
         }
     }
 
@@ -307,7 +309,7 @@ impl Filesystem for KithFs {
             .rename(ino_of(parent), name, ino_of(newparent), newname, flags)
         {
             Ok(()) => reply.ok(),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("rename", parent, &error)),
         }
     }
 
@@ -321,7 +323,7 @@ impl Filesystem for KithFs {
     ) {
         match self.volume.link(ino_of(ino), ino_of(newparent), newname) {
             Ok(attr) => self.reply_entry(reply, &attr),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("link", ino, &error)),
         }
     }
 
@@ -331,7 +333,7 @@ impl Filesystem for KithFs {
         let handle = match self.volume.open_file(ino, truncate) {
             Ok(handle) => handle,
             Err(error) => {
-                reply.error(errno_of(&error));
+                reply.error(fail("open", ino.0, &error));
                 return;
             }
         };
@@ -358,7 +360,7 @@ impl Filesystem for KithFs {
             .read(ino_of(ino), handle_of(fh), offset, size.min(IO_BYTES_MAX))
         {
             Ok(data) => reply.data(&data),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("read", ino, &error)),
         }
     }
 
@@ -376,7 +378,7 @@ impl Filesystem for KithFs {
     ) {
         match self.volume.write(ino_of(ino), handle_of(fh), offset, data) {
             Ok(written) => reply.written(written),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("write", ino, &error)),
         }
     }
 
@@ -390,7 +392,7 @@ impl Filesystem for KithFs {
     ) {
         match self.volume.flush(ino_of(ino), handle_of(fh)) {
             Ok(()) => reply.ok(),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("flush", ino, &error)),
         }
     }
 
@@ -406,7 +408,7 @@ impl Filesystem for KithFs {
     ) {
         match self.volume.release(ino_of(ino), handle_of(fh)) {
             Ok(()) => reply.ok(),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("release", ino, &error)),
         }
     }
 
@@ -420,7 +422,7 @@ impl Filesystem for KithFs {
     ) {
         match self.volume.fsync(ino_of(ino), datasync) {
             Ok(()) => reply.ok(),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("fsync", ino, &error)),
         }
     }
 
@@ -430,7 +432,7 @@ impl Filesystem for KithFs {
                 reply.opened(fuser::FileHandle(0), FopenFlags::empty())
             }
             Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("opendir", ino, &error)),
         }
     }
 
@@ -447,7 +449,7 @@ impl Filesystem for KithFs {
         let entries = match self.volume.readdir(ino_of(ino), offset) {
             Ok(entries) => entries,
             Err(error) => {
-                reply.error(errno_of(&error));
+                reply.error(fail("readdir", ino, &error));
                 return;
             }
         };
@@ -480,7 +482,7 @@ impl Filesystem for KithFs {
         let entries = match self.volume.readdir(ino_of(ino), offset) {
             Ok(entries) => entries,
             Err(error) => {
-                reply.error(errno_of(&error));
+                reply.error(fail("readdirplus", ino, &error));
                 return;
             }
         };
@@ -524,7 +526,7 @@ impl Filesystem for KithFs {
     ) {
         match self.volume.fsync(ino_of(ino), datasync) {
             Ok(()) => reply.ok(),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("fsyncdir", ino, &error)),
         }
     }
 
@@ -540,7 +542,7 @@ impl Filesystem for KithFs {
                 stat.name_len_max,
                 stat.fragment_size,
             ),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("statfs", 1u64, &error)),
         }
     }
 
@@ -571,28 +573,28 @@ impl Filesystem for KithFs {
         };
         match self.volume.setxattr(ino_of(ino), name, value, flags) {
             Ok(()) => reply.ok(),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("setxattr", ino, &error)),
         }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         match self.volume.getxattr(ino_of(ino), name) {
             Ok(value) => reply_sized(reply, &value, size),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("getxattr", ino, &error)),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         match self.volume.listxattr(ino_of(ino)) {
             Ok(names) => reply_sized(reply, &xattr_name_list(&names), size),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("listxattr", ino, &error)),
         }
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.volume.removexattr(ino_of(ino), name) {
             Ok(()) => reply.ok(),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("removexattr", ino, &error)),
         }
     }
 
@@ -607,7 +609,7 @@ impl Filesystem for KithFs {
                     reply.error(Errno::EACCES)
                 }
             }
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("access", ino, &error)),
         }
     }
 
@@ -645,7 +647,7 @@ impl Filesystem for KithFs {
                     open_flags,
                 );
             }
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("create", parent, &error)),
         }
     }
 
@@ -668,7 +670,7 @@ impl Filesystem for KithFs {
         };
         match self.volume.fallocate(ino_of(ino), offset, length, mode) {
             Ok(()) => reply.ok(),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("fallocate", ino, &error)),
         }
     }
 
@@ -699,7 +701,7 @@ impl Filesystem for KithFs {
                 Ok(found) => reply.offset(found),
                 Err(_) => reply.error(Errno::EOVERFLOW),
             },
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("lseek", ino, &error)),
         }
     }
 
@@ -730,13 +732,22 @@ impl Filesystem for KithFs {
         ) {
             // `len` is at most 1 GiB, so the copied count fits.
             Ok(copied) => reply.written(u32::try_from(copied.min(len)).unwrap_or(u32::MAX)),
-            Err(error) => reply.error(errno_of(&error)),
+            Err(error) => reply.error(fail("copy_file_range", ino_in, &error)),
         }
     }
 }
 
-/// The one mapping from fossil's errors to errnos. Errors that mean "the store is in
-/// trouble" are logged here, once, with the message fossil gave (it names the file).
+/// A failed request's errno; failures that mean "the store is in trouble" (EIO,
+/// ENOSPC) are logged once here, naming the request and the inode.
+fn fail(request: &'static str, ino: impl Into<u64>, error: &fossil::Error) -> Errno {
+    let errno = errno_of(error);
+    if errno == Errno::EIO || errno == Errno::ENOSPC {
+        tracing::error!(request, ino = ino.into(), %error, "file system request failed");
+    }
+    errno
+}
+
+/// The one mapping from fossil's errors to errnos.
 pub fn errno_of(error: &fossil::Error) -> Errno {
     use fossil::Error as E;
     let errno = match error {
@@ -760,9 +771,6 @@ pub fn errno_of(error: &fossil::Error) -> Errno {
         E::Db(rusqlite_error) if is_disk_full(rusqlite_error) => libc::ENOSPC,
         _ => libc::EIO,
     };
-    if errno == libc::EIO || errno == libc::ENOSPC {
-        tracing::error!(%error, "file system request failed");
-    }
     Errno::from_i32(errno)
 }
 
