@@ -606,3 +606,291 @@ impl<'a> Reader<'a> {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use proptest::collection::{btree_map, btree_set, vec};
+    use proptest::prelude::*;
+
+    fn node() -> impl Strategy<Value = NodeId> {
+        (0u64..20).prop_map(NodeId)
+    }
+
+    fn slot() -> impl Strategy<Value = Slot> {
+        any::<u64>().prop_map(Slot)
+    }
+
+    fn ballot() -> impl Strategy<Value = Ballot> {
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(e, round, n)| Ballot {
+            epoch: ConfigId(e),
+            round,
+            node: NodeId(n),
+        })
+    }
+
+    fn hash() -> impl Strategy<Value = ChainHash> {
+        any::<[u8; 32]>().prop_map(ChainHash)
+    }
+
+    fn config() -> impl Strategy<Value = Config> {
+        (
+            any::<u64>(),
+            btree_set(0u64..9, 1..=VOTERS_MAX),
+            btree_set(100u64..400, 0..5),
+        )
+            .prop_flat_map(|(id, voters, learners)| {
+                let voters: Vec<NodeId> = voters.into_iter().map(NodeId).collect();
+                let n = voters.len();
+                let witness_max = n.saturating_sub(1);
+                (
+                    Just(id),
+                    Just(voters.clone()),
+                    proptest::sample::subsequence(voters, 0..=witness_max),
+                    Just(learners),
+                    1..=n,
+                )
+            })
+            .prop_map(|(id, voters, witnesses, learners, q1)| {
+                let n = voters.len();
+                let q2 = n + 1 - q1;
+                Config::new(
+                    ConfigId(id),
+                    voters,
+                    witnesses,
+                    learners.into_iter().map(NodeId),
+                    u8::try_from(q1).unwrap(),
+                    u8::try_from(q2).unwrap(),
+                )
+                .unwrap()
+            })
+    }
+
+    fn command() -> impl Strategy<Value = Command> {
+        (node(), any::<u64>(), vec(any::<u8>(), 0..64)).prop_map(|(proposer, seq, payload)| {
+            Command {
+                proposer,
+                seq,
+                payload,
+            }
+        })
+    }
+
+    fn entry() -> impl Strategy<Value = Entry> {
+        prop_oneof![
+            Just(Entry::Noop),
+            command().prop_map(Entry::Command),
+            config().prop_map(Entry::Reconfigure),
+        ]
+    }
+
+    fn snapshot() -> impl Strategy<Value = Snapshot> {
+        (
+            slot(),
+            hash(),
+            config(),
+            btree_map(node(), any::<u64>(), 0..5),
+            vec(any::<u8>(), 0..64),
+        )
+            .prop_map(|(slot, chain, config, applied_seqs, state)| Snapshot {
+                slot,
+                chain,
+                config,
+                applied_seqs,
+                state,
+            })
+    }
+
+    fn body() -> impl Strategy<Value = Body> {
+        prop_oneof![
+            slot().prop_map(|first| Body::Prepare { first }),
+            (slot(), slot(), vec((slot(), ballot(), entry()), 0..4)).prop_map(
+                |(first, committed, accepted)| Body::Promise {
+                    first,
+                    committed,
+                    accepted
+                }
+            ),
+            (slot(), vec(entry(), 0..4), slot()).prop_map(|(first, entries, decided)| {
+                Body::Accept {
+                    first,
+                    entries,
+                    decided,
+                }
+            }),
+            (slot(), any::<u32>()).prop_map(|(first, count)| Body::Accepted { first, count }),
+            (ballot(), slot()).prop_map(|(promised, committed)| Body::Reject {
+                promised,
+                committed
+            }),
+            (slot(), hash(), any::<u64>(), vec(node(), 0..VOTERS_MAX)).prop_map(
+                |(decided, head, round, ranking)| Body::Heartbeat {
+                    decided,
+                    head,
+                    round,
+                    ranking
+                }
+            ),
+            (any::<u64>(), slot(), any::<u32>()).prop_map(|(round, committed, score_ms)| {
+                Body::HeartbeatAck {
+                    round,
+                    committed,
+                    score_ms,
+                }
+            }),
+            slot().prop_map(|first| Body::Fetch { first }),
+            (slot(), hash(), vec(entry(), 0..4), slot()).prop_map(
+                |(first, prev, entries, committed)| Body::Entries {
+                    first,
+                    prev,
+                    entries,
+                    committed
+                }
+            ),
+            snapshot().prop_map(|snapshot| Body::SnapshotData { snapshot }),
+            vec(command(), 0..4).prop_map(|commands| Body::Forward { commands }),
+            proptest::option::of(node()).prop_map(|leader| Body::Redirect { leader }),
+            any::<u64>().prop_map(|id| Body::ReadIndexRequest { id: ReadId(id) }),
+            (any::<u64>(), proptest::option::of(slot())).prop_map(|(id, slot)| {
+                Body::ReadIndexReply {
+                    id: ReadId(id),
+                    slot,
+                }
+            }),
+            Just(Body::TimeoutNow),
+        ]
+    }
+
+    fn envelope() -> impl Strategy<Value = Envelope> {
+        (any::<u128>(), any::<u64>(), ballot(), body()).prop_map(
+            |(volume, config, ballot, body)| Envelope {
+                volume: VolumeId(volume),
+                config: ConfigId(config),
+                ballot,
+                body,
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn message_round_trips(msg in envelope()) {
+            let bytes = encode(&msg);
+            prop_assert_eq!(decode(&bytes).unwrap(), msg);
+        }
+
+        #[test]
+        fn snapshot_and_entry_round_trip(s in snapshot(), e in entry()) {
+            prop_assert_eq!(decode_snapshot(&encode_snapshot(&s)).unwrap(), s);
+            let mut bytes = Vec::new();
+            encode_entry(&e, &mut bytes);
+            prop_assert_eq!(decode_entry(&bytes).unwrap(), e);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+            let _ = decode_entry(&bytes);
+            let _ = decode_snapshot(&bytes);
+            let _ = decode_command(&bytes);
+            let _ = decode_ballot(&bytes);
+        }
+
+        #[test]
+        fn mutated_messages_never_panic(
+            msg in envelope(),
+            flips in vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        ) {
+            let mut bytes = encode(&msg);
+            for (index, value) in flips {
+                let i = index.index(bytes.len());
+                bytes[i] = value;
+            }
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn truncations_and_trailing_bytes_are_refused(msg in envelope(), extra in 1u8..=255) {
+            let bytes = encode(&msg);
+            for cut in 0..bytes.len() {
+                prop_assert!(decode(&bytes[..cut]).is_err());
+            }
+            let mut longer = bytes.clone();
+            longer.push(extra);
+            prop_assert!(decode(&longer).is_err());
+        }
+    }
+
+    #[test]
+    fn huge_counts_are_refused_before_allocating() {
+        let msg = Envelope {
+            volume: VolumeId(1),
+            config: ConfigId(1),
+            ballot: Ballot::ZERO,
+            body: Body::Accept {
+                first: Slot(0),
+                entries: vec![],
+                decided: Slot(0),
+            },
+        };
+        let mut bytes = encode(&msg);
+        // Patch the entry count (last 4 bytes) to u32::MAX.
+        let n = bytes.len();
+        bytes[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(decode(&bytes), Err(Error::TooLarge { .. })));
+        // Within the bound but beyond the input: refused as malformed.
+        bytes[n - 4..].copy_from_slice(&200u32.to_le_bytes());
+        assert!(matches!(decode(&bytes), Err(Error::Malformed { .. })));
+    }
+
+    #[test]
+    fn unknown_version_and_invalid_config_are_refused() {
+        let msg = Envelope {
+            volume: VolumeId(1),
+            config: ConfigId(1),
+            ballot: Ballot::ZERO,
+            body: Body::TimeoutNow,
+        };
+        let mut bytes = encode(&msg);
+        bytes[0] = 2;
+        assert!(matches!(decode(&bytes), Err(Error::UnknownVersion { .. })));
+        // A configuration whose quorums do not intersect cannot be decoded.
+        let bad = Config {
+            id: ConfigId(2),
+            voters: [NodeId(1), NodeId(2)].into_iter().collect(),
+            witnesses: BTreeSet::new(),
+            learners: BTreeSet::new(),
+            phase1_quorum: 1,
+            phase2_quorum: 1,
+        };
+        let mut bytes = Vec::new();
+        encode_entry(&Entry::Reconfigure(bad), &mut bytes);
+        assert!(matches!(
+            decode_entry(&bytes),
+            Err(Error::InvalidConfig { .. })
+        ));
+    }
+
+    #[test]
+    fn golden_prepare_encoding() {
+        let msg = Envelope {
+            volume: VolumeId(0x0102),
+            config: ConfigId(3),
+            ballot: Ballot {
+                epoch: ConfigId(3),
+                round: 4,
+                node: NodeId(5),
+            },
+            body: Body::Prepare { first: Slot(6) },
+        };
+        let mut expected = vec![1u8];
+        expected.extend_from_slice(&0x0102u128.to_le_bytes());
+        for v in [3u64, 3, 4, 5] {
+            expected.extend_from_slice(&v.to_le_bytes());
+        }
+        expected.push(1);
+        expected.extend_from_slice(&6u64.to_le_bytes());
+        assert_eq!(encode(&msg), expected);
+    }
+}

@@ -529,11 +529,7 @@ impl Node {
     /// `Persist(Enqueue)` effect) and then proposed (leader), forwarded (follower,
     /// learner) or kept until a leader is reachable (offline). Returns its seq; the
     /// command is applied at most once, in seq order among this node's commands.
-    pub fn propose(
-        &mut self,
-        now_ms: u64,
-        payload: Vec<u8>,
-    ) -> Result<(u64, Vec<Effect>), Error> {
+    pub fn propose(&mut self, now_ms: u64, payload: Vec<u8>) -> Result<(u64, Vec<Effect>), Error> {
         if payload.len() > ENTRY_BYTES_MAX {
             return Err(Error::TooLarge {
                 what: "proposal",
@@ -1015,7 +1011,12 @@ impl Node {
             fx.push(Effect::ReadReady { id, slot });
         }
         let applied_own = self.applied_own();
-        if self.queue.keys().next().is_some_and(|seq| *seq <= applied_own) {
+        if self
+            .queue
+            .keys()
+            .next()
+            .is_some_and(|seq| *seq <= applied_own)
+        {
             self.queue = self.queue.split_off(&applied_own.saturating_add(1));
             fx.push(Effect::Persist(DurableWrite::Dequeue {
                 through_seq: applied_own,

@@ -20,9 +20,9 @@ impl Node {
         if peer == self.id() {
             return;
         }
-        let recent = self.fetch_sent_ms.is_some_and(|t| {
-            now_ms < t.saturating_add(self.options.retry_interval_ms)
-        });
+        let recent = self
+            .fetch_sent_ms
+            .is_some_and(|t| now_ms < t.saturating_add(self.options.retry_interval_ms));
         if recent && self.fetch_from == Some(peer) {
             return;
         }

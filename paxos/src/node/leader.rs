@@ -489,8 +489,8 @@ impl Node {
         };
         lead.round = lead.round.saturating_add(1);
         lead.heartbeats_sent = lead.heartbeats_sent.saturating_add(1);
-        let tell_learners = lead.learners_told < commit_index
-            || lead.heartbeats_sent % LEARNER_NOTICE_EVERY == 1;
+        let tell_learners =
+            lead.learners_told < commit_index || lead.heartbeats_sent % LEARNER_NOTICE_EVERY == 1;
         if tell_learners {
             lead.learners_told = commit_index;
         }
@@ -536,7 +536,12 @@ impl Node {
             return;
         };
         for (first, batch) in lead.batches.iter().filter(|(_, b)| !b.chosen) {
-            for voter in self.config.voters.iter().filter(|v| !batch.acks.contains(v)) {
+            for voter in self
+                .config
+                .voters
+                .iter()
+                .filter(|v| !batch.acks.contains(v))
+            {
                 let body = Body::Accept {
                     first: *first,
                     entries: batch.entries.clone(),

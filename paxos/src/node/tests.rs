@@ -140,7 +140,11 @@ fn acceptor_persists_promise_before_replying() {
     let mut n2 = Node::new(opts(2), config3());
     n2.start(0);
     let b = ballot(1, 1);
-    let fx = n2.handle_message(5, n(1), env(ConfigId(1), b, Body::Prepare { first: Slot(0) }));
+    let fx = n2.handle_message(
+        5,
+        n(1),
+        env(ConfigId(1), b, Body::Prepare { first: Slot(0) }),
+    );
     assert_eq!(
         fx,
         vec![
@@ -160,7 +164,11 @@ fn acceptor_persists_promise_before_replying() {
         ]
     );
     // A duplicate prepare is answered again without a second write.
-    let fx = n2.handle_message(6, n(1), env(ConfigId(1), b, Body::Prepare { first: Slot(0) }));
+    let fx = n2.handle_message(
+        6,
+        n(1),
+        env(ConfigId(1), b, Body::Prepare { first: Slot(0) }),
+    );
     assert_eq!(sends(&fx).len(), 1);
     assert!(!fx.iter().any(|e| matches!(e, Effect::Persist(_))));
 }
@@ -291,7 +299,14 @@ fn steady_state_commit_takes_one_round_trip() {
     let (to, hb) = sends(&fx)[0].clone();
     assert_eq!(to, n(2));
     let fx = n2.handle_message(20_202, n(1), hb);
-    assert!(fx.iter().any(|e| matches!(e, Effect::Commit { slot: Slot(0), apply: true, .. })));
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Commit {
+            slot: Slot(0),
+            apply: true,
+            ..
+        }
+    )));
     assert_eq!(n2.commit_index(), Slot(1));
 }
 
@@ -322,7 +337,11 @@ fn stale_ballot_is_rejected_and_not_accepted() {
     assert!(n2.accepted(Slot(0)).is_none());
     // A higher ballot deposes the leader.
     let higher = ballot(2, 3);
-    let fx = n1.handle_message(2, n(3), env(ConfigId(1), higher, Body::Prepare { first: Slot(0) }));
+    let fx = n1.handle_message(
+        2,
+        n(3),
+        env(ConfigId(1), higher, Body::Prepare { first: Slot(0) }),
+    );
     assert!(!n1.is_leader());
     assert!(fx.contains(&Effect::Persist(DurableWrite::Promise { ballot: higher })));
     assert!(fx.contains(&Effect::LeaderChanged { leader: None }));
@@ -337,18 +356,36 @@ fn wrong_volume_non_voter_and_forged_ballots_are_ignored() {
     assert!(n2.handle_message(1, n(1), msg).is_empty());
     // From a non-member.
     let forged = Ballot { node: n(9), ..b };
-    assert!(n2
-        .handle_message(1, n(9), env(ConfigId(1), forged, Body::Prepare { first: Slot(0) }))
-        .is_empty());
+    assert!(
+        n2.handle_message(
+            1,
+            n(9),
+            env(ConfigId(1), forged, Body::Prepare { first: Slot(0) })
+        )
+        .is_empty()
+    );
     // Ballot claiming another node than the sender.
-    assert!(n2
-        .handle_message(1, n(3), env(ConfigId(1), b, Body::Prepare { first: Slot(0) }))
-        .is_empty());
+    assert!(
+        n2.handle_message(
+            1,
+            n(3),
+            env(ConfigId(1), b, Body::Prepare { first: Slot(0) })
+        )
+        .is_empty()
+    );
     // Wrong epoch for the configuration.
-    let wrong_epoch = Ballot { epoch: ConfigId(9), ..b };
-    assert!(n2
-        .handle_message(1, n(1), env(ConfigId(1), wrong_epoch, Body::Prepare { first: Slot(0) }))
-        .is_empty());
+    let wrong_epoch = Ballot {
+        epoch: ConfigId(9),
+        ..b
+    };
+    assert!(
+        n2.handle_message(
+            1,
+            n(1),
+            env(ConfigId(1), wrong_epoch, Body::Prepare { first: Slot(0) })
+        )
+        .is_empty()
+    );
     assert_eq!(n2.promised(), ballot(1, 1));
 }
 
@@ -481,7 +518,11 @@ impl Net {
             };
             self.timers.remove(&(id, timer));
             self.now = self.now.max(at);
-            let fx = self.nodes.get_mut(&id).unwrap().handle_timeout(self.now, timer);
+            let fx = self
+                .nodes
+                .get_mut(&id)
+                .unwrap()
+                .handle_timeout(self.now, timer);
             self.run_effects(id, fx);
         }
         self.now = end;
@@ -605,7 +646,11 @@ fn leader_crash_elects_another_and_keeps_committed_entries() {
     net.crash_and_restart(first.0);
     net.advance(3_000);
     for id in 1..=3 {
-        assert_eq!(net.applied_payloads(id), vec![b"a".to_vec(), b"b".to_vec()], "node {id}");
+        assert_eq!(
+            net.applied_payloads(id),
+            vec![b"a".to_vec(), b"b".to_vec()],
+            "node {id}"
+        );
     }
 }
 
@@ -617,7 +662,11 @@ fn witness_and_one_device_keep_committing() {
         net.down.insert(n(off));
         net.advance(10_000);
         let on = 3 - off;
-        assert_eq!(net.leader(), Some(n(on)), "device {on} leads with the witness");
+        assert_eq!(
+            net.leader(),
+            Some(n(on)),
+            "device {on} leads with the witness"
+        );
         net.propose(on, b"w");
         net.advance(500);
         assert_eq!(net.applied_payloads(on), vec![b"w".to_vec()]);
@@ -667,7 +716,12 @@ fn stale_configuration_messages_are_not_accepted() {
     net.advance(3_000);
     let leader = net.leader().unwrap();
     let next = Config::majority(ConfigId(2), [n(1), n(2), n(4)], [], []).unwrap();
-    let fx = net.nodes.get_mut(&leader).unwrap().reconfigure(net.now, next).unwrap();
+    let fx = net
+        .nodes
+        .get_mut(&leader)
+        .unwrap()
+        .reconfigure(net.now, next)
+        .unwrap();
     net.run_effects(leader, fx);
     net.advance(5_000);
     // Node 3 (removed) tries to lead config 1 at a slot now governed by config 2.
@@ -714,7 +768,10 @@ fn follower_read_waits_for_the_leaders_index() {
     assert_eq!(ready.len(), 1);
     assert_eq!(ready[0].0, id);
     assert!(net.nodes[&follower].commit_index() >= ready[0].1);
-    assert!(ready[0].1 >= Slot(1), "the read observes the committed write");
+    assert!(
+        ready[0].1 >= Slot(1),
+        "the read observes the committed write"
+    );
 }
 
 #[test]
@@ -731,7 +788,10 @@ fn learners_pull_verified_entries() {
     let expected = net.applied_payloads(leader.0);
     assert_eq!(expected.len(), 6);
     assert_eq!(net.applied_payloads(7), expected);
-    assert_eq!(net.nodes[&n(7)].chain_head(), net.nodes[&leader].chain_head());
+    assert_eq!(
+        net.nodes[&n(7)].chain_head(),
+        net.nodes[&leader].chain_head()
+    );
 }
 
 #[test]
@@ -796,7 +856,13 @@ fn offline_proposer_queues_durably_and_submits_in_order_once() {
 fn duplicate_commands_are_committed_but_not_applied() {
     let (mut n1, _, _) = elected();
     let c = cmd(2, 1, b"once");
-    let forward = env(ConfigId(1), ballot(0, 2), Body::Forward { commands: vec![c.clone()] });
+    let forward = env(
+        ConfigId(1),
+        ballot(0, 2),
+        Body::Forward {
+            commands: vec![c.clone()],
+        },
+    );
     n1.handle_message(1, n(2), forward.clone());
     // The same command again (retry) is not proposed twice by this leader.
     let fx = n1.handle_message(2, n(2), forward);
@@ -839,7 +905,10 @@ fn compaction_and_snapshot_catch_up() {
     let node = &net.nodes[&lagging];
     assert_eq!(node.commit_index(), net.nodes[&leader].commit_index());
     assert_eq!(node.chain_head(), net.nodes[&leader].chain_head());
-    assert_eq!(net.applied_payloads(lagging.0).last(), Some(&b"after".to_vec()));
+    assert_eq!(
+        net.applied_payloads(lagging.0).last(),
+        Some(&b"after".to_vec())
+    );
 }
 
 #[test]
