@@ -118,6 +118,11 @@ pub fn decompress(compressed: &[u8], length: usize) -> Result<Vec<u8>, Decompres
     Ok(data)
 }
 
+/// Decompress `compressed` into at most `bytes_max` bytes, however long the result.
+pub fn decompress_bounded(compressed: &[u8], bytes_max: usize) -> Result<Vec<u8>, DecompressError> {
+    Ok(zstd::bulk::decompress(compressed, bytes_max)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,7 @@ pub mod index;
 pub mod keys;
 pub mod seal;
 pub mod store;
+pub mod tree;
 
 pub use address::Address;
 pub use block_ref::{BlockRef, Kind};

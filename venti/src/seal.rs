@@ -14,8 +14,9 @@
 //! Padding to Padmé lengths hides all but O(log log n) bits of a chunk's length, at
 //! most 12 % (about 3 % at chunk sizes) overhead.
 //!
-//! [`open`] checks, in order: sealed length, declared length, epoch, address, version,
-//! AEAD tag, padding, kind, flags, (decompressed) length, and finally re-derives K from
+//! [`open`] checks, in order: sealed length, epoch, address, version, AEAD tag,
+//! padding, kind, flags, declared and (decompressed) length — bounded before any
+//! allocation — and finally re-derives K from
 //! the plaintext and compares it with the ref's key in constant time. ChaCha20-Poly1305
 //! alone does not commit to its key; this last check does, so no two refs with
 //! different keys can show different content under one address.
@@ -174,16 +175,6 @@ pub(crate) fn open_as(
             bytes_max: SEALED_BYTES_MAX as u64,
         }));
     }
-    // Bounds every allocation below.
-    let length = usize::try_from(block_ref.length)
-        .ok()
-        .filter(|length| *length <= CONTENT_BYTES_MAX)
-        .ok_or_else(|| {
-            fault(BlockFault::DeclaredLength {
-                declared: block_ref.length,
-                bytes_max: CONTENT_BYTES_MAX as u64,
-            })
-        })?;
     if block_ref.epoch != keys.epoch() {
         return Err(fault(BlockFault::Epoch {
             expected: keys.epoch(),
@@ -232,22 +223,45 @@ pub(crate) fn open_as(
     if flags & !FLAG_COMPRESSED != 0 {
         return Err(fault(BlockFault::Flags { found: flags }));
     }
+    // A pointer ref's length is that of the content below it (the tree reader checks
+    // it against the children); any other ref's length is the block's content length.
+    let declared = if kind == Kind::Pointer {
+        None
+    } else {
+        let length = usize::try_from(block_ref.length)
+            .ok()
+            .filter(|length| *length <= CONTENT_BYTES_MAX)
+            .ok_or_else(|| {
+                fault(BlockFault::DeclaredLength {
+                    declared: block_ref.length,
+                    bytes_max: CONTENT_BYTES_MAX as u64,
+                })
+            })?;
+        Some(length)
+    };
     let payload = &plaintext[HEADER_BYTES..marker_at];
     let content = if flags & FLAG_COMPRESSED != 0 {
-        compress::decompress(payload, length).map_err(|error| {
+        let decompressed = match declared {
+            Some(length) => compress::decompress(payload, length),
+            None => compress::decompress_bounded(payload, CONTENT_BYTES_MAX),
+        };
+        decompressed.map_err(|error| {
             fault(BlockFault::Decompress {
                 detail: error.to_string(),
             })
         })?
     } else {
-        if payload.len() != length {
+        if let Some(length) = declared
+            && payload.len() != length
+        {
             return Err(fault(BlockFault::Length {
                 declared: block_ref.length,
                 found: payload.len() as u64,
             }));
         }
+        let payload_bytes = payload.len();
         plaintext.copy_within(HEADER_BYTES..marker_at, 0);
-        plaintext.truncate(length);
+        plaintext.truncate(payload_bytes);
         plaintext
     };
     // blake3::Hash compares in constant time.
@@ -255,6 +269,46 @@ pub(crate) fn open_as(
         return Err(fault(BlockFault::KeyCommitment));
     }
     Ok((kind, content))
+}
+
+/// The kind of a sealed block, decrypted WITHOUT authentication or key commitment.
+///
+/// Only for deciding whether a tree walk must descend into a block (GC marking must
+/// not decrypt whole data leaves). Whatever acts on a block's content calls [`open`],
+/// which authenticates; a forged ref can at worst make a walk stop early in a tree its
+/// forger wrote. Checks the sealed length, address and version first.
+pub fn peek_kind(block_ref: &BlockRef, sealed: &[u8]) -> Result<Kind> {
+    use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+
+    let fault = |fault: BlockFault| Error::Block {
+        address: block_ref.address,
+        fault,
+    };
+    if !(SEALED_BYTES_MIN..=SEALED_BYTES_MAX).contains(&sealed.len()) {
+        return Err(fault(BlockFault::SealedLength {
+            bytes: sealed.len() as u64,
+            bytes_min: SEALED_BYTES_MIN as u64,
+            bytes_max: SEALED_BYTES_MAX as u64,
+        }));
+    }
+    if Address::of(sealed) != block_ref.address {
+        return Err(Error::AddressMismatch {
+            address: block_ref.address,
+        });
+    }
+    let (version, rest) = sealed.split_first().ok_or(fault(BlockFault::Aead))?;
+    if *version != BLOCK_VERSION {
+        return Err(fault(BlockFault::Version { found: *version }));
+    }
+    // ChaCha20-Poly1305 (RFC 8439) encrypts the message from keystream block 1; block
+    // 0 makes the Poly1305 key.
+    let mut cipher = chacha20::ChaCha20::new((&block_ref.key).into(), &Nonce::default());
+    cipher.seek(64u64);
+    let mut kind_byte = [rest.first().copied().unwrap_or_default()];
+    cipher.apply_keystream(&mut kind_byte);
+    Kind::from_byte(kind_byte[0]).ok_or(fault(BlockFault::UnknownKind {
+        found: kind_byte[0],
+    }))
 }
 
 pub(crate) fn kind_name(kind: Kind) -> &'static str {
@@ -527,6 +581,22 @@ mod tests {
             open(&keys, &block_ref, &sealed, Kind::Data).unwrap(),
             b"data"
         );
+    }
+
+    #[test]
+    fn peek_kind_reads_the_kind_byte() {
+        for kind in [Kind::Data, Kind::Pointer, Kind::Meta] {
+            for data in [Vec::new(), random(100_000, 8)] {
+                let (block_ref, sealed) = seal(&keys(1), kind, &data).unwrap();
+                assert_eq!(peek_kind(&block_ref, &sealed).unwrap(), kind);
+            }
+        }
+        let (block_ref, mut sealed) = seal(&keys(1), Kind::Data, b"x").unwrap();
+        sealed[1] ^= 1;
+        assert!(matches!(
+            peek_kind(&block_ref, &sealed),
+            Err(Error::AddressMismatch { .. })
+        ));
     }
 
     proptest! {
