@@ -419,6 +419,9 @@ impl Node {
     /// First call after `new`/`recover`: emits recovered state and arms timers.
     pub fn start(&mut self, now_ms: u64) -> Vec<Effect> {
         let mut fx = Vec::new();
+        // A (re)started driver holds no timers: whatever recovery recorded is void.
+        self.timers.clear();
+        self.handover = false;
         self.last_leader_contact_ms = now_ms;
         if let Some(snapshot) = &self.snapshot {
             fx.push(Effect::InstallSnapshot(snapshot.clone()));

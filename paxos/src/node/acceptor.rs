@@ -120,7 +120,10 @@ impl Node {
             && first >= self.config_start
             && last < self.commit_index.plus(ACCEPT_WINDOW_SLOTS);
         if self.config.id != ballot.epoch || !in_window {
-            if first > self.commit_index && self.commit_index < decided {
+            if first < self.commit_index && self.config.id == ballot.epoch {
+                // These slots are committed here: tell the leader, which catches up.
+                self.reject(from, ballot, &mut later);
+            } else if first > self.commit_index && self.commit_index < decided {
                 // We lag behind the leader's window: catch up first.
                 self.request_fetch(now_ms, from, &mut later);
             }

@@ -590,7 +590,7 @@ impl Node {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn on_heartbeat_ack(
         &mut self,
-        _now_ms: u64,
+        now_ms: u64,
         from: NodeId,
         ballot: Ballot,
         round: u64,
@@ -612,6 +612,12 @@ impl Node {
         lead.scores.insert(from, score_ms);
         lead.commits.insert(from, committed);
         self.confirm_reads(fx);
+        if committed > self.commit_index {
+            // A voter committed past us (a slot chosen after our phase 1 looked):
+            // learn it; the catch-up ends this leadership and a fresh phase 1 follows.
+            self.known_decided = self.known_decided.max(committed);
+            self.request_fetch(now_ms, from, fx);
+        }
     }
 
     /// Registers a read at the leader and starts a confirmation round for it.

@@ -947,3 +947,63 @@ fn effects_never_send_before_the_write_they_reveal() {
     net.advance(1_000);
     assert_eq!(net.applied_payloads(leader.0).len(), 50);
 }
+
+#[test]
+fn a_leader_behind_its_acceptors_catches_up_instead_of_stalling() {
+    // n3 accepted slot 0 from leader n1 but commits it only after promising n2.
+    let (mut n1, mut n2, mut n3) = elected();
+    let (_, fx) = n1.propose(1, b"a".to_vec()).unwrap();
+    let accept_for_3 = sends(&fx)[1].1.clone();
+    let fx = n3.handle_message(2, n(1), accept_for_3);
+    let accepted = sends(&fx)[0].1.clone();
+    n1.handle_message(3, n(3), accepted);
+    assert_eq!(n1.commit_index(), Slot(1));
+    // n2 never saw slot 0; it campaigns and n3 promises (slot 0 still uncommitted at n3).
+    let fx = n2.handle_timeout(100_000, Timer::Election);
+    let prepare = sends(&fx)
+        .into_iter()
+        .find(|(to, _)| *to == n(3))
+        .unwrap()
+        .1;
+    let fx = n3.handle_message(100_001, n(2), prepare);
+    let promise = sends(&fx)[0].1.clone();
+    // Meanwhile n3 learns slot 0 is committed (a fetch from n1).
+    let entries = env(
+        ConfigId(1),
+        ballot(1, 1),
+        Body::Entries {
+            first: Slot(0),
+            prev: ChainHash::genesis(VOLUME),
+            entries: vec![Entry::Command(cmd(1, 1, b"a"))],
+            committed: Slot(1),
+        },
+    );
+    n3.handle_message(100_002, n(1), entries);
+    assert_eq!(n3.commit_index(), Slot(1));
+    let fx = n2.handle_message(100_003, n(3), promise);
+    assert!(n2.is_leader());
+    // n2 re-proposes slot 0; n3 has it committed and answers with its commit index.
+    let accept = sends(&fx)
+        .into_iter()
+        .find(|(to, m)| *to == n(3) && matches!(m.body, Body::Accept { .. }))
+        .unwrap()
+        .1;
+    let fx = n3.handle_message(100_004, n(2), accept);
+    let reply = sends(&fx)[0].1.clone();
+    assert!(matches!(
+        reply.body,
+        Body::Reject {
+            committed: Slot(1),
+            ..
+        }
+    ));
+    // n2 fetches, catches up, and leaves a leadership whose phase 1 was outdated.
+    let fx = n2.handle_message(100_005, n(3), reply);
+    let (to, fetch) = sends(&fx)[0].clone();
+    assert_eq!((to, &fetch.body), (n(3), &Body::Fetch { first: Slot(0) }));
+    let fx = n3.handle_message(100_006, n(2), fetch);
+    let entries = sends(&fx)[0].1.clone();
+    n2.handle_message(100_007, n(3), entries);
+    assert_eq!(n2.commit_index(), Slot(1));
+    assert!(!n2.is_leader());
+}
