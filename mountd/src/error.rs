@@ -22,8 +22,8 @@ pub enum Error {
     MountPoint { path: PathBuf, problem: String },
     #[error("the store {} is already in use by another kith daemon{holder}", store.display())]
     StoreBusy { store: PathBuf, holder: String },
-    #[error("no kith daemon is running for the store {}", store.display())]
-    NotRunning { store: PathBuf },
+    #[error("there is no store at {} yet (`kith mount` creates it)", store.display())]
+    NoStore { store: PathBuf },
     #[error("{} is not mounted by kith", path.display())]
     NotAKithMount { path: PathBuf },
     #[error("control socket {}: {detail}", socket.display())]

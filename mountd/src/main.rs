@@ -130,6 +130,12 @@ fn run(cli: Cli) -> Result<()> {
             if control::is_alive(&socket) {
                 print!("{}", control::call(&socket, &Request::Snapshot(name))?);
             } else {
+                dirs.ensure_initialized()?;
+                std::fs::create_dir_all(&store).map_err(|source| Error::Path {
+                    what: "create the store",
+                    path: store.clone(),
+                    source,
+                })?;
                 let _lock = daemon::lock_store(&store, None)?;
                 let volume = fossil::Volume::open(&store)?;
                 volume.snapshot(&name)?;
@@ -144,7 +150,7 @@ fn run(cli: Cli) -> Result<()> {
                 control::call(&socket, &Request::Verify)?
             } else {
                 if !store.exists() {
-                    return Err(Error::NotRunning { store });
+                    return Err(Error::NoStore { store });
                 }
                 let _lock = daemon::lock_store(&store, None)?;
                 let volume = fossil::Volume::open(&store)?;
