@@ -32,10 +32,18 @@ fn restarted_voter_arms_its_election_timer_after_a_reconfiguration() {
     cluster
         .reconfigure(majority(2, &[1, 2, 3], &[4]))
         .expect("reconfiguration");
-    assert_eq!(cluster.nodes[1].config().id, ConfigId(2), "follower learned the new configuration");
+    assert_eq!(
+        cluster.nodes[1].config().id,
+        ConfigId(2),
+        "follower learned the new configuration"
+    );
 
     let effects = cluster.restart(1, genesis).expect("restart");
-    assert_eq!(cluster.nodes[1].config().id, ConfigId(2), "recovered into the new configuration");
+    assert_eq!(
+        cluster.nodes[1].config().id,
+        ConfigId(2),
+        "recovered into the new configuration"
+    );
     let arms_election = effects.iter().any(|effect| {
         matches!(
             effect,
@@ -45,7 +53,10 @@ fn restarted_voter_arms_its_election_timer_after_a_reconfiguration() {
             }
         )
     });
-    assert!(arms_election, "a restarted voter must arm its election timer; start() emitted {effects:?}");
+    assert!(
+        arms_election,
+        "a restarted voter must arm its election timer; start() emitted {effects:?}"
+    );
 }
 
 /// Control: the same restart without a reconfiguration arms the timer.

@@ -64,13 +64,18 @@ fn a_burst_is_batched_and_pipelined() {
     let target = cluster.committed_next[leader].0 + burst;
     let before = cluster.stats;
     for n in 0..burst {
-        cluster.propose(leader, n.to_le_bytes().to_vec()).expect("propose");
+        cluster
+            .propose(leader, n.to_le_bytes().to_vec())
+            .expect("propose");
     }
     // The first proposals leave at once, one batch each, until the window of batches in
     // flight is full; everything arriving meanwhile goes out in full batches when the
     // first answers come back. So the burst takes at most two round trips.
     let waves = waves_until_leader_commits(&mut cluster, leader, target);
-    assert!(waves <= 4, "{waves} waves (> 2 round trips) for a burst of {burst}");
+    assert!(
+        waves <= 4,
+        "{waves} waves (> 2 round trips) for a burst of {burst}"
+    );
     let batches = cluster.stats.accept_batches - before.accept_batches;
     let batch_max = paxos::limits::BATCH_ENTRIES_MAX as u64;
     let batches_max = paxos::limits::BATCHES_IN_FLIGHT_MAX as u64 + burst.div_ceil(batch_max);
