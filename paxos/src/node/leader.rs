@@ -171,7 +171,12 @@ impl Node {
                 }
             }
         }
-        let (plan, stopped) = recovery_plan(self.commit_index, &merged);
+        let (mut plan, stopped) = recovery_plan(self.commit_index, &merged);
+        if !stopped {
+            // A no-op at our ballot commits every recovered slot even if nobody
+            // proposes (a read-index waits for it) and marks the leadership's start.
+            plan.push(Entry::Noop);
+        }
         let mut proposed_seqs = BTreeMap::new();
         for entry in &plan {
             if let Entry::Command(c) = entry {

@@ -87,9 +87,16 @@ fn elected() -> (Node, Node, Node) {
     let prepare = sends(&fx)[0].1.clone();
     let fx = n2.handle_message(10_000, n(1), prepare);
     let promise = sends(&fx)[0].1.clone();
-    n1.handle_message(10_001, n(2), promise);
+    let fx = n1.handle_message(10_001, n(2), promise);
     assert!(n1.is_leader());
     assert_eq!(n1.leader_ballot(), Some(b));
+    // The leadership's no-op at slot 0, accepted by n2, commits at n1.
+    let noop = sends(&fx)[0].clone();
+    assert_eq!(noop.0, n(2));
+    let fx = n2.handle_message(10_002, n(1), noop.1);
+    let accepted = sends(&fx)[0].1.clone();
+    n1.handle_message(10_003, n(2), accepted);
+    assert_eq!(n1.commit_index(), Slot(1));
     (n1, n2, n3)
 }
 
@@ -195,10 +202,28 @@ fn promise_quorum_makes_a_leader_that_heartbeats() {
         round: 1,
         ranking: vec![n(1), n(2), n(3)],
     };
+    let noop = Body::Accept {
+        first: Slot(0),
+        entries: vec![Entry::Noop],
+        decided: Slot(0),
+    };
     assert_eq!(
         fx,
         vec![
             Effect::LeaderChanged { leader: Some(n(1)) },
+            Effect::Persist(DurableWrite::Accept {
+                ballot: b,
+                first: Slot(0),
+                entries: vec![Entry::Noop],
+            }),
+            Effect::Send {
+                to: n(2),
+                msg: env(ConfigId(1), b, noop.clone()),
+            },
+            Effect::Send {
+                to: n(3),
+                msg: env(ConfigId(1), b, noop),
+            },
             Effect::Send {
                 to: n(2),
                 msg: env(ConfigId(1), b, heartbeat.clone()),
@@ -224,9 +249,9 @@ fn steady_state_commit_takes_one_round_trip() {
     assert_eq!(seq, 1);
     let c = cmd(1, 1, b"x");
     let accept = Body::Accept {
-        first: Slot(0),
+        first: Slot(1),
         entries: vec![Entry::Command(c.clone())],
-        decided: Slot(0),
+        decided: Slot(1),
     };
     assert_eq!(
         fx,
@@ -234,7 +259,7 @@ fn steady_state_commit_takes_one_round_trip() {
             Effect::Persist(DurableWrite::Enqueue { command: c.clone() }),
             Effect::Persist(DurableWrite::Accept {
                 ballot: b,
-                first: Slot(0),
+                first: Slot(1),
                 entries: vec![Entry::Command(c.clone())],
             }),
             Effect::Send {
@@ -247,45 +272,57 @@ fn steady_state_commit_takes_one_round_trip() {
             },
         ]
     );
-    // Acceptor: persist the batch, then acknowledge it.
+    // Acceptor: persist the batch, then acknowledge it; then commit the no-op that the
+    // piggybacked `decided` reports chosen.
     let fx = n2.handle_message(20_001, n(1), env(ConfigId(1), b, accept));
     assert_persist_before_send(&fx, b);
     let accepted = env(
         ConfigId(1),
         b,
         Body::Accepted {
-            first: Slot(0),
+            first: Slot(1),
             count: 1,
         },
     );
+    let noop_chain = ChainHash::genesis(VOLUME).extend(Slot(0), &Entry::Noop);
     assert_eq!(
         fx,
         vec![
-            Effect::LeaderChanged { leader: Some(n(1)) },
             Effect::Persist(DurableWrite::Accept {
                 ballot: b,
-                first: Slot(0),
+                first: Slot(1),
                 entries: vec![Entry::Command(c.clone())],
             }),
             Effect::Send {
                 to: n(1),
                 msg: accepted.clone(),
             },
+            Effect::Persist(DurableWrite::Commit {
+                first: Slot(0),
+                entries: vec![Entry::Noop],
+                head: noop_chain,
+            }),
+            Effect::Commit {
+                slot: Slot(0),
+                entry: Entry::Noop,
+                chain: noop_chain,
+                apply: false,
+            },
         ]
     );
     // Leader: one reply completes a quorum of two: committed, no further message.
     let fx = n1.handle_message(20_002, n(2), accepted);
-    let chain = ChainHash::genesis(VOLUME).extend(Slot(0), &Entry::Command(c.clone()));
+    let chain = noop_chain.extend(Slot(1), &Entry::Command(c.clone()));
     assert_eq!(
         fx,
         vec![
             Effect::Persist(DurableWrite::Commit {
-                first: Slot(0),
+                first: Slot(1),
                 entries: vec![Entry::Command(c.clone())],
                 head: chain,
             }),
             Effect::Commit {
-                slot: Slot(0),
+                slot: Slot(1),
                 entry: Entry::Command(c),
                 chain,
                 apply: true,
@@ -293,7 +330,7 @@ fn steady_state_commit_takes_one_round_trip() {
             Effect::Persist(DurableWrite::Dequeue { through_seq: 1 }),
         ]
     );
-    assert_eq!(n1.commit_index(), Slot(1));
+    assert_eq!(n1.commit_index(), Slot(2));
     // The follower learns the commit from the next heartbeat's piggyback.
     let fx = n1.handle_timeout(20_201, Timer::Heartbeat);
     let (to, hb) = sends(&fx)[0].clone();
@@ -302,12 +339,12 @@ fn steady_state_commit_takes_one_round_trip() {
     assert!(fx.iter().any(|e| matches!(
         e,
         Effect::Commit {
-            slot: Slot(0),
+            slot: Slot(1),
             apply: true,
             ..
         }
     )));
-    assert_eq!(n2.commit_index(), Slot(1));
+    assert_eq!(n2.commit_index(), Slot(2));
 }
 
 #[test]
@@ -315,7 +352,7 @@ fn stale_ballot_is_rejected_and_not_accepted() {
     let (mut n1, mut n2, _) = elected();
     let stale = ballot(0, 3);
     let body = Body::Accept {
-        first: Slot(0),
+        first: Slot(1),
         entries: vec![Entry::Noop],
         decided: Slot(0),
     };
@@ -334,7 +371,8 @@ fn stale_ballot_is_rejected_and_not_accepted() {
             ),
         }]
     );
-    assert!(n2.accepted(Slot(0)).is_none());
+    assert!(n2.accepted(Slot(1)).is_none());
+    assert_eq!(n2.accepted(Slot(0)).map(|(b, _)| *b), Some(ballot(1, 1)));
     // A higher ballot deposes the leader.
     let higher = ballot(2, 3);
     let fx = n1.handle_message(
@@ -470,8 +508,10 @@ impl Net {
                     log.push((slot, entry, apply));
                 }
                 Effect::InstallSnapshot(s) => {
+                    // The state machine now stands at `s.slot`.
                     let log = self.commits.entry(id).or_default();
-                    log.retain(|(slot, _, _)| *slot <= s.slot);
+                    log.retain(|(slot, _, _)| *slot < s.slot);
+                    log.push((s.slot, Entry::Noop, false));
                 }
                 Effect::SetTimer { timer, at_ms } => {
                     self.timers.insert((id, timer), at_ms);
@@ -751,7 +791,7 @@ fn read_index_confirms_with_a_quorum_round() {
     let fx = n2.handle_message(30_001, n(1), hb);
     let (_, ack) = sends(&fx)[0].clone();
     let fx = n1.handle_message(30_002, n(2), ack);
-    assert_eq!(fx, vec![Effect::ReadReady { id, slot: Slot(0) }]);
+    assert_eq!(fx, vec![Effect::ReadReady { id, slot: Slot(1) }]);
 }
 
 #[test]
@@ -950,15 +990,15 @@ fn effects_never_send_before_the_write_they_reveal() {
 
 #[test]
 fn a_leader_behind_its_acceptors_catches_up_instead_of_stalling() {
-    // n3 accepted slot 0 from leader n1 but commits it only after promising n2.
+    // n3 accepted slot 1 from leader n1 but commits it only after promising n2.
     let (mut n1, mut n2, mut n3) = elected();
     let (_, fx) = n1.propose(1, b"a".to_vec()).unwrap();
     let accept_for_3 = sends(&fx)[1].1.clone();
     let fx = n3.handle_message(2, n(1), accept_for_3);
     let accepted = sends(&fx)[0].1.clone();
     n1.handle_message(3, n(3), accepted);
-    assert_eq!(n1.commit_index(), Slot(1));
-    // n2 never saw slot 0; it campaigns and n3 promises (slot 0 still uncommitted at n3).
+    assert_eq!(n1.commit_index(), Slot(2));
+    // n2 never saw slot 1; it campaigns and n3 promises (nothing committed at n3 yet).
     let fx = n2.handle_timeout(100_000, Timer::Election);
     let prepare = sends(&fx)
         .into_iter()
@@ -967,22 +1007,22 @@ fn a_leader_behind_its_acceptors_catches_up_instead_of_stalling() {
         .1;
     let fx = n3.handle_message(100_001, n(2), prepare);
     let promise = sends(&fx)[0].1.clone();
-    // Meanwhile n3 learns slot 0 is committed (a fetch from n1).
+    // Meanwhile n3 learns slots 0 and 1 are committed (a fetch from n1).
     let entries = env(
         ConfigId(1),
         ballot(1, 1),
         Body::Entries {
             first: Slot(0),
             prev: ChainHash::genesis(VOLUME),
-            entries: vec![Entry::Command(cmd(1, 1, b"a"))],
-            committed: Slot(1),
+            entries: vec![Entry::Noop, Entry::Command(cmd(1, 1, b"a"))],
+            committed: Slot(2),
         },
     );
     n3.handle_message(100_002, n(1), entries);
-    assert_eq!(n3.commit_index(), Slot(1));
+    assert_eq!(n3.commit_index(), Slot(2));
     let fx = n2.handle_message(100_003, n(3), promise);
     assert!(n2.is_leader());
-    // n2 re-proposes slot 0; n3 has it committed and answers with its commit index.
+    // n2 re-proposes from slot 0; n3 has those committed and answers with its index.
     let accept = sends(&fx)
         .into_iter()
         .find(|(to, m)| *to == n(3) && matches!(m.body, Body::Accept { .. }))
@@ -993,7 +1033,7 @@ fn a_leader_behind_its_acceptors_catches_up_instead_of_stalling() {
     assert!(matches!(
         reply.body,
         Body::Reject {
-            committed: Slot(1),
+            committed: Slot(2),
             ..
         }
     ));
@@ -1004,6 +1044,6 @@ fn a_leader_behind_its_acceptors_catches_up_instead_of_stalling() {
     let fx = n3.handle_message(100_006, n(2), fetch);
     let entries = sends(&fx)[0].1.clone();
     n2.handle_message(100_007, n(3), entries);
-    assert_eq!(n2.commit_index(), Slot(1));
+    assert_eq!(n2.commit_index(), Slot(2));
     assert!(!n2.is_leader());
 }
