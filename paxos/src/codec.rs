@@ -24,8 +24,10 @@ use crate::message::{Body, Command, Entry, Envelope, Snapshot};
 /// Current encoding version.
 pub const VERSION: u8 = 1;
 
-/// Entries in one `Promise` (bounded by the acceptor window).
-const PROMISE_ENTRIES_MAX: usize = crate::limits::ACCEPT_WINDOW_SLOTS as usize;
+/// Entries in one `Promise`: an acceptor holds values only within its accept window
+/// of its commit index, plus what a new leader re-proposes (the same window + a no-op).
+const PROMISE_ENTRIES_MAX: usize =
+    (crate::limits::ACCEPT_WINDOW_SLOTS + crate::limits::SLOTS_IN_FLIGHT_MAX) as usize;
 const RANKING_MAX: usize = VOTERS_MAX;
 
 /// Encodes a message.

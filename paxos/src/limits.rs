@@ -31,7 +31,7 @@ pub const CATCHUP_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const SNAPSHOT_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Proposals a node keeps queued (offline proposer) before refusing new ones.
 pub const QUEUE_ENTRIES_MAX: usize = 4096;
-/// Proposals forwarded to the leader in one message.
+/// Proposals forwarded to the leader in one message (also cut at `BATCH_BYTES_MAX`).
 pub const FORWARD_ENTRIES_MAX: usize = 256;
 /// Linearizable reads waiting for confirmation at one node.
 pub const READS_PENDING_MAX: usize = 1024;

@@ -886,10 +886,17 @@ impl Node {
         if self.queue.is_empty() || leader == self.id() {
             return;
         }
+        let mut bytes = 0usize;
         let commands: Vec<Command> = self
             .queue
             .values()
             .take(crate::limits::FORWARD_ENTRIES_MAX)
+            .take_while(|c| {
+                // Always at least one command (each is ≤ ENTRY_BYTES_MAX).
+                let first = bytes == 0;
+                bytes = bytes.saturating_add(c.payload.len().max(1));
+                first || bytes <= crate::limits::BATCH_BYTES_MAX
+            })
             .cloned()
             .collect();
         self.send(leader, Body::Forward { commands }, fx);
