@@ -1047,3 +1047,149 @@ fn a_leader_behind_its_acceptors_catches_up_instead_of_stalling() {
     assert_eq!(n2.commit_index(), Slot(2));
     assert!(!n2.is_leader());
 }
+
+#[test]
+fn committing_a_stop_switches_configuration_and_the_old_leader_campaigns_in_the_new() {
+    let (mut n1, mut n2, _) = elected();
+    let b = ballot(1, 1);
+    let next = Config::majority(ConfigId(2), [n(1), n(2), n(4)], [], [n(3)]).unwrap();
+    let fx = n1.reconfigure(1, next.clone()).unwrap();
+    let stop = Entry::Reconfigure(next.clone());
+    let accept = Body::Accept {
+        first: Slot(1),
+        entries: vec![stop.clone()],
+        decided: Slot(1),
+    };
+    assert_eq!(
+        fx,
+        vec![
+            Effect::Persist(DurableWrite::Accept {
+                ballot: b,
+                first: Slot(1),
+                entries: vec![stop.clone()],
+            }),
+            Effect::Send {
+                to: n(2),
+                msg: env(ConfigId(1), b, accept.clone()),
+            },
+            Effect::Send {
+                to: n(3),
+                msg: env(ConfigId(1), b, accept.clone()),
+            },
+        ]
+    );
+    // Nothing more is proposed in configuration 1 after the stop.
+    let (_, fx) = n1.propose(2, b"held".to_vec()).unwrap();
+    assert!(sends(&fx).is_empty());
+    assert!(n1.reconfigure(2, next.clone()).is_err());
+    let fx = n2.handle_message(3, n(1), env(ConfigId(1), b, accept));
+    let accepted = sends(&fx)[0].1.clone();
+    let fx = n1.handle_message(4, n(2), accepted);
+    let chain = n1.chain_head();
+    let new_ballot = Ballot {
+        epoch: ConfigId(2),
+        round: 1,
+        node: n(1),
+    };
+    let visible: Vec<Effect> = fx
+        .into_iter()
+        .filter(|e| !matches!(e, Effect::SetTimer { .. }))
+        .collect();
+    assert_eq!(
+        visible,
+        vec![
+            Effect::Persist(DurableWrite::Commit {
+                first: Slot(1),
+                entries: vec![stop.clone()],
+                head: chain,
+            }),
+            Effect::Commit {
+                slot: Slot(1),
+                entry: stop,
+                chain,
+                apply: false,
+            },
+            Effect::LeaderChanged { leader: None },
+            Effect::Persist(DurableWrite::Promise { ballot: new_ballot }),
+            Effect::Send {
+                to: n(2),
+                msg: env(ConfigId(2), new_ballot, Body::Prepare { first: Slot(2) }),
+            },
+            Effect::Send {
+                to: n(4),
+                msg: env(ConfigId(2), new_ballot, Body::Prepare { first: Slot(2) }),
+            },
+        ]
+    );
+    assert_eq!(n1.config().id, ConfigId(2));
+    assert_eq!(n1.config_start(), Slot(2));
+    // n2 has not committed the stop yet: a configuration-2 prepare makes it catch up
+    // from the sender instead of promising across configurations.
+    let prepare = env(ConfigId(2), new_ballot, Body::Prepare { first: Slot(2) });
+    let fx = n2.handle_message(5, n(1), prepare);
+    assert_eq!(
+        sends(&fx),
+        vec![(n(1), env(ConfigId(1), b, Body::Fetch { first: Slot(1) }))]
+    );
+    assert_eq!(n2.promised(), b);
+}
+
+#[test]
+fn witness_counts_toward_quorums_but_never_campaigns() {
+    let genesis = Config::majority(ConfigId(1), [n(1), n(2), n(3)], [n(3)], []).unwrap();
+    let mut witness = Node::new(opts(3), genesis.clone());
+    assert!(witness.propose(0, vec![1]).is_err());
+    assert!(
+        witness.start(0).is_empty(),
+        "no election timer for a witness"
+    );
+    assert!(witness.handle_timeout(u64::MAX, Timer::Election).is_empty());
+    // It promises and accepts like any acceptor.
+    let b = ballot(1, 1);
+    let fx = witness.handle_message(
+        1,
+        n(1),
+        env(ConfigId(1), b, Body::Prepare { first: Slot(0) }),
+    );
+    assert!(matches!(sends(&fx)[0].1.body, Body::Promise { .. }));
+    // A leader with one device down commits with the witness's acceptance.
+    let mut n1 = Node::new(opts(1), genesis);
+    n1.start(0);
+    n1.handle_timeout(10_000, Timer::Election);
+    let promise = env(
+        ConfigId(1),
+        b,
+        Body::Promise {
+            first: Slot(0),
+            committed: Slot(0),
+            accepted: vec![],
+        },
+    );
+    let fx = n1.handle_message(10_001, n(3), promise);
+    assert!(n1.is_leader());
+    let to_witness = sends(&fx)
+        .into_iter()
+        .find(|(to, _)| *to == n(3))
+        .unwrap()
+        .1;
+    let fx = witness.handle_message(10_002, n(1), to_witness);
+    let accepted = sends(&fx)[0].1.clone();
+    n1.handle_message(10_003, n(3), accepted);
+    assert_eq!(n1.commit_index(), Slot(1));
+    // A ballot owned by the witness is never accepted from it.
+    let forged = Ballot {
+        node: n(3),
+        round: 9,
+        ..b
+    };
+    let mut n2 = Node::new(opts(2), n1.config().clone());
+    n2.start(0);
+    assert!(
+        n2.handle_message(
+            1,
+            n(3),
+            env(ConfigId(1), forged, Body::Prepare { first: Slot(0) })
+        )
+        .is_empty()
+    );
+}
