@@ -834,7 +834,7 @@ fn reconcile(
         if len <= ARENA_HEADER_BYTES && !indexed.contains_key(&id) {
             // Created but never got a record (or even its header) to disk.
             backend.remove(name)?;
-                continue;
+            continue;
         }
         if len >= ARENA_HEADER_BYTES {
             let mut header = [0u8; ARENA_HEADER_BYTES as usize];

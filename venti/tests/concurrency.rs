@@ -29,8 +29,12 @@ fn readers_see_every_put_block_during_puts_syncs_removes_and_compaction() -> Tes
 
         let readers: Vec<_> = (0..READERS)
             .map(|reader| {
-                let (store, published, done, reads) =
-                    (store.clone(), published.clone(), done.clone(), reads.clone());
+                let (store, published, done, reads) = (
+                    store.clone(),
+                    published.clone(),
+                    done.clone(),
+                    reads.clone(),
+                );
                 thread::spawn(move || -> Result<(), String> {
                     let mut n = reader as u64;
                     while !done.load(Ordering::Acquire) {

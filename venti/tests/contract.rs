@@ -14,7 +14,9 @@ fn put_get_contains_round_trip_across_arenas() -> TestResult {
     for_each_backend(|backend| {
         let store = backend.open(small_options())?;
         // Sizes from empty to bigger than an arena, so records cross arena boundaries.
-        let blocks: Vec<_> = (0..40u64).map(|n| block(n, (n as usize * 7919) % 90_000)).collect();
+        let blocks: Vec<_> = (0..40u64)
+            .map(|n| block(n, (n as usize * 7919) % 90_000))
+            .collect();
         put_all(&store, &blocks, Class::Pinned)?;
         for (address, data) in &blocks {
             assert_eq!(&store.get(address)?, data, "before sync");
@@ -25,7 +27,9 @@ fn put_get_contains_round_trip_across_arenas() -> TestResult {
             assert_eq!(&store.get(address)?, data, "after sync");
         }
         let missing = Address::of(b"never stored");
-        assert!(matches!(store.get(&missing), Err(Error::NotFound { address }) if address == missing));
+        assert!(
+            matches!(store.get(&missing), Err(Error::NotFound { address }) if address == missing)
+        );
         assert!(!store.contains(&missing)?);
         let stats = store.stats()?;
         assert_eq!(stats.blocks, 40);
@@ -105,7 +109,10 @@ fn duplicate_puts_store_one_copy_and_pinning_upgrades() -> TestResult {
         store.sync()?;
         assert_eq!(store.class(&address)?, Some(Class::Pinned));
         let stats = store.stats()?;
-        assert_eq!((stats.blocks, stats.pinned_bytes, stats.cached_bytes), (1, 4000, 0));
+        assert_eq!(
+            (stats.blocks, stats.pinned_bytes, stats.cached_bytes),
+            (1, 4000, 0)
+        );
         // The upgrade is written to the arena: a rebuilt index still has it pinned.
         drop(store);
         let store = venti::Store::open_rebuilding_index(backend.backend.clone(), small_options())?;
@@ -145,7 +152,10 @@ fn removed_blocks_stay_removed_and_compaction_frees_their_bytes() -> TestResult 
             };
             for (address, data) in &blocks {
                 if removed.contains(address) {
-                    assert!(!store.contains(address)?, "removed block came back (rebuild={rebuild})");
+                    assert!(
+                        !store.contains(address)?,
+                        "removed block came back (rebuild={rebuild})"
+                    );
                 } else {
                     assert_eq!(&store.get(address)?, data);
                 }
@@ -174,7 +184,10 @@ fn pinned_blocks_are_never_evicted_and_cached_ones_fit_the_budget() -> TestResul
         for (address, data) in &pinned {
             assert_eq!(&store.get(address)?, data);
         }
-        let cached_left = cached.iter().filter(|(a, _)| store.contains(a).unwrap_or(false)).count();
+        let cached_left = cached
+            .iter()
+            .filter(|(a, _)| store.contains(a).unwrap_or(false))
+            .count();
         assert_eq!(cached_left, 10);
         Ok(())
     })
@@ -201,7 +214,10 @@ fn the_least_hit_cached_blocks_go_first() -> TestResult {
         // Block 2 (no reads) and the newcomer tie on hits; block 2 was hit longer ago.
         store.put(&blocks[3].0, &blocks[3].1, Class::Cached)?;
         store.sync()?;
-        let present: Vec<bool> = blocks.iter().map(|(a, _)| store.contains(a).unwrap_or(false)).collect();
+        let present: Vec<bool> = blocks
+            .iter()
+            .map(|(a, _)| store.contains(a).unwrap_or(false))
+            .collect();
         assert_eq!(present, vec![true, true, false, true]);
         Ok(())
     })
@@ -255,7 +271,10 @@ fn unpinning_makes_a_block_evictable() -> TestResult {
         assert_eq!(store.class(&blocks[0].0)?, Some(Class::Cached));
         store.set_class(&blocks[1].0, Class::Cached)?;
         // Two cached blocks over a one-block budget: one went.
-        let left = blocks.iter().filter(|(a, _)| store.contains(a).unwrap_or(false)).count();
+        let left = blocks
+            .iter()
+            .filter(|(a, _)| store.contains(a).unwrap_or(false))
+            .count();
         assert_eq!(left, 1);
         assert!(matches!(
             store.set_class(&Address::of(b"absent"), Class::Pinned),

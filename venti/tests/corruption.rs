@@ -100,7 +100,10 @@ fn a_flipped_bit_in_a_payload_is_reported_with_arena_and_offset() -> TestResult 
     fixture.flip(1, offset + RECORD_HEADER_BYTES as u64 + 100)?;
     let store = fixture.open()?;
     let address = fixture.blocks[13].0;
-    let error = store.get(&address).err().ok_or("damaged block was served")?;
+    let error = store
+        .get(&address)
+        .err()
+        .ok_or("damaged block was served")?;
     assert_damaged_at(&error, 1, offset, &address);
     assert!(error.to_string().contains("hash"), "{error}");
     fixture.assert_undamaged_served(&store, &[13])?;
@@ -122,7 +125,10 @@ fn a_flipped_bit_in_a_record_header_is_reported() -> TestResult {
     let offset = Fixture::offset_of(4);
     fixture.flip(0, offset + 9)?; // inside the length field
     let store = fixture.open()?;
-    let error = store.get(&fixture.blocks[4].0).err().ok_or("damaged block was served")?;
+    let error = store
+        .get(&fixture.blocks[4].0)
+        .err()
+        .ok_or("damaged block was served")?;
     assert_damaged_at(&error, 0, offset, &fixture.blocks[4].0);
     fixture.assert_undamaged_served(&store, &[4])?;
     Ok(())
@@ -134,10 +140,14 @@ fn a_flipped_bit_in_an_arena_header_is_reported_and_repaired() -> TestResult {
     fixture.flip(2, 3)?;
     let store = fixture.open()?;
     assert!(
-        store
-            .open_report()
-            .iter()
-            .any(|e| matches!(e, Error::Corrupt { arena: 2, offset: 0, .. })),
+        store.open_report().iter().any(|e| matches!(
+            e,
+            Error::Corrupt {
+                arena: 2,
+                offset: 0,
+                ..
+            }
+        )),
         "{:?}",
         store.open_report()
     );
@@ -151,13 +161,18 @@ fn a_truncated_arena_loses_only_the_cut_records() -> TestResult {
     let fixture = Fixture::new()?;
     // Cut arena 1 in the middle of its record 7 (block 17): blocks 17, 18, 19 are lost.
     let cut = Fixture::offset_of(17) + 100;
-    fs::OpenOptions::new().write(true).open(fixture.arena(1))?.set_len(cut)?;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(fixture.arena(1))?
+        .set_len(cut)?;
     let store = fixture.open()?;
     let lost: Vec<Address> = store
         .open_report()
         .iter()
         .filter_map(|e| match e {
-            Error::Damaged { address, arena: 1, .. } => Some(*address),
+            Error::Damaged {
+                address, arena: 1, ..
+            } => Some(*address),
             _ => None,
         })
         .collect();
@@ -327,7 +342,10 @@ fn an_arena_rewritten_under_a_stale_index_gives_errors_not_wrong_bytes() -> Test
     let fixture = Fixture::new()?;
     let path = fixture.arena(0);
     let mut bytes = fs::read(&path)?;
-    let (a, b) = (Fixture::offset_of(0) as usize, Fixture::offset_of(1) as usize);
+    let (a, b) = (
+        Fixture::offset_of(0) as usize,
+        Fixture::offset_of(1) as usize,
+    );
     let record = RECORD_BYTES as usize;
     let first = bytes[a..a + record].to_vec();
     bytes.copy_within(b..b + record, a);
@@ -335,7 +353,10 @@ fn an_arena_rewritten_under_a_stale_index_gives_errors_not_wrong_bytes() -> Test
     fs::write(&path, bytes)?;
     let store = fixture.open()?;
     for n in [0, 1] {
-        let error = store.get(&fixture.blocks[n].0).err().ok_or("wrong block served")?;
+        let error = store
+            .get(&fixture.blocks[n].0)
+            .err()
+            .ok_or("wrong block served")?;
         assert_damaged_at(&error, 0, Fixture::offset_of(n), &fixture.blocks[n].0);
     }
     fixture.assert_undamaged_served(&store, &[0, 1])?;

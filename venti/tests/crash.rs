@@ -50,16 +50,23 @@ fn crash_everywhere(options: StoreOptions, setup: &Setup, scenario: &Scenario) -
             .map_err(|error| format!("reopen after crash at point {point}: {error}"))?;
         let promises = promises.into_inner();
         for (address, data) in &promises.present {
-            let got = store
-                .get(address)
-                .map_err(|error| format!("crash at point {point}: acknowledged block {address:?}: {error}"))?;
+            let got = store.get(address).map_err(|error| {
+                format!("crash at point {point}: acknowledged block {address:?}: {error}")
+            })?;
             assert_eq!(&got, data, "crash at point {point}");
         }
         for address in &promises.absent {
-            assert!(!store.contains(address)?, "crash at point {point}: removed block {address:?} is back");
+            assert!(
+                !store.contains(address)?,
+                "crash at point {point}: removed block {address:?} is back"
+            );
         }
         let report = store.verify()?;
-        assert!(report.problems.is_empty(), "crash at point {point}: {:?}", report.problems);
+        assert!(
+            report.problems.is_empty(),
+            "crash at point {point}: {:?}",
+            report.problems
+        );
         let (address, data) = block(1_000_000 + point, 1234);
         store.put(&address, &data, Class::Pinned)?;
         store.sync()?;
@@ -77,7 +84,9 @@ fn no_setup(_: &Store) -> TestResult<Promises> {
 
 /// Blocks `from..to` of varied sizes; several cross the 64 KiB arena limit together.
 fn blocks(from: u64, to: u64) -> Vec<(Address, Vec<u8>)> {
-    (from..to).map(|n| block(n, 1000 + (n as usize * 3571) % 20_000)).collect()
+    (from..to)
+        .map(|n| block(n, 1000 + (n as usize * 3571) % 20_000))
+        .collect()
 }
 
 #[test]
@@ -90,7 +99,10 @@ fn crash_during_puts_and_syncs_loses_nothing_acknowledged() -> TestResult {
         }
         Ok(())
     })?;
-    assert!(points > 8, "the scenario must cross several sync points, saw {points}");
+    assert!(
+        points > 8,
+        "the scenario must cross several sync points, saw {points}"
+    );
     Ok(())
 }
 
@@ -105,7 +117,13 @@ fn crash_during_remove_never_brings_back_a_removed_block() -> TestResult {
         })
     };
     crash_everywhere(small_options(), &setup, &|store, promises| {
-        let victims: Vec<Address> = promises.borrow().present.iter().step_by(2).map(|(a, _)| *a).collect();
+        let victims: Vec<Address> = promises
+            .borrow()
+            .present
+            .iter()
+            .step_by(2)
+            .map(|(a, _)| *a)
+            .collect();
         // Unsynced puts first: remove must commit them before it deletes.
         let extra = blocks(100, 104);
         put_all(store, &extra, Class::Pinned)?;
@@ -136,7 +154,10 @@ fn crash_during_compaction_keeps_live_blocks_and_erases_dead_ones() -> TestResul
         assert!(report.arenas_rewritten > 1);
         Ok(())
     })?;
-    assert!(points > 6, "compaction must cross several sync points, saw {points}");
+    assert!(
+        points > 6,
+        "compaction must cross several sync points, saw {points}"
+    );
     Ok(())
 }
 
@@ -154,7 +175,10 @@ fn crash_during_gc_keeps_live_blocks_and_blocks_put_during_the_round() -> TestRe
         let old = promises.borrow().present.clone();
         let live: HashSet<Address> = old.iter().step_by(2).map(|(a, _)| *a).collect();
         // From here on the dead blocks may go at any point; the live ones must stay.
-        promises.borrow_mut().present.retain(|(a, _)| live.contains(a));
+        promises
+            .borrow_mut()
+            .present
+            .retain(|(a, _)| live.contains(a));
         let gc = Gc::begin(store)?;
         let during = blocks(200, 206);
         put_all(store, &during, Class::Pinned)?;

@@ -23,12 +23,22 @@ const UNIVERSE: u64 = 24;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Put { block: u64, pinned: bool },
-    Get { block: u64 },
-    Remove { blocks: Vec<u64> },
+    Put {
+        block: u64,
+        pinned: bool,
+    },
+    Get {
+        block: u64,
+    },
+    Remove {
+        blocks: Vec<u64>,
+    },
     Sync,
     /// GC keeping `live`, with `during` put between begin and finish.
-    Gc { live: Vec<u64>, during: Vec<u64> },
+    Gc {
+        live: Vec<u64>,
+        during: Vec<u64>,
+    },
     Compact,
     /// Drop the store without syncing and reopen (process crash; the OS keeps writes).
     Reopen,
@@ -76,12 +86,18 @@ impl Model {
 fn run(ops: &[Op], memory: Option<MemoryBackend>, backend: Arc<dyn Backend>) -> TestResult {
     let options = small_options();
     let mut store = Store::open(backend.clone(), options.clone())?;
-    let mut model = Model { blocks: HashMap::new() };
+    let mut model = Model {
+        blocks: HashMap::new(),
+    };
     for (step, op) in ops.iter().enumerate() {
         match op {
             Op::Put { block, pinned } => {
                 let (address, bytes) = data(*block);
-                let class = if *pinned { Class::Pinned } else { Class::Cached };
+                let class = if *pinned {
+                    Class::Pinned
+                } else {
+                    Class::Cached
+                };
                 store.put(&address, &bytes, class)?;
                 model.blocks.entry(*block).or_insert(Certainty::Written);
             }
@@ -91,7 +107,10 @@ fn run(ops: &[Op], memory: Option<MemoryBackend>, backend: Arc<dyn Backend>) -> 
                     (Ok(got), true) => assert_eq!(got, bytes, "step {step}"),
                     (Err(Error::NotFound { .. }), false) => {}
                     (other, expected) => {
-                        return Err(format!("step {step}: get {block}: {other:?}, expected present={expected}").into());
+                        return Err(format!(
+                            "step {step}: get {block}: {other:?}, expected present={expected}"
+                        )
+                        .into());
                     }
                 }
             }
@@ -116,12 +135,18 @@ fn run(ops: &[Op], memory: Option<MemoryBackend>, backend: Arc<dyn Backend>) -> 
                 }
                 let live_set: HashSet<Address> = live.iter().map(|n| data(*n).0).collect();
                 gc.finish(&live_set)?;
-                model.blocks.retain(|n, _| live.contains(n) || during.contains(n));
+                model
+                    .blocks
+                    .retain(|n, _| live.contains(n) || during.contains(n));
                 for n in during {
                     model.blocks.insert(*n, Certainty::Durable);
                 }
                 model.make_durable();
-                assert_eq!(store.stats()?.dead_bytes, 0, "step {step}: GC left dead bytes");
+                assert_eq!(
+                    store.stats()?.dead_bytes,
+                    0,
+                    "step {step}: GC left dead bytes"
+                );
             }
             Op::Compact => {
                 store.compact(0.0)?;
@@ -145,13 +170,20 @@ fn run(ops: &[Op], memory: Option<MemoryBackend>, backend: Arc<dyn Backend>) -> 
                 }
                 model.blocks = settled;
                 let report = store.verify()?;
-                assert!(report.problems.is_empty(), "step {step}: {:?}", report.problems);
+                assert!(
+                    report.problems.is_empty(),
+                    "step {step}: {:?}",
+                    report.problems
+                );
             }
         }
         // Nothing outside the model is ever present.
         for n in 0..UNIVERSE {
             if !model.blocks.contains_key(&n) {
-                assert!(!store.contains(&data(n).0)?, "step {step}: block {n} should be absent");
+                assert!(
+                    !store.contains(&data(n).0)?,
+                    "step {step}: block {n} should be absent"
+                );
             }
         }
     }
