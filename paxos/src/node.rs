@@ -1177,13 +1177,25 @@ impl Node {
             }
         }
         if self.known_decided > self.commit_index {
-            let peer = self.fetch_from.or(self.leader).filter(|p| *p != self.id());
-            if let Some(peer) = peer {
+            // The last fetch did not finish the catch-up (lost, or its peer is down):
+            // ask the next voter in turn.
+            if let Some(peer) = self.next_fetch_peer() {
                 self.fetch_sent_ms = None;
                 self.request_fetch(now_ms, peer, fx);
             }
         }
         self.arm_retry(now_ms, fx);
+    }
+
+    /// The voter after the last one we fetched from, in id order (cyclic).
+    fn next_fetch_peer(&self) -> Option<NodeId> {
+        let me = self.id();
+        let mut voters = self.config.voters.iter().copied().filter(|v| *v != me);
+        let first = self.config.voters.iter().copied().find(|v| *v != me);
+        match self.fetch_from {
+            Some(last) => voters.find(|v| *v > last).or(first),
+            None => self.leader.filter(|l| *l != me).or(first),
+        }
     }
 
     /// A message from another configuration: one side lags. Committed history is

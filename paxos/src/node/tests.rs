@@ -1193,3 +1193,20 @@ fn witness_counts_toward_quorums_but_never_campaigns() {
         .is_empty()
     );
 }
+
+#[test]
+fn a_learner_whose_nearest_voter_is_down_pulls_from_another() {
+    let genesis = Config::majority(ConfigId(1), [n(1), n(2), n(3)], [], [n(7)]).unwrap();
+    let mut net = Net::new(genesis, &[]);
+    net.advance(3_000);
+    let leader = net.leader().unwrap();
+    let nearest = (1..=3).map(n).find(|id| *id != leader).unwrap();
+    net.nodes.get_mut(&n(7)).unwrap().report_rtt(0, nearest, 1);
+    net.down.insert(nearest);
+    for i in 0..3u8 {
+        net.propose(leader.0, &[i]);
+    }
+    net.advance(3_000);
+    assert_eq!(net.applied_payloads(7), net.applied_payloads(leader.0));
+    assert_eq!(net.applied_payloads(7).len(), 3);
+}
