@@ -17,6 +17,7 @@ pub mod log;
 pub mod namespace;
 pub mod op;
 pub mod types;
+pub mod venti_content;
 pub mod volume;
 
 pub use error::{Error, Result};

@@ -29,13 +29,14 @@ use venti::BlockRef;
 
 use crate::apply::{Outcome, apply};
 use crate::checkpoint::Image;
-use crate::content::{ContentStore, ContentWriter, MemContent, Overlay, read_content};
+use crate::content::{ContentStore, ContentWriter, Overlay, read_content};
 use crate::log::{FileLog, Log};
 use crate::namespace::{Inode, Namespace};
 use crate::op::{
     Content, DeviceId, INLINE_BYTES_MAX, NAME_BYTES_MAX, Op, OpBody, SYMLINK_BYTES_MAX,
     XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX, name_is_valid,
 };
+use crate::venti_content::VentiContent;
 use crate::*;
 
 /// Inode of the virtual `.snapshots` directory; snapshot views count up from it.
@@ -917,9 +918,8 @@ fn background_loop(shared: Weak<Shared>, interval: Duration) {
     }
 }
 
-fn default_content_store(_dir: &Path) -> Result<Arc<dyn ContentStore>> {
-    // Replaced by the venti-backed store once venti's tree writer lands.
-    Ok(Arc::new(Arc::new(MemContent::new())))
+fn default_content_store(dir: &Path) -> Result<Arc<dyn ContentStore>> {
+    Ok(Arc::new(VentiContent::open_dir(dir)?))
 }
 
 impl State {
@@ -1902,6 +1902,9 @@ impl State {
             .collect())
     }
 }
+
+#[cfg(test)]
+use crate::content::MemContent;
 
 #[cfg(test)]
 mod tests;

@@ -714,3 +714,54 @@ fn creates_update_parent_times_and_special_files_work() {
         Err(Error::Exists)
     ));
 }
+
+#[test]
+fn default_volume_stores_content_sealed_in_venti() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut big = vec![0u8; 2_000_000];
+    rand::RngCore::fill_bytes(
+        &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(7),
+        &mut big,
+    );
+    let ino = {
+        let volume = Volume::open(dir.path()).unwrap();
+        let (attr, handle) = volume
+            .create(InodeNo::ROOT, name("big"), 0o644, ME, true)
+            .unwrap();
+        for (index, piece) in big.chunks(128 << 10).enumerate() {
+            volume
+                .write(attr.ino, handle, (index * (128 << 10)) as u64, piece)
+                .unwrap();
+        }
+        volume.fsync(attr.ino, false).unwrap();
+        volume.release(attr.ino, handle).unwrap();
+        // An edit in the middle of the now-committed file.
+        let handle = volume.open_file(attr.ino, false).unwrap();
+        volume.write(attr.ino, handle, 1_000_000, b"EDIT").unwrap();
+        volume.release(attr.ino, handle).unwrap();
+        attr.ino
+    };
+    let mut expected = big.clone();
+    expected[1_000_000..1_000_004].copy_from_slice(b"EDIT");
+    let volume = Volume::open(dir.path()).unwrap();
+    assert_eq!(read_all(&volume, ino), expected);
+    // Nothing of the content is stored in the clear.
+    let mut arena_bytes = Vec::new();
+    let mut dirs = vec![dir.path().join("blocks")];
+    while let Some(next) = dirs.pop() {
+        for entry in std::fs::read_dir(next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                arena_bytes.extend(std::fs::read(path).unwrap());
+            }
+        }
+    }
+    assert!(arena_bytes.len() > 1_000_000);
+    assert!(
+        !arena_bytes
+            .windows(64)
+            .any(|window| window == &big[500_000..500_064])
+    );
+}

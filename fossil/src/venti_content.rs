@@ -1,0 +1,258 @@
+//! [`VentiContent`]: file content as sealed venti hash trees.
+//!
+//! New content streams through a [`venti::tree::TreeWriter`] running on a thread of its
+//! own (the writer borrows the store, the volume's buffers outlive any borrow), fed by
+//! a bounded channel: the FUSE thread hands over a buffer and goes back to the kernel
+//! while chunking and sealing proceed. Reads open only the blocks covering the range.
+//! Checkpoint images are trees with `Kind::Meta` leaves.
+//!
+//! A volume directory's own store lives in `blocks/` and its epoch secret and volume
+//! id in `volume.key` (48 bytes, mode 0600) until `net` distributes epoch secrets.
+
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use venti::keys::{EPOCH_SECRET_LEN, EpochKeys, VOLUME_ID_LEN};
+use venti::tree::{TreeReader, TreeWriter};
+use venti::{BlockRef, BlockStore, Class, Kind, Store, StoreOptions};
+
+use crate::content::{ContentStore, ContentWriter};
+use crate::{Error, Result};
+
+/// Buffers queued to one writer thread before `write` waits.
+const WRITER_QUEUE_BUFFERS: usize = 16;
+
+/// Content in a venti [`Store`], sealed with one epoch's keys.
+#[derive(Debug, Clone)]
+pub struct VentiContent {
+    store: Arc<Store>,
+    keys: Arc<EpochKeys>,
+}
+
+impl VentiContent {
+    pub fn new(store: Arc<Store>, keys: EpochKeys) -> VentiContent {
+        VentiContent {
+            store,
+            keys: Arc::new(keys),
+        }
+    }
+
+    /// The store and keys of a volume directory (`blocks/`, `volume.key`), created on
+    /// first use.
+    pub fn open_dir(dir: &Path) -> Result<VentiContent> {
+        let keys = volume_keys(&dir.join("volume.key"))?;
+        let backend = venti::backend::FileBackend::new(dir.join("blocks"))?;
+        let store = Store::open(Arc::new(backend), StoreOptions::default())?;
+        for problem in store.open_report() {
+            tracing::warn!(%problem, "block store: repaired on open");
+        }
+        Ok(VentiContent::new(Arc::new(store), keys))
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn keys(&self) -> &EpochKeys {
+        &self.keys
+    }
+}
+
+/// Read, or create, the 32-byte epoch secret and 16-byte volume id.
+fn volume_keys(path: &Path) -> Result<EpochKeys> {
+    const KEY_FILE_BYTES: usize = EPOCH_SECRET_LEN + VOLUME_ID_LEN;
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let mut fresh = vec![0u8; KEY_FILE_BYTES];
+            std::fs::File::open("/dev/urandom")?.read_exact(&mut fresh)?;
+            let tmp = path.with_extension("tmp");
+            {
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                file.write_all(&fresh)?;
+                file.sync_all()?;
+            }
+            std::fs::rename(&tmp, path)?;
+            if let Some(parent) = path.parent() {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+            fresh
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let (Some(secret), Some(volume_id)) = (
+        bytes.get(..EPOCH_SECRET_LEN),
+        bytes.get(EPOCH_SECRET_LEN..KEY_FILE_BYTES),
+    ) else {
+        return Err(Error::Corrupt {
+            what: "volume key file",
+            detail: format!("{} bytes", bytes.len()),
+        });
+    };
+    if bytes.len() != KEY_FILE_BYTES {
+        return Err(Error::Corrupt {
+            what: "volume key file",
+            detail: format!("{} bytes", bytes.len()),
+        });
+    }
+    let mut secret_bytes = [0u8; EPOCH_SECRET_LEN];
+    secret_bytes.copy_from_slice(secret);
+    let mut id_bytes = [0u8; VOLUME_ID_LEN];
+    id_bytes.copy_from_slice(volume_id);
+    Ok(EpochKeys::derive(&secret_bytes, &id_bytes, 0))
+}
+
+impl ContentStore for VentiContent {
+    fn writer(&self) -> Result<Box<dyn ContentWriter>> {
+        let (sender, receiver) = sync_channel::<Vec<u8>>(WRITER_QUEUE_BUFFERS);
+        let store = Arc::clone(&self.store);
+        let keys = Arc::clone(&self.keys);
+        let thread = std::thread::Builder::new()
+            .name("fossil-ingest".into())
+            .spawn(move || ingest(&store, &keys, &receiver))?;
+        Ok(Box::new(VentiWriter {
+            sender: Some(sender),
+            thread: Some(thread),
+            len: 0,
+        }))
+    }
+
+    fn read(&self, root: &BlockRef, offset: u64, len: usize) -> Result<Vec<u8>> {
+        Ok(
+            TreeReader::new(self.store.as_ref(), &self.keys)
+                .read_range(root, offset, len as u64)?,
+        )
+    }
+
+    fn write_meta(&self, bytes: &[u8]) -> Result<BlockRef> {
+        let mut writer = TreeWriter::new(self.store.as_ref(), &self.keys, Class::Pinned)
+            .with_leaf_kind(Kind::Meta);
+        writer.write(bytes)?;
+        Ok(writer.finish()?)
+    }
+
+    fn read_meta(&self, root: &BlockRef) -> Result<Vec<u8>> {
+        Ok(TreeReader::new(self.store.as_ref(), &self.keys)
+            .with_leaf_kind(Kind::Meta)
+            .read_all(root)?)
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(self.store.sync()?)
+    }
+}
+
+fn ingest(store: &Store, keys: &EpochKeys, receiver: &Receiver<Vec<u8>>) -> Result<BlockRef> {
+    let store: &dyn BlockStore = store;
+    let mut writer = TreeWriter::new(store, keys, Class::Pinned);
+    for buffer in receiver {
+        writer.write(&buffer)?;
+    }
+    Ok(writer.finish()?)
+}
+
+struct VentiWriter {
+    sender: Option<SyncSender<Vec<u8>>>,
+    thread: Option<JoinHandle<Result<BlockRef>>>,
+    len: u64,
+}
+
+impl VentiWriter {
+    fn join(&mut self) -> Result<BlockRef> {
+        self.sender = None;
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(Error::Io(std::io::Error::other(
+                "content writer thread panicked",
+            ))),
+            None => Err(Error::Invalid("content writer already finished")),
+        }
+    }
+}
+
+impl ContentWriter for VentiWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let Some(sender) = &self.sender else {
+            return Err(Error::Invalid("content writer already finished"));
+        };
+        if sender.send(bytes.to_vec()).is_err() {
+            // The thread stopped early: it failed, and says why.
+            return self.join().map(|_| ());
+        }
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<BlockRef> {
+        self.join()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content(dir: &Path) -> VentiContent {
+        VentiContent::open_dir(dir).unwrap()
+    }
+
+    #[test]
+    fn streamed_content_reads_back_in_ranges_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..3_000_000u32)
+            .map(|index| (index.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let root = {
+            let store = content(dir.path());
+            let mut writer = store.writer().unwrap();
+            for piece in bytes.chunks(100_000) {
+                writer.write(piece).unwrap();
+            }
+            assert_eq!(writer.len(), bytes.len() as u64);
+            let root = writer.finish().unwrap();
+            assert_eq!(root.length, bytes.len() as u64);
+            store.sync().unwrap();
+            root
+        };
+        let store = content(dir.path());
+        assert_eq!(
+            store.read(&root, 1_234_567, 100_000).unwrap(),
+            &bytes[1_234_567..1_334_567]
+        );
+        assert_eq!(
+            store.read(&root, 2_999_990, 100).unwrap(),
+            &bytes[2_999_990..]
+        );
+        let meta = store.write_meta(b"checkpoint image").unwrap();
+        assert_eq!(store.read_meta(&meta).unwrap(), b"checkpoint image");
+        assert!(
+            store.read(&meta, 0, 5).is_err(),
+            "a meta tree is not file content"
+        );
+    }
+
+    #[test]
+    fn key_file_is_created_once_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("volume.key");
+        let first = volume_keys(&path).unwrap();
+        let second = volume_keys(&path).unwrap();
+        assert_eq!(first.conv_key(), second.conv_key());
+        std::fs::write(&path, b"short").unwrap();
+        assert!(matches!(volume_keys(&path), Err(Error::Corrupt { .. })));
+    }
+}
