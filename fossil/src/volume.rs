@@ -114,6 +114,8 @@ struct State {
     names: HashMap<InodeNo, (InodeNo, Vec<u8>)>,
     uncommitted_ops: usize,
     last_commit: Instant,
+    /// Ops referring to store blocks were logged since the store was last synced.
+    content_unsynced: bool,
     views: Views,
 }
 
@@ -195,6 +197,7 @@ impl Volume {
             names: HashMap::new(),
             uncommitted_ops: 0,
             last_commit: Instant::now(),
+            content_unsynced: false,
             views: Views::default(),
         };
         state.recover(&ns_path)?;
@@ -516,13 +519,16 @@ impl Volume {
             }
         };
         // Committed content is immutable: read it without holding the volume lock.
-        read_sized(
+        let bytes = read_sized(
             self.shared.content.as_ref(),
             &content,
             file_size,
             offset,
             size as usize,
-        )
+        );
+        bytes.inspect_err(|error| {
+            tracing::error!(?ino, offset, size, %error, "read failed: damaged or missing content");
+        })
     }
 
     pub fn write(
@@ -1021,6 +1027,7 @@ impl State {
             let image = Image::capture(&self.ns)?;
             let root = self.content.write_meta(&image.encode())?;
             self.ns.set_snapshot_root(name, &root.encode())?;
+            self.content_unsynced = true;
         }
         Ok(())
     }
@@ -1052,8 +1059,14 @@ impl State {
         Ok(outcome)
     }
 
-    /// The log reaches the OS before the namespace commit that reflects it.
+    /// The log reaches the OS before the namespace commit that reflects it, and the
+    /// blocks a logged op refers to are durable before the op reaches the OS: a crash
+    /// never leaves a logged write pointing at blocks that are gone.
     fn commit(&mut self) -> Result<()> {
+        if self.content_unsynced {
+            self.content.sync()?;
+            self.content_unsynced = false;
+        }
         self.log.write_out()?;
         self.ns.set_applied_end(self.log.end())?;
         self.ns.commit()?;
@@ -1065,6 +1078,7 @@ impl State {
     /// Content blocks, then the log, then the namespace.
     fn make_durable(&mut self) -> Result<()> {
         self.content.sync()?;
+        self.content_unsynced = false;
         self.log.sync()?;
         self.commit()
     }
@@ -1482,6 +1496,9 @@ impl State {
             return Ok(());
         };
         let (content, size) = materialize(self.content.as_ref(), &mut dirty)?;
+        if matches!(content, Content::Tree(_)) {
+            self.content_unsynced = true;
+        }
         let (parent, name) = self
             .names
             .get(&ino)
