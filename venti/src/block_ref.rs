@@ -26,7 +26,7 @@ impl Kind {
     }
 }
 
-/// `(address, key, epoch, length)`: 72 bytes on the wire, little-endian.
+/// `(address, key, epoch, length)`: 76 bytes on the wire, little-endian.
 ///
 /// `length` is the plaintext length of the content the ref stands for (for a pointer
 /// block: the total length of the subtree). Refs travel only inside sealed metadata or

@@ -9,7 +9,33 @@
 //! venti is deliberately *not* a filesystem: it knows nothing of files, names, peers or
 //! the network. Callers hand it bytes and keys; it hands back [`BlockRef`]s.
 //!
-//! (The crate-level example is added with the tree writer.)
+//! ```
+//! use std::sync::Arc;
+//! use venti::backend::MemoryBackend;
+//! use venti::keys::EpochKeys;
+//! use venti::tree::{TreeReader, TreeWriter};
+//! use venti::{Class, Store, StoreOptions};
+//!
+//! # fn main() -> venti::Result<()> {
+//! // One volume epoch's keys (the secret comes from `net` in a real mount).
+//! let keys = EpochKeys::derive(&[7; 32], &[1; 16], 0);
+//! let store = Store::open(Arc::new(MemoryBackend::new(1)?), StoreOptions::default())?;
+//!
+//! // Write a stream of any length; get one root ref back.
+//! let content: Vec<u8> = (0..1_000_000u32).flat_map(|n| n.to_le_bytes()).collect();
+//! let mut writer = TreeWriter::new(&store, &keys, Class::Pinned);
+//! for piece in content.chunks(100_000) {
+//!     writer.write(piece)?;
+//! }
+//! let root = writer.finish()?;
+//! store.sync()?;
+//!
+//! // Read any range back; only the blocks covering it are fetched and opened.
+//! let reader = TreeReader::new(&store, &keys);
+//! assert_eq!(reader.read_range(&root, 400_000, 8)?, &content[400_000..400_008]);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod address;
 pub mod arena;

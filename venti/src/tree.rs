@@ -66,15 +66,21 @@ const _: () =
 
 /// Writes one byte stream as a hash tree into a block store.
 ///
+/// After an error the writer must be dropped: blocks it already put stay in the store,
+/// unreferenced, until GC.
+///
 /// ```
-/// # use venti::{keys::EpochKeys, tree::{TreeReader, TreeWriter}};
-/// # fn demo(store: &dyn venti::BlockStore) -> venti::Result<()> {
+/// # use std::sync::Arc;
+/// # use venti::{backend::MemoryBackend, keys::EpochKeys, tree::{TreeReader, TreeWriter}};
+/// # fn main() -> venti::Result<()> {
+/// # let store = venti::Store::open(Arc::new(MemoryBackend::new(1)?), Default::default())?;
 /// let keys = EpochKeys::derive(&[7; 32], &[1; 16], 0);
-/// let mut writer = TreeWriter::new(store, &keys, venti::Class::Pinned);
+/// let mut writer = TreeWriter::new(&store, &keys, venti::Class::Pinned);
 /// writer.write(b"hello, ")?;
 /// writer.write(b"world")?;
 /// let root = writer.finish()?;
-/// assert_eq!(TreeReader::new(store, &keys).read_range(&root, 7, 5)?, b"world");
+/// assert_eq!(root.length, 12);
+/// assert_eq!(TreeReader::new(&store, &keys).read_range(&root, 7, 5)?, b"world");
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]

@@ -1,0 +1,371 @@
+//! The ingest pipeline and its parts: BLAKE3, ChaCha20-Poly1305, zstd's sample check,
+//! FastCDC alone, the bare chunk→hash→seal pipeline on one core and on two, and
+//! `TreeWriter` ingest into a memory store and into the file store — over an
+//! incompressible corpus and a mixed one (text-like compressible + random).
+//!
+//! `cargo bench -p venti --bench pipeline`. `KITH_BENCH_MIB` sets the corpus size
+//! (default 256). Before the timed groups it prints, once, the dedup of an edited copy
+//! and chunking throughput for several chunk-size choices (the measurement behind
+//! `docs/formats.md`'s sizes).
+
+use std::collections::{HashMap, HashSet};
+use std::hint::black_box;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use rand::{Rng, RngCore, SeedableRng};
+use venti::backend::FileBackend;
+use venti::chunk::Chunker;
+use venti::compress::Compressor;
+use venti::keys::EpochKeys;
+use venti::seal::{self, Sealer};
+use venti::tree::TreeWriter;
+use venti::{Address, BlockStore, Class, Kind, Store, StoreOptions};
+
+const BLOCK_BYTES: usize = 64 * 1024;
+/// Pieces the benchmark feeds the tree writer, like a file copy loop would.
+const WRITE_PIECE_BYTES: usize = 1 << 20;
+
+fn corpus_bytes() -> usize {
+    let mib = std::env::var("KITH_BENCH_MIB")
+        .ok()
+        .and_then(|text| text.parse::<usize>().ok())
+        .unwrap_or(256);
+    mib.max(1) << 20
+}
+
+fn keys() -> EpochKeys {
+    EpochKeys::derive(&[0x42; 32], &[0x17; 16], 1)
+}
+
+fn ok<T>(result: venti::Result<T>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(error) => panic!("bench: {error}"),
+    }
+}
+
+fn random(bytes: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; bytes];
+    rand_chacha::ChaCha20Rng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+/// Text-like bytes: words, numbers and line breaks — compresses about 3× with zstd -1,
+/// like source code, logs and documents.
+fn text(bytes: usize, seed: u64) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "the", "block", "store", "of", "kith", "seals", "every", "chunk", "and", "fn", "let",
+        "mut", "return", "if", "else", "error", "while", "data", "for", "volume", "epoch",
+        "address", "pointer", "level", "tree", "=", "{", "}", "(", ");", "//",
+    ];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(bytes + 32);
+    while out.len() < bytes {
+        match rng.random_range(0..12) {
+            0 => out.extend_from_slice(format!("{} ", rng.random::<u32>()).as_bytes()),
+            1 => out.push(b'\n'),
+            _ => {
+                out.extend_from_slice(WORDS[rng.random_range(0..WORDS.len())].as_bytes());
+                out.push(b' ');
+            }
+        }
+    }
+    out.truncate(bytes);
+    out
+}
+
+/// Half text-like, half random, in alternating 4 MiB runs (files of a mixed tree).
+fn mixed(bytes: usize, seed: u64) -> Vec<u8> {
+    let run = 4 << 20;
+    let mut out = Vec::with_capacity(bytes);
+    let mut index = 0;
+    while out.len() < bytes {
+        let take = run.min(bytes - out.len());
+        if index % 2 == 0 {
+            out.extend(text(take, seed + index));
+        } else {
+            out.extend(random(take, seed + index));
+        }
+        index += 1;
+    }
+    out
+}
+
+/// A memory store that copies what it is given, as a real store would.
+#[derive(Default)]
+struct MemoryStore {
+    blocks: Mutex<HashMap<Address, Vec<u8>>>,
+}
+
+impl BlockStore for MemoryStore {
+    fn put(&self, address: &Address, sealed: &[u8], _class: Class) -> venti::Result<()> {
+        let mut blocks = self
+            .blocks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        blocks.entry(*address).or_insert_with(|| sealed.to_vec());
+        Ok(())
+    }
+
+    fn get(&self, address: &Address) -> venti::Result<Vec<u8>> {
+        let blocks = self
+            .blocks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        blocks
+            .get(address)
+            .cloned()
+            .ok_or(venti::Error::NotFound { address: *address })
+    }
+
+    fn contains(&self, address: &Address) -> venti::Result<bool> {
+        let blocks = self
+            .blocks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(blocks.contains_key(address))
+    }
+}
+
+impl MemoryStore {
+    fn stored_bytes(&self) -> usize {
+        let blocks = self
+            .blocks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        blocks.values().map(Vec::len).sum()
+    }
+}
+
+/// The bare pipeline: chunk, derive the key, encrypt, hash the block. No compression,
+/// padding, store or threads — the floor the real ingest is compared against.
+fn bare_pipeline(keys: &EpochKeys, chunker: &Chunker, data: &[u8]) -> u64 {
+    let mut sealed = Vec::with_capacity(venti::chunk::CHUNK_BYTES_MAX + 64);
+    let mut offset = 0;
+    let mut checksum = 0u64;
+    for length in chunker.chunk_lengths(data) {
+        let chunk = &data[offset..offset + length];
+        offset += length;
+        let key = seal::content_key(keys, Kind::Data, chunk);
+        sealed.clear();
+        sealed.extend_from_slice(chunk);
+        let cipher = ChaCha20Poly1305::new(key.as_bytes().into());
+        if let Ok(tag) = cipher.encrypt_in_place_detached(&Nonce::default(), b"", &mut sealed) {
+            sealed.extend_from_slice(&tag);
+        }
+        checksum ^= u64::from(Address::of(&sealed).0[0]);
+    }
+    checksum
+}
+
+fn primitives(c: &mut Criterion) {
+    let keys = keys();
+    let block = random(BLOCK_BYTES, 1);
+    let mut group = c.benchmark_group("primitives");
+    group.throughput(Throughput::Bytes(BLOCK_BYTES as u64));
+    group.bench_function("blake3_64KiB", |b| {
+        b.iter(|| blake3::hash(black_box(&block)))
+    });
+    group.bench_function("blake3_keyed_64KiB", |b| {
+        b.iter(|| blake3::keyed_hash(keys.conv_key(), black_box(&block)))
+    });
+    let cipher = ChaCha20Poly1305::new(keys.conv_key().into());
+    let mut buffer = block.clone();
+    group.bench_function("chacha20poly1305_64KiB", |b| {
+        b.iter(|| {
+            cipher
+                .encrypt_in_place_detached(&Nonce::default(), b"", black_box(&mut buffer))
+                .ok()
+        })
+    });
+    let mut compressor = Compressor::new();
+    group.bench_function("zstd_sample_reject_random_64KiB", |b| {
+        b.iter(|| compressor.compress(black_box(&block)).is_some())
+    });
+    let text_block = text(BLOCK_BYTES, 2);
+    group.bench_function("zstd1_text_64KiB", |b| {
+        b.iter(|| compressor.compress(black_box(&text_block)).map(<[u8]>::len))
+    });
+    let mut sealer = Sealer::new();
+    let mut sealed = Vec::new();
+    group.bench_function("seal_random_64KiB", |b| {
+        b.iter(|| ok(sealer.seal_into(&keys, Kind::Data, black_box(&block), &mut sealed)))
+    });
+    let (block_ref, sealed_block) = ok(seal::seal(&keys, Kind::Data, &block));
+    group.bench_function("open_random_64KiB", |b| {
+        b.iter(|| {
+            ok(seal::open(
+                &keys,
+                &block_ref,
+                black_box(&sealed_block),
+                Kind::Data,
+            ))
+        })
+    });
+    group.finish();
+}
+
+fn pipeline(c: &mut Criterion) {
+    let keys = keys();
+    let chunker = Chunker::new(&keys);
+    let bytes = corpus_bytes();
+    let corpora = [("random", random(bytes, 3)), ("mixed", mixed(bytes, 4))];
+    let mut group = c.benchmark_group("pipeline");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(8));
+    group.throughput(Throughput::Bytes(bytes as u64));
+    for (name, data) in &corpora {
+        group.bench_function(format!("fastcdc/{name}"), |b| {
+            b.iter(|| chunker.chunk_lengths(black_box(data)).count())
+        });
+        group.bench_function(format!("bare_1core/{name}"), |b| {
+            b.iter(|| bare_pipeline(&keys, &chunker, black_box(data)))
+        });
+        group.bench_function(format!("bare_2core/{name}"), |b| {
+            // Two independent halves: the most two cores can do with these primitives.
+            let (left, right) = data.split_at(data.len() / 2);
+            b.iter(|| {
+                std::thread::scope(|scope| {
+                    let other = scope.spawn(|| bare_pipeline(&keys, &chunker, left));
+                    let mine = bare_pipeline(&keys, &chunker, right);
+                    mine ^ other.join().unwrap_or_default()
+                })
+            })
+        });
+        for threads in [0, 2] {
+            group.bench_function(format!("tree_memory_{threads}threads/{name}"), |b| {
+                b.iter_batched(
+                    MemoryStore::default,
+                    |store| {
+                        let mut writer =
+                            TreeWriter::new(&store, &keys, Class::Pinned).with_threads(threads);
+                        for piece in data.chunks(WRITE_PIECE_BYTES) {
+                            ok(writer.write(piece));
+                        }
+                        black_box(ok(writer.finish()));
+                        store
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+        group.bench_function(format!("tree_file_store/{name}"), |b| {
+            b.iter_batched(
+                || {
+                    let dir = match tempfile::tempdir() {
+                        Ok(dir) => dir,
+                        Err(error) => panic!("bench temp dir: {error}"),
+                    };
+                    let backend = ok(FileBackend::new(dir.path()));
+                    let store = ok(Store::open(Arc::new(backend), StoreOptions::default()));
+                    (dir, store)
+                },
+                |(dir, store)| {
+                    let mut writer = TreeWriter::new(&store, &keys, Class::Pinned);
+                    for piece in data.chunks(WRITE_PIECE_BYTES) {
+                        ok(writer.write(piece));
+                    }
+                    black_box(ok(writer.finish()));
+                    ok(store.sync());
+                    (dir, store)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+/// An edited copy of `data`: a few inserts mid-file, one deletion, an append.
+fn edited(data: &[u8], seed: u64) -> Vec<u8> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut out = data.to_vec();
+    for _ in 0..4 {
+        let at = rng.random_range(0..out.len());
+        let insert = random(rng.random_range(1..2000), rng.random());
+        out.splice(at..at, insert);
+    }
+    let at = rng.random_range(0..out.len() - 10_000);
+    out.drain(at..at + rng.random_range(1..10_000));
+    out.extend(text(100_000, seed));
+    out
+}
+
+/// Printed once: for each candidate chunk size, chunking speed and the share of the
+/// edited copy's chunk bytes that are new (did not occur in the original).
+fn chunk_size_report() {
+    let keys = keys();
+    let data = mixed(corpus_bytes().min(64 << 20), 5);
+    let copy = edited(&data, 6);
+    println!("chunk sizes (min/avg/max KiB): new bytes of an edited copy, chunking speed");
+    for (min, avg, max) in [
+        (4, 16, 64),
+        (8, 32, 128),
+        (16, 64, 256),
+        (32, 128, 512),
+        (64, 256, 1024),
+    ] {
+        let chunker = Chunker::with_sizes(&keys, min << 10, avg << 10, max << 10);
+        let chunks = |bytes: &[u8]| -> Vec<(usize, usize)> {
+            let mut offset = 0;
+            chunker
+                .chunk_lengths(bytes)
+                .map(|length| {
+                    offset += length;
+                    (offset - length, length)
+                })
+                .collect()
+        };
+        let started = Instant::now();
+        let original = chunks(&data);
+        let seconds = started.elapsed().as_secs_f64();
+        let known: HashSet<&[u8]> = original
+            .iter()
+            .map(|(start, length)| &data[*start..start + length])
+            .collect();
+        let new_bytes: usize = chunks(&copy)
+            .iter()
+            .map(|(start, length)| &copy[*start..start + length])
+            .filter(|chunk| !known.contains(chunk))
+            .map(<[u8]>::len)
+            .sum();
+        println!(
+            "  {min:>3}/{avg:>3}/{max:>4}: {} chunks, new {:.3} % of copy, {:.0} MB/s",
+            original.len(),
+            100.0 * new_bytes as f64 / copy.len() as f64,
+            data.len() as f64 / seconds / 1e6,
+        );
+    }
+    // The same through the real tree writer and sealed blocks (leaves + pointers).
+    let store = MemoryStore::default();
+    let write = |bytes: &[u8]| {
+        let mut writer = TreeWriter::new(&store, &keys, Class::Pinned);
+        for piece in bytes.chunks(WRITE_PIECE_BYTES) {
+            ok(writer.write(piece));
+        }
+        ok(writer.finish())
+    };
+    write(&data);
+    let first = store.stored_bytes();
+    write(&copy);
+    let added = store.stored_bytes() - first;
+    println!(
+        "tree ingest: original {} MiB stored as {:.1} MiB ({:.1} %); edited copy added {:.3} % of its size",
+        data.len() >> 20,
+        first as f64 / (1 << 20) as f64,
+        100.0 * first as f64 / data.len() as f64,
+        100.0 * added as f64 / copy.len() as f64,
+    );
+}
+
+fn report(_: &mut Criterion) {
+    chunk_size_report();
+}
+
+criterion_group!(benches, report, primitives, pipeline);
+criterion_main!(benches);
