@@ -44,7 +44,11 @@ pub enum Error {
 #[non_exhaustive]
 pub enum BlockFault {
     #[error("sealed length {bytes} outside {bytes_min}..={bytes_max}")]
-    SealedLength { bytes: u64, bytes_min: u64, bytes_max: u64 },
+    SealedLength {
+        bytes: u64,
+        bytes_min: u64,
+        bytes_max: u64,
+    },
     #[error("declared length {declared} exceeds the block limit {bytes_max}")]
     DeclaredLength { declared: u64, bytes_max: u64 },
     #[error("ref is of epoch {found}, keys are of epoch {expected}")]
@@ -58,7 +62,10 @@ pub enum BlockFault {
     #[error("unknown kind byte {found:#04x}")]
     UnknownKind { found: u8 },
     #[error("kind {found:?}, expected {expected}")]
-    Kind { expected: &'static str, found: crate::Kind },
+    Kind {
+        expected: &'static str,
+        found: crate::Kind,
+    },
     #[error("unknown flags {found:#04x}")]
     Flags { found: u8 },
     #[error("content does not decompress: {detail}")]
