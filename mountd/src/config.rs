@@ -7,8 +7,8 @@
 //! ```text
 //! $XDG_DATA_HOME/kith/          (~/.local/share/kith)
 //!     device.id                 random device id, hex, 0600
-//!     volume.secret             random 32-byte volume secret, 0600
-//!     store/                    the default embedded store (fossil + venti)
+//!     store/                    the default embedded store (fossil + venti); fossil
+//!                               keeps the volume's epoch secret in store/volume.key (0600)
 //!     logs/<store-id>.log       a background daemon's log
 //!     run/                      control sockets when XDG_RUNTIME_DIR is unset
 //! $XDG_CONFIG_HOME/kith/config.toml   (~/.config/kith/config.toml)
@@ -31,7 +31,6 @@ const CONFIG_BYTES_MAX: u64 = 64 * 1024;
 /// Bounds of the tunables, so a typo cannot make the daemon unusable.
 const FUSE_THREADS_MAX: i64 = 64;
 const TTL_MS_MAX: i64 = 60_000;
-const VOLUME_SECRET_BYTES: usize = 32;
 const DEVICE_ID_BYTES: usize = 16;
 
 const DEFAULT_CONFIG: &str = "\
@@ -100,7 +99,8 @@ impl Dirs {
         self.data.join("logs").join(format!("{store_id}.log"))
     }
 
-    /// First-run setup: directories, device identity, volume secret, a commented config.
+    /// First-run setup: directories, device identity, a commented config. (The volume's
+    /// secret is created by fossil inside the store, next to what it protects.)
     /// Idempotent; never overwrites an existing identity.
     pub fn ensure_initialized(&self) -> Result<()> {
         for dir in [&self.data, &self.config, &self.runtime] {
@@ -114,9 +114,6 @@ impl Dirs {
                 .collect::<String>();
             hex.push('\n');
             Ok(hex.into_bytes())
-        })?;
-        write_new_secret_file(&self.data.join("volume.secret"), || {
-            random_bytes(VOLUME_SECRET_BYTES)
         })?;
         let config_file = self.config_file();
         if !config_file.exists() {
@@ -351,13 +348,6 @@ mod tests {
         let root = tempfile::tempdir()?;
         let dirs = dirs_in(root.path());
         dirs.ensure_initialized()?;
-        let secret_path = dirs.data.join("volume.secret");
-        let secret = fs::read(&secret_path)?;
-        assert_eq!(secret.len(), VOLUME_SECRET_BYTES);
-        assert_eq!(
-            fs::metadata(&secret_path)?.permissions().mode() & 0o777,
-            0o600
-        );
         let id = dirs.device_id()?;
         assert_eq!(id.len(), DEVICE_ID_BYTES * 2);
         assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
@@ -370,7 +360,6 @@ mod tests {
         );
         // A second run keeps the identity.
         dirs.ensure_initialized()?;
-        assert_eq!(fs::read(&secret_path)?, secret);
         assert_eq!(dirs.device_id()?, id);
         // The written default configuration parses to the defaults.
         assert_eq!(Config::load(&dirs.config_file())?, Config::default());
