@@ -210,3 +210,24 @@ impl Cluster {
         Ok(effects)
     }
 }
+
+impl Cluster {
+    /// Drops every message in flight to `to` (a partition for one wave).
+    pub fn drop_in_flight_to(&mut self, to: NodeId) -> usize {
+        let before = self.in_flight.len();
+        self.in_flight.retain(|(_, dest, _)| *dest != to);
+        before - self.in_flight.len()
+    }
+
+    /// Delivers waves until quiet while `to` receives nothing.
+    pub fn run_without(&mut self, to: NodeId, waves_max: usize) -> Result<(), String> {
+        for _ in 0..waves_max {
+            self.drop_in_flight_to(to);
+            if self.in_flight.is_empty() {
+                return Ok(());
+            }
+            self.wave()?;
+        }
+        Err(format!("still busy after {waves_max} waves"))
+    }
+}
