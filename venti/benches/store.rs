@@ -12,7 +12,8 @@
 //!   bytes the second ingest added as a percentage of its size.
 //!
 //! `cargo bench -p venti --bench store`. `KITH_BENCH_DIR` puts the stores on a given
-//! disk (default: the system temp directory).
+//! disk (default: the system temp directory); `KITH_BENCH_NO_DEDUP=1` skips the dedup
+//! report.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -349,7 +350,10 @@ fn dedup_report() {
 }
 
 fn report(_: &mut Criterion) {
-    dedup_report();
+    // Skippable when profiling a single timed benchmark.
+    if std::env::var_os("KITH_BENCH_NO_DEDUP").is_none() {
+        dedup_report();
+    }
 }
 
 criterion_group!(benches, report, store_throughput, tree_ingest);

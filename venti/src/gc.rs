@@ -6,8 +6,8 @@
 //! 1. [`Gc::begin`] syncs and takes a *fence*: every block put (or put again, even as a
 //!    no-op duplicate) from now on carries a sequence number at or past the fence and is
 //!    never swept by this round. That is what keeps blocks written while GC runs.
-//! 2. The caller marks: it builds the live set from its roots (for example by walking
-//!    trees) — as long as it likes, while puts and gets go on.
+//! 2. The caller marks: it builds the live set from its roots (for example with
+//!    [`mark_tree`] for each root) — as long as it likes, while puts and gets go on.
 //! 3. [`Gc::sweep`] removes the index rows of every block before the fence that is not
 //!    live; [`Gc::finish`] sweeps and then compacts so the dead bytes leave the disk.
 //!
@@ -17,7 +17,20 @@
 use std::collections::HashSet;
 
 use crate::store::CompactReport;
-use crate::{Address, Result, Store};
+use crate::tree::TreeReader;
+use crate::{Address, BlockRef, Result, Store};
+
+/// Mark every block of the tree under `root` live: the root, its pointer blocks and
+/// its leaves. A subtree already in `live` is not walked again, so marking many trees
+/// that share blocks costs each shared block once. `reader` must hold the keys of the
+/// tree's epoch.
+pub fn mark_tree(
+    reader: &TreeReader<'_>,
+    root: &BlockRef,
+    live: &mut HashSet<Address>,
+) -> Result<()> {
+    reader.walk(root, |block| Ok(live.insert(block.address)))
+}
 
 /// One GC round in progress.
 #[derive(Debug)]
