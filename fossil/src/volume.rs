@@ -92,8 +92,33 @@ pub struct Volume {
 struct Shared {
     state: Mutex<State>,
     content: Arc<dyn ContentStore>,
+    read_ahead: Mutex<ReadAhead>,
     stop: Mutex<bool>,
     wake: Condvar,
+}
+
+/// A sequential reader gets this much per trip to the store: the tree's pointer
+/// blocks and partly read leaves are opened once per window, not once per FUSE read.
+const READ_AHEAD_BYTES: usize = 2 << 20;
+/// Windows kept (one per inode): bounds read-ahead memory to 64 MiB.
+const READ_AHEAD_WINDOWS_MAX: usize = 32;
+
+/// Read-ahead windows of committed tree content. Content under a root never changes,
+/// so a window is valid for as long as the file's root is the one it was read from.
+#[derive(Debug, Default)]
+struct ReadAhead {
+    windows: HashMap<InodeNo, Window>,
+    clock: u64,
+}
+
+#[derive(Debug)]
+struct Window {
+    root: venti::Address,
+    start: u64,
+    bytes: Arc<Vec<u8>>,
+    /// Where a sequential reader continues.
+    next_offset: u64,
+    last_used: u64,
 }
 
 #[derive(Debug)]
@@ -204,6 +229,7 @@ impl Volume {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             content,
+            read_ahead: Mutex::new(ReadAhead::default()),
             stop: Mutex::new(false),
             wake: Condvar::new(),
         });
@@ -519,16 +545,84 @@ impl Volume {
             }
         };
         // Committed content is immutable: read it without holding the volume lock.
-        let bytes = read_sized(
-            self.shared.content.as_ref(),
-            &content,
-            file_size,
-            offset,
-            size as usize,
-        );
+        let bytes = match &content {
+            Content::Tree(root) if offset < root.length && offset < file_size => {
+                let len = (size as u64).min(file_size - offset) as usize;
+                self.read_tree(ino, root, offset, len).map(|mut bytes| {
+                    bytes.resize(len, 0);
+                    bytes
+                })
+            }
+            _ => read_sized(
+                self.shared.content.as_ref(),
+                &content,
+                file_size,
+                offset,
+                size as usize,
+            ),
+        };
         bytes.inspect_err(|error| {
             tracing::error!(?ino, offset, size, %error, "read failed: damaged or missing content");
         })
+    }
+
+    /// `len` bytes of committed tree content from `offset`, through the read-ahead
+    /// window of `ino` (shorter at the content's end).
+    fn read_tree(&self, ino: InodeNo, root: &BlockRef, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let end = (offset + len as u64).min(root.length);
+        let sequential = {
+            let mut read_ahead = self.shared.read_ahead.lock();
+            read_ahead.clock += 1;
+            let clock = read_ahead.clock;
+            match read_ahead.windows.get_mut(&ino) {
+                Some(window) if window.root == root.address => {
+                    let window_end = window.start + window.bytes.len() as u64;
+                    if window.start <= offset && end <= window_end {
+                        let from = (offset - window.start) as usize;
+                        let to = (end - window.start) as usize;
+                        window.next_offset = end;
+                        window.last_used = clock;
+                        return Ok(window.bytes[from..to].to_vec());
+                    }
+                    offset == window.next_offset
+                }
+                _ => offset == 0,
+            }
+        };
+        let fetch_len = if sequential {
+            len.max(READ_AHEAD_BYTES)
+        } else {
+            len
+        };
+        let bytes = self.shared.content.read(root, offset, fetch_len)?;
+        let answer = bytes[..bytes.len().min((end - offset) as usize)].to_vec();
+        if bytes.len() > answer.len() {
+            let mut read_ahead = self.shared.read_ahead.lock();
+            let clock = read_ahead.clock;
+            if read_ahead.windows.len() >= READ_AHEAD_WINDOWS_MAX
+                && !read_ahead.windows.contains_key(&ino)
+            {
+                let oldest = read_ahead
+                    .windows
+                    .iter()
+                    .min_by_key(|(_, window)| window.last_used)
+                    .map(|(&ino, _)| ino);
+                if let Some(oldest) = oldest {
+                    read_ahead.windows.remove(&oldest);
+                }
+            }
+            let window = Window {
+                root: root.address,
+                start: offset,
+                bytes: Arc::new(bytes),
+                next_offset: end,
+                last_used: clock,
+            };
+            read_ahead.windows.insert(ino, window);
+        } else if let Some(window) = self.shared.read_ahead.lock().windows.get_mut(&ino) {
+            window.next_offset = end;
+        }
+        Ok(answer)
     }
 
     pub fn write(

@@ -765,3 +765,45 @@ fn default_volume_stores_content_sealed_in_venti() {
             .any(|window| window == &big[500_000..500_064])
     );
 }
+
+#[test]
+fn read_ahead_serves_sequential_and_random_reads_and_sees_rewrites() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let mut data = vec![0u8; 5_000_000];
+    rand::RngCore::fill_bytes(
+        &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3),
+        &mut data,
+    );
+    let ino = create_with(&volume, InodeNo::ROOT, "big", &data);
+    let read_sequentially = |volume: &Volume| {
+        let handle = volume.open_file(ino, false).unwrap();
+        let mut out = Vec::new();
+        loop {
+            let piece = volume.read(ino, handle, out.len() as u64, 131_072).unwrap();
+            if piece.is_empty() {
+                break;
+            }
+            out.extend(piece);
+        }
+        volume.release(ino, handle).unwrap();
+        out
+    };
+    assert!(read_sequentially(&volume) == data);
+    for (offset, len) in [
+        (4_999_990u64, 100u32),
+        (17, 3),
+        (2_100_000, 300_000),
+        (0, 10),
+    ] {
+        let handle = volume.open_file(ino, false).unwrap();
+        let end = (offset as usize + len as usize).min(data.len());
+        assert!(volume.read(ino, handle, offset, len).unwrap() == data[offset as usize..end]);
+        volume.release(ino, handle).unwrap();
+    }
+    let handle = volume.open_file(ino, false).unwrap();
+    volume.write(ino, handle, 1_000_000, b"changed").unwrap();
+    volume.release(ino, handle).unwrap();
+    data[1_000_000..1_000_007].copy_from_slice(b"changed");
+    assert!(read_sequentially(&volume) == data);
+}
