@@ -26,9 +26,7 @@ impl ChainHash {
         let mut hasher = blake3::Hasher::new();
         hasher.update(&self.0);
         hasher.update(&slot.0.to_le_bytes());
-        let mut bytes = Vec::new();
-        codec::encode_entry(entry, &mut bytes);
-        hasher.update(&bytes);
+        codec::write_entry(entry, &mut hasher);
         ChainHash(*hasher.finalize().as_bytes())
     }
 }

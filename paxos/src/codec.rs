@@ -24,6 +24,33 @@ use crate::message::{Body, Command, Entry, Envelope, Snapshot};
 /// Current encoding version.
 pub const VERSION: u8 = 1;
 
+/// Where encoded bytes go: a buffer, or straight into a hasher (the chain hash encodes
+/// entries without allocating).
+pub(crate) trait Sink {
+    fn push(&mut self, byte: u8);
+    fn extend_from_slice(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn push(&mut self, byte: u8) {
+        Vec::push(self, byte);
+    }
+
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        Vec::extend_from_slice(self, bytes);
+    }
+}
+
+impl Sink for blake3::Hasher {
+    fn push(&mut self, byte: u8) {
+        self.update(&[byte]);
+    }
+
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
 /// Entries in one `Promise`: an acceptor holds values only within its accept window
 /// of its commit index, plus what a new leader re-proposes (the same window + a no-op).
 const PROMISE_ENTRIES_MAX: usize =
@@ -73,6 +100,11 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, Error> {
 
 /// Appends the encoding of one entry (used by the chain hash and the durable store).
 pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
+    write_entry(entry, out);
+}
+
+/// Writes the encoding of one entry to any sink.
+pub(crate) fn write_entry(entry: &Entry, out: &mut impl Sink) {
     match entry {
         Entry::Noop => out.push(0),
         Entry::Command(c) => {
@@ -271,28 +303,28 @@ fn encode_body(body: &Body, out: &mut Vec<u8>) {
     }
 }
 
-fn put_u64(out: &mut Vec<u8>, v: u64) {
+fn put_u64(out: &mut impl Sink, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
 /// Lengths are bounded far below `u32::MAX` by the limits; saturate defensively.
-fn put_len(out: &mut Vec<u8>, len: usize) {
+fn put_len(out: &mut impl Sink, len: usize) {
     let len = u32::try_from(len).unwrap_or(u32::MAX);
     out.extend_from_slice(&len.to_le_bytes());
 }
 
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+fn put_bytes(out: &mut impl Sink, bytes: &[u8]) {
     put_len(out, bytes.len());
     out.extend_from_slice(bytes);
 }
 
-fn put_ballot(out: &mut Vec<u8>, b: Ballot) {
+fn put_ballot(out: &mut impl Sink, b: Ballot) {
     put_u64(out, b.epoch.0);
     put_u64(out, b.round);
     put_u64(out, b.node.0);
 }
 
-fn put_command(out: &mut Vec<u8>, c: &Command) {
+fn put_command(out: &mut impl Sink, c: &Command) {
     put_u64(out, c.proposer.0);
     put_u64(out, c.seq);
     put_bytes(out, &c.payload);
@@ -305,14 +337,14 @@ fn put_entries(out: &mut Vec<u8>, entries: &[Entry]) {
     }
 }
 
-fn put_nodes(out: &mut Vec<u8>, nodes: &BTreeSet<NodeId>) {
+fn put_nodes(out: &mut impl Sink, nodes: &BTreeSet<NodeId>) {
     put_len(out, nodes.len());
     for n in nodes {
         put_u64(out, n.0);
     }
 }
 
-fn put_config(out: &mut Vec<u8>, c: &Config) {
+fn put_config(out: &mut impl Sink, c: &Config) {
     put_u64(out, c.id.0);
     put_nodes(out, &c.voters);
     put_nodes(out, &c.witnesses);

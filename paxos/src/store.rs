@@ -87,19 +87,24 @@ pub struct DurableState {
 impl DurableState {
     /// Applies one write: the reference semantics every store implements.
     pub fn apply(&mut self, write: &DurableWrite) {
+        self.apply_owned(write.clone());
+    }
+
+    /// [`DurableState::apply`], moving the write's entries instead of copying them.
+    pub fn apply_owned(&mut self, write: DurableWrite) {
         match write {
             DurableWrite::Promise { ballot } => {
-                self.promised = self.promised.max(*ballot);
+                self.promised = self.promised.max(ballot);
             }
             DurableWrite::Accept {
                 ballot,
                 first,
                 entries,
             } => {
-                self.promised = self.promised.max(*ballot);
-                let mut slot = *first;
+                self.promised = self.promised.max(ballot);
+                let mut slot = first;
                 for entry in entries {
-                    self.accepted.insert(slot, (*ballot, entry.clone()));
+                    self.accepted.insert(slot, (ballot, entry));
                     slot = slot.next();
                 }
             }
@@ -108,15 +113,16 @@ impl DurableState {
                 entries,
                 head,
             } => {
-                let mut slot = *first;
+                let mut slot = first;
                 for entry in entries {
-                    self.committed.insert(slot, entry.clone());
-                    self.accepted.remove(&slot);
+                    self.committed.insert(slot, entry);
                     slot = slot.next();
                 }
                 // Anything accepted below the commit index is settled.
-                self.accepted = self.accepted.split_off(&slot);
-                self.head = Some(*head);
+                while self.accepted.first_key_value().is_some_and(|(s, _)| *s < slot) {
+                    self.accepted.pop_first();
+                }
+                self.head = Some(head);
             }
             DurableWrite::Snapshot(snapshot) => {
                 let after = snapshot.slot.next();
@@ -125,16 +131,22 @@ impl DurableState {
                 if self.committed.is_empty() {
                     self.head = Some(snapshot.chain);
                 }
-                self.snapshot = Some(snapshot.clone());
+                self.snapshot = Some(snapshot);
             }
             DurableWrite::DiscardAccepted { from } => {
-                self.accepted.split_off(from);
+                self.accepted.split_off(&from);
             }
             DurableWrite::Enqueue { command } => {
-                self.queue.insert(command.seq, command.clone());
+                self.queue.insert(command.seq, command);
             }
             DurableWrite::Dequeue { through_seq } => {
-                self.queue = self.queue.split_off(&through_seq.saturating_add(1));
+                while self
+                    .queue
+                    .first_key_value()
+                    .is_some_and(|(seq, _)| *seq <= through_seq)
+                {
+                    self.queue.pop_first();
+                }
             }
         }
     }
@@ -177,8 +189,8 @@ impl MemStore {
     /// Simulates a crash that keeps the first `keep` unsynced writes and loses the rest.
     pub fn crash(&mut self, keep: usize) {
         let kept: Vec<DurableWrite> = self.unsynced.drain(..).take(keep).collect();
-        for w in &kept {
-            self.durable.apply(w);
+        for w in kept {
+            self.durable.apply_owned(w);
         }
     }
 
@@ -196,7 +208,7 @@ impl AcceptorStore for MemStore {
 
     fn sync(&mut self) -> Result<(), Error> {
         for w in std::mem::take(&mut self.unsynced) {
-            self.durable.apply(&w);
+            self.durable.apply_owned(w);
         }
         Ok(())
     }

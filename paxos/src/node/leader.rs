@@ -724,7 +724,11 @@ impl Node {
         commands: Vec<Command>,
         fx: &mut Vec<Effect>,
     ) {
-        if !self.config.is_member(from) || commands.iter().any(|c| c.proposer != from) {
+        let well_formed = commands.len() <= crate::limits::FORWARD_ENTRIES_MAX
+            && commands
+                .iter()
+                .all(|c| c.proposer == from && c.payload.len() <= crate::limits::ENTRY_BYTES_MAX);
+        if !self.config.is_member(from) || !well_formed {
             return;
         }
         if self.lead.is_some() {
