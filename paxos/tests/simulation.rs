@@ -45,12 +45,17 @@ struct Totals {
     ops_unknown: u64,
     reads_ok: u64,
     lincheck_unknown: u64,
+    /// Seeds whose history the checker could not decide within its budget.
+    lincheck_unknown_seeds: Vec<u64>,
     messages: u64,
     dropped: u64,
 }
 
 impl Totals {
-    fn add(&mut self, outcome: &Outcome) {
+    fn add(&mut self, seed: u64, outcome: &Outcome) {
+        if outcome.lincheck_unknown && self.lincheck_unknown_seeds.len() < 10 {
+            self.lincheck_unknown_seeds.push(seed);
+        }
         self.seeds += 1;
         self.slots += outcome.slots_committed;
         self.commands += outcome.commands_applied;
@@ -98,7 +103,7 @@ fn seeds_in_time_box() {
             _ => {}
         }
         match run_seed(seed) {
-            Ok(outcome) => totals.add(&outcome),
+            Ok(outcome) => totals.add(seed, &outcome),
             Err(failure) => {
                 totals.seeds += 1;
                 failures.push(failure);

@@ -32,6 +32,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 /// A sequential specification.
 pub trait Model {
@@ -239,7 +241,7 @@ fn search<M: Model>(
 ) -> PartVerdict {
     let mut state = model.init();
     let mut linearized = Bitset::new(operations.len());
-    let mut seen: HashSet<(Bitset, M::State)> = HashSet::new();
+    let mut seen: HashSet<(Bitset, M::State), BuildHasherDefault<FxHasher>> = HashSet::default();
     // (call entry lifted, state before it)
     let mut stack: Vec<(usize, M::State)> = Vec::new();
     let mut longest: Vec<usize> = Vec::new();
@@ -454,5 +456,129 @@ impl Model for KvModel {
 
 /// Checks a key-value history, partitioned by key.
 pub fn check_kv(history: &[Operation<KvInput, KvOutput>], steps_max: u64) -> Verdict {
-    check(&KvModel, history, |input| input.key().to_owned(), steps_max)
+    check(
+        &KvKeyModel,
+        history,
+        |input| input.key().to_owned(),
+        steps_max,
+    )
+}
+
+/// The value of one key, for searching one partition: cheap to clone (shared) and to
+/// hash (a fingerprint computed once per write), since the memo clones and hashes a
+/// state at every step and appended values grow long.
+#[derive(Clone, Debug, Default)]
+pub struct KeyValue {
+    fingerprint: u64,
+    value: Option<Arc<str>>,
+}
+
+impl KeyValue {
+    fn new(value: Option<String>) -> Self {
+        let fingerprint = match &value {
+            None => 0,
+            Some(v) => {
+                let mut hasher = FxHasher::default();
+                hasher.write(v.as_bytes());
+                hasher.finish() | 1
+            }
+        };
+        Self {
+            fingerprint,
+            value: value.map(Arc::from),
+        }
+    }
+
+    fn get(&self) -> Option<&str> {
+        self.value.as_deref()
+    }
+}
+
+impl PartialEq for KeyValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint && self.value == other.value
+    }
+}
+
+impl Eq for KeyValue {}
+
+impl Hash for KeyValue {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.fingerprint.hash(state);
+    }
+}
+
+/// [`KvModel`] restricted to one key (a partition): same semantics, cheaper state.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KvKeyModel;
+
+impl Model for KvKeyModel {
+    type State = KeyValue;
+    type Input = KvInput;
+    type Output = KvOutput;
+
+    fn init(&self) -> KeyValue {
+        KeyValue::default()
+    }
+
+    fn step(
+        &self,
+        state: &KeyValue,
+        input: &KvInput,
+        output: Option<&KvOutput>,
+    ) -> Option<KeyValue> {
+        match input {
+            KvInput::Get { .. } => match output {
+                Some(KvOutput::Value(seen)) if seen.as_deref() != state.get() => None,
+                Some(KvOutput::Done) => None,
+                _ => Some(state.clone()),
+            },
+            KvInput::Put { value, .. } => match output {
+                Some(KvOutput::Value(_)) => None,
+                _ => Some(KeyValue::new(Some(value.clone()))),
+            },
+            KvInput::Append { value, .. } => match output {
+                Some(KvOutput::Value(_)) => None,
+                _ => {
+                    let mut next = state.get().unwrap_or_default().to_owned();
+                    next.push_str(value);
+                    Some(KeyValue::new(Some(next)))
+                }
+            },
+        }
+    }
+
+    fn is_read_only(&self, input: &KvInput) -> bool {
+        matches!(input, KvInput::Get { .. })
+    }
+}
+
+/// FxHash (rustc's hasher): fast and good enough for a memo of trusted keys.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FxHasher {
+    hash: u64,
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.hash = (self.hash.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(SEED);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        self.hash = (self.hash.rotate_left(5) ^ value).wrapping_mul(SEED);
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.hash
+    }
 }
