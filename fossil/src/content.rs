@@ -63,6 +63,32 @@ pub fn read_content(
                 .unwrap_or_default())
         }
         Content::Tree(root) => store.read(root, offset, len),
+        Content::Slices(slices) => {
+            let mut out = Vec::with_capacity(len);
+            let end = offset + len as u64;
+            let mut slice_start = 0u64;
+            for slice in slices {
+                let slice_end = slice_start + slice.len;
+                if slice_end > offset && slice_start < end {
+                    let from = offset.max(slice_start) - slice_start;
+                    let to = end.min(slice_end) - slice_start;
+                    let bytes =
+                        store.read(&slice.root, slice.offset + from, (to - from) as usize)?;
+                    if bytes.len() as u64 != to - from {
+                        return Err(Error::Corrupt {
+                            what: "content",
+                            detail: "slice shorter than its tree".into(),
+                        });
+                    }
+                    out.extend_from_slice(&bytes);
+                }
+                if slice_end >= end {
+                    break;
+                }
+                slice_start = slice_end;
+            }
+            Ok(out)
+        }
     }
 }
 
@@ -324,6 +350,19 @@ impl Overlay {
             }
         }
         Ok(out)
+    }
+
+    /// Merged ranges `[start, end)` covered by dirty pieces, in order.
+    pub fn dirty_ranges(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (&at, piece) in &self.pieces {
+            let end = at + piece.len();
+            match out.last_mut() {
+                Some(last) if last.1 >= at => last.1 = last.1.max(end),
+                _ => out.push((at, end)),
+            }
+        }
+        out
     }
 
     /// Length of the content to store: up to the last byte that may be non-zero.

@@ -59,13 +59,27 @@ pub enum Rights {
     Owner = 3,
 }
 
-/// A file's content: inline bytes or the root of a venti hash tree. Bytes past the
-/// content's length up to the file size read as zeros (a sparse tail).
+/// A file's content: inline bytes, the root of a venti hash tree, or byte ranges of
+/// several trees in order (an edit of a large file stores only the edited bytes and
+/// refers to the rest of the old tree). Bytes past the content's length up to the file
+/// size read as zeros (a sparse tail).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Content {
     Inline(Vec<u8>),
     Tree(BlockRef),
+    Slices(Vec<Slice>),
 }
+
+/// Bytes `offset .. offset + len` of the tree under `root`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slice {
+    pub root: BlockRef,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Most slices one content may have; more are rewritten as one tree.
+pub const SLICES_MAX: usize = 64;
 
 impl Content {
     pub const EMPTY: Content = Content::Inline(Vec::new());
@@ -74,6 +88,16 @@ impl Content {
         match self {
             Content::Inline(bytes) => bytes.len() as u64,
             Content::Tree(root) => root.length,
+            Content::Slices(slices) => slices.iter().map(|slice| slice.len).sum(),
+        }
+    }
+
+    /// Every tree root the content refers to.
+    pub fn roots(&self) -> Vec<BlockRef> {
+        match self {
+            Content::Inline(_) => Vec::new(),
+            Content::Tree(root) => vec![*root],
+            Content::Slices(slices) => slices.iter().map(|slice| slice.root).collect(),
         }
     }
 
@@ -90,6 +114,15 @@ impl Content {
             Content::Tree(root) => {
                 out.push(1);
                 out.extend_from_slice(&root.encode());
+            }
+            Content::Slices(slices) => {
+                out.push(2);
+                put_u16(out, slices.len() as u16);
+                for slice in slices {
+                    out.extend_from_slice(&slice.root.encode());
+                    put_u64(out, slice.offset);
+                    put_u64(out, slice.len);
+                }
             }
         }
     }
@@ -589,6 +622,27 @@ impl<'a> Reader<'a> {
                     .map_err(|error| corrupt(format!("content root: {error}")))?;
                 Ok(Content::Tree(root))
             }
+            2 => {
+                let count = usize::from(self.u16()?);
+                if count > SLICES_MAX {
+                    return Err(corrupt(format!("{count} slices, at most {SLICES_MAX}")));
+                }
+                let mut slices = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let root = venti::BlockRef::decode(self.take(BlockRef::ENCODED_LEN)?)
+                        .map_err(|error| corrupt(format!("slice root: {error}")))?;
+                    let offset = self.u64()?;
+                    let len = self.u64()?;
+                    if len == 0 || offset.checked_add(len).is_none_or(|end| end > root.length) {
+                        return Err(corrupt(format!(
+                            "slice {offset}+{len} of a tree of {}",
+                            root.length
+                        )));
+                    }
+                    slices.push(Slice { root, offset, len });
+                }
+                Ok(Content::Slices(slices))
+            }
             other => Err(corrupt(format!("unknown content tag {other}"))),
         }
     }
@@ -627,6 +681,27 @@ pub(crate) mod tests {
 
     fn content() -> impl Strategy<Value = Content> {
         prop_oneof![
+            proptest::collection::vec(
+                (any::<[u8; 32]>(), 1u64..1000, 0u64..1000, 1u64..1000),
+                0..5
+            )
+            .prop_map(|slices| {
+                Content::Slices(
+                    slices
+                        .into_iter()
+                        .map(|(address, len, offset, extra)| Slice {
+                            root: BlockRef {
+                                address: Address(address),
+                                key: [1; 32],
+                                epoch: 2,
+                                length: offset + len + extra,
+                            },
+                            offset,
+                            len,
+                        })
+                        .collect(),
+                )
+            }),
             proptest::collection::vec(any::<u8>(), 0..100).prop_map(Content::Inline),
             (
                 any::<[u8; 32]>(),

@@ -807,3 +807,63 @@ fn read_ahead_serves_sequential_and_random_reads_and_sees_rewrites() {
     data[1_000_000..1_000_007].copy_from_slice(b"changed");
     assert!(read_sequentially(&volume) == data);
 }
+
+#[test]
+fn small_edits_of_a_large_file_store_only_the_edited_bytes() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let mut data = vec![0u8; 3_000_000];
+    rand::RngCore::fill_bytes(
+        &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5),
+        &mut data,
+    );
+    let ino = create_with(&volume, InodeNo::ROOT, "db", &data);
+    let edits: Vec<(u64, &[u8])> = (0..200u64)
+        .map(|index| ((index * 14_983) % 2_999_000, &b"page"[..]))
+        .collect();
+    for (round, (offset, bytes)) in edits.iter().enumerate() {
+        let handle = volume.open_file(ino, false).unwrap();
+        volume.write(ino, handle, *offset, bytes).unwrap();
+        volume.fsync(ino, true).unwrap();
+        volume.release(ino, handle).unwrap();
+        data[*offset as usize..*offset as usize + bytes.len()].copy_from_slice(bytes);
+        let state = volume.shared.state.lock();
+        let content = state.ns.inode(ino).unwrap().unwrap().content;
+        drop(state);
+        match &content {
+            // The edit is stored on its own; the rest refers to the old tree.
+            Content::Slices(slices) => {
+                assert!(slices.len() <= SLICES_MAX);
+                assert!(
+                    slices.iter().any(|slice| slice.root.length <= 4096),
+                    "round {round}: edit stored alone"
+                );
+            }
+            // Too many slices: rewritten as one tree.
+            Content::Tree(root) => assert_eq!(root.length, data.len() as u64),
+            Content::Inline(_) => panic!("a large file went inline"),
+        }
+    }
+    assert!(read_all(&volume, ino) == data);
+    drop(volume);
+    let volume = fixture.open();
+    assert!(read_all(&volume, ino) == data);
+    // Truncating and appending keep working over slices.
+    volume
+        .setattr(
+            ino,
+            &SetAttr {
+                size: Some(2_000_000),
+                ..SetAttr::default()
+            },
+            None,
+        )
+        .unwrap();
+    let handle = volume.open_file(ino, false).unwrap();
+    volume.write(ino, handle, 2_500_000, b"tail").unwrap();
+    volume.release(ino, handle).unwrap();
+    data.truncate(2_000_000);
+    data.resize(2_500_000, 0);
+    data.extend_from_slice(b"tail");
+    assert!(read_all(&volume, ino) == data);
+}
