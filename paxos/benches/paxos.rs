@@ -77,13 +77,30 @@ fn round_trips_per_commit() {
     );
     let mut cluster = elected();
     let before = cluster.stats;
+    let busy_before = cluster.busy_ns.clone();
+    let began = std::time::Instant::now();
     let waves = commit_in_bursts(&mut cluster, OPS_PER_ITERATION, 1024);
+    let elapsed_s = began.elapsed().as_secs_f64();
     let batches = cluster.stats.accept_batches - before.accept_batches;
     println!(
         "bursts of 1024, 3 voters: {OPS_PER_ITERATION} commits in {} round trips, {batches} phase-2 batches \
          ({:.1} commits per batch)",
         waves / 2,
         OPS_PER_ITERATION as f64 / batches.max(1) as f64,
+    );
+    // Where one core's time goes: the leader alone vs. the whole simulated group.
+    let busy_s: Vec<f64> = cluster
+        .busy_ns
+        .iter()
+        .zip(&busy_before)
+        .map(|(after, before)| (after - before) as f64 / 1e9)
+        .collect();
+    let leader_s = busy_s.first().copied().unwrap_or(f64::NAN);
+    println!(
+        "  one core, whole group: {:.0} commits/s; time per node {busy_s:.3?} s; \
+         leader alone: {:.0} commits/s",
+        OPS_PER_ITERATION as f64 / elapsed_s,
+        OPS_PER_ITERATION as f64 / leader_s,
     );
 }
 

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use paxos::{
     AcceptorStore, Body, Config, ConfigId, Effect, Envelope, MemStore, Node, NodeId, NodeOptions,
@@ -40,6 +41,8 @@ pub struct Cluster {
     pub stats: Stats,
     /// Slots committed (emitted as `Commit`) per node.
     pub committed_next: Vec<Slot>,
+    /// Wall time spent in each node (its `Node` calls and its store), for the benches.
+    pub busy_ns: Vec<u64>,
 }
 
 fn index(id: NodeId) -> usize {
@@ -60,6 +63,7 @@ impl Cluster {
             now_ms: 0,
             stats: Stats::default(),
             committed_next: vec![Slot(0); voters as usize],
+            busy_ns: vec![0; voters as usize],
         };
         for i in 0..cluster.nodes.len() {
             let effects = cluster.nodes[i].start(0);
@@ -93,10 +97,12 @@ impl Cluster {
 
     /// Proposes at node `at` (index) and executes the resulting effects.
     pub fn propose(&mut self, at: usize, payload: Vec<u8>) -> Result<u64, String> {
+        let began = Instant::now();
         let (seq, effects) = self.nodes[at]
             .propose(self.now_ms, payload)
             .map_err(|e| e.to_string())?;
         self.execute(at, effects)?;
+        self.busy_ns[at] += began.elapsed().as_nanos() as u64;
         Ok(seq)
     }
 
@@ -115,8 +121,10 @@ impl Cluster {
             if i >= self.nodes.len() {
                 continue;
             }
+            let began = Instant::now();
             let effects = self.nodes[i].handle_message(self.now_ms, from, envelope);
             self.execute(i, effects)?;
+            self.busy_ns[i] += began.elapsed().as_nanos() as u64;
         }
         Ok(count)
     }
