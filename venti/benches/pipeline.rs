@@ -6,7 +6,9 @@
 //! `cargo bench -p venti --bench pipeline`. `KITH_BENCH_MIB` sets the corpus size
 //! (default 256). With `KITH_CHUNK_REPORT=1` it first prints, once, the dedup of an
 //! edited copy and the chunking speed for several chunk-size choices (the measurement
-//! behind `docs/formats.md`'s sizes).
+//! behind `docs/formats.md`'s sizes); with `KITH_CPU_REPORT=1`, wall-clock and
+//! CPU-time throughput of the bare pipeline and of tree ingest (robust to a shared
+//! machine).
 
 use std::collections::{HashMap, HashSet};
 use std::hint::black_box;
@@ -138,6 +140,24 @@ impl MemoryStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         blocks.values().map(Vec::len).sum()
+    }
+}
+
+/// A store that drops what it is given: the pipeline's own cost, without a store's.
+struct NullStore;
+
+impl BlockStore for NullStore {
+    fn put(&self, _address: &Address, sealed: &[u8], _class: Class) -> venti::Result<()> {
+        black_box(sealed);
+        Ok(())
+    }
+
+    fn get(&self, address: &Address) -> venti::Result<Vec<u8>> {
+        Err(venti::Error::NotFound { address: *address })
+    }
+
+    fn contains(&self, _address: &Address) -> venti::Result<bool> {
+        Ok(false)
     }
 }
 
@@ -363,9 +383,116 @@ fn chunk_size_report() {
     );
 }
 
+/// CPU seconds (user + system, all threads) this process has used so far; `None` where
+/// `/proc` is not available. Clock ticks are 1/100 s on Linux.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14, 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    Some((user + system) / 100.0)
+}
+
+/// Printed once: wall-clock and CPU-time throughput of the bare pipeline and of tree
+/// ingest. On a shared machine wall-clock figures measure the share of the cores the
+/// run got; MB per CPU-second measures the work per byte and does not depend on it.
+fn cpu_report() {
+    let keys = keys();
+    let chunker = Chunker::new(&keys);
+    let bytes = corpus_bytes();
+    let data = random(bytes, 3);
+    let runs: [(&str, &dyn Fn()); 7] = [
+        ("bare_1core", &|| {
+            black_box(bare_pipeline(&keys, &chunker, &data));
+        }),
+        ("chunk_seal_1core", &|| {
+            let mut sealer = Sealer::new();
+            let mut sealed = Vec::new();
+            let mut offset = 0;
+            for length in chunker.chunk_lengths(&data) {
+                let chunk = &data[offset..offset + length];
+                offset += length;
+                black_box(ok(sealer.seal_into(&keys, Kind::Data, chunk, &mut sealed)));
+            }
+        }),
+        ("tree_null_store_0threads", &|| {
+            let mut writer = TreeWriter::new(&NullStore, &keys, Class::Pinned).with_threads(0);
+            for piece in data.chunks(WRITE_PIECE_BYTES) {
+                ok(writer.write(piece));
+            }
+            black_box(ok(writer.finish()));
+        }),
+        ("tree_null_store_2threads", &|| {
+            let mut writer = TreeWriter::new(&NullStore, &keys, Class::Pinned).with_threads(2);
+            for piece in data.chunks(WRITE_PIECE_BYTES) {
+                ok(writer.write(piece));
+            }
+            black_box(ok(writer.finish()));
+        }),
+        ("bare_2core", &|| {
+            let (left, right) = data.split_at(data.len() / 2);
+            std::thread::scope(|scope| {
+                let other = scope.spawn(|| bare_pipeline(&keys, &chunker, left));
+                black_box(bare_pipeline(&keys, &chunker, right));
+                black_box(other.join().unwrap_or_default());
+            });
+        }),
+        ("tree_memory_2threads", &|| {
+            let store = MemoryStore::default();
+            let mut writer = TreeWriter::new(&store, &keys, Class::Pinned).with_threads(2);
+            for piece in data.chunks(WRITE_PIECE_BYTES) {
+                ok(writer.write(piece));
+            }
+            black_box(ok(writer.finish()));
+        }),
+        ("tree_file_store", &|| {
+            let dir = match tempfile::tempdir() {
+                Ok(dir) => dir,
+                Err(error) => panic!("bench temp dir: {error}"),
+            };
+            let backend = ok(FileBackend::new(dir.path()));
+            let store = ok(Store::open(Arc::new(backend), StoreOptions::default()));
+            let mut writer = TreeWriter::new(&store, &keys, Class::Pinned);
+            for piece in data.chunks(WRITE_PIECE_BYTES) {
+                ok(writer.write(piece));
+            }
+            black_box(ok(writer.finish()));
+            ok(store.sync());
+        }),
+    ];
+    println!(
+        "random {} MiB: wall MB/s, MB per CPU-second (median of 5)",
+        bytes >> 20
+    );
+    for (name, run) in runs {
+        let mut wall = Vec::new();
+        let mut cpu = Vec::new();
+        for _ in 0..5 {
+            let cpu_before = cpu_seconds().unwrap_or_default();
+            let started = Instant::now();
+            run();
+            let seconds = started.elapsed().as_secs_f64();
+            let cpu_used = cpu_seconds().unwrap_or_default() - cpu_before;
+            wall.push(bytes as f64 / seconds / 1e6);
+            cpu.push(bytes as f64 / cpu_used.max(0.01) / 1e6);
+        }
+        wall.sort_by(f64::total_cmp);
+        cpu.sort_by(f64::total_cmp);
+        println!(
+            "  {name:<22} {:>6.0} MB/s wall, {:>6.0} MB/CPU-s",
+            wall[2], cpu[2]
+        );
+    }
+}
+
 fn report(_: &mut Criterion) {
     if std::env::var_os("KITH_CHUNK_REPORT").is_some() {
         chunk_size_report();
+    }
+    if std::env::var_os("KITH_CPU_REPORT").is_some() {
+        cpu_report();
     }
 }
 

@@ -282,7 +282,12 @@ impl<'s> Builder<'s> {
             }
         };
         let done = done?;
-        let slot = usize::try_from(done.seq - self.next_commit).map_err(|_| pool_stopped())?;
+        // Each sequence number comes back exactly once, at or after `next_commit`.
+        let slot = done
+            .seq
+            .checked_sub(self.next_commit)
+            .and_then(|slot| usize::try_from(slot).ok())
+            .ok_or_else(pool_stopped)?;
         if self.reorder.len() <= slot {
             self.reorder.resize_with(slot + 1, || None);
         }
