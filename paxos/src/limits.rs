@@ -35,8 +35,9 @@ pub const QUEUE_ENTRIES_MAX: usize = 4096;
 pub const FORWARD_ENTRIES_MAX: usize = 256;
 /// Linearizable reads waiting for confirmation at one node.
 pub const READS_PENDING_MAX: usize = 1024;
-/// Proposers tracked in the at-most-once table carried in snapshots.
-pub const PROPOSERS_MAX: usize = 4096;
+/// Proposers in the at-most-once table a snapshot carries (16 bytes each). Proposers
+/// are member devices (≤ 259 at a time); the table keeps every one ever seen.
+pub const PROPOSERS_MAX: usize = 65_536;
 /// Bytes of one encoded message; the decoder refuses longer input up front.
 pub const MESSAGE_BYTES_MAX: usize = 32 * 1024 * 1024;
 
@@ -46,3 +47,4 @@ const _: () = assert!(2 * BYTES_IN_FLIGHT_MAX <= ACCEPTED_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX <= BYTES_IN_FLIGHT_MAX);
 const _: () = assert!(ACCEPTED_BYTES_MAX + SNAPSHOT_BYTES_MAX < MESSAGE_BYTES_MAX);
 const _: () = assert!(ENTRY_BYTES_MAX <= BATCH_BYTES_MAX);
+const _: () = assert!(PROPOSERS_MAX * 16 + SNAPSHOT_BYTES_MAX < MESSAGE_BYTES_MAX);

@@ -119,7 +119,11 @@ impl DurableState {
                     slot = slot.next();
                 }
                 // Anything accepted below the commit index is settled.
-                while self.accepted.first_key_value().is_some_and(|(s, _)| *s < slot) {
+                while self
+                    .accepted
+                    .first_key_value()
+                    .is_some_and(|(s, _)| *s < slot)
+                {
                     self.accepted.pop_first();
                 }
                 self.head = Some(head);
