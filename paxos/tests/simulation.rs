@@ -41,6 +41,7 @@ struct Totals {
     reconfigurations: u64,
     crashes: u64,
     snapshots: u64,
+    handoffs: u64,
     ops_ok: u64,
     ops_unknown: u64,
     reads_ok: u64,
@@ -62,6 +63,7 @@ impl Totals {
         self.reconfigurations += outcome.reconfigurations;
         self.crashes += outcome.crashes;
         self.snapshots += outcome.snapshots_installed;
+        self.handoffs += outcome.handoffs;
         self.ops_ok += outcome.ops_ok;
         self.ops_unknown += outcome.ops_unknown;
         self.reads_ok += outcome.reads_ok;

@@ -143,6 +143,8 @@ pub struct Outcome {
     pub reconfigurations: u64,
     pub crashes: u64,
     pub snapshots_installed: u64,
+    /// Leadership hand-offs requested (`TimeoutNow` sent).
+    pub handoffs: u64,
     pub ops_ok: u64,
     pub ops_unknown: u64,
     pub reads_ok: u64,
@@ -233,6 +235,7 @@ pub fn run_config(config: SimConfig) -> Result<Outcome, Failure> {
 const TRACE_LINES_MAX: usize = 400;
 const LINCHECK_STEPS_MAX: u64 = 2_000_000;
 const KEYS: [&str; 3] = ["a", "b", "c"];
+const RTT_REPORT_INTERVAL_MS: u64 = 500;
 /// How long a device may stay offline in a "long absence".
 const OFFLINE_LONG_MS: std::ops::Range<u64> = 8_000..30_000;
 
@@ -261,6 +264,8 @@ enum Event {
         incarnation: u64,
     },
     Nemesis,
+    /// Every device reports its measured round trips (leader preference input).
+    RttReport,
     EndFaults,
     ConvergenceCheck,
 }
@@ -341,6 +346,8 @@ struct Sim {
     /// Directed links that drop everything: (from, to).
     blocked: BTreeSet<(usize, usize)>,
     faults_on: bool,
+    /// Base round trip per unordered device pair (what `report_rtt` is told).
+    link_rtt_ms: BTreeMap<(usize, usize), u32>,
     faults_ended_ms: u64,
     drop_per_mille: u32,
     duplicate_per_mille: u32,
@@ -371,7 +378,10 @@ impl fmt::Debug for Sim {
 }
 
 fn node_options(id: NodeId) -> NodeOptions {
-    NodeOptions::new(id, VOLUME)
+    let mut options = NodeOptions::new(id, VOLUME);
+    // Short enough that leadership hand-offs by latency happen inside a run.
+    options.handoff_sustain_ms = 1_500;
+    options
 }
 
 fn genesis_config(topology: Topology) -> (Config, usize) {
@@ -513,6 +523,7 @@ impl Sim {
             genesis,
             blocked: BTreeSet::new(),
             faults_on: true,
+            link_rtt_ms: BTreeMap::new(),
             faults_ended_ms: 0,
             configs,
             acceptances: BTreeMap::new(),
@@ -575,6 +586,8 @@ impl Sim {
             let at = self.rng.random_range(0..200);
             self.schedule(at, Event::ClientTick { client });
         }
+        self.roll_link_rtts();
+        self.schedule(RTT_REPORT_INTERVAL_MS, Event::RttReport);
         let first_nemesis = self.config.nemesis_interval_ms;
         self.schedule(first_nemesis, Event::Nemesis);
         self.schedule(self.config.fault_ms, Event::EndFaults);
@@ -661,6 +674,10 @@ impl Sim {
                 }
             }
             Event::EndFaults => self.end_faults(),
+            Event::RttReport => {
+                self.report_rtts();
+                self.schedule(self.now_ms + RTT_REPORT_INTERVAL_MS, Event::RttReport);
+            }
             Event::ConvergenceCheck => {}
         }
     }
@@ -673,6 +690,9 @@ impl Sim {
             return;
         };
         self.check_durable_before_send(from, &envelope);
+        if matches!(envelope.body, Body::TimeoutNow) {
+            self.outcome.handoffs += 1;
+        }
         if self.chance(self.drop_per_mille) {
             self.outcome.messages_dropped += 1;
             return;
@@ -1365,6 +1385,38 @@ impl Sim {
             .collect()
     }
 
+    fn roll_link_rtts(&mut self) {
+        let count = self.devices.len();
+        for a in 0..count {
+            for b in a + 1..count {
+                let rtt = self.rng.random_range(2..200);
+                self.link_rtt_ms.insert((a, b), rtt);
+            }
+        }
+    }
+
+    fn report_rtts(&mut self) {
+        for device in 0..self.devices.len() {
+            if self.devices[device].node.is_none() {
+                continue;
+            }
+            let now = self.device_now(device);
+            for peer in 0..self.devices.len() {
+                let key = (device.min(peer), device.max(peer));
+                let Some(&base) = self.link_rtt_ms.get(&key) else {
+                    continue;
+                };
+                let rtt = base + self.rng.random_range(0..10);
+                let peer_id = self.devices[peer].id;
+                let effects = match self.devices[device].node.as_mut() {
+                    Some(node) => node.report_rtt(now, peer_id, rtt),
+                    None => Vec::new(),
+                };
+                self.execute(device, effects);
+            }
+        }
+    }
+
     fn nemesis(&mut self) {
         let count = self.devices.len();
         if self.config.disk_lies {
@@ -1481,6 +1533,7 @@ impl Sim {
                 self.delay_ms_max = self
                     .rng
                     .random_range(1..=self.config.delay_ms_max.max(1) * 3);
+                self.roll_link_rtts();
                 self.log(|| "network rates change".into());
             }
         }
