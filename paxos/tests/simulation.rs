@@ -150,6 +150,10 @@ fn seeds_in_time_box() {
         totals.snapshots > 0,
         "no snapshot was ever installed: {totals:?}"
     );
+    assert!(
+        totals.handoffs > 0,
+        "no leadership hand-off by latency happened: {totals:?}"
+    );
 }
 
 #[test]
