@@ -533,46 +533,66 @@ impl Node {
     /// learner) or kept until a leader is reachable (offline). Returns its seq; the
     /// command is applied at most once, in seq order among this node's commands.
     pub fn propose(&mut self, now_ms: u64, payload: Vec<u8>) -> Result<(u64, Vec<Effect>), Error> {
-        if payload.len() > ENTRY_BYTES_MAX {
+        let (seqs, fx) = self.propose_many(now_ms, vec![payload])?;
+        let seq = seqs.first().copied().unwrap_or(0);
+        Ok((seq, fx))
+    }
+
+    /// Proposes several commands at once, in order: all their `Persist(Enqueue)`
+    /// effects come first, so a driver syncs once for the lot (one fsync per batch
+    /// rather than per proposal). All or nothing: an oversized payload or a queue
+    /// without room for all of them refuses the whole call.
+    pub fn propose_many(
+        &mut self,
+        now_ms: u64,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<(Vec<u64>, Vec<Effect>), Error> {
+        if let Some(big) = payloads.iter().find(|p| p.len() > ENTRY_BYTES_MAX) {
             return Err(Error::TooLarge {
                 what: "proposal",
-                len: payload.len(),
+                len: big.len(),
                 max: ENTRY_BYTES_MAX,
             });
         }
         if self.config.witnesses.contains(&self.id()) {
             return Err(self.not_allowed("propose"));
         }
-        if self.queue.len() >= QUEUE_ENTRIES_MAX {
+        if self.queue.len().saturating_add(payloads.len()) > QUEUE_ENTRIES_MAX {
             return Err(Error::QueueFull {
                 len: self.queue.len(),
             });
         }
-        let seq = self.next_seq;
-        self.next_seq = seq.saturating_add(1);
-        let command = Command {
-            proposer: self.id(),
-            seq,
-            payload,
-        };
-        let mut fx = vec![Effect::Persist(DurableWrite::Enqueue {
-            command: command.clone(),
-        })];
-        self.queue.insert(seq, command.clone());
+        let mut fx = Vec::with_capacity(payloads.len() + 4);
+        let mut seqs = Vec::with_capacity(payloads.len());
+        let mut commands = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let seq = self.next_seq;
+            self.next_seq = seq.saturating_add(1);
+            let command = Command {
+                proposer: self.id(),
+                seq,
+                payload,
+            };
+            fx.push(Effect::Persist(DurableWrite::Enqueue {
+                command: command.clone(),
+            }));
+            self.queue.insert(seq, command.clone());
+            seqs.push(seq);
+            commands.push(command);
+        }
         if self.lead.is_some() {
-            self.leader_take_commands(vec![command]);
+            self.leader_take_commands(commands);
             self.flush(now_ms, &mut fx);
-        } else if let Some(leader) = self.leader {
-            self.send(
-                leader,
-                Body::Forward {
-                    commands: vec![command],
-                },
-                &mut fx,
-            );
+        } else if let Some(leader) = self.leader.filter(|l| *l != self.id()) {
+            for chunk in commands.chunks(crate::limits::FORWARD_ENTRIES_MAX) {
+                let body = Body::Forward {
+                    commands: chunk.to_vec(),
+                };
+                self.send(leader, body, &mut fx);
+            }
         }
         self.arm_retry(now_ms, &mut fx);
-        Ok((seq, fx))
+        Ok((seqs, fx))
     }
 
     /// Proposes the stop entry ending the current configuration; `next` governs the

@@ -1210,3 +1210,29 @@ fn a_learner_whose_nearest_voter_is_down_pulls_from_another() {
     assert_eq!(net.applied_payloads(7), net.applied_payloads(leader.0));
     assert_eq!(net.applied_payloads(7).len(), 3);
 }
+
+#[test]
+fn propose_many_persists_all_before_one_batch() {
+    let (mut n1, _, _) = elected();
+    let (seqs, fx) = n1
+        .propose_many(1, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
+        .unwrap();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    let kinds: Vec<&str> = fx
+        .iter()
+        .map(|e| match e {
+            Effect::Persist(DurableWrite::Enqueue { .. }) => "enqueue",
+            Effect::Persist(DurableWrite::Accept { .. }) => "accept",
+            Effect::Send { .. } => "send",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["enqueue", "enqueue", "enqueue", "accept", "send", "send"]
+    );
+    // All or nothing.
+    let too_big = vec![0u8; crate::limits::ENTRY_BYTES_MAX + 1];
+    assert!(n1.propose_many(2, vec![b"ok".to_vec(), too_big]).is_err());
+    assert_eq!(n1.queued(), 3);
+}
