@@ -690,10 +690,15 @@ impl Volume {
             });
         }
         if cookie < 2 {
+            // A removed directory's parent may be gone too: ".." is then itself.
+            let parent_attr = match state.getattr(dir.parent) {
+                Err(Error::NotFound) => state.getattr(ino)?,
+                other => other?,
+            };
             out.push(DirEntry {
                 cookie: 2,
                 name: "..".into(),
-                attr: state.getattr(dir.parent)?,
+                attr: parent_attr,
             });
         }
         if cookie < 3 && ino == InodeNo::ROOT && !state.ns.snapshots()?.is_empty() {

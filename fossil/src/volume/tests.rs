@@ -867,3 +867,22 @@ fn small_edits_of_a_large_file_store_only_the_edited_bytes() {
     data.extend_from_slice(b"tail");
     assert!(read_all(&volume, ino) == data);
 }
+
+#[test]
+fn a_removed_directory_still_lists_dot_entries() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let outer = volume
+        .mkdir(InodeNo::ROOT, name("outer"), 0o755, ME)
+        .unwrap();
+    let inner = volume.mkdir(outer.ino, name("inner"), 0o755, ME).unwrap();
+    volume.rmdir(outer.ino, name("inner")).unwrap();
+    volume.rmdir(InodeNo::ROOT, name("outer")).unwrap();
+    volume.forget(outer.ino, 1);
+    assert_eq!(names(&volume, inner.ino), vec![".", ".."]);
+    assert_eq!(volume.getattr(inner.ino).unwrap().nlink, 0);
+    assert!(matches!(
+        volume.mkdir(inner.ino, name("x"), 0o755, ME),
+        Err(Error::NotFound)
+    ));
+}
