@@ -44,6 +44,8 @@ use crate::{Address, BlockStore, Class, Error, Result};
 const GET_ATTEMPTS_MAX: usize = 4;
 /// Distinct addresses whose hits are buffered between commits; more are not counted.
 const HIT_BUFFER_ENTRIES_MAX: usize = 1 << 16;
+/// Payloads at least this large are written apart from their header (no copy).
+const SPLIT_WRITE_BYTES_MIN: usize = 16 << 10;
 /// Rows fetched per round of eviction.
 const EVICTION_BATCH_ROWS: usize = 256;
 
@@ -622,9 +624,16 @@ impl Store {
             length,
             address: *address,
         };
-        writer.scratch.clear();
-        arena::encode_record(&mut writer.scratch, &header, sealed);
-        file.write_at(len, &writer.scratch)?;
+        if sealed.len() >= SPLIT_WRITE_BYTES_MIN {
+            // Copying a large payload next to its header costs more than a second
+            // write call.
+            file.write_at(len, &header.encode())?;
+            file.write_at(len + RECORD_HEADER_BYTES as u64, sealed)?;
+        } else {
+            writer.scratch.clear();
+            arena::encode_record(&mut writer.scratch, &header, sealed);
+            file.write_at(len, &writer.scratch)?;
+        }
         let location = Location {
             arena: id,
             offset: len,
