@@ -1713,9 +1713,12 @@ impl Sim {
             return "no configuration".into();
         };
         let mut missing = Vec::new();
+        // A device removed from the group may still believe it leads the configuration
+        // it was removed from (nobody talks to it any more); only members count.
         let leaders: Vec<NodeId> = self
             .devices
             .iter()
+            .filter(|d| config.is_member(d.id))
             .filter(|d| d.node.as_ref().is_some_and(|n| n.is_leader()))
             .map(|d| d.id)
             .collect();
