@@ -2,9 +2,10 @@
 //!
 //! A chunk is stored compressed when that saves at least an eighth of its length;
 //! otherwise it is stored as is (a flag inside the sealed bytes says which). To keep
-//! incompressible data (media, archives, already-encrypted files) cheap, a small sample
-//! from the middle of the chunk is compressed first and the full attempt is skipped
-//! when the sample does not shrink.
+//! incompressible data (media, archives, already-encrypted files) cheap, a 4 KiB sample
+//! from the middle of the chunk is checked first: if its byte values are as evenly
+//! spread as random bytes the chunk is stored as is; otherwise the sample is compressed
+//! and the full attempt is skipped when it does not shrink.
 //!
 //! Decompression never allocates from an unchecked size: the caller passes the
 //! declared plaintext length (already bounded by the block format) and output longer or
@@ -50,6 +51,9 @@ impl Compressor {
         if data.len() >= 4 * SAMPLE_BYTES {
             let start = data.len() / 2 - SAMPLE_BYTES / 2;
             let sample = data.get(start..start + SAMPLE_BYTES)?;
+            if bytes_look_uniform(sample) {
+                return None;
+            }
             let limit = sample.len() - sample.len() / SAMPLE_SAVING_DIVISOR;
             if !compress_within(zstd, sample, &mut self.output, limit) {
                 return None;
@@ -77,6 +81,24 @@ impl std::fmt::Debug for Compressor {
             .field("available", &self.zstd.is_some())
             .finish()
     }
+}
+
+/// True when the byte values of `sample` are spread about as evenly as random bytes:
+/// entropy coding cannot shrink such data, and it is almost always compressed media,
+/// archives or ciphertext, which LZ matching cannot shrink either. Integer-only, so
+/// every device makes the same decision for the same chunk (dedup depends on it).
+///
+/// The statistic is the sum of squared byte counts: about `n + n²/256` for uniform
+/// bytes, larger the more the values cluster. The cut-off, 1.25 × the uniform
+/// expectation, is a collision entropy of 7.68 bits per byte.
+fn bytes_look_uniform(sample: &[u8]) -> bool {
+    let mut counts = [0u32; 256];
+    for byte in sample {
+        counts[usize::from(*byte)] += 1;
+    }
+    let length = sample.len() as u64;
+    let sum_of_squares: u64 = counts.iter().map(|count| u64::from(*count).pow(2)).sum();
+    sum_of_squares * 256 * 4 <= (length * length + length * 256) * 5
 }
 
 /// Compress `data` into `output`; true when the result is at most `limit` bytes.
@@ -160,6 +182,19 @@ mod tests {
         assert!(compressor.compress(&random(64 * 1024, 1)).is_none());
         assert!(compressor.compress(&random(1000, 2)).is_none());
         assert!(compressor.compress(b"tiny").is_none());
+    }
+
+    #[test]
+    fn uniformity_check_separates_random_from_text() {
+        for seed in 0..50 {
+            assert!(bytes_look_uniform(&random(SAMPLE_BYTES, seed)));
+        }
+        assert!(!bytes_look_uniform(&text(SAMPLE_BYTES)));
+        // Skewed but still noisy: random bytes with every fourth byte zero.
+        let mut skewed = random(SAMPLE_BYTES, 99);
+        skewed.iter_mut().step_by(4).for_each(|byte| *byte = 0);
+        assert!(!bytes_look_uniform(&skewed));
+        assert!(!bytes_look_uniform(&[0u8; SAMPLE_BYTES]));
     }
 
     #[test]
