@@ -352,20 +352,22 @@ impl Log for MemLog {
     }
 }
 
-/// Contract tests: every `Log` implementation runs these bodies.
-#[cfg(test)]
-pub(crate) mod contract {
+/// Contract tests: every `Log` implementation runs these bodies. Other crates (the
+/// Paxos-backed log) get them with fossil's `test-support` feature.
+#[cfg(any(test, feature = "test-support"))]
+#[allow(clippy::unwrap_used)]
+pub mod contract {
     use super::*;
 
     /// Opens a fresh log, and reopens it "after a crash of the process".
-    pub(crate) trait Harness {
+    pub trait Harness {
         type L: Log;
         fn fresh(&mut self) -> Self::L;
         /// Simulate a process crash: keep what was written out, reopen.
         fn reopen(&mut self, log: Self::L) -> Self::L;
     }
 
-    pub(crate) fn append_then_read<H: Harness>(harness: &mut H) {
+    pub fn append_then_read<H: Harness>(harness: &mut H) {
         let mut log = harness.fresh();
         assert_eq!(log.start(), 0);
         assert_eq!(log.end(), 0);
@@ -385,7 +387,7 @@ pub(crate) mod contract {
         assert_eq!(log.read(slot, 1).unwrap(), vec![(slot, Vec::new())]);
     }
 
-    pub(crate) fn synced_entries_survive_reopen<H: Harness>(harness: &mut H) {
+    pub fn synced_entries_survive_reopen<H: Harness>(harness: &mut H) {
         let mut log = harness.fresh();
         for index in 0..10u32 {
             log.append(&index.to_le_bytes()).unwrap();
@@ -402,7 +404,7 @@ pub(crate) mod contract {
         assert_eq!(log.read(10, 1).unwrap(), vec![(10, b"next".to_vec())]);
     }
 
-    pub(crate) fn truncation_keeps_the_suffix<H: Harness>(harness: &mut H) {
+    pub fn truncation_keeps_the_suffix<H: Harness>(harness: &mut H) {
         let mut log = harness.fresh();
         for index in 0..20u32 {
             log.append(&index.to_le_bytes()).unwrap();
@@ -419,13 +421,15 @@ pub(crate) mod contract {
         assert_eq!(log.append(b"x").unwrap(), 20);
     }
 
-    pub(crate) fn oversized_entries_are_refused<H: Harness>(harness: &mut H) {
+    pub fn oversized_entries_are_refused<H: Harness>(harness: &mut H) {
         let mut log = harness.fresh();
         assert!(log.append(&vec![0u8; ENTRY_BYTES_MAX + 1]).is_err());
         assert_eq!(log.end(), 0);
     }
 
-    macro_rules! contract_tests {
+    /// One `#[test]` per contract body, for a harness expression.
+    #[macro_export]
+    macro_rules! log_contract_tests {
         ($harness:expr) => {
             #[test]
             fn append_then_read() {
@@ -445,7 +449,6 @@ pub(crate) mod contract {
             }
         };
     }
-    pub(crate) use contract_tests;
 }
 
 #[cfg(test)]
@@ -485,12 +488,12 @@ mod tests {
 
     mod mem {
         use super::*;
-        contract_tests!(MemHarness);
+        crate::log_contract_tests!(MemHarness);
     }
 
     mod file {
         use super::*;
-        contract_tests!(FileHarness::new());
+        crate::log_contract_tests!(FileHarness::new());
     }
 
     #[test]

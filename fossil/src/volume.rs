@@ -45,6 +45,10 @@ const SNAPSHOTS_NAME: &[u8] = b".snapshots";
 /// Most entries one `readdir` call returns; the caller continues from the last cookie.
 pub const READDIR_ENTRIES_MAX: usize = 1024;
 const LINKS_MAX: u32 = 65000;
+/// All write buffers together hold at most about this much before files are flushed.
+const DIRTY_TOTAL_BYTES_MAX: usize = 256 << 20;
+/// Buffers smaller than this never trigger the global check (it walks open files).
+const DIRTY_CHECK_BYTES: usize = 1 << 20;
 /// Pieces of a streamed copy or rewrite.
 const COPY_BYTES: usize = 1 << 20;
 
@@ -1544,10 +1548,23 @@ impl State {
         }
         dirty.mtime_ns = now_ns();
         dirty.last_write = Instant::now();
-        if dirty.overlay.data_bytes() > dirty_max {
+        let buffered = dirty.overlay.data_bytes();
+        if buffered > dirty_max
+            || (buffered > DIRTY_CHECK_BYTES && self.dirty_bytes() > DIRTY_TOTAL_BYTES_MAX)
+        {
+            // Memory pressure: this file's buffer becomes a write op now.
             self.flush_file(ino)?;
         }
         Ok(())
+    }
+
+    /// Bytes held in all write buffers.
+    fn dirty_bytes(&self) -> usize {
+        self.files
+            .values()
+            .filter_map(|file| file.dirty.as_ref())
+            .map(|dirty| dirty.overlay.data_bytes())
+            .sum()
     }
 
     fn truncate(&mut self, ino: InodeNo, size: u64) -> Result<()> {

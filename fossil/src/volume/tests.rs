@@ -685,6 +685,22 @@ fn setgid_directories_pass_their_group_on() {
     let (file, _) = volume.create(dir.ino, name("f"), 0o644, ME, true).unwrap();
     assert_eq!(file.gid, 50);
     assert_eq!(file.perm & 0o2000, 0);
+    // Sticky and set-id bits are kept as given: the kernel enforces them.
+    let sticky = volume
+        .mkdir(InodeNo::ROOT, name("tmp"), 0o1777, ME)
+        .unwrap();
+    assert_eq!(sticky.perm, 0o1777);
+    let attr = volume
+        .setattr(
+            file.ino,
+            &SetAttr {
+                perm: Some(0o6755),
+                ..SetAttr::default()
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(attr.perm, 0o6755);
 }
 
 #[test]
@@ -885,4 +901,40 @@ fn a_removed_directory_still_lists_dot_entries() {
         volume.mkdir(inner.ino, name("x"), 0o755, ME),
         Err(Error::NotFound)
     ));
+}
+
+#[test]
+fn a_write_buffer_over_its_budget_becomes_a_write_op_before_close() {
+    let fixture = Fixture::new();
+    let content: Arc<dyn ContentStore> = Arc::new(Arc::clone(&fixture.content));
+    let options = VolumeOptions {
+        content: Some(content),
+        background: false,
+        dirty_file_bytes_max: 64 << 10,
+        ..VolumeOptions::default()
+    };
+    let volume = Volume::open_with(fixture.dir.path(), options).unwrap();
+    let (attr, handle) = volume
+        .create(InodeNo::ROOT, name("f"), 0o644, ME, true)
+        .unwrap();
+    // Backwards, so nothing streams: every byte sits in the buffer.
+    for index in (0..10u64).rev() {
+        volume
+            .write(attr.ino, handle, index * 10_000, &[index as u8 + 1; 10_000])
+            .unwrap();
+    }
+    let committed_version = volume.image().unwrap().inode(attr.ino).unwrap().version;
+    assert!(
+        committed_version > attr.version,
+        "the buffer was flushed while still open"
+    );
+    volume.release(attr.ino, handle).unwrap();
+    let bytes = read_all(&volume, attr.ino);
+    assert_eq!(bytes.len(), 100_000);
+    assert!(
+        bytes
+            .chunks(10_000)
+            .enumerate()
+            .all(|(index, chunk)| chunk.iter().all(|&b| b == index as u8 + 1))
+    );
 }
