@@ -281,7 +281,9 @@ struct LeaderState {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Batch {
-    entries: Vec<Entry>,
+    /// Slots in the batch; the entries themselves are in `accepted` (our own
+    /// acceptance at our ballot, which nothing replaces while we lead).
+    count: u64,
     bytes: usize,
     acks: BTreeSet<NodeId>,
     chosen: bool,

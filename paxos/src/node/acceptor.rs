@@ -171,10 +171,10 @@ impl Node {
         self.known_decided = self.known_decided.max(decided);
         let mut run = Vec::new();
         let mut slot = self.commit_index;
-        while slot < decided {
-            match self.accepted.get(&slot) {
-                Some((b, entry)) if *b == ballot => run.push(entry.clone()),
-                _ => break,
+        while slot < decided && self.accepted.get(&slot).is_some_and(|(b, _)| *b == ballot) {
+            // Committing it: the accepted copy is no longer needed.
+            if let Some((_, entry)) = self.accepted.remove(&slot) {
+                run.push(entry);
             }
             slot = slot.next();
         }

@@ -350,7 +350,7 @@ impl Node {
         lead.batches.insert(
             first,
             Batch {
-                entries: entries.clone(),
+                count,
                 bytes,
                 acks,
                 chosen,
@@ -362,19 +362,32 @@ impl Node {
             self.accepted.insert(slot, (ballot, entry.clone()));
             slot = slot.next();
         }
+        let voters: Vec<NodeId> = self
+            .config
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != me)
+            .collect();
         fx.push(Effect::Persist(DurableWrite::Accept {
             ballot,
             first,
             entries: entries.clone(),
         }));
-        let voters: Vec<NodeId> = self.config.voters.iter().copied().collect();
-        for voter in voters.into_iter().filter(|v| *v != me) {
+        // One copy per message; the last message takes the original.
+        let mut entries = Some(entries);
+        for (i, voter) in voters.iter().enumerate() {
+            let batch = if i + 1 == voters.len() {
+                entries.take().unwrap_or_default()
+            } else {
+                entries.clone().unwrap_or_default()
+            };
             let body = Body::Accept {
                 first,
-                entries: entries.clone(),
+                entries: batch,
                 decided,
             };
-            self.send_with_ballot(voter, ballot, body, fx);
+            self.send_with_ballot(*voter, ballot, body, fx);
         }
         if chosen {
             self.commit_chosen(now_ms, fx);
@@ -403,7 +416,7 @@ impl Node {
         let Some(batch) = lead.batches.get_mut(&first) else {
             return;
         };
-        if usize::try_from(count).ok() != Some(batch.entries.len()) {
+        if u64::from(count) != batch.count {
             return;
         }
         batch.acks.insert(from);
@@ -428,16 +441,43 @@ impl Node {
             if !ready {
                 break;
             }
-            let Some((_, batch)) = lead.batches.pop_first() else {
+            let Some((first, batch)) = lead.batches.pop_first() else {
                 break;
             };
-            self.commit_run(now_ms, batch.entries, fx);
+            let ballot = lead.ballot;
+            let Some(entries) = self.take_own_accepted(first, batch.count, ballot) else {
+                // Our own acceptance is gone: we cannot be leading any more.
+                self.step_down(now_ms, fx);
+                break;
+            };
+            self.commit_run(now_ms, entries, fx);
             progressed = true;
         }
         if progressed {
             self.confirm_reads(fx);
             self.after_commit(now_ms, fx);
         }
+    }
+
+    /// Removes and returns our accepted entries for `count` slots from `first`, if all
+    /// carry `ballot`.
+    fn take_own_accepted(&mut self, first: Slot, count: u64, ballot: Ballot) -> Option<Vec<Entry>> {
+        let last = first.plus(count.checked_sub(1)?);
+        let own = self
+            .accepted
+            .range(first..=last)
+            .filter(|(_, (b, _))| *b == ballot)
+            .count();
+        if u64::try_from(own).ok()? != count {
+            return None;
+        }
+        let mut entries = Vec::with_capacity(own);
+        let mut slot = first;
+        while slot <= last {
+            entries.push(self.accepted.remove(&slot)?.1);
+            slot = slot.next();
+        }
+        Some(entries)
     }
 
     /// A refusal: a higher ballot exists (step down) or the refuser is ahead (catch up).
@@ -541,6 +581,12 @@ impl Node {
             return;
         };
         for (first, batch) in lead.batches.iter().filter(|(_, b)| !b.chosen) {
+            let last = first.plus(batch.count.saturating_sub(1));
+            let entries: Vec<Entry> = self
+                .accepted
+                .range(*first..=last)
+                .map(|(_, (_, e))| e.clone())
+                .collect();
             for voter in self
                 .config
                 .voters
@@ -549,7 +595,7 @@ impl Node {
             {
                 let body = Body::Accept {
                     first: *first,
-                    entries: batch.entries.clone(),
+                    entries: entries.clone(),
                     decided: self.commit_index,
                 };
                 self.send_with_ballot(*voter, lead.ballot, body, fx);
