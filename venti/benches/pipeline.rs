@@ -24,7 +24,7 @@ use venti::chunk::Chunker;
 use venti::compress::Compressor;
 use venti::keys::EpochKeys;
 use venti::seal::{self, Sealer};
-use venti::tree::TreeWriter;
+use venti::tree::{TreeReader, TreeWriter};
 use venti::{Address, BlockStore, Class, Kind, Store, StoreOptions};
 
 const BLOCK_BYTES: usize = 64 * 1024;
@@ -372,14 +372,35 @@ fn chunk_size_report() {
     };
     write(&data);
     let first = store.stored_bytes();
-    write(&copy);
+    let known: HashSet<Address> = store
+        .blocks
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .keys()
+        .copied()
+        .collect();
+    let root = write(&copy);
     let added = store.stored_bytes() - first;
+    // Split what the copy added into leaves and pointer blocks.
+    let mut added_pointer_bytes = 0;
+    ok(TreeReader::new(&store, &keys).walk(&root, |block_ref| {
+        if known.contains(&block_ref.address) {
+            return Ok(false);
+        }
+        let sealed = store.get(&block_ref.address)?;
+        if seal::peek_kind(block_ref, &sealed)? == Kind::Pointer {
+            added_pointer_bytes += sealed.len();
+        }
+        Ok(true)
+    }));
     println!(
-        "tree ingest: original {} MiB stored as {:.1} MiB ({:.1} %); edited copy added {:.3} % of its size",
+        "tree ingest: original {} MiB stored as {:.1} MiB ({:.1} %); edited copy added {:.3} % \
+         of its size, of which pointer blocks {:.3} %",
         data.len() >> 20,
         first as f64 / (1 << 20) as f64,
         100.0 * first as f64 / data.len() as f64,
         100.0 * added as f64 / copy.len() as f64,
+        100.0 * added_pointer_bytes as f64 / copy.len() as f64,
     );
 }
 
