@@ -29,8 +29,8 @@
 //! Voters are acceptors; non-witness voters may lead; witnesses vote and store sealed
 //! entries but never lead; learners (non-voters) pull committed entries. Inputs:
 //! [`Node::handle_message`] (or [`Node::handle_bytes`]), [`Node::handle_timeout`],
-//! [`Node::propose`], [`Node::read`], [`Node::reconfigure`], [`Node::report_rtt`],
-//! [`Node::compact`]; after a restart [`Node::recover`] then [`Node::start`]. Each returns
+//! [`Node::propose`] (or [`Node::propose_many`]), [`Node::read`], [`Node::reconfigure`],
+//! [`Node::report_rtt`], [`Node::compact`]; after a restart [`Node::recover`] then [`Node::start`]. Each returns
 //! an ordered `Vec<`[`Effect`]`>` the driver executes in order:
 //!
 //! - `Persist(w)`: hand `w` to the [`AcceptorStore`]; it must be durable (synced) before
