@@ -1366,15 +1366,14 @@ impl Sim {
     }
 
     fn finish_unknown(&mut self, client: usize) {
-        let Some(pending) = self.clients[client].pending.take() else {
+        if self.clients[client].pending.take().is_none() {
             return;
-        };
+        }
         self.outcome.ops_unknown += 1;
         let client_id = self.clients[client].id;
         self.log(|| format!("client {client_id} gives up"));
         let think = self.rng.random_range(0..40);
         self.schedule(self.now_ms + think, Event::ClientTick { client });
-        let _ = pending;
     }
 
     // ---- faults -------------------------------------------------------------------
@@ -1569,16 +1568,14 @@ impl Sim {
             .filter(|v| !current.witnesses.contains(v))
             .collect();
         let (q1, q2) = (current.phase1_quorum, current.phase2_quorum);
+        let learner_list: Vec<NodeId> = learners.iter().copied().collect();
         let keeps_quorums = match self.rng.random_range(0..5) {
             0 if !outsiders.is_empty() => {
                 learners.insert(outsiders[self.rng.random_range(0..outsiders.len())]);
                 true
             }
-            1 if !learners.is_empty() && voters.len() < 5 => {
-                let learner = *learners
-                    .iter()
-                    .nth(self.rng.random_range(0..learners.len()))
-                    .unwrap_or(&NodeId(0));
+            1 if !learner_list.is_empty() && voters.len() < 5 => {
+                let learner = learner_list[self.rng.random_range(0..learner_list.len())];
                 learners.remove(&learner);
                 voters.insert(learner);
                 false
@@ -1590,11 +1587,8 @@ impl Sim {
                 learners.insert(voter);
                 false
             }
-            3 if !learners.is_empty() => {
-                let learner = *learners
-                    .iter()
-                    .nth(self.rng.random_range(0..learners.len()))
-                    .unwrap_or(&NodeId(0));
+            3 if !learner_list.is_empty() => {
+                let learner = learner_list[self.rng.random_range(0..learner_list.len())];
                 learners.remove(&learner);
                 true
             }
