@@ -20,6 +20,13 @@
 //! - **Clients.** Each member device hosts clients issuing put / append (through the
 //!   log) and get (read-index). A client that times out or whose device crashes records
 //!   an unknown outcome.
+//! - **Group.** Four starting topologies (3 voters + learner, 5 voters, 2 devices +
+//!   witness + learner, 4 voters with flexible quorums 3/2); the nemesis adds and removes
+//!   learners and voters through the leader, compacts logs (lagging devices then get
+//!   snapshots), keeps devices offline for long stretches, fires stale timers, and
+//!   reports per-link round trips so leadership hand-offs by latency happen.
+//! - **Broken-disk mode** (`disk_lies`): crashes may roll a store back past synced
+//!   writes; used only to show that the safety checks catch what that breaks.
 //!
 //! Invariants, one check each, evaluated as each step happens:
 //! 1. *agreement*: no two different values chosen (accepted by a phase-2 quorum of the
