@@ -22,6 +22,12 @@ use crate::{Error, Result};
 pub trait ContentStore: Send + Sync + std::fmt::Debug {
     /// A writer for new file content.
     fn writer(&self) -> Result<Box<dyn ContentWriter>>;
+    /// Store content already in memory (no writer thread for small content).
+    fn write_all(&self, bytes: &[u8]) -> Result<BlockRef> {
+        let mut writer = self.writer()?;
+        writer.write(bytes)?;
+        writer.finish()
+    }
     /// Up to `len` bytes of the content under `root` from `offset` (shorter at the end).
     fn read(&self, root: &BlockRef, offset: u64, len: usize) -> Result<Vec<u8>>;
     /// Store a metadata blob (a checkpoint image).

@@ -23,6 +23,8 @@ use venti::{BlockRef, BlockStore, Class, Kind, Store, StoreOptions};
 use crate::content::{ContentStore, ContentWriter};
 use crate::{Error, Result};
 
+/// `write_all` of less than this seals on the calling thread.
+const SEAL_INLINE_BYTES_MAX: usize = 512 << 10;
 /// Buffers queued to one writer thread before `write` waits.
 const WRITER_QUEUE_BUFFERS: usize = 16;
 
@@ -125,6 +127,16 @@ impl ContentStore for VentiContent {
             thread: Some(thread),
             len: 0,
         }))
+    }
+
+    fn write_all(&self, bytes: &[u8]) -> Result<BlockRef> {
+        let mut writer = TreeWriter::new(self.store.as_ref(), &self.keys, Class::Pinned);
+        if bytes.len() < SEAL_INLINE_BYTES_MAX {
+            // A thread pool costs more than sealing a few chunks here.
+            writer = writer.with_threads(0);
+        }
+        writer.write(bytes)?;
+        Ok(writer.finish()?)
     }
 
     fn read(&self, root: &BlockRef, offset: u64, len: usize) -> Result<Vec<u8>> {

@@ -49,6 +49,10 @@ const LINKS_MAX: u32 = 65000;
 const DIRTY_TOTAL_BYTES_MAX: usize = 256 << 20;
 /// Buffers smaller than this never trigger the global check (it walks open files).
 const DIRTY_CHECK_BYTES: usize = 1 << 20;
+/// Rewrites and edits up to this size are assembled in memory and sealed in one call.
+const REWRITE_IN_MEMORY_BYTES_MAX: usize = 4 << 20;
+/// A new file written sequentially streams to the store once it is this long.
+const STREAM_AFTER_BYTES: u64 = 256 << 10;
 /// Pieces of a streamed copy or rewrite.
 const COPY_BYTES: usize = 1 << 20;
 
@@ -1532,7 +1536,7 @@ impl State {
                 if dirty.overlay.base.is_empty()
                     && dirty.overlay.base_valid == 0
                     && dirty.overlay.data_bytes() as u64 == dirty.overlay.size
-                    && dirty.overlay.size > 4 * INLINE_BYTES_MAX as u64
+                    && dirty.overlay.size > STREAM_AFTER_BYTES
                 {
                     let mut stream = content.writer()?;
                     let bytes =
@@ -1692,6 +1696,10 @@ fn materialize(store: &dyn ContentStore, dirty: &mut Dirty) -> Result<(Content, 
     if let Some(content) = splice(store, overlay, content_len)? {
         return Ok((content, overlay.size));
     }
+    if content_len <= REWRITE_IN_MEMORY_BYTES_MAX as u64 {
+        let bytes = overlay.read(0, content_len as usize, &mut read_base)?;
+        return Ok((Content::Tree(store.write_all(&bytes)?), overlay.size));
+    }
     let mut writer = store.writer()?;
     let mut at = 0u64;
     while at < content_len {
@@ -1769,6 +1777,33 @@ fn splice(
     }
     let base = overlay.base.clone();
     let mut read_base = |at: u64, len: usize| read_content(store, &base, at, len);
+    let new_bytes_total: u64 = segments
+        .iter()
+        .filter(|(_, _, clean)| !*clean)
+        .map(|(start, end, _)| end - start)
+        .sum();
+    if new_bytes_total <= REWRITE_IN_MEMORY_BYTES_MAX as u64 {
+        let mut new_bytes = Vec::with_capacity(new_bytes_total as usize);
+        let mut new_offsets = Vec::new();
+        for &(start, end, clean) in &segments {
+            if !clean {
+                new_offsets.push(new_bytes.len() as u64);
+                new_bytes.extend(overlay.read(start, (end - start) as usize, &mut read_base)?);
+            }
+        }
+        let new_root = if new_bytes.is_empty() {
+            None
+        } else {
+            Some(store.write_all(&new_bytes)?)
+        };
+        return Ok(Some(assemble_slices(
+            &segments,
+            &base_slices,
+            new_root,
+            new_offsets,
+            slice_count,
+        )?));
+    }
     let mut writer = None;
     let mut new_offsets = Vec::new();
     let mut new_len = 0u64;
@@ -1791,11 +1826,29 @@ fn splice(
         new_len += end - start;
     }
     let new_root = writer.map(|writer| writer.finish()).transpose()?;
+    Ok(Some(assemble_slices(
+        &segments,
+        &base_slices,
+        new_root,
+        new_offsets,
+        slice_count,
+    )?))
+}
+
+/// The content of spliced segments: clean ones as slices of the base, new ones as
+/// slices of `new_root` at `new_offsets` (one per new segment, in order).
+fn assemble_slices(
+    segments: &[(u64, u64, bool)],
+    base_slices: &[Slice],
+    new_root: Option<BlockRef>,
+    new_offsets: Vec<u64>,
+    slice_count: usize,
+) -> Result<Content> {
     let mut slices: Vec<Slice> = Vec::with_capacity(slice_count);
     let mut new_offsets = new_offsets.into_iter();
-    for &(start, end, clean) in &segments {
+    for &(start, end, clean) in segments {
         let pieces = if clean {
-            sub_slices(&base_slices, start, end)
+            sub_slices(base_slices, start, end)
         } else {
             match (new_root, new_offsets.next()) {
                 (Some(root), Some(offset)) => vec![Slice {
@@ -1815,10 +1868,10 @@ fn splice(
             }
         }
     }
-    Ok(Some(match slices.as_slice() {
+    Ok(match slices.as_slice() {
         [only] if only.offset == 0 && only.len == only.root.length => Content::Tree(only.root),
         _ => Content::Slices(slices),
-    }))
+    })
 }
 
 /// The slices covering `[start, end)` of the content made of `slices`.

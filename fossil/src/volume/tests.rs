@@ -938,3 +938,38 @@ fn a_write_buffer_over_its_budget_becomes_a_write_op_before_close() {
             .all(|(index, chunk)| chunk.iter().all(|&b| b == index as u8 + 1))
     );
 }
+
+#[test]
+fn a_large_edit_is_spliced_through_a_streaming_writer() {
+    let fixture = Fixture::new();
+    let volume = fixture.open();
+    let mut data = vec![0u8; 12_000_000];
+    rand::RngCore::fill_bytes(
+        &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(9),
+        &mut data,
+    );
+    let ino = create_with(&volume, InodeNo::ROOT, "big", &data);
+    let handle = volume.open_file(ino, false).unwrap();
+    // 5 MB rewritten backwards (nothing streams), past the in-memory splice limit.
+    for index in (0..50usize).rev() {
+        let offset = 3_000_000 + index * 100_000;
+        let piece = vec![index as u8; 100_000];
+        volume.write(ino, handle, offset as u64, &piece).unwrap();
+        data[offset..offset + 100_000].copy_from_slice(&piece);
+    }
+    volume.release(ino, handle).unwrap();
+    let content = volume
+        .shared
+        .state
+        .lock()
+        .ns
+        .inode(ino)
+        .unwrap()
+        .unwrap()
+        .content;
+    assert!(
+        matches!(&content, Content::Slices(slices) if slices.len() == 3),
+        "{content:?}"
+    );
+    assert!(read_all(&volume, ino) == data);
+}
