@@ -883,7 +883,6 @@ fn reconcile(
         }
         let scan_from = start.min(len.max(ARENA_HEADER_BYTES));
         let scan = arena::scan(file.as_ref(), scan_from)?;
-        let mut upserts = Vec::new();
         for item in scan.items {
             match item {
                 ScanItem::Record { offset, header } => {
@@ -897,7 +896,7 @@ fn reconcile(
                         }
                     };
                     if replace {
-                        upserts.push(Upsert {
+                        let row = Upsert {
                             address: header.address,
                             location: Location {
                                 arena: id,
@@ -906,9 +905,11 @@ fn reconcile(
                                 class: header.class,
                             },
                             seq: meta.next_seq,
-                        });
+                        };
                         meta.next_seq += 1;
-                        index::upsert(&tx, &upserts[upserts.len() - 1..])?;
+                        // One row at a time: a later record of the same address must
+                        // see this one.
+                        index::upsert(&tx, &[row])?;
                     }
                 }
                 ScanItem::Damaged {
