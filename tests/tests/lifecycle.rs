@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::fs;
+use std::io::Write;
 use std::time::Duration;
 
 use kith_tests::{Kith, pattern, skip_without_fuse, terminate, wait_gone};
@@ -141,6 +142,86 @@ fn bad_mount_points_get_one_clear_line() -> anyhow::Result<()> {
     assert!(String::from_utf8_lossy(&not_kith.stderr).contains("not mounted by kith"));
     kith.unmount()?;
     Ok(())
+}
+
+#[test]
+fn a_full_disk_gives_enospc_and_keeps_what_was_stored() -> anyhow::Result<()> {
+    if skip_without_fuse("a_full_disk_gives_enospc_and_keeps_what_was_stored") {
+        return Ok(());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIP a_full_disk_gives_enospc_and_keeps_what_was_stored: needs root for tmpfs");
+        return Ok(());
+    }
+    let kith = Kith::new()?;
+    // The store lives on a 16 MiB tmpfs.
+    let small_disk = kith.root().join("small-disk");
+    fs::create_dir(&small_disk)?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        &small_disk,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=16m"),
+    )?;
+    let _tmpfs = UnmountOnDrop(small_disk.clone());
+    let store = small_disk.join("store");
+    let store = store.to_string_lossy();
+    let mount = kith.ok(["--store", &store, "mount", &kith.mnt.to_string_lossy()])?;
+    assert!(mount.contains("mounted"), "{mount}");
+
+    let kept = pattern(11, 1 << 20);
+    let mut file = fs::File::create(kith.path("kept"))?;
+    file.write_all(&kept)?;
+    file.sync_all()?;
+    drop(file);
+
+    // Incompressible data well over the disk size: some write, flush or fsync must
+    // fail with ENOSPC, and nothing may claim success for what was not stored.
+    let mut big = fs::File::create(kith.path("too-big"))?;
+    let mut failure = None;
+    for i in 0..32u64 {
+        if let Err(error) = big.write_all(&pattern(100 + i, 1 << 20)) {
+            failure = Some(error);
+            break;
+        }
+    }
+    let failure = match failure {
+        Some(error) => Some(error),
+        None => big.sync_all().err(),
+    };
+    drop(big);
+    assert_eq!(
+        failure.as_ref().and_then(|e| e.raw_os_error()),
+        Some(libc::ENOSPC),
+        "{failure:?}"
+    );
+
+    // The daemon is still up and what was stored before reads back intact.
+    let status = kith.ok(["--store", &store, "status"])?;
+    assert!(status.contains("mountpoint"), "{status}");
+    assert!(fs::read(kith.path("kept"))? == kept, "kept file damaged");
+    // Dropping the file that did not fit may itself need space (the log is on the same
+    // disk); unmount then either succeeds or says the disk is full, and the mount is
+    // gone either way.
+    let _ = fs::remove_file(kith.path("too-big"));
+    let unmount = kith.run([OsStr::new("unmount"), kith.mnt.as_os_str()])?;
+    let stderr = String::from_utf8_lossy(&unmount.stderr);
+    assert!(
+        unmount.status.success() || stderr.contains("full"),
+        "{stderr}"
+    );
+    assert!(!kith.is_mounted());
+    Ok(())
+}
+
+/// Lazily unmounts a helper file system (the tmpfs) when the test ends.
+struct UnmountOnDrop(std::path::PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 #[test]
