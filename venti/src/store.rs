@@ -112,7 +112,6 @@ pub struct CompactReport {
 }
 
 /// The block store. See the module comment for the design.
-#[derive(Debug)]
 pub struct Store {
     backend: Arc<dyn Backend>,
     options: StoreOptions,
@@ -770,6 +769,19 @@ impl Writer {
         let seq = self.meta.next_seq;
         self.meta.next_seq += 1;
         seq
+    }
+}
+
+impl std::fmt::Debug for Store {
+    // The maps can hold millions of entries: print their sizes only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .field("options", &self.options)
+            .field("pending", &self.pending.read().len())
+            .field("arenas", &self.arenas.read().len())
+            .field("open_problems", &self.open_report.len())
+            .finish_non_exhaustive()
     }
 }
 

@@ -30,11 +30,25 @@ struct Promises {
 type Setup = dyn Fn(&Store) -> TestResult<Promises>;
 type Scenario = dyn Fn(&Store, &RefCell<Promises>) -> venti::Result<()>;
 
-/// Run `scenario` with a crash at every durability point in turn.
+/// Run `scenario` with a crash at every durability point in turn, once per seed (more
+/// seeds, so more torn-write outcomes, with `KITH_LONG=1`).
 fn crash_everywhere(options: StoreOptions, setup: &Setup, scenario: &Scenario) -> TestResult<u64> {
+    let mut points = 0;
+    for seed in 0..u64::from(common::cases(1, 8)) {
+        points = crash_everywhere_seeded(&options, setup, scenario, seed)?;
+    }
+    Ok(points)
+}
+
+fn crash_everywhere_seeded(
+    options: &StoreOptions,
+    setup: &Setup,
+    scenario: &Scenario,
+    seed: u64,
+) -> TestResult<u64> {
     let points_max = 10_000;
     for point in 1..points_max {
-        let memory = MemoryBackend::new(point)?;
+        let memory = MemoryBackend::new(point + seed * points_max)?;
         let store = Store::open(Arc::new(memory.clone()), options.clone())?;
         let promises = RefCell::new(setup(&store)?);
         store.sync()?;
