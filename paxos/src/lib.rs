@@ -86,7 +86,12 @@
 //!   would cost if it led); the leader ranks leader-capable voters by score and
 //!   publishes the ranking; election timeouts grow with rank (plus a fixed per-node
 //!   jitter); the leader hands over (`TimeoutNow`) only to a caught-up voter whose score
-//!   has been ≤ `handoff_score_percent` of its own for `handoff_sustain_ms`.
+//!   has been ≤ `handoff_score_percent` of its own for `handoff_sustain_ms`, and then
+//!   stops leading. A voter ignores `Prepare`s while it hears a live leader (one
+//!   election timeout), so a device back from a partition or a long absence does not
+//!   depose it; a leader that has not heard a phase-2 quorum for two election timeouts
+//!   steps down (check-quorum), which lifts that stickiness. Both are liveness rules:
+//!   ignoring a message or leaving leadership is always safe.
 //! - **Reads** (read-index, no leases): the leader records the next unassigned slot,
 //!   runs a heartbeat round, and once a phase-2 quorum acknowledged that round under
 //!   its ballot the read is served at commit index ≥ that slot. Followers ask the

@@ -275,6 +275,10 @@ struct LeaderState {
     better_since: Option<(NodeId, u64)>,
     /// Commit index each voter last reported.
     commits: BTreeMap<NodeId, Slot>,
+    /// When each voter last acknowledged us (check-quorum).
+    acked_ms: BTreeMap<NodeId, u64>,
+    /// When this leadership began.
+    since_ms: u64,
     heartbeats_sent: u64,
     learners_told: Slot,
 }

@@ -64,6 +64,13 @@ impl Node {
             self.reject(from, ballot, fx);
             return;
         }
+        if self.hears_live_leader(now_ms, from) {
+            // Stickiness (liveness only; ignoring a message is always safe): while a
+            // leader we follow is alive, a voter returning from a partition or a long
+            // absence does not depose it. A leader without a quorum steps down
+            // (check-quorum), which lifts this within an election timeout.
+            return;
+        }
         self.yield_to(now_ms, ballot, fx);
         if ballot > self.promised {
             self.promised = ballot;
@@ -84,6 +91,18 @@ impl Node {
         };
         self.send_with_ballot(from, ballot, body, fx);
         self.arm_election(now_ms, fx);
+    }
+
+    /// Whether we follow a leader other than `candidate` that we heard from within the
+    /// base election timeout.
+    fn hears_live_leader(&self, now_ms: u64, candidate: NodeId) -> bool {
+        let me = self.id();
+        let follows_other = self.leader.is_some_and(|l| l != candidate && l != me);
+        let recent = now_ms
+            < self
+                .last_leader_contact_ms
+                .saturating_add(self.options.election_timeout_ms);
+        follows_other && recent && self.lead.is_none()
     }
 
     /// Phase 2a for a batch.

@@ -197,6 +197,8 @@ impl Node {
             scores: BTreeMap::new(),
             better_since: None,
             commits: BTreeMap::new(),
+            acked_ms: BTreeMap::new(),
+            since_ms: now_ms,
             heartbeats_sent: 0,
             learners_told: Slot(0),
         });
@@ -413,6 +415,7 @@ impl Node {
         if ballot != lead.ballot {
             return;
         }
+        lead.acked_ms.insert(from, now_ms);
         let Some(batch) = lead.batches.get_mut(&first) else {
             return;
         };
@@ -516,11 +519,38 @@ impl Node {
         if self.lead.is_none() {
             return;
         }
+        if !self.hears_quorum(now_ms) {
+            // Check-quorum: followers that still hear our heartbeats would otherwise
+            // ignore every other candidate (stickiness) while we cannot commit.
+            self.step_down(now_ms, fx);
+            return;
+        }
         self.send_heartbeats(now_ms, fx);
         self.retransmit(fx);
         self.consider_handoff(now_ms, fx);
         let at = now_ms.saturating_add(self.options.heartbeat_interval_ms);
         self.set_timer(Timer::Heartbeat, at, fx);
+    }
+
+    /// Whether a phase-2 quorum (us included) acknowledged us within twice the base
+    /// election timeout (always true early in a leadership). Generous on purpose: a
+    /// spurious step-down costs an election.
+    fn hears_quorum(&self, now_ms: u64) -> bool {
+        let Some(lead) = &self.lead else {
+            return false;
+        };
+        let window = self.options.election_timeout_ms.saturating_mul(2);
+        if now_ms < lead.since_ms.saturating_add(window) {
+            return true;
+        }
+        let mut recent: BTreeSet<NodeId> = lead
+            .acked_ms
+            .iter()
+            .filter(|(_, at)| now_ms < at.saturating_add(window))
+            .map(|(n, _)| *n)
+            .collect();
+        recent.insert(self.id());
+        self.config.is_phase2_quorum(&recent)
     }
 
     /// Starts a confirmation round: a heartbeat to every voter (and, when there is news
@@ -627,10 +657,9 @@ impl Node {
             Some((node, since)) if node == best => {
                 let caught_up = lead.commits.get(&best).is_some_and(|c| *c >= commit_index);
                 if now_ms.saturating_sub(since) >= sustain && caught_up {
-                    if let Some(lead) = self.lead.as_mut() {
-                        lead.better_since = None;
-                    }
                     self.send(best, Body::TimeoutNow, fx);
+                    // Stop heartbeating so the followers' stickiness lapses for `best`.
+                    self.step_down(now_ms, fx);
                 }
             }
             _ => lead.better_since = Some((best, now_ms)),
@@ -660,6 +689,7 @@ impl Node {
         }
         let acked = lead.acked_rounds.entry(from).or_insert(0);
         *acked = (*acked).max(round);
+        lead.acked_ms.insert(from, now_ms);
         lead.scores.insert(from, score_ms);
         lead.commits.insert(from, committed);
         self.confirm_reads(fx);

@@ -1236,3 +1236,31 @@ fn propose_many_persists_all_before_one_batch() {
     assert!(n1.propose_many(2, vec![b"ok".to_vec(), too_big]).is_err());
     assert_eq!(n1.queued(), 3);
 }
+
+#[test]
+fn a_returning_voter_does_not_depose_a_live_leader() {
+    let (_, mut n2, _) = elected();
+    // n2 heard from leader n1 at 10_002. A prepare from n3 soon after is ignored…
+    let b3 = ballot(7, 3);
+    let prepare = env(ConfigId(1), b3, Body::Prepare { first: Slot(0) });
+    assert!(n2.handle_message(10_500, n(3), prepare.clone()).is_empty());
+    assert_eq!(n2.promised(), ballot(1, 1));
+    // …but once the leader has been silent for an election timeout, it is answered.
+    let fx = n2.handle_message(20_000, n(3), prepare);
+    assert!(fx.contains(&Effect::Persist(DurableWrite::Promise { ballot: b3 })));
+}
+
+#[test]
+fn a_leader_that_hears_no_quorum_steps_down() {
+    let (mut n1, _, _) = elected();
+    // Acks were last heard at 10_003; two election timeouts later nobody answered.
+    let fx = n1.handle_timeout(10_201, Timer::Heartbeat);
+    assert!(n1.is_leader(), "still within the window: {fx:?}");
+    let fx = n1.handle_timeout(30_000, Timer::Heartbeat);
+    assert!(!n1.is_leader());
+    assert!(fx.contains(&Effect::LeaderChanged { leader: None }));
+    assert!(
+        sends(&fx).is_empty(),
+        "no heartbeats from a leader without a quorum"
+    );
+}
