@@ -118,5 +118,58 @@ fn sequential_write(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, small_files, sequential_write);
+/// Sequential 128 KiB reads of a 256 MiB file from a freshly opened volume (venti
+/// store; the arenas may still be in the OS page cache).
+#[allow(clippy::unwrap_used)]
+fn sequential_read(c: &mut Criterion) {
+    const BYTES: u64 = 256 << 20;
+    const PIECE: u32 = 128 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let ino = {
+        let volume = open(&dir, "venti");
+        let mut data = vec![0u8; 1 << 20];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let (attr, handle) = volume
+            .create(InodeNo::ROOT, "big".as_ref(), 0o644, ME, true)
+            .unwrap();
+        let mut offset = 0;
+        while offset < BYTES {
+            for byte in &mut data {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *byte = state as u8;
+            }
+            volume.write(attr.ino, handle, offset, &data).unwrap();
+            offset += data.len() as u64;
+        }
+        volume.release(attr.ino, handle).unwrap();
+        attr.ino
+    };
+    let mut group = c.benchmark_group("volume");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    group.throughput(Throughput::Bytes(BYTES));
+    group.bench_function("sequential_read_256MiB_venti", |b| {
+        b.iter_batched(
+            || open(&dir, "venti"),
+            |volume| {
+                let handle = volume.open_file(ino, false).unwrap();
+                let mut offset = 0;
+                while offset < BYTES {
+                    let bytes = volume.read(ino, handle, offset, PIECE).unwrap();
+                    assert_eq!(bytes.len(), PIECE as usize);
+                    offset += u64::from(PIECE);
+                }
+                volume.release(ino, handle).unwrap();
+                volume
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    group.finish();
+}
+
+criterion_group!(benches, small_files, sequential_write, sequential_read);
 criterion_main!(benches);

@@ -107,9 +107,11 @@ struct Shared {
 
 /// A sequential reader gets this much per trip to the store: the tree's pointer
 /// blocks and partly read leaves are opened once per window, not once per FUSE read.
-const READ_AHEAD_BYTES: usize = 2 << 20;
+const READ_AHEAD_BYTES: usize = 4 << 20;
+/// Threads that open the blocks of one read-ahead window.
+const READ_THREADS_MAX: usize = 4;
 /// Windows kept (one per inode): bounds read-ahead memory to 64 MiB.
-const READ_AHEAD_WINDOWS_MAX: usize = 32;
+const READ_AHEAD_WINDOWS_MAX: usize = 16;
 
 /// Read-ahead windows of committed tree content. Content under a root never changes,
 /// so a window is valid for as long as the file's root is the one it was read from.
@@ -602,7 +604,11 @@ impl Volume {
         } else {
             len
         };
-        let bytes = self.shared.content.read(root, offset, fetch_len)?;
+        let bytes = if fetch_len > len {
+            read_parallel(self.shared.content.as_ref(), root, offset, fetch_len)?
+        } else {
+            self.shared.content.read(root, offset, fetch_len)?
+        };
         let answer = bytes[..bytes.len().min((end - offset) as usize)].to_vec();
         if bytes.len() > answer.len() {
             let mut read_ahead = self.shared.read_ahead.lock();
@@ -1709,6 +1715,48 @@ fn materialize(store: &dyn ContentStore, dirty: &mut Dirty) -> Result<(Content, 
         at += piece as u64;
     }
     Ok((Content::Tree(writer.finish()?), overlay.size))
+}
+
+/// `len` bytes from `offset` of the tree under `root`, opened on several threads:
+/// unsealing (hash, decrypt, key commitment) is the cost of a read, and it is
+/// independent per block.
+fn read_parallel(
+    store: &dyn ContentStore,
+    root: &BlockRef,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |cores| cores.get())
+        .min(READ_THREADS_MAX);
+    let end = (offset + len as u64).min(root.length);
+    if threads < 2 || end <= offset {
+        return store.read(root, offset, len);
+    }
+    let part = (end - offset).div_ceil(threads as u64);
+    let parts: Vec<Result<Vec<u8>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads as u64)
+            .map(|index| offset + index * part)
+            .filter(|&start| start < end)
+            .map(|start| {
+                let part_len = part.min(end - start) as usize;
+                scope.spawn(move || store.read(root, start, part_len))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle.join().unwrap_or_else(|_| {
+                    Err(Error::Io(std::io::Error::other("read thread panicked")))
+                })
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity((end - offset) as usize);
+    for part in parts {
+        out.extend_from_slice(&part?);
+    }
+    Ok(out)
 }
 
 /// An edit of a large file: the untouched ranges stay slices of the old trees and only
