@@ -59,6 +59,35 @@ fn commit_in_bursts(cluster: &mut Cluster, ops: u64, burst: u64) -> usize {
     waves
 }
 
+/// Like [`commit_in_bursts`], but each burst is one `propose_many` call (one sync for
+/// the burst's queue writes).
+fn commit_in_bursts_many(cluster: &mut Cluster, ops: u64, burst: u64) -> usize {
+    let Some(leader) = cluster.leader_index() else {
+        panic!("no leader");
+    };
+    let mut waves = 0;
+    let mut proposed = 0;
+    while proposed < ops {
+        let n = burst.min(ops - proposed);
+        let target = cluster.committed_next[leader].0 + n;
+        let payloads = (proposed..proposed + n)
+            .map(|i| i.to_le_bytes().to_vec())
+            .collect();
+        if let Err(error) = cluster.propose_many(leader, payloads) {
+            panic!("propose_many: {error}");
+        }
+        proposed += n;
+        while cluster.committed_next[leader].0 < target {
+            match cluster.wave() {
+                Ok(0) => panic!("stalled before commit"),
+                Ok(_) => waves += 1,
+                Err(error) => panic!("{error}"),
+            }
+        }
+    }
+    waves
+}
+
 fn round_trips_per_commit() {
     let mut cluster = elected();
     // Warm up, then count single-proposal commits.
@@ -118,6 +147,13 @@ fn throughput(c: &mut Criterion) {
             );
         });
     }
+    group.bench_function("burst_1024_propose_many", |b| {
+        b.iter_batched(
+            elected,
+            |mut cluster| black_box(commit_in_bursts_many(&mut cluster, OPS_PER_ITERATION, 1024)),
+            BatchSize::LargeInput,
+        );
+    });
     group.finish();
 }
 

@@ -84,3 +84,25 @@ fn a_burst_is_batched_and_pipelined() {
         "{batches} phase-2 batches for {burst} proposals (at most {batches_max})"
     );
 }
+
+#[test]
+fn propose_many_syncs_once_per_burst_not_per_proposal() {
+    let mut cluster = warmed_up();
+    let leader = cluster.leader_index().expect("a leader");
+    let burst: u64 = 1000;
+    let target = cluster.committed_next[leader].0 + burst;
+    let before = cluster.stats;
+    let payloads = (0..burst).map(|n| n.to_le_bytes().to_vec()).collect();
+    cluster
+        .propose_many(leader, payloads)
+        .expect("propose_many");
+    let waves = waves_until_leader_commits(&mut cluster, leader, target);
+    assert!(waves <= 4, "{waves} waves for a burst of {burst}");
+    let syncs = cluster.stats.syncs - before.syncs;
+    let batches = cluster.stats.accept_batches - before.accept_batches;
+    // Every node syncs about once per batch it accepts or commits, not once per proposal.
+    assert!(
+        syncs < burst / 10,
+        "{syncs} syncs (all nodes) for {burst} proposals in {batches} batches"
+    );
+}

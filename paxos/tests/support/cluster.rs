@@ -106,6 +106,17 @@ impl Cluster {
         Ok(seq)
     }
 
+    /// Proposes several payloads at once (`Node::propose_many`: one sync for the lot).
+    pub fn propose_many(&mut self, at: usize, payloads: Vec<Vec<u8>>) -> Result<Vec<u64>, String> {
+        let began = Instant::now();
+        let (seqs, effects) = self.nodes[at]
+            .propose_many(self.now_ms, payloads)
+            .map_err(|e| e.to_string())?;
+        self.execute(at, effects)?;
+        self.busy_ns[at] += began.elapsed().as_nanos() as u64;
+        Ok(seqs)
+    }
+
     /// Fires a timer at node `at` at the current time.
     pub fn fire(&mut self, at: usize, timer: Timer) -> Result<(), String> {
         let effects = self.nodes[at].handle_timeout(self.now_ms, timer);
