@@ -2,7 +2,7 @@
 //!
 //! [`ContentStore`] is the narrow view fossil has of venti: stream bytes in and get a
 //! root [`BlockRef`], read a byte range of a root, store and load metadata blobs
-//! (checkpoints), and make everything stored durable. [`VentiContent`] implements it
+//! (checkpoints), and make everything stored durable. [`crate::venti_content::VentiContent`] implements it
 //! over venti's tree writer and store; [`MemContent`] keeps whole contents in a map
 //! for tests.
 //!

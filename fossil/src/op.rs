@@ -10,6 +10,19 @@
 //! The codec is hand-written, little-endian, versioned ([`OP_FORMAT_VERSION`]) and
 //! bounded: names, symlink targets, xattrs and inline content have named maxima and
 //! decoding rejects trailing bytes. Garbage never panics; it is a typed error.
+//!
+//! ```text
+//! op       = version u8 (=1) ‖ author u32 ‖ seq u64 ‖ time_ns i64 ‖ tag u8 ‖ body
+//! bytes    = len u32 ‖ len bytes                (names ≤ 255, targets ≤ 4096, …)
+//! content  = 0 ‖ bytes (≤ 4096)                 inline
+//!          | 1 ‖ BlockRef (76)                  venti tree root
+//!          | 2 ‖ count u16 (≤ 64) ‖ count × (BlockRef ‖ offset u64 ‖ len u64)
+//! ```
+//!
+//! Bodies by tag: 0 Genesis, 1 Grant, 2 Create, 3 Write, 4 SetAttr (a presence bitmask
+//! then every field), 5 Link, 6 Unlink, 7 Rename (flags: bit 0 `replaced` present, bit 1
+//! exchange), 8 SetXattr, 9 RemoveXattr, 10 Reclaim, 11 Snapshot; fields in the order
+//! of [`OpBody`]'s declarations. A new body or field is a new version.
 
 use venti::BlockRef;
 
