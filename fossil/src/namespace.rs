@@ -17,6 +17,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::op::{Content, DeviceId, Rights, kind_from_byte, kind_to_byte};
 use crate::{FileKind, InodeNo, Result};
 
+/// Deepest directory nesting walked when checking ancestry; a longer parent chain is
+/// treated as a loop (corrupt state), never followed forever.
+pub const DEPTH_MAX: u32 = 1 << 20;
+
 /// `(parent, name, ino)`.
 pub type DirentRow = (InodeNo, Vec<u8>, InodeNo);
 /// `(ino, name, value)`.

@@ -1457,7 +1457,7 @@ impl State {
 
     fn is_ancestor(&self, ancestor: InodeNo, dir: InodeNo) -> Result<bool> {
         let mut at = dir;
-        for _ in 0..=self.ns.inode_count()? {
+        for _ in 0..=crate::namespace::DEPTH_MAX {
             if at == ancestor {
                 return Ok(true);
             }
