@@ -4,8 +4,9 @@
 //! the volume and a trivial model side by side; after every step the error (or
 //! success) must agree, and at checkpoints the whole tree — names, kinds, contents,
 //! link counts, shared inodes — must be equal. Steps include closing and reopening the
-//! volume, and a crash right after `sync_all` (the volume is leaked, never dropped), so
-//! recovery of the namespace from the log is checked too.
+//! volume, a crash right after `sync_all` (the volume is leaked, never dropped), and a
+//! checkpoint followed by the loss of the namespace database, so recovery from the log
+//! and from a checkpoint plus the log after it are checked too.
 //!
 //! `KITH_LONG=1` runs many more cases.
 
@@ -245,6 +246,9 @@ enum Step {
     Rmdir(usize),
     Reopen,
     SyncAndCrash,
+    /// Checkpoint (truncating the log), then lose the namespace database: the volume
+    /// must rebuild from the checkpoint plus the log after it.
+    CheckpointAndLoseNamespace,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -260,6 +264,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => any::<usize>().prop_map(Step::Rmdir),
         1 => Just(Step::Reopen),
         1 => Just(Step::SyncAndCrash),
+        1 => Just(Step::CheckpointAndLoseNamespace),
     ]
 }
 
@@ -405,6 +410,16 @@ fn run_step(harness: &mut Harness, model: &mut Model, step: &Step) {
             drop(harness.volume.take());
             harness.volume = Some(harness.open());
         }
+        Step::CheckpointAndLoseNamespace => {
+            harness.volume().checkpoint().unwrap();
+            drop(harness.volume.take());
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(
+                    harness.dir.path().join(format!("namespace.sqlite{suffix}")),
+                );
+            }
+            harness.volume = Some(harness.open());
+        }
         Step::SyncAndCrash => {
             harness.volume().sync_all().unwrap();
             // A crash: nothing of the volume's shutdown path runs.
@@ -480,7 +495,7 @@ proptest! {
         let mut model = Model::new();
         for step in &steps {
             run_step(&mut harness, &mut model, step);
-            if matches!(step, Step::Reopen | Step::SyncAndCrash) {
+            if matches!(step, Step::Reopen | Step::SyncAndCrash | Step::CheckpointAndLoseNamespace) {
                 check_tree(harness.volume(), &model);
             }
         }
