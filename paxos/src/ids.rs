@@ -26,7 +26,10 @@ pub type Epoch = ConfigId;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Slot(pub u64);
 
-/// Handle of a linearizable read started with [`crate::Node::read`].
+/// Handle of a linearizable read started with [`crate::Node::read`]. A node never
+/// reuses one, not even across restarts (ids are reserved durably in blocks): the
+/// leader's reply names the request by it, and a reply to a request sent before a
+/// crash must not answer a read started after it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ReadId(pub u64);
 

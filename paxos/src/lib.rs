@@ -95,7 +95,10 @@
 //! - **Reads** (read-index, no leases): the leader records the next unassigned slot,
 //!   runs a heartbeat round, and once a phase-2 quorum acknowledged that round under
 //!   its ballot the read is served at commit index ≥ that slot. Followers ask the
-//!   leader (`ReadIndexRequest`/`ReadIndexReply`) and wait for their own commits.
+//!   leader (`ReadIndexRequest`/`ReadIndexReply`) and wait for their own commits. A
+//!   reply names its request by `ReadId`; a node never reuses one, even across
+//!   restarts (ids are reserved durably in blocks), so a late reply to a request sent
+//!   before a crash cannot answer a read started after it.
 //! - **Proposers** (any member but witnesses): [`Node::propose`] queues the command
 //!   durably with the next per-proposer seq, then proposes (leader) or `Forward`s it; the
 //!   queue is resent in order on every retry tick and leader change and trimmed when the

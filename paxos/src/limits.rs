@@ -35,6 +35,9 @@ pub const QUEUE_ENTRIES_MAX: usize = 4096;
 pub const FORWARD_ENTRIES_MAX: usize = 256;
 /// Linearizable reads waiting for confirmation at one node.
 pub const READS_PENDING_MAX: usize = 1024;
+/// Read ids a node reserves durably at a time (one `Persist` per this many reads): a
+/// restarted node starts above every id it may have sent before its crash.
+pub const READ_IDS_PER_RESERVATION: u64 = 1 << 16;
 /// Proposers in the at-most-once table a snapshot carries (16 bytes each). Proposers
 /// are member devices (≤ 259 at a time); the table keeps every one ever seen.
 pub const PROPOSERS_MAX: usize = 65_536;

@@ -10,7 +10,10 @@ use crate::chain::ChainHash;
 use crate::config::Config;
 use crate::error::Error;
 use crate::ids::{NodeId, ReadId, Slot, VolumeId};
-use crate::limits::{ENTRY_BYTES_MAX, QUEUE_ENTRIES_MAX, READS_PENDING_MAX, SNAPSHOT_BYTES_MAX};
+use crate::limits::{
+    ENTRY_BYTES_MAX, QUEUE_ENTRIES_MAX, READ_IDS_PER_RESERVATION, READS_PENDING_MAX,
+    SNAPSHOT_BYTES_MAX,
+};
 use crate::message::{Body, Command, Entry, Envelope, Snapshot};
 use crate::store::{DurableState, DurableWrite};
 
@@ -210,6 +213,9 @@ pub struct Node {
     // Reads started here and waiting for the leader's index or for commits.
     reads: BTreeMap<ReadId, Option<Slot>>,
     next_read: u64,
+    /// Ids up to this one are durably reserved (`DurableWrite::ReserveReadIds`); a
+    /// read beyond it reserves the next block before its id can reach a peer.
+    read_ids_reserved: u64,
 
     /// Latest deadline per timer kind (earlier firings are stale).
     timers: BTreeMap<Timer, u64>,
@@ -352,6 +358,7 @@ impl Node {
             next_seq: 1,
             reads: BTreeMap::new(),
             next_read: 1,
+            read_ids_reserved: 0,
             timers: BTreeMap::new(),
             handover: false,
         }
@@ -414,6 +421,9 @@ impl Node {
             .unwrap_or(0)
             .max(applied_own)
             .saturating_add(1);
+        // Ids reserved before the crash may have been sent: start above all of them.
+        node.read_ids_reserved = state.read_ids_reserved.0;
+        node.next_read = state.read_ids_reserved.0.saturating_add(1);
         node.role = if node.config.is_voter(node.id()) {
             Role::Follower
         } else {
@@ -631,14 +641,27 @@ impl Node {
     /// Starts a linearizable read (read-index). `ReadReady { id, slot }` follows once a
     /// phase-2 quorum confirmed the leader and this node has committed below `slot`;
     /// `ReadFailed` if no leader can confirm it (retry later).
+    ///
+    /// Read ids never repeat, even across restarts: the first read after a (re)start and
+    /// every `READ_IDS_PER_RESERVATION`-th one after it begin with a
+    /// `Persist(ReserveReadIds)`. Otherwise a leader's late reply to a request sent
+    /// before a crash (its index predates the new read) would answer a new read with
+    /// the same id, and the read could miss a write acknowledged before it started.
     pub fn read(&mut self, now_ms: u64) -> Result<(ReadId, Vec<Effect>), Error> {
         let pending = self.reads.len() + self.lead.as_ref().map_or(0, |l| l.reads.len());
         if pending >= READS_PENDING_MAX {
             return Err(Error::TooManyReads);
         }
-        let id = ReadId(self.next_read);
-        self.next_read = self.next_read.saturating_add(1);
         let mut fx = Vec::new();
+        let id = ReadId(self.next_read);
+        if id.0 > self.read_ids_reserved {
+            let through = id.0.saturating_add(READ_IDS_PER_RESERVATION - 1);
+            fx.push(Effect::Persist(DurableWrite::ReserveReadIds {
+                through: ReadId(through),
+            }));
+            self.read_ids_reserved = through;
+        }
+        self.next_read = self.next_read.saturating_add(1);
         if self.lead.is_some() {
             self.leader_start_read(now_ms, None, id, &mut fx);
         } else if let Some(leader) = self.leader {

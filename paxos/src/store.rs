@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use crate::ballot::Ballot;
 use crate::chain::ChainHash;
 use crate::error::Error;
-use crate::ids::Slot;
+use crate::ids::{ReadId, Slot};
 use crate::message::{Command, Entry, Snapshot};
 
 mod sqlite;
@@ -65,6 +65,13 @@ pub enum DurableWrite {
         /// Highest dequeued seq.
         through_seq: u64,
     },
+    /// Read ids up to `through` may be used (and sent to a leader) from now on; after a
+    /// restart the node starts above it, so no reply to an earlier request can be
+    /// mistaken for the reply to a new one.
+    ReserveReadIds {
+        /// Highest reserved id.
+        through: ReadId,
+    },
 }
 
 /// Everything a node persists. `Node::recover` rebuilds a node from it.
@@ -82,6 +89,8 @@ pub struct DurableState {
     pub head: Option<ChainHash>,
     /// This node's own queued proposals by seq.
     pub queue: BTreeMap<u64, Command>,
+    /// Highest read id reserved (0 = none yet).
+    pub read_ids_reserved: ReadId,
 }
 
 impl DurableState {
@@ -151,6 +160,9 @@ impl DurableState {
                 {
                     self.queue.pop_first();
                 }
+            }
+            DurableWrite::ReserveReadIds { through } => {
+                self.read_ids_reserved = self.read_ids_reserved.max(through);
             }
         }
     }
@@ -282,6 +294,7 @@ mod tests {
                 command: command(s)
             }),
             (0u64..50).prop_map(|s| DurableWrite::Dequeue { through_seq: s }),
+            (0u64..1 << 20).prop_map(|r| DurableWrite::ReserveReadIds { through: ReadId(r) }),
         ]
     }
 

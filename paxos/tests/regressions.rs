@@ -135,3 +135,59 @@ fn a_candidate_behind_its_acceptors_catches_up_and_the_group_makes_progress() {
         "replicas disagree on the commit index: {commits:?}"
     );
 }
+
+/// Simulation seed 17544 (linearizability): a follower's read request was still pending
+/// at the leader when the follower crashed. After the restart the follower numbered its
+/// next read from 1 again, the leader's late reply to the *old* request (an index from
+/// before a write that completed in between) carried the same id, and the new read was
+/// served without that write — a stale read. Read ids must never repeat, even across
+/// restarts.
+#[test]
+fn a_reply_to_a_read_sent_before_a_crash_does_not_answer_a_read_after_it() {
+    let genesis = majority(1, &[1, 2, 3], &[]);
+    let mut cluster = Cluster::new(3).expect("cluster");
+    cluster.elect(NodeId(1)).expect("election");
+    cluster.propose(0, b"w1".to_vec()).expect("propose");
+    cluster.run_until_quiet(100).expect("quiet");
+
+    // n2 asks the leader for a read index; the leader starts a confirmation round but
+    // its heartbeats are lost, so the old read stays pending at the leader.
+    let old_read = cluster.read(1).expect("read");
+    cluster.wave().expect("request reaches the leader");
+    cluster.drop_in_flight_to(NodeId(2));
+    cluster.drop_in_flight_to(NodeId(3));
+    assert_eq!(cluster.in_flight(), 0);
+
+    // n2 crashes and restarts; meanwhile a write completes at the leader.
+    let effects = cluster.restart(1, genesis).expect("restart");
+    cluster.run_effects(1, effects).expect("start");
+    cluster.propose(0, b"w2".to_vec()).expect("propose");
+    cluster.run_until_quiet(100).expect("quiet");
+    let after_write = cluster.nodes[0].commit_index();
+    assert!(
+        cluster.nodes[1].leader() == Some(NodeId(1)),
+        "n2 must know the leader again for this test"
+    );
+
+    // A read started after the write completed must observe it, whatever replies to
+    // earlier requests are still around.
+    let new_read = cluster.read(1).expect("read");
+    assert_ne!(new_read, old_read, "a restarted node reused a read id");
+    cluster.run_until_quiet(100).expect("quiet");
+    for _ in 0..3 {
+        cluster.now_ms += 1_000;
+        cluster.fire(0, Timer::Heartbeat).expect("heartbeat");
+        cluster.run_until_quiet(100).expect("quiet");
+    }
+    let served: Vec<_> = cluster
+        .reads_ready
+        .iter()
+        .filter(|(node, id, _)| *node == NodeId(2) && *id == new_read)
+        .collect();
+    assert_eq!(served.len(), 1, "the new read is served once: {served:?}");
+    assert!(
+        served[0].2 >= after_write,
+        "read started after the write committed below {after_write} was served at {}",
+        served[0].2
+    );
+}

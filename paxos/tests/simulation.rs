@@ -22,9 +22,11 @@ use sim::{Outcome, run_seed};
 /// Seeds that found bugs (see `/work/briefs/paxos-bugs.md`); they must keep passing.
 /// 34, 272: a leader behind its acceptors re-proposed a committed slot forever (B2).
 /// 40: a voter restarted after a reconfiguration never armed its election timer (B1).
+/// 17544: a restarted follower reused a read id; the leader's late reply to its
+/// pre-crash request served a new read at a stale index (linearizability).
 /// (Seeds replay different paths once the core changes; the focused reproductions live
 /// in `tests/regressions.rs`.)
-const REGRESSION_SEEDS: &[u64] = &[34, 40, 272];
+const REGRESSION_SEEDS: &[u64] = &[34, 40, 272, 17544];
 
 /// Stop collecting after this many failing seeds.
 const FAILURES_MAX: usize = 10;

@@ -795,6 +795,53 @@ fn read_index_confirms_with_a_quorum_round() {
 }
 
 #[test]
+fn read_ids_are_reserved_durably_and_never_repeat_after_a_restart() {
+    let (_, mut n2, _) = elected();
+    // n2 heard the leader (its no-op), so a read is a request to n1, preceded by the
+    // durable reservation of a block of ids.
+    let (first, fx) = n2.read(20_000).unwrap();
+    let reserved = ReadId(READ_IDS_PER_RESERVATION);
+    assert_eq!(first, ReadId(1));
+    assert_eq!(
+        fx[0],
+        Effect::Persist(DurableWrite::ReserveReadIds { through: reserved })
+    );
+    assert_eq!(
+        sends(&fx),
+        vec![(
+            n(1),
+            env(
+                ConfigId(1),
+                ballot(1, 1),
+                Body::ReadIndexRequest { id: first }
+            )
+        )]
+    );
+    // Within the block: no more writes.
+    let (second, fx) = n2.read(20_001).unwrap();
+    assert_eq!(second, ReadId(2));
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Persist(_))));
+
+    // After a crash the node starts above everything it reserved, so a late reply to
+    // `first` or `second` can never answer a new read.
+    let mut store = MemStore::new();
+    store
+        .persist(&DurableWrite::ReserveReadIds { through: reserved })
+        .unwrap();
+    let mut restarted = Node::recover(opts(2), config3(), store.load().unwrap()).unwrap();
+    restarted.start(30_000);
+    restarted.leader = Some(n(1)); // As if it heard the leader again.
+    let (id, fx) = restarted.read(30_001).unwrap();
+    assert_eq!(id, ReadId(READ_IDS_PER_RESERVATION + 1));
+    assert_eq!(
+        fx[0],
+        Effect::Persist(DurableWrite::ReserveReadIds {
+            through: ReadId(2 * READ_IDS_PER_RESERVATION)
+        })
+    );
+}
+
+#[test]
 fn follower_read_waits_for_the_leaders_index() {
     let mut net = Net::new(config3(), &[]);
     net.advance(3_000);

@@ -71,6 +71,12 @@ fn corrupt(what: &'static str) -> Error {
     Error::Malformed { what, offset: 0 }
 }
 
+/// A `u64` stored as 8 little-endian bytes.
+fn decode_u64(bytes: &[u8], what: &'static str) -> Result<u64, Error> {
+    let bytes: [u8; 8] = bytes.try_into().map_err(|_| corrupt(what))?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
 impl AcceptorStore for SqliteStore {
     fn write(&mut self, write: &DurableWrite) -> Result<(), Error> {
         self.begin()?;
@@ -155,6 +161,14 @@ impl AcceptorStore for SqliteStore {
                 self.conn
                     .execute("DELETE FROM queue WHERE seq <= ?1", [sql_int(*through_seq)])?;
             }
+            DurableWrite::ReserveReadIds { through } => {
+                let current = match self.meta("read_ids_reserved")? {
+                    Some(b) => decode_u64(&b, "reserved read ids")?,
+                    None => 0,
+                };
+                let reserved = current.max(through.0);
+                self.set_meta("read_ids_reserved", &reserved.to_le_bytes())?;
+            }
         }
         Ok(())
     }
@@ -174,6 +188,9 @@ impl AcceptorStore for SqliteStore {
         }
         if let Some(b) = self.meta("snapshot")? {
             state.snapshot = Some(codec::decode_snapshot(&b)?);
+        }
+        if let Some(b) = self.meta("read_ids_reserved")? {
+            state.read_ids_reserved = crate::ReadId(decode_u64(&b, "reserved read ids")?);
         }
         if let Some(b) = self.meta("head")? {
             let bytes: [u8; 32] = b.try_into().map_err(|_| corrupt("chain head"))?;

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use paxos::{
     AcceptorStore, Body, Config, ConfigId, Effect, Envelope, MemStore, Node, NodeId, NodeOptions,
-    Slot, Timer, VolumeId,
+    ReadId, Slot, Timer, VolumeId,
 };
 
 pub const VOLUME: VolumeId = VolumeId(0xbe_4c);
@@ -43,6 +43,8 @@ pub struct Cluster {
     pub committed_next: Vec<Slot>,
     /// Wall time spent in each node (its `Node` calls and its store), for the benches.
     pub busy_ns: Vec<u64>,
+    /// `ReadReady` effects in the order they were emitted: (node, read, slot).
+    pub reads_ready: Vec<(NodeId, ReadId, Slot)>,
 }
 
 fn index(id: NodeId) -> usize {
@@ -64,6 +66,7 @@ impl Cluster {
             stats: Stats::default(),
             committed_next: vec![Slot(0); voters as usize],
             busy_ns: vec![0; voters as usize],
+            reads_ready: Vec::new(),
         };
         for i in 0..cluster.nodes.len() {
             let effects = cluster.nodes[i].start(0);
@@ -115,6 +118,20 @@ impl Cluster {
         self.execute(at, effects)?;
         self.busy_ns[at] += began.elapsed().as_nanos() as u64;
         Ok(seqs)
+    }
+
+    /// Starts a linearizable read at node `at` and executes the resulting effects.
+    pub fn read(&mut self, at: usize) -> Result<ReadId, String> {
+        let (id, effects) = self.nodes[at]
+            .read(self.now_ms)
+            .map_err(|e| e.to_string())?;
+        self.execute(at, effects)?;
+        Ok(id)
+    }
+
+    /// Executes effects a test obtained from node `at` directly (e.g. from `restart`).
+    pub fn run_effects(&mut self, at: usize, effects: Vec<Effect>) -> Result<(), String> {
+        self.execute(at, effects)
     }
 
     /// Fires a timer at node `at` at the current time.
@@ -196,6 +213,7 @@ impl Cluster {
                     }
                     self.committed_next[i] = slot.next();
                 }
+                Effect::ReadReady { id, slot } => self.reads_ready.push((from, id, slot)),
                 _ => {}
             }
         }

@@ -850,7 +850,8 @@ impl Sim {
             }
             DurableWrite::DiscardAccepted { .. }
             | DurableWrite::Enqueue { .. }
-            | DurableWrite::Dequeue { .. } => {}
+            | DurableWrite::Dequeue { .. }
+            | DurableWrite::ReserveReadIds { .. } => {}
         }
     }
 
