@@ -26,7 +26,9 @@ impl Address {
 
     /// Parse 64 hex characters.
     pub fn from_hex(text: &str) -> Option<Address> {
-        blake3::Hash::from_hex(text).ok().map(|hash| Address(*hash.as_bytes()))
+        blake3::Hash::from_hex(text)
+            .ok()
+            .map(|hash| Address(*hash.as_bytes()))
     }
 }
 

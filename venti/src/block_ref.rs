@@ -52,11 +52,10 @@ impl BlockRef {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<BlockRef> {
-        let bytes: &[u8; Self::ENCODED_LEN] =
-            bytes.try_into().map_err(|_| Error::Malformed {
-                what: "block ref",
-                detail: format!("{} bytes, want {}", bytes.len(), Self::ENCODED_LEN),
-            })?;
+        let bytes: &[u8; Self::ENCODED_LEN] = bytes.try_into().map_err(|_| Error::Malformed {
+            what: "block ref",
+            detail: format!("{} bytes, want {}", bytes.len(), Self::ENCODED_LEN),
+        })?;
         let mut address = [0u8; 32];
         address.copy_from_slice(&bytes[..32]);
         let mut key = [0u8; 32];

@@ -18,9 +18,16 @@ pub enum Error {
     #[error("block {address}: stored bytes do not hash to their address")]
     AddressMismatch { address: Address },
     #[error("block {address}: cannot be opened with the given key ({reason})")]
-    Unseal { address: Address, reason: &'static str },
+    Unseal {
+        address: Address,
+        reason: &'static str,
+    },
     #[error("arena {arena}, offset {offset}: corrupt record ({reason})")]
-    Corrupt { arena: u32, offset: u64, reason: String },
+    Corrupt {
+        arena: u32,
+        offset: u64,
+        reason: String,
+    },
     #[error("block {address} in arena {arena} at offset {offset}: {reason}")]
     Damaged {
         address: Address,
