@@ -75,6 +75,12 @@ pub trait BlockStore: Send + Sync {
     /// Store sealed bytes under their address. Idempotent; a second put of an existing
     /// address may upgrade its class from `Cached` to `Pinned`, never the reverse.
     fn put(&self, address: &Address, sealed: &[u8], class: Class) -> Result<()>;
+    /// `put` of bytes this process just sealed, whose address was computed from these
+    /// very bytes: an implementation may skip re-hashing them. Bytes from anywhere
+    /// else (network, disk) go through `put`.
+    fn put_sealed_here(&self, address: &Address, sealed: &[u8], class: Class) -> Result<()> {
+        self.put(address, sealed, class)
+    }
     /// The sealed bytes stored under `address`, verified against it.
     fn get(&self, address: &Address) -> Result<Vec<u8>>;
     fn contains(&self, address: &Address) -> Result<bool>;

@@ -46,6 +46,9 @@ const TAG_BYTES: usize = 16;
 const HEADER_BYTES: usize = 2;
 /// Header + padding marker.
 const FRAMING_BYTES: usize = HEADER_BYTES + 1;
+/// Where the content starts in a buffer sealed by [`Sealer::seal_in_place`]: room for
+/// the version byte and the header.
+pub const IN_PLACE_OFFSET_BYTES: usize = 1 + HEADER_BYTES;
 /// Shortest possible sealed block: empty content.
 pub const SEALED_BYTES_MIN: usize = 1 + padme(FRAMING_BYTES) + TAG_BYTES;
 /// Longest possible sealed block: incompressible content of `CONTENT_BYTES_MAX`.
@@ -111,33 +114,59 @@ impl Sealer {
                 bytes_max: CONTENT_BYTES_MAX,
             });
         }
-        let key = content_key(keys, kind, data);
-        let (flags, payload) = match self.compressor.compress(data) {
-            Some(compressed) => (FLAG_COMPRESSED, compressed),
-            None => (0, data),
-        };
-        let plaintext_bytes = padme(FRAMING_BYTES + payload.len());
         sealed.clear();
-        sealed.reserve(1 + plaintext_bytes + TAG_BYTES);
-        sealed.push(BLOCK_VERSION);
-        sealed.push(kind as u8);
-        sealed.push(flags);
-        sealed.extend_from_slice(payload);
-        sealed.push(PADDING_MARKER);
-        sealed.resize(1 + plaintext_bytes, 0);
+        sealed.reserve(1 + padme(FRAMING_BYTES + data.len()) + TAG_BYTES);
+        sealed.extend_from_slice(&[0; IN_PLACE_OFFSET_BYTES]);
+        sealed.extend_from_slice(data);
+        self.seal_in_place(keys, kind, sealed)
+    }
+
+    /// Seal the content in `buffer[IN_PLACE_OFFSET_BYTES..]` (the bytes before it are
+    /// overwritten) into `buffer` itself, without copying the content, and return its
+    /// ref. The same block as [`Sealer::seal_into`] of that content.
+    pub fn seal_in_place(
+        &mut self,
+        keys: &EpochKeys,
+        kind: Kind,
+        buffer: &mut Vec<u8>,
+    ) -> Result<BlockRef> {
+        let data = buffer.get(IN_PLACE_OFFSET_BYTES..).unwrap_or_default();
+        let data_bytes = data.len();
+        if data_bytes > CONTENT_BYTES_MAX {
+            return Err(Error::TooLarge {
+                bytes: data_bytes,
+                bytes_max: CONTENT_BYTES_MAX,
+            });
+        }
+        let key = content_key(keys, kind, data);
+        let flags = match self.compressor.compress(data) {
+            Some(compressed) => {
+                buffer.truncate(IN_PLACE_OFFSET_BYTES);
+                buffer.extend_from_slice(compressed);
+                FLAG_COMPRESSED
+            }
+            None => 0,
+        };
+        buffer.resize(buffer.len().max(IN_PLACE_OFFSET_BYTES), 0);
+        let payload_bytes = buffer.len() - IN_PLACE_OFFSET_BYTES;
+        let plaintext_bytes = padme(FRAMING_BYTES + payload_bytes);
+        buffer.reserve((1 + plaintext_bytes + TAG_BYTES).saturating_sub(buffer.len()));
+        buffer[..IN_PLACE_OFFSET_BYTES].copy_from_slice(&[BLOCK_VERSION, kind as u8, flags]);
+        buffer.push(PADDING_MARKER);
+        buffer.resize(1 + plaintext_bytes, 0);
         let cipher = ChaCha20Poly1305::new(key.as_bytes().into());
         let tag = cipher
-            .encrypt_in_place_detached(&Nonce::default(), BLOCK_AAD, &mut sealed[1..])
+            .encrypt_in_place_detached(&Nonce::default(), BLOCK_AAD, &mut buffer[1..])
             .map_err(|_| Error::TooLarge {
-                bytes: data.len(),
+                bytes: data_bytes,
                 bytes_max: CONTENT_BYTES_MAX,
             })?;
-        sealed.extend_from_slice(&tag);
+        buffer.extend_from_slice(&tag);
         Ok(BlockRef {
-            address: Address::of(sealed),
+            address: Address::of(buffer),
             key: *key.as_bytes(),
             epoch: keys.epoch(),
-            length: data.len() as u64,
+            length: data_bytes as u64,
         })
     }
 }

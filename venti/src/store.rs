@@ -211,13 +211,29 @@ impl Store {
 
     /// Store `sealed` under `address`. Durable after the next [`Store::sync`].
     pub fn put(&self, address: &Address, sealed: &[u8], class: Class) -> Result<()> {
+        self.put_checked(address, sealed, class, self.options.verify_puts)
+    }
+
+    /// [`Store::put`] without re-hashing: for blocks sealed in this process, whose
+    /// address was computed from these bytes.
+    pub fn put_sealed_here(&self, address: &Address, sealed: &[u8], class: Class) -> Result<()> {
+        self.put_checked(address, sealed, class, false)
+    }
+
+    fn put_checked(
+        &self,
+        address: &Address,
+        sealed: &[u8],
+        class: Class,
+        verify: bool,
+    ) -> Result<()> {
         if sealed.len() > RECORD_PAYLOAD_BYTES_MAX as usize {
             return Err(Error::TooLarge {
                 bytes: sealed.len(),
                 bytes_max: RECORD_PAYLOAD_BYTES_MAX as usize,
             });
         }
-        if self.options.verify_puts && Address::of(sealed) != *address {
+        if verify && Address::of(sealed) != *address {
             return Err(Error::AddressMismatch { address: *address });
         }
         let mut writer = self.writer.lock();
@@ -788,6 +804,10 @@ impl std::fmt::Debug for Store {
 impl BlockStore for Store {
     fn put(&self, address: &Address, sealed: &[u8], class: Class) -> Result<()> {
         Store::put(self, address, sealed, class)
+    }
+
+    fn put_sealed_here(&self, address: &Address, sealed: &[u8], class: Class) -> Result<()> {
+        Store::put_sealed_here(self, address, sealed, class)
     }
 
     fn get(&self, address: &Address) -> Result<Vec<u8>> {

@@ -38,7 +38,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::chunk::{Chunker, StreamChunker};
 use crate::error::BlockFault;
 use crate::keys::EpochKeys;
-use crate::seal::{self, CONTENT_BYTES_MAX, Sealer};
+use crate::seal::{self, CONTENT_BYTES_MAX, IN_PLACE_OFFSET_BYTES, Sealer};
 use crate::{Address, BlockRef, BlockStore, Class, Error, Kind, Result};
 
 /// A pointer block ends at a child whose key's low bits are zero with this odds.
@@ -164,8 +164,8 @@ struct Builder<'s> {
     /// Sealed leaves that came back before their predecessors; index 0 is
     /// `next_commit`.
     reorder: VecDeque<Option<Sealed>>,
-    free_data: Vec<Vec<u8>>,
-    free_sealed: Vec<Vec<u8>>,
+    /// Chunk buffers back from the pool, sealed in place and stored, for reuse.
+    free_buffers: Vec<Vec<u8>>,
     /// Sealed bytes of blocks sealed on this thread.
     scratch: Vec<u8>,
     /// `levels[n]`: refs of level-n blocks not yet in a pointer block.
@@ -204,8 +204,7 @@ impl<'s> Builder<'s> {
             next_seq: 0,
             next_commit: 0,
             reorder: VecDeque::new(),
-            free_data: Vec::new(),
-            free_sealed: Vec::new(),
+            free_buffers: Vec::new(),
             scratch: Vec::new(),
             levels: Vec::new(),
             length: 0,
@@ -221,11 +220,13 @@ impl<'s> Builder<'s> {
                 self.sealer
                     .seal_into(&self.keys, self.leaf_kind, chunk, &mut self.scratch)?;
             self.store
-                .put(&block_ref.address, &self.scratch, self.class)?;
+                .put_sealed_here(&block_ref.address, &self.scratch, self.class)?;
             return self.push_ref(0, block_ref);
         }
-        let mut data = self.free_data.pop().unwrap_or_default();
+        // The chunk goes straight into the buffer it will be sealed in.
+        let mut data = self.free_buffers.pop().unwrap_or_default();
         data.clear();
+        data.extend_from_slice(&[0; IN_PLACE_OFFSET_BYTES]);
         data.extend_from_slice(chunk);
         if self.pool.is_none() {
             match self.first_chunk.take() {
@@ -251,15 +252,13 @@ impl<'s> Builder<'s> {
         while self.next_seq - self.next_commit >= in_flight_max {
             self.receive(true)?;
         }
-        let sealed = self.free_sealed.pop().unwrap_or_default();
         let pool = self.pool.as_ref().ok_or_else(pool_stopped)?;
         pool.jobs
             .as_ref()
             .ok_or_else(pool_stopped)?
             .send(Job {
                 seq: self.next_seq,
-                data,
-                sealed,
+                buffer: data,
             })
             .map_err(|_| pool_stopped())?;
         self.next_seq += 1;
@@ -295,10 +294,9 @@ impl<'s> Builder<'s> {
         while let Some(Some(_)) = self.reorder.front() {
             if let Some(Some(done)) = self.reorder.pop_front() {
                 self.store
-                    .put(&done.block_ref.address, &done.sealed, self.class)?;
+                    .put_sealed_here(&done.block_ref.address, &done.sealed, self.class)?;
                 self.next_commit += 1;
-                self.free_data.push(done.data);
-                self.free_sealed.push(done.sealed);
+                self.free_buffers.push(done.sealed);
                 self.push_ref(0, done.block_ref)?;
             }
         }
@@ -336,7 +334,7 @@ impl<'s> Builder<'s> {
                 .seal_into(&self.keys, Kind::Pointer, &payload, &mut self.scratch)?;
         block_ref.length = children.iter().map(|child| child.length).sum();
         self.store
-            .put(&block_ref.address, &self.scratch, self.class)?;
+            .put_sealed_here(&block_ref.address, &self.scratch, self.class)?;
         // Reuse the allocation for the next pointer block of this level.
         let mut children = children;
         children.clear();
@@ -345,12 +343,12 @@ impl<'s> Builder<'s> {
     }
 
     fn finish(&mut self) -> Result<BlockRef> {
-        if let Some(first) = self.first_chunk.take() {
-            let block_ref =
-                self.sealer
-                    .seal_into(&self.keys, self.leaf_kind, &first, &mut self.scratch)?;
+        if let Some(mut first) = self.first_chunk.take() {
+            let block_ref = self
+                .sealer
+                .seal_in_place(&self.keys, self.leaf_kind, &mut first)?;
             self.store
-                .put(&block_ref.address, &self.scratch, self.class)?;
+                .put_sealed_here(&block_ref.address, &first, self.class)?;
             self.push_ref(0, block_ref)?;
         }
         while self.next_commit < self.next_seq {
@@ -362,7 +360,7 @@ impl<'s> Builder<'s> {
                 self.sealer
                     .seal_into(&self.keys, self.leaf_kind, &[], &mut self.scratch)?;
             self.store
-                .put(&block_ref.address, &self.scratch, self.class)?;
+                .put_sealed_here(&block_ref.address, &self.scratch, self.class)?;
             return Ok(block_ref);
         }
         let mut level = 0;
@@ -671,15 +669,14 @@ struct SealPool {
 
 struct Job {
     seq: u64,
-    data: Vec<u8>,
-    sealed: Vec<u8>,
+    /// The chunk at `IN_PLACE_OFFSET_BYTES`, sealed in place.
+    buffer: Vec<u8>,
 }
 
 struct Sealed {
     seq: u64,
     block_ref: BlockRef,
-    /// Returned for reuse.
-    data: Vec<u8>,
+    /// The sealed block, in the chunk's buffer.
     sealed: Vec<u8>,
 }
 
@@ -698,14 +695,14 @@ impl SealPool {
                 std::thread::spawn(move || {
                     let mut sealer = Sealer::new();
                     for mut job in job_queue {
-                        let result = sealer
-                            .seal_into(&keys, kind, &job.data, &mut job.sealed)
-                            .map(|block_ref| Sealed {
-                                seq: job.seq,
-                                block_ref,
-                                data: job.data,
-                                sealed: job.sealed,
-                            });
+                        let result =
+                            sealer
+                                .seal_in_place(&keys, kind, &mut job.buffer)
+                                .map(|block_ref| Sealed {
+                                    seq: job.seq,
+                                    block_ref,
+                                    sealed: job.buffer,
+                                });
                         if result_sender.send(result).is_err() {
                             return;
                         }
