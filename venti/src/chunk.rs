@@ -155,35 +155,48 @@ impl Drop for Chunker {
 /// same chunks as [`Chunker::chunk_lengths`] over the concatenation.
 ///
 /// Holds at most `bytes_max - 1` bytes between calls. A chunk that lies wholly inside
-/// one pushed piece is emitted straight from it, without a copy.
+/// one pushed piece is emitted straight from it, without a copy; of a piece that
+/// continues held bytes, only what the cuts up to the first chunk ending inside the
+/// piece need is copied, and held bytes move to the front of the buffer at most once
+/// per `bytes_max` bytes emitted.
 #[derive(Debug)]
 pub struct StreamChunker {
     chunker: Chunker,
-    /// Bytes pushed but not yet emitted; always shorter than `bytes_max` between calls.
+    /// `held[start..]`: bytes pushed but not yet emitted; always shorter than
+    /// `bytes_max` between calls. `held.len()` stays within `2 × bytes_max`.
     held: Vec<u8>,
+    start: usize,
 }
 
 impl StreamChunker {
     pub fn new(chunker: Chunker) -> StreamChunker {
-        let held = Vec::with_capacity(chunker.bytes_max());
-        StreamChunker { chunker, held }
+        let held = Vec::with_capacity(2 * chunker.bytes_max());
+        StreamChunker {
+            chunker,
+            held,
+            start: 0,
+        }
     }
 
-    /// Bytes held back waiting for more input.
+    /// Bytes pushed but not yet emitted.
     pub fn held_bytes(&self) -> usize {
-        self.held.len()
+        self.held.len() - self.start
     }
 
-    /// Feed `input`; `emit` is called with every chunk completed by it, in order.
+    /// Push bytes; `emit` gets every chunk that is now complete, in order.
     pub fn push<E>(
         &mut self,
         mut input: &[u8],
         mut emit: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         let bytes_max = self.chunker.bytes_max();
-        while !input.is_empty() {
-            if self.held.is_empty() {
-                // Cut straight from the input while a whole window is available.
+        // `input[..copied]` is also the tail of `held`.
+        let mut copied = 0;
+        while copied < input.len() {
+            if self.start == self.held.len() {
+                self.held.clear();
+                self.start = 0;
+                // Nothing held: cut straight from the input while a whole window fits.
                 while input.len() >= bytes_max {
                     let length = self.chunker.cut(input);
                     let (chunk, rest) = input.split_at(length);
@@ -193,37 +206,46 @@ impl StreamChunker {
                 self.held.extend_from_slice(input);
                 return Ok(());
             }
-            let held_before = self.held.len();
-            let take = (bytes_max - held_before).min(input.len());
-            let taken = &input[..take];
-            self.held.extend_from_slice(taken);
-            if self.held.len() < bytes_max {
+            let pending = self.held.len() - self.start;
+            let take = bytes_max.saturating_sub(pending).min(input.len() - copied);
+            if self.held.len() + take > 2 * bytes_max {
+                self.held.drain(..self.start);
+                self.start = 0;
+            }
+            self.held.extend_from_slice(&input[copied..copied + take]);
+            copied += take;
+            if self.held.len() - self.start < bytes_max {
+                // All of the input is held now.
                 return Ok(());
             }
-            let length = self.chunker.cut(&self.held);
-            emit(&self.held[..length])?;
-            if length >= held_before {
-                // The chunk used all held bytes; what follows it is still in `input`.
-                input = &input[length - held_before..];
+            let window = &self.held[self.start..];
+            let length = self.chunker.cut(window);
+            emit(&window[..length])?;
+            let end = self.start + length;
+            let input_at = self.held.len() - copied;
+            if end >= input_at {
+                // The chunk ended inside the input: go on from the input itself.
+                input = &input[end - input_at..];
+                copied = 0;
                 self.held.clear();
+                self.start = 0;
             } else {
-                // Give the taken bytes back to the input; keep the held tail.
-                self.held.truncate(held_before);
-                self.held.drain(..length);
+                self.start = end;
             }
         }
         Ok(())
     }
 
-    /// End of stream: emit the held bytes as the last chunk(s).
+    /// Emit what is held as the final chunks.
     pub fn finish<E>(&mut self, mut emit: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
-        let mut offset = 0;
+        let mut offset = self.start;
         while let Some(rest) = self.held.get(offset..).filter(|rest| !rest.is_empty()) {
             let length = self.chunker.cut(rest);
             emit(&rest[..length])?;
             offset += length;
         }
         self.held.clear();
+        self.start = 0;
         Ok(())
     }
 }
@@ -332,6 +354,7 @@ mod tests {
     fn stream_lengths(chunker: &Chunker, data: &[u8], pieces: &[usize]) -> Vec<usize> {
         let mut stream = StreamChunker::new(chunker.clone());
         let mut lengths = Vec::new();
+        let mut emitted = Vec::new();
         let mut offset = 0;
         let mut piece = pieces.iter().cycle();
         while offset < data.len() {
@@ -339,6 +362,7 @@ mod tests {
             stream
                 .push::<()>(&data[offset..offset + size], |chunk| {
                     lengths.push(chunk.len());
+                    emitted.extend_from_slice(chunk);
                     Ok(())
                 })
                 .unwrap();
@@ -348,10 +372,27 @@ mod tests {
         stream
             .finish::<()>(|chunk| {
                 lengths.push(chunk.len());
+                emitted.extend_from_slice(chunk);
                 Ok(())
             })
             .unwrap();
+        assert!(
+            emitted == data,
+            "emitted chunks differ from the pushed bytes"
+        );
         lengths
+    }
+
+    #[test]
+    fn streaming_small_and_mixed_pieces_match_whole_buffer() {
+        // Small pieces keep bytes held for many cuts (the compaction path); mixed ones
+        // alternate between held and direct cutting.
+        let chunker = Chunker::new(&keys());
+        let data = seeded(3_000_000, 7);
+        let whole: Vec<usize> = chunker.chunk_lengths(&data).collect();
+        for pieces in [&[4096][..], &[1, 70_000, 300_000, 17, 262_143], &[65_537]] {
+            assert_eq!(stream_lengths(&chunker, &data, pieces), whole, "{pieces:?}");
+        }
     }
 
     proptest! {

@@ -51,7 +51,7 @@ pub const FANOUT_MAX: usize = 1024;
 /// 16 KiB leaves, level 8 covers more than 10^16 bytes.
 pub const DEPTH_MAX: u8 = 8;
 /// Chunks each sealing thread may have queued or in progress.
-pub const IN_FLIGHT_PER_THREAD: usize = 4;
+pub const IN_FLIGHT_PER_THREAD: usize = 16;
 /// `read_range` reserves at most this much up front; more grows as blocks arrive.
 pub const READ_PREALLOC_BYTES_MAX: usize = 16 * 1024 * 1024;
 
