@@ -117,7 +117,9 @@
 //!   entry)`; a puller checks the chain continues its own head and matches the head a
 //!   leader announced before committing anything. Learners pull from their nearest
 //!   voter; the leader only sends them small heartbeats. [`Node::compact`] replaces the
-//!   log up to a slot with an application snapshot.
+//!   log up to a slot with an application snapshot. A device removed while it was cut
+//!   off is served the log up to the stop entry that removed it (nothing later), so it
+//!   learns it left instead of leading or campaigning in a configuration that is over.
 //!
 //! # Invariants
 //!

@@ -501,7 +501,7 @@ impl Node {
                 committed,
                 score_ms,
             } => self.on_heartbeat_ack(now_ms, from, ballot, round, committed, score_ms, &mut fx),
-            Body::Fetch { first } => self.on_fetch(from, first, &mut fx),
+            Body::Fetch { first } => self.on_fetch(from, config, first, &mut fx),
             Body::Entries {
                 first,
                 prev,
@@ -1258,7 +1258,7 @@ impl Node {
         fx: &mut Vec<Effect>,
     ) {
         match body {
-            Body::Fetch { first } => self.on_fetch(from, first, fx),
+            Body::Fetch { first } => self.on_fetch(from, config, first, fx),
             Body::Entries {
                 first,
                 prev,

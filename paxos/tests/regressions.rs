@@ -8,7 +8,7 @@
 mod cluster;
 
 use cluster::Cluster;
-use paxos::{Config, ConfigId, Effect, NodeId, Timer};
+use paxos::{Config, ConfigId, Effect, NodeId, Role, Timer};
 
 fn majority(id: u64, voters: &[u64], learners: &[u64]) -> Config {
     Config::majority(
@@ -190,4 +190,67 @@ fn a_reply_to_a_read_sent_before_a_crash_does_not_answer_a_read_after_it() {
         "read started after the write committed below {after_write} was served at {}",
         served[0].2
     );
+}
+
+/// Note N1 in `/work/briefs/paxos-bugs.md` (old simulator seeds 100121, 100265, 104690):
+/// a voter removed by a reconfiguration while it was cut off never learned it: the
+/// members ignored its fetches (it is not a member), so it kept leading or campaigning
+/// in a configuration that was over. Members now serve it the log up to the stop entry
+/// that removed it (and nothing after).
+#[test]
+fn a_voter_removed_while_cut_off_learns_it_was_removed() {
+    let mut cluster = Cluster::new(3).expect("cluster");
+    cluster.elect(NodeId(3)).expect("election");
+    cluster.propose(2, b"before".to_vec()).expect("propose");
+    cluster.run_until_quiet(100).expect("quiet");
+
+    // n3 is cut off; n1 takes over and removes it.
+    cluster.now_ms += 60_000;
+    cluster.fire(0, Timer::Election).expect("n1 election");
+    cluster.run_without(NodeId(3), 1_000).expect("quiet");
+    assert!(cluster.nodes[0].is_leader(), "n1 leads without n3");
+    let next = majority(2, &[1, 2], &[]);
+    let effects = cluster.nodes[0]
+        .reconfigure(cluster.now_ms, next.clone())
+        .expect("reconfigure");
+    cluster.run_effects(0, effects).expect("effects");
+    cluster.run_without(NodeId(3), 1_000).expect("quiet");
+    // n1 campaigns in configuration 2 at once; n2 was still in configuration 1 when its
+    // prepare arrived, so the retry's prepare completes phase 1.
+    cluster.now_ms += 1_000;
+    cluster.fire(0, Timer::Retry).expect("n1 retry");
+    cluster.run_without(NodeId(3), 1_000).expect("quiet");
+    assert!(cluster.nodes[0].is_leader(), "n1 leads configuration 2");
+    assert_eq!(cluster.nodes[0].config().id, ConfigId(2));
+    let stop_next = cluster.nodes[0].config_start();
+    assert_eq!(cluster.nodes[2].config().id, ConfigId(1), "n3 missed it");
+
+    // The partition heals; whatever n3 sends (heartbeats as the old leader, prepares
+    // after stepping down) is answered from configuration 2, and it catches up.
+    for _ in 0..4 {
+        cluster.now_ms += 1_000;
+        for timer in [Timer::Heartbeat, Timer::Election, Timer::Retry] {
+            cluster.fire(2, timer).expect("n3 timer");
+            cluster.run_until_quiet(1_000).expect("quiet");
+        }
+    }
+    let n3 = &cluster.nodes[2];
+    assert_eq!(
+        n3.config(),
+        &next,
+        "n3 learned the configuration without it"
+    );
+    assert_eq!(n3.role(), Role::Learner);
+    assert!(!n3.is_leader());
+    assert_eq!(
+        n3.commit_index(),
+        stop_next,
+        "n3 got the log through the stop entry and nothing after it"
+    );
+    // And the group is unaffected: n1 still leads configuration 2 and commits.
+    assert!(cluster.nodes[0].is_leader());
+    cluster.propose(0, b"after".to_vec()).expect("propose");
+    cluster.run_until_quiet(1_000).expect("quiet");
+    assert!(cluster.nodes[0].commit_index() > stop_next);
+    assert_eq!(cluster.nodes[2].commit_index(), stop_next);
 }

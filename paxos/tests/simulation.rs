@@ -6,7 +6,8 @@
 //!   on a quiet machine would make CI flaky the day a seed beyond the usual reach
 //!   fails). `PAXOS_SEEDS=N` runs exactly N seeds; `PAXOS_SIM_SECONDS=S` (or
 //!   `KITH_LONG=1` → 20 min) explores as many seeds as fit in S seconds — for hunting,
-//!   never the default. All start at `PAXOS_SEED_START` (default 0).
+//!   never the default. All start at `PAXOS_SEED_START` (default 0). (The test keeps
+//!   its old name because CI invokes it by name.)
 //! - `replay_seed`: `PAXOS_SEED=N` replays one seed (add `PAXOS_TRACE=1` for the
 //!   event trace).
 //! - `regression_seeds`: every seed that once found a bug.
@@ -27,9 +28,12 @@ use sim::{Outcome, run_seed};
 /// 40: a voter restarted after a reconfiguration never armed its election timer (B1).
 /// 17544: a restarted follower reused a read id; the leader's late reply to its
 /// pre-crash request served a new read at a stale index (linearizability).
+/// 7499, 8828, 8960: reported failing `liveness` by a CI time-box run at bc3b70d; they
+/// pass when replayed (or run in a range) at bc3b70d and later, so no cause was found —
+/// kept here so they stay covered beyond `SEEDS_DEFAULT`.
 /// (Seeds replay different paths once the core changes; the focused reproductions live
 /// in `tests/regressions.rs`.)
-const REGRESSION_SEEDS: &[u64] = &[34, 40, 272, 17544];
+const REGRESSION_SEEDS: &[u64] = &[34, 40, 272, 7499, 8828, 8960, 17544];
 
 /// Stop collecting after this many failing seeds.
 const FAILURES_MAX: usize = 10;

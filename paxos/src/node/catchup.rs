@@ -8,7 +8,7 @@
 
 use super::{Effect, Node, Rejection, Role};
 use crate::chain::ChainHash;
-use crate::ids::{NodeId, ReadId, Slot};
+use crate::ids::{ConfigId, NodeId, ReadId, Slot};
 use crate::limits::{CATCHUP_BYTES_MAX, CATCHUP_ENTRIES_MAX};
 use crate::message::{Body, Entry, Snapshot};
 use crate::store::DurableWrite;
@@ -48,12 +48,32 @@ impl Node {
             .map_or(hint, |(_, v)| v)
     }
 
-    /// Serves committed history from `first`.
-    pub(super) fn on_fetch(&mut self, from: NodeId, first: Slot, fx: &mut Vec<Effect>) {
-        if !self.config.is_member(from) {
-            return;
-        }
+    /// Serves committed history from `first` to `from`, which asked from configuration
+    /// `from_config`.
+    ///
+    /// A member gets everything. A non-member that belonged to `from_config` (a device
+    /// removed while it was cut off) gets the log up to the stop entry that ended that
+    /// configuration and nothing after it: committing the stop shows it that it left,
+    /// so it stops campaigning or leading a configuration that is over.
+    pub(super) fn on_fetch(
+        &mut self,
+        from: NodeId,
+        from_config: ConfigId,
+        first: Slot,
+        fx: &mut Vec<Effect>,
+    ) {
+        let limit = if self.config.is_member(from) {
+            None
+        } else {
+            match self.stop_of_config_with(from_config, from) {
+                Some(stop) if first <= stop => Some(stop),
+                _ => return,
+            }
+        };
         if first < self.base.next {
+            if limit.is_some() {
+                return; // A snapshot would reveal state past the stop.
+            }
             if let Some(snapshot) = &self.snapshot {
                 let body = Body::SnapshotData {
                     snapshot: snapshot.clone(),
@@ -82,7 +102,8 @@ impl Node {
         };
         let mut entries = Vec::new();
         let mut bytes = 0usize;
-        for record in self.log.range(first..).map(|(_, r)| r) {
+        let last = limit.unwrap_or(Slot(u64::MAX));
+        for record in self.log.range(first..=last).map(|(_, r)| r) {
             let size = super::acceptor::entry_bytes(&record.entry);
             if entries.len() >= CATCHUP_ENTRIES_MAX
                 || (!entries.is_empty() && bytes.saturating_add(size) > CATCHUP_BYTES_MAX)
@@ -92,13 +113,31 @@ impl Node {
             bytes = bytes.saturating_add(size);
             entries.push(record.entry.clone());
         }
+        let committed = limit.map_or(self.commit_index, Slot::next);
         let body = Body::Entries {
             first,
             prev,
             entries,
-            committed: self.commit_index,
+            committed,
         };
         self.send(from, body, fx);
+    }
+
+    /// The slot of the stop entry that ended configuration `id`, if the log still
+    /// holds it and `node` was a member of `id`.
+    fn stop_of_config_with(&self, id: ConfigId, node: NodeId) -> Option<Slot> {
+        let mut current = self.base.config.id;
+        let mut member = self.base.config.is_member(node);
+        for (slot, record) in &self.log {
+            if let Entry::Reconfigure(next) = &record.entry {
+                if current == id {
+                    return member.then_some(*slot);
+                }
+                current = current.next();
+                member = next.is_member(node);
+            }
+        }
+        None
     }
 
     fn trusted_source(&self, from: NodeId) -> bool {
