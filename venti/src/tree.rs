@@ -21,9 +21,12 @@
 //!
 //! Ingest is a pipeline: the calling thread chunks and builds the tree; a pool of
 //! sealing threads (started on the second chunk, so small content costs no thread)
-//! hashes, compresses and encrypts; sealed leaves come back through a reorder window
-//! and go to the store in stream order. Buffers circulate instead of being allocated
-//! per chunk, and at most `IN_FLIGHT_PER_THREAD × threads` chunks are in flight.
+//! hashes, compresses and encrypts each chunk in place in the buffer it was copied
+//! into; sealed leaves come back through a reorder window and go to the store in
+//! stream order, through `put_sealed_here` (their address was computed from these very
+//! bytes, so the store need not hash them again). Buffers circulate instead of being
+//! allocated per chunk, and at most `IN_FLIGHT_PER_THREAD × threads` chunks are in
+//! flight.
 //!
 //! [`TreeReader`] reads any byte range by opening only the blocks that cover it, and
 //! walks a tree's addresses for GC without opening leaves. Pointer blocks are hostile
