@@ -46,3 +46,22 @@ pub enum Error {
     #[error("corrupt {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
 }
+
+impl Error {
+    /// The disk (or a store's quota) is full, whichever layer noticed: the adapter
+    /// answers ENOSPC.
+    pub fn is_no_space(&self) -> bool {
+        fn io_full(error: &std::io::Error) -> bool {
+            error.raw_os_error() == Some(libc::ENOSPC)
+        }
+        fn db_full(error: &rusqlite::Error) -> bool {
+            error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+        }
+        match self {
+            Error::NoSpace => true,
+            Error::Io(error) | Error::Store(venti::Error::Io(error)) => io_full(error),
+            Error::Db(error) | Error::Store(venti::Error::Index(error)) => db_full(error),
+            _ => false,
+        }
+    }
+}

@@ -15,7 +15,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::op::{Content, DeviceId, Rights, kind_from_byte, kind_to_byte};
-use crate::{FileKind, InodeNo, Result};
+use crate::{Error, FileKind, InodeNo, Result};
 
 /// Deepest directory nesting walked when checking ancestry; a longer parent chain is
 /// treated as a loop (corrupt state), never followed forever.
@@ -75,6 +75,11 @@ CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 pub struct Namespace {
     conn: Connection,
     in_transaction: bool,
+    /// The database rolled back a transaction this `Namespace` still had open.
+    rolled_back: bool,
+    /// Test hook: the next commit fails as on a full disk, rolled back.
+    #[cfg(test)]
+    pub(crate) fail_next_commit: bool,
 }
 
 impl Namespace {
@@ -96,12 +101,21 @@ impl Namespace {
         Ok(Namespace {
             conn,
             in_transaction: false,
+            rolled_back: false,
+            #[cfg(test)]
+            fail_next_commit: false,
         })
     }
 
     /// Start a transaction if none is open. Changes become visible to this connection
     /// at once and reach the database file at [`Namespace::commit`].
     pub fn begin(&mut self) -> Result<()> {
+        if self.in_transaction && self.conn.is_autocommit() {
+            // A failed statement (e.g. SQLITE_FULL) made SQLite roll the whole
+            // transaction back; `commit` reports it so the caller applies again.
+            self.rolled_back = true;
+            self.in_transaction = false;
+        }
         if !self.in_transaction {
             self.conn.execute_batch("BEGIN")?;
             self.in_transaction = true;
@@ -109,12 +123,44 @@ impl Namespace {
         Ok(())
     }
 
+    /// On failure (e.g. SQLITE_FULL) SQLite may have rolled the whole transaction
+    /// back: [`Namespace::in_transaction`] then says false, and the caller must apply
+    /// again what the transaction held.
     pub fn commit(&mut self) -> Result<()> {
+        let lost = std::mem::take(&mut self.rolled_back)
+            || (self.in_transaction && self.conn.is_autocommit());
+        if lost {
+            if !self.conn.is_autocommit() {
+                self.conn.execute_batch("ROLLBACK")?;
+            }
+            self.in_transaction = false;
+            return Err(Error::Io(std::io::Error::other(
+                "namespace transaction was rolled back by the database",
+            )));
+        }
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_commit) && self.in_transaction {
+            // What SQLite does when the disk fills under a COMMIT.
+            self.conn.execute_batch("ROLLBACK")?;
+            self.in_transaction = false;
+            return Err(Error::Db(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                None,
+            )));
+        }
         if self.in_transaction {
-            self.conn.execute_batch("COMMIT")?;
+            if let Err(error) = self.conn.execute_batch("COMMIT") {
+                self.in_transaction = !self.conn.is_autocommit();
+                return Err(error.into());
+            }
             self.in_transaction = false;
         }
         Ok(())
+    }
+
+    /// A transaction is open: applied changes are not yet committed.
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction
     }
 
     /// The next log slot to apply.

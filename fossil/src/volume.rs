@@ -151,6 +151,8 @@ struct State {
     last_commit: Instant,
     /// Ops referring to store blocks were logged since the store was last synced.
     content_unsynced: bool,
+    /// A failed commit lost applied ops the log holds: re-apply before the next commit.
+    ns_behind: bool,
     views: Views,
 }
 
@@ -166,6 +168,37 @@ struct Tuning {
 struct OpenFile {
     handles: u32,
     dirty: Option<Dirty>,
+    /// Buffered writes were lost (the store failed, e.g. the disk is full) after
+    /// `write` had answered: the next write, flush or fsync of the file reports it.
+    lost_write: Option<LostWrite>,
+    /// `lost_write` was already answered to a `write` (it still fails flush/fsync).
+    lost_write_told_writer: bool,
+}
+
+/// Why buffered writes of a file were dropped, kept to be reported later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LostWrite {
+    NoSpace,
+    Io,
+}
+
+impl LostWrite {
+    fn of(error: &Error) -> LostWrite {
+        if error.is_no_space() {
+            LostWrite::NoSpace
+        } else {
+            LostWrite::Io
+        }
+    }
+
+    fn error(self) -> Error {
+        match self {
+            LostWrite::NoSpace => Error::NoSpace,
+            LostWrite::Io => Error::Io(std::io::Error::other(
+                "buffered writes of this file were lost to a store failure",
+            )),
+        }
+    }
 }
 
 /// The write buffer of one file.
@@ -233,6 +266,7 @@ impl Volume {
             uncommitted_ops: 0,
             last_commit: Instant::now(),
             content_unsynced: false,
+            ns_behind: false,
             views: Views::default(),
         };
         state.recover(&ns_path)?;
@@ -648,6 +682,7 @@ impl Volume {
     ) -> Result<u32> {
         let mut state = self.shared.state.lock();
         state.writable(ino)?;
+        state.tell_writer_of_lost_write(ino)?;
         state.write(ino, offset, data)?;
         Ok(data.len() as u32)
     }
@@ -657,7 +692,9 @@ impl Volume {
         if is_view(ino) {
             return Ok(());
         }
-        self.shared.state.lock().flush_file(ino)
+        let mut state = self.shared.state.lock();
+        let flushed = state.flush_file(ino);
+        state.report_flush(ino, flushed)
     }
 
     pub fn release(&self, ino: InodeNo, handle: FileHandle) -> Result<()> {
@@ -667,6 +704,7 @@ impl Volume {
             return Ok(());
         }
         let flushed = state.flush_file(ino);
+        let flushed = state.report_flush(ino, flushed);
         if let Some(file) = state.files.get_mut(&ino) {
             file.handles = file.handles.saturating_sub(1);
             if file.handles == 0 && file.dirty.is_none() {
@@ -683,7 +721,8 @@ impl Volume {
             return Ok(());
         }
         let mut state = self.shared.state.lock();
-        state.flush_file(ino)?;
+        let flushed = state.flush_file(ino);
+        state.report_flush(ino, flushed)?;
         state.make_durable()
     }
 
@@ -1102,6 +1141,16 @@ impl State {
 
     /// Apply every log entry after the namespace's applied end.
     fn replay(&mut self) -> Result<()> {
+        let next = self.apply_log_tail()?;
+        self.ns.set_applied_end(next)?;
+        self.ns.commit()?;
+        self.next_seq = self.ns.author(self.device)?.map_or(0, |(seq, _)| seq) + 1;
+        Ok(())
+    }
+
+    /// Apply, in an open transaction, every log entry after the namespace's committed
+    /// applied end; answers the slot after the last one applied.
+    fn apply_log_tail(&mut self) -> Result<u64> {
         let mut next = self.ns.applied_end()?.max(self.log.start());
         self.ns.begin()?;
         loop {
@@ -1123,10 +1172,7 @@ impl State {
                 next = slot + 1;
             }
         }
-        self.ns.set_applied_end(next)?;
-        self.ns.commit()?;
-        self.next_seq = self.ns.author(self.device)?.map_or(0, |(seq, _)| seq) + 1;
-        Ok(())
+        Ok(next)
     }
 
     /// Local effects of an applied op: a snapshot's image goes to the content store.
@@ -1176,8 +1222,27 @@ impl State {
             self.content_unsynced = false;
         }
         self.log.write_out()?;
+        if self.ns_behind {
+            // An earlier commit was rolled back: bring the namespace up to the log.
+            self.apply_log_tail()?;
+            self.ns_behind = false;
+        }
         self.ns.set_applied_end(self.log.end())?;
-        self.ns.commit()?;
+        if let Err(error) = self.ns.commit() {
+            if !self.ns.in_transaction() {
+                // SQLite rolled the transaction back (disk full): the ops it held are
+                // in the log, so apply them again, or the open files and names they
+                // created would vanish until a restart.
+                self.ns_behind = true;
+                match self.apply_log_tail() {
+                    Ok(_) => self.ns_behind = false,
+                    Err(again) => {
+                        tracing::error!(%again, "namespace: re-applying the log failed");
+                    }
+                }
+            }
+            return Err(error);
+        }
         self.uncommitted_ops = 0;
         self.last_commit = Instant::now();
         Ok(())
@@ -1202,13 +1267,19 @@ impl State {
             })
             .map(|(&ino, _)| ino)
             .collect();
+        // One file's failure (kept for its writer) does not hold up the others.
+        let mut first_error = None;
         for ino in idle {
-            self.flush_file(ino)?;
+            if let Err(error) = self.flush_file(ino) {
+                first_error.get_or_insert(error);
+            }
         }
-        if self.uncommitted_ops > 0 {
-            self.commit()?;
+        if self.uncommitted_ops > 0
+            && let Err(error) = self.commit()
+        {
+            first_error.get_or_insert(error);
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     fn new_handle(&mut self, ino: InodeNo) -> FileHandle {
@@ -1523,6 +1594,65 @@ impl State {
         let content = Arc::clone(&self.content);
         let dirty_max = self.options.dirty_file_bytes_max;
         let dirty = self.dirty(ino)?;
+        let buffered = match buffer_write(content.as_ref(), dirty, offset, data) {
+            Ok(buffered) => buffered,
+            Err(error) => {
+                // A failed stream cannot take more bytes: what this file buffered is
+                // lost, and its close and fsync say so too.
+                self.drop_buffer(ino, &error);
+                return Err(error);
+            }
+        };
+        if buffered > dirty_max
+            || (buffered > DIRTY_CHECK_BYTES && self.dirty_bytes() > DIRTY_TOTAL_BYTES_MAX)
+        {
+            // Memory pressure: this file's buffer becomes a write op now.
+            self.flush_file(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Forget `ino`'s write buffer after `error` made it unusable; the loss is reported
+    /// by the file's next flush or fsync.
+    fn drop_buffer(&mut self, ino: InodeNo, error: &Error) {
+        if let Some(file) = self.files.get_mut(&ino) {
+            file.dirty = None;
+            file.lost_write = Some(LostWrite::of(error));
+            file.lost_write_told_writer = true;
+        }
+    }
+
+    /// A write buffer lost in the background (timer flush) fails the next write once.
+    fn tell_writer_of_lost_write(&mut self, ino: InodeNo) -> Result<()> {
+        match self.files.get_mut(&ino) {
+            Some(file) if !file.lost_write_told_writer => {
+                file.lost_write_told_writer = true;
+                file.lost_write.map_or(Ok(()), |lost| Err(lost.error()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// What a flush or fsync answers: its own failure, else a write lost earlier (then
+    /// forgotten: each loss is reported once at a durability point).
+    fn report_flush(&mut self, ino: InodeNo, result: Result<()>) -> Result<()> {
+        let lost = self
+            .files
+            .get_mut(&ino)
+            .and_then(|file| file.lost_write.take());
+        result?;
+        lost.map_or(Ok(()), |lost| Err(lost.error()))
+    }
+}
+
+/// Add `data` at `offset` to a file's write buffer; answers the bytes it buffers.
+fn buffer_write(
+    content: &dyn ContentStore,
+    dirty: &mut Dirty,
+    offset: u64,
+    data: &[u8],
+) -> Result<usize> {
+    {
         let streamed = dirty.stream.as_ref().map(|stream| stream.len());
         match streamed {
             Some(streamed) if offset == streamed && dirty.overlay.is_clean() => {
@@ -1558,16 +1688,11 @@ impl State {
         }
         dirty.mtime_ns = now_ns();
         dirty.last_write = Instant::now();
-        let buffered = dirty.overlay.data_bytes();
-        if buffered > dirty_max
-            || (buffered > DIRTY_CHECK_BYTES && self.dirty_bytes() > DIRTY_TOTAL_BYTES_MAX)
-        {
-            // Memory pressure: this file's buffer becomes a write op now.
-            self.flush_file(ino)?;
-        }
-        Ok(())
+        Ok(dirty.overlay.data_bytes())
     }
+}
 
+impl State {
     /// Bytes held in all write buffers.
     fn dirty_bytes(&self) -> usize {
         self.files
@@ -1605,8 +1730,21 @@ impl State {
         })
     }
 
-    /// Turn `ino`'s write buffer into one write op.
+    /// Turn `ino`'s write buffer into one write op. On failure the buffer is gone, and
+    /// the file's next flush or fsync reports that too (this failure may have happened
+    /// on the timer, where nobody hears of it).
     fn flush_file(&mut self, ino: InodeNo) -> Result<()> {
+        let flushed = self.flush_file_buffer(ino);
+        if let Err(error) = &flushed
+            && let Some(file) = self.files.get_mut(&ino)
+        {
+            file.lost_write = Some(LostWrite::of(error));
+            file.lost_write_told_writer = false;
+        }
+        flushed
+    }
+
+    fn flush_file_buffer(&mut self, ino: InodeNo) -> Result<()> {
         let Some(mut dirty) = self.files.get_mut(&ino).and_then(|file| file.dirty.take()) else {
             return Ok(());
         };

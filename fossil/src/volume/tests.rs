@@ -973,3 +973,191 @@ fn a_large_edit_is_spliced_through_a_streaming_writer() {
     );
     assert!(read_all(&volume, ino) == data);
 }
+
+/// Content in memory whose "disk" fills on demand: while `full`, storing fails with
+/// ENOSPC as the venti arena write does on a full disk.
+#[derive(Debug)]
+struct FillableContent {
+    inner: Arc<MemContent>,
+    full: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn check_space(full: &std::sync::atomic::AtomicBool) -> Result<()> {
+    if full.load(std::sync::atomic::Ordering::SeqCst) {
+        Err(Error::Store(venti::Error::Io(
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+struct FillableWriter {
+    inner: Box<dyn ContentWriter>,
+    full: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ContentWriter for FillableWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        check_space(&self.full)?;
+        self.inner.write(bytes)
+    }
+
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn finish(self: Box<Self>) -> Result<BlockRef> {
+        check_space(&self.full)?;
+        self.inner.finish()
+    }
+}
+
+impl ContentStore for FillableContent {
+    fn writer(&self) -> Result<Box<dyn ContentWriter>> {
+        Ok(Box::new(FillableWriter {
+            inner: self.inner.writer()?,
+            full: Arc::clone(&self.full),
+        }))
+    }
+
+    fn write_all(&self, bytes: &[u8]) -> Result<BlockRef> {
+        check_space(&self.full)?;
+        self.inner.write_all(bytes)
+    }
+
+    fn read(&self, root: &BlockRef, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.inner.read(root, offset, len)
+    }
+
+    fn write_meta(&self, bytes: &[u8]) -> Result<BlockRef> {
+        check_space(&self.full)?;
+        self.inner.write_meta(bytes)
+    }
+
+    fn read_meta(&self, root: &BlockRef) -> Result<Vec<u8>> {
+        self.inner.read_meta(root)
+    }
+
+    fn sync(&self) -> Result<()> {
+        check_space(&self.full)
+    }
+}
+
+fn incompressible(seed: u32, len: usize) -> Vec<u8> {
+    (0..len as u32)
+        .map(|index| ((index ^ seed).wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect()
+}
+
+fn open_fillable(dir: &Path) -> (Volume, Arc<std::sync::atomic::AtomicBool>) {
+    let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let content: Arc<dyn ContentStore> = Arc::new(FillableContent {
+        inner: Arc::new(MemContent::new()),
+        full: Arc::clone(&full),
+    });
+    let volume = Volume::open_with(
+        dir,
+        VolumeOptions {
+            content: Some(content),
+            background: false,
+            idle_flush_ms: 0,
+            ..VolumeOptions::default()
+        },
+    )
+    .unwrap();
+    (volume, full)
+}
+
+#[test]
+fn a_full_store_on_the_timer_flush_reaches_the_writer_as_enospc() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let (volume, full) = open_fillable(dir.path());
+    let kept_bytes = incompressible(1, 300_000);
+    let kept = create_with(&volume, InodeNo::ROOT, "kept", &kept_bytes);
+    volume.fsync(kept, false).unwrap();
+
+    let (attr, handle) = volume
+        .create(InodeNo::ROOT, name("big"), 0o644, ME, true)
+        .unwrap();
+    let big = attr.ino;
+    volume
+        .write(big, handle, 0, &incompressible(2, 600_000))
+        .unwrap();
+    full.store(true, SeqCst);
+    // The timer turns the idle buffer into a write op and the store is full: nobody
+    // hears of it there, so the file's writer must.
+    let ticked = volume.shared.state.lock().tick();
+    assert!(ticked.is_err_and(|error| error.is_no_space()));
+    assert!(volume.getattr(big).is_ok(), "the open file vanished");
+    let next = volume.write(big, handle, 600_000, b"more");
+    assert!(
+        next.as_ref().is_err_and(Error::is_no_space),
+        "next write after a lost flush: {next:?}"
+    );
+    let synced = volume.fsync(big, false);
+    assert!(synced.is_err_and(|error| error.is_no_space()));
+
+    // Space again: the file is usable, and each loss was reported once.
+    full.store(false, SeqCst);
+    volume.write(big, handle, 0, b"again").unwrap();
+    volume.fsync(big, false).unwrap();
+    volume.release(big, handle).unwrap();
+    assert_eq!(read_all(&volume, big), b"again");
+    assert_eq!(read_all(&volume, kept), kept_bytes);
+}
+
+#[test]
+fn a_full_store_under_a_streaming_write_fails_that_write_and_the_close() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let (volume, full) = open_fillable(dir.path());
+    let (attr, handle) = volume
+        .create(InodeNo::ROOT, name("big"), 0o644, ME, true)
+        .unwrap();
+    let big = attr.ino;
+    // Over the streaming threshold: later writes go straight to the store.
+    volume
+        .write(big, handle, 0, &incompressible(3, 400_000))
+        .unwrap();
+    full.store(true, SeqCst);
+    let failed = volume.write(big, handle, 400_000, &incompressible(4, 100_000));
+    assert!(failed.is_err_and(|error| error.is_no_space()));
+    full.store(false, SeqCst);
+    // The writes acknowledged before are lost too: close says so, once.
+    let closed = volume.flush(big, handle);
+    assert!(closed.is_err_and(|error| error.is_no_space()));
+    volume.write(big, handle, 0, b"fits").unwrap();
+    volume.flush(big, handle).unwrap();
+    volume.release(big, handle).unwrap();
+    assert_eq!(read_all(&volume, big), b"fits");
+}
+
+#[test]
+fn a_namespace_commit_rolled_back_by_a_full_disk_keeps_open_files() {
+    let fixture = Fixture::new();
+    {
+        let volume = fixture.open();
+        let (attr, handle) = volume
+            .create(InodeNo::ROOT, name("new"), 0o644, ME, true)
+            .unwrap();
+        volume.write(attr.ino, handle, 0, b"first").unwrap();
+        // The create is applied but not committed; the commit fails and SQLite rolls
+        // the transaction back, as it does when the disk fills under COMMIT.
+        volume.shared.state.lock().ns.fail_next_commit = true;
+        let synced = volume.fsync(attr.ino, false);
+        assert!(synced.is_err_and(|error| error.is_no_space()));
+        assert_eq!(volume.getattr(attr.ino).unwrap().size, 5);
+        assert_eq!(
+            volume.lookup(InodeNo::ROOT, name("new")).unwrap().ino,
+            attr.ino
+        );
+        volume.write(attr.ino, handle, 5, b" second").unwrap();
+        volume.fsync(attr.ino, false).unwrap();
+        volume.release(attr.ino, handle).unwrap();
+    }
+    let volume = fixture.open();
+    let ino = volume.lookup(InodeNo::ROOT, name("new")).unwrap().ino;
+    assert_eq!(read_all(&volume, ino), b"first second");
+}
