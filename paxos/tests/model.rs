@@ -290,6 +290,9 @@ struct Bounds {
     bfs_states_max: usize,
     /// Random walks from the initial state to the clock bound: deep, not exhaustive.
     walk_states_max: usize,
+    /// A guard against hangs only. The state counts above must be what ends each run
+    /// (reached well within this on the CI box), so every run explores the same states
+    /// and the verdict cannot depend on machine speed.
     time_max: Duration,
 }
 
@@ -299,14 +302,14 @@ fn bounds() -> Bounds {
             clock_ms_max: 4_000,
             bfs_states_max: 3_000_000,
             walk_states_max: 100_000_000,
-            time_max: Duration::from_secs(900),
+            time_max: Duration::from_secs(3_600),
         }
     } else {
         Bounds {
             clock_ms_max: 2_500,
             bfs_states_max: 80_000,
-            walk_states_max: 2_000_000,
-            time_max: Duration::from_secs(8),
+            walk_states_max: 300_000,
+            time_max: Duration::from_secs(300),
         }
     }
 }
