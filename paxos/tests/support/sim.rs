@@ -38,7 +38,8 @@
 //!    with no gaps.
 //! 4. *at most once*: every `(proposer, seq)` is applied at most once, in seq order.
 //! 5. *durable before send*: an acceptor's `Promise` / `Accepted` is only sent once the
-//!    promise / acceptance is synced; a restarted node's promise never regresses.
+//!    promise / acceptance is synced; a restarted node's promise never regresses; a
+//!    read id is sent only once reserved durably and never again after a restart.
 //! 6. *linearizability* of the client history (checked once, at the end).
 //! 7. *liveness*: once faults stop, every member converges (one leader, equal commit
 //!    index and state, empty proposal queues, one more operation per client completes)
@@ -309,6 +310,12 @@ struct Device {
     durable_commit_next: Slot,
     /// Last slot covered by a durable snapshot (compaction or install).
     durable_snapshot_slot: Option<Slot>,
+    /// Highest read id durably reserved (invariant 5: ids on the wire are reserved).
+    durable_read_ids: ReadId,
+    /// Highest read id sent in this incarnation / in all earlier ones (a reply to an
+    /// earlier incarnation's request must never match a new read).
+    read_id_sent: ReadId,
+    read_id_sent_before: ReadId,
     /// Own proposals waiting for their client: seq → client.
     proposals: BTreeMap<u64, usize>,
     reads: BTreeMap<ReadId, usize>,
@@ -491,6 +498,9 @@ impl Sim {
                     durable_promised: Ballot::ZERO,
                     durable_commit_next: Slot(0),
                     durable_snapshot_slot: None,
+                    durable_read_ids: ReadId(0),
+                    read_id_sent: ReadId(0),
+                    read_id_sent_before: ReadId(0),
                     proposals: BTreeMap::new(),
                     reads: BTreeMap::new(),
                     reads_ready: Vec::new(),
@@ -848,10 +858,13 @@ impl Sim {
                 *covered = (*covered).max(Some(snapshot.slot));
                 self.learn_config(snapshot.config.clone());
             }
+            DurableWrite::ReserveReadIds { through } => {
+                let reserved = &mut self.devices[device].durable_read_ids;
+                *reserved = (*reserved).max(*through);
+            }
             DurableWrite::DiscardAccepted { .. }
             | DurableWrite::Enqueue { .. }
-            | DurableWrite::Dequeue { .. }
-            | DurableWrite::ReserveReadIds { .. } => {}
+            | DurableWrite::Dequeue { .. } => {}
         }
     }
 
@@ -937,6 +950,27 @@ impl Sim {
                     device.durable_promised
                 );
                 self.fail("durable before send", detail);
+            }
+            // A read id reaches a peer only once reserved durably, so a restarted node
+            // (which starts above its reservation) never reuses one.
+            Body::ReadIndexRequest { id } => {
+                if *id > device.durable_read_ids {
+                    let detail = format!(
+                        "n{} sent read {id:?} but has only {:?} reserved durably",
+                        from + 1,
+                        device.durable_read_ids
+                    );
+                    self.fail("durable before send", detail);
+                } else if *id <= device.read_id_sent_before {
+                    let detail = format!(
+                        "n{} reused read {id:?} after a restart (sent up to {:?} before)",
+                        from + 1,
+                        device.read_id_sent_before
+                    );
+                    self.fail("durable before send", detail);
+                }
+                let sent = &mut self.devices[from].read_id_sent;
+                *sent = (*sent).max(*id);
             }
             Body::Accepted { first, count } => {
                 let id = device.id;
@@ -1199,6 +1233,7 @@ impl Sim {
         let dev = &mut self.devices[device];
         dev.node = None;
         dev.incarnation += 1;
+        dev.read_id_sent_before = dev.read_id_sent_before.max(dev.read_id_sent);
         dev.timers.clear();
         dev.proposals.clear();
         dev.reads.clear();
