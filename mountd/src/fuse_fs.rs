@@ -762,21 +762,14 @@ pub fn errno_of(error: &fossil::Error) -> Errno {
         E::ReadOnly => libc::EROFS,
         E::NoAttribute => libc::ENODATA,
         E::Range => libc::ERANGE,
-        E::NoSpace => libc::ENOSPC,
         E::Unsupported => libc::EOPNOTSUPP,
         E::StaleHandle => libc::ESTALE,
         E::TooManyLinks => libc::EMLINK,
-        E::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => libc::ENOSPC,
-        E::Store(venti::Error::Io(io)) if io.raw_os_error() == Some(libc::ENOSPC) => libc::ENOSPC,
-        E::Db(rusqlite_error) if is_disk_full(rusqlite_error) => libc::ENOSPC,
+        // A full disk from any layer: fossil, venti's arenas, or either SQLite file.
+        _ if error.is_no_space() => libc::ENOSPC,
         _ => libc::EIO,
     };
     Errno::from_i32(errno)
-}
-
-fn is_disk_full(error: &dyn std::error::Error) -> bool {
-    // rusqlite is not a direct dependency; its message for SQLITE_FULL is stable.
-    error.to_string().contains("database or disk is full")
 }
 
 pub fn file_attr(attr: &Attr) -> FileAttr {
