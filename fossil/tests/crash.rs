@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use fossil::{Caller, InodeNo, Volume};
 
+mod common;
+use common::incompressible;
+
 const DIR_ENV: &str = "KITH_FOSSIL_CRASH_DIR";
 const ME: Caller = Caller {
     uid: 1000,
@@ -32,15 +35,7 @@ fn content(index: u64) -> Vec<u8> {
         2 => 600_000,
         _ => 5_000 + index as usize,
     };
-    let mut state = index.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    incompressible(index, len)
 }
 
 /// Runs only as the child: write and fsync files until killed.

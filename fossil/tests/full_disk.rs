@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use fossil::{Caller, InodeNo, Volume};
 
+mod common;
+use common::incompressible;
+
 const ME: Caller = Caller { uid: 0, gid: 0 };
 
 /// Lazily unmounts the tmpfs when the test ends.
@@ -34,18 +37,6 @@ fn small_disk(dir: &Path, size: &str) -> Option<UnmountOnDrop> {
     )
     .ok()?;
     Some(UnmountOnDrop(dir.to_path_buf()))
-}
-
-fn incompressible(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 #[test]
