@@ -3,7 +3,7 @@
 #
 # Runs the shared fsbench (../shared/tools/bench/fsbench.sh, or $FSBENCH) in one
 # sitting on: a plain directory, gocryptfs, securefs (each if installed: apt-get install
-# gocryptfs securefs) and a Kith mount (release build), all on the same disk under
+# gocryptfs securefs fio; fio is for the random-read figures, -k skips them) and a Kith mount (release build), all on the same disk under
 # $BENCH_DIR (default /var/tmp/kith-bench). Prints each file system's figures and a
 # table of Kith's ratios to the others. Needs root for drop_caches. FSBENCH_ARGS go
 # to fsbench.sh (e.g. -r 3 -s 1024 -R 5).
