@@ -3,3 +3,7 @@
 //! This crate will hold device identity, the QUIC transport, the per-volume Paxos
 //! group and block exchange. It depends on fossil and
 //! venti; nothing below it depends on it.
+
+pub mod error;
+
+pub use error::{Error, Result};

@@ -1,0 +1,151 @@
+//! The crate's one error type.
+//!
+//! Variants are structured so callers can tell a fault of the peer or of the
+//! bytes they handed us (refuse, log, carry on) from a local fault (disk, bind)
+//! and from a retryable condition (timeout, unreachable peer).
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `net`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // --- encodings (identity, chain, keyring body, pairing codes, invites) ---
+    /// Bytes that should hold a `what` are malformed.
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        what: &'static str,
+        reason: &'static str,
+    },
+    /// An encoding carries a version this build does not read.
+    #[error("{what} has unsupported version {version}")]
+    UnsupportedVersion { what: &'static str, version: u8 },
+    /// An input is longer than its bound allows.
+    #[error("{what} is {len_bytes} bytes, more than the {max_bytes} allowed")]
+    TooLong {
+        what: &'static str,
+        len_bytes: usize,
+        max_bytes: usize,
+    },
+    /// A copy-pasted string failed its checksum (most likely a typo).
+    #[error("{what} checksum does not match: check for a typo")]
+    Checksum { what: &'static str },
+
+    // --- identity and user chain ---
+    /// A signature did not verify.
+    #[error("bad signature on {what}")]
+    BadSignature { what: &'static str },
+    /// A chain link does not follow the one before it.
+    #[error("user chain broken at link {seq}: {reason}")]
+    ChainBroken { seq: u64, reason: &'static str },
+    /// Two chains disagree on a link both hold: proof of a fork by the root key holder.
+    #[error("user chain forked at link {seq}")]
+    ChainFork { seq: u64 },
+    /// A chain operation names a device the chain does not allow at that point.
+    #[error("user chain link {seq}: device {device} {reason}")]
+    ChainDevice {
+        seq: u64,
+        device: String,
+        reason: &'static str,
+    },
+
+    // --- keyring ---
+    /// The keyring could not be opened with the passphrase given (or was tampered with).
+    #[error("wrong passphrase for keyring {path:?} (or the file was altered)")]
+    WrongPassphrase { path: PathBuf },
+    /// The keyring is encrypted but no passphrase was supplied.
+    #[error("keyring {path:?} is encrypted: a passphrase is needed")]
+    PassphraseNeeded { path: PathBuf },
+    /// The keyring file is damaged.
+    #[error("keyring {path:?} is corrupt: {reason}")]
+    KeyringCorrupt { path: PathBuf, reason: &'static str },
+    /// Deriving the key from the passphrase failed (bad parameters).
+    #[error("passphrase key derivation failed: {reason}")]
+    Kdf { reason: String },
+    /// A file operation failed.
+    #[error("{op} {path:?}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    // --- pairing ---
+    /// The pairing secret is unknown to this device, or was already used.
+    #[error("pairing code unknown or already used")]
+    PairingUnknown,
+    /// The pairing code expired.
+    #[error("pairing code expired")]
+    PairingExpired,
+    /// Too many pairing codes are outstanding.
+    #[error("too many open pairing codes ({open_max} at most)")]
+    PairingTooMany { open_max: usize },
+
+    // --- frames and transport ---
+    /// A frame header is invalid.
+    #[error("bad frame: {reason}")]
+    Frame { reason: &'static str },
+    /// A frame's kind is not one this build knows.
+    #[error("unknown frame kind {kind}")]
+    FrameKind { kind: u8 },
+    /// A frame's declared length exceeds the bound for its kind.
+    #[error("frame of kind {kind} declares {len_bytes} bytes, at most {max_bytes} allowed")]
+    FrameTooLong {
+        kind: u8,
+        len_bytes: u64,
+        max_bytes: u32,
+    },
+    /// A stream ended, was reset or failed before a whole frame arrived.
+    #[error("stream failed: {reason}")]
+    Stream { reason: String },
+    /// A deadline passed.
+    #[error("{what} timed out after {timeout_ms} ms")]
+    Timeout { what: &'static str, timeout_ms: u64 },
+    /// The peer answered a request with an error frame.
+    #[error("peer refused the request: {message}")]
+    Refused { message: String },
+    /// Building the TLS / QUIC configuration failed (a bug or an unusable key).
+    #[error("transport configuration: {reason}")]
+    Config { reason: String },
+    /// Opening or binding the UDP socket failed.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A connection attempt or an established connection failed.
+    #[error("connection to {peer}: {reason}")]
+    Connection { peer: String, reason: String },
+    /// No address is known for a device.
+    #[error("no address known for device {device}")]
+    NoAddress { device: String },
+    /// A device was dialled recently without success; wait before trying again.
+    #[error("device {device} unreachable, next attempt in {retry_in_ms} ms")]
+    Backoff { device: String, retry_in_ms: u64 },
+    /// The endpoint was closed.
+    #[error("endpoint closed")]
+    EndpointClosed,
+}
+
+/// `Result` with this crate's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn malformed(what: &'static str, reason: &'static str) -> Self {
+        Error::Malformed { what, reason }
+    }
+
+    /// True for conditions that may clear up by themselves (timeouts, unreachable
+    /// peers, lost connections); false for refusals and corrupt input.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout { .. }
+                | Error::Connection { .. }
+                | Error::Backoff { .. }
+                | Error::Stream { .. }
+        )
+    }
+}
