@@ -127,6 +127,52 @@ pub enum Error {
     /// The endpoint was closed.
     #[error("endpoint closed")]
     EndpointClosed,
+
+    // --- log entries and the replicated log (entry.rs, replica.rs) ---
+    /// A log entry for another volume.
+    #[error("entry for volume {found:x}, expected {expected:x}")]
+    EntryWrongVolume { expected: u128, found: u128 },
+    /// A log entry whose author is not a known, unrevoked device of the volume.
+    #[error("entry from unknown author {author}")]
+    EntryUnknownAuthor { author: paxos::NodeId },
+    /// A log entry whose signature does not verify under its author's key.
+    #[error("bad signature on entry from {author}")]
+    EntryBadSignature { author: paxos::NodeId },
+    /// A log entry sealed under a key epoch this device holds no key for.
+    #[error("no entry key for key epoch {epoch}")]
+    EntryUnknownKeyEpoch { epoch: u64 },
+    /// A signed log entry whose ciphertext does not open under its epoch key.
+    #[error("entry from {author} does not decrypt (tampered, or sealed under another key)")]
+    EntryTampered { author: paxos::NodeId },
+    /// A committed command whose sealed entry names another author or seq than the
+    /// log carries it under (a replayed or misattributed entry).
+    #[error("slot {slot}: entry names ({author}, {seq}), the log ({proposer}, {log_seq})")]
+    EntryMisattributed {
+        slot: paxos::Slot,
+        author: paxos::NodeId,
+        seq: u64,
+        proposer: paxos::NodeId,
+        log_seq: u64,
+    },
+    /// This device holds no entry keys for the volume (a witness, or keys not granted
+    /// yet): it can vote but not propose or read.
+    #[error("no entry keys for this volume on this device")]
+    NoEntryKeys,
+    /// The slots asked for were truncated behind a checkpoint: install the snapshot.
+    #[error("slots before {log_start} were truncated behind a checkpoint")]
+    Truncated { log_start: paxos::Slot },
+    /// The operation must run at the leader; `leader` is this device's best guess.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<paxos::NodeId> },
+    /// No quorum answered in time (nothing was lost; retry later).
+    #[error("no quorum reachable within {timeout_ms} ms")]
+    NoQuorum { timeout_ms: u64 },
+    /// The replica's task has stopped (closed, or stopped on a fatal store error).
+    #[error("replica stopped")]
+    ReplicaStopped,
+    /// The Paxos core refused a request, or its store failed.
+    #[error("paxos: {0}")]
+    Paxos(#[from] paxos::Error),
 }
 
 /// `Result` with this crate's error.
@@ -146,6 +192,9 @@ impl Error {
                 | Error::Connection { .. }
                 | Error::Backoff { .. }
                 | Error::Stream { .. }
+                | Error::NotLeader { .. }
+                | Error::NoQuorum { .. }
+                | Error::Paxos(paxos::Error::QueueFull { .. })
         )
     }
 }
