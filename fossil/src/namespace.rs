@@ -9,7 +9,14 @@
 //!
 //! Only `apply` changes these tables (plus `snapshot_roots`, local bookkeeping of the
 //! checkpoint roots this device computed for snapshots).
+//!
+//! Inode rows are read several times per file system request, so recently used rows
+//! are kept decoded in memory (write-through: `put_inode` and `delete_inode` update the
+//! copy). Whenever the database may have rolled a transaction back, the copies are
+//! dropped, so they never show a change the database lost.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -20,6 +27,8 @@ use crate::{Error, FileKind, InodeNo, Result};
 /// Deepest directory nesting walked when checking ancestry; a longer parent chain is
 /// treated as a loop (corrupt state), never followed forever.
 pub const DEPTH_MAX: u32 = 1 << 20;
+/// Inode rows kept decoded in memory; when full, the copies are dropped wholesale.
+const INODE_CACHE_ENTRIES_MAX: usize = 8192;
 
 /// `(parent, name, ino)`.
 pub type DirentRow = (InodeNo, Vec<u8>, InodeNo);
@@ -77,6 +86,8 @@ pub struct Namespace {
     in_transaction: bool,
     /// The database rolled back a transaction this `Namespace` still had open.
     rolled_back: bool,
+    /// Decoded copies of inode rows as the database has them (see the module doc).
+    inode_cache: RefCell<HashMap<InodeNo, Inode>>,
     /// Test hook: the next commit fails as on a full disk, rolled back.
     #[cfg(test)]
     pub(crate) fail_next_commit: bool,
@@ -102,6 +113,7 @@ impl Namespace {
             conn,
             in_transaction: false,
             rolled_back: false,
+            inode_cache: RefCell::new(HashMap::new()),
             #[cfg(test)]
             fail_next_commit: false,
         })
@@ -115,6 +127,7 @@ impl Namespace {
             // transaction back; `commit` reports it so the caller applies again.
             self.rolled_back = true;
             self.in_transaction = false;
+            self.forget_cached_inodes();
         }
         if !self.in_transaction {
             self.conn.execute_batch("BEGIN")?;
@@ -130,6 +143,7 @@ impl Namespace {
         let lost = std::mem::take(&mut self.rolled_back)
             || (self.in_transaction && self.conn.is_autocommit());
         if lost {
+            self.forget_cached_inodes();
             if !self.conn.is_autocommit() {
                 self.conn.execute_batch("ROLLBACK")?;
             }
@@ -141,6 +155,7 @@ impl Namespace {
         #[cfg(test)]
         if std::mem::take(&mut self.fail_next_commit) && self.in_transaction {
             // What SQLite does when the disk fills under a COMMIT.
+            self.forget_cached_inodes();
             self.conn.execute_batch("ROLLBACK")?;
             self.in_transaction = false;
             return Err(Error::Db(rusqlite::Error::SqliteFailure(
@@ -150,6 +165,7 @@ impl Namespace {
         }
         if self.in_transaction {
             if let Err(error) = self.conn.execute_batch("COMMIT") {
+                self.forget_cached_inodes();
                 self.in_transaction = !self.conn.is_autocommit();
                 return Err(error.into());
             }
@@ -161,6 +177,26 @@ impl Namespace {
     /// A transaction is open: applied changes are not yet committed.
     pub fn in_transaction(&self) -> bool {
         self.in_transaction
+    }
+
+    fn forget_cached_inodes(&self) {
+        self.inode_cache.borrow_mut().clear();
+    }
+
+    /// Drop the inode copies if SQLite rolled back the open transaction on its own
+    /// (a failed statement, e.g. a full disk): they may hold its lost changes.
+    fn check_cached_inodes(&self) {
+        if self.in_transaction && self.conn.is_autocommit() {
+            self.forget_cached_inodes();
+        }
+    }
+
+    fn cache_inode(&self, inode: &Inode) {
+        let mut cache = self.inode_cache.borrow_mut();
+        if cache.len() >= INODE_CACHE_ENTRIES_MAX && !cache.contains_key(&inode.ino) {
+            cache.clear();
+        }
+        cache.insert(inode.ino, inode.clone());
     }
 
     /// The next log slot to apply.
@@ -191,6 +227,18 @@ impl Namespace {
     }
 
     pub fn inode(&self, ino: InodeNo) -> Result<Option<Inode>> {
+        self.check_cached_inodes();
+        if let Some(inode) = self.inode_cache.borrow().get(&ino) {
+            return Ok(Some(inode.clone()));
+        }
+        let inode = self.inode_from_db(ino)?;
+        if let Some(inode) = &inode {
+            self.cache_inode(inode);
+        }
+        Ok(inode)
+    }
+
+    fn inode_from_db(&self, ino: InodeNo) -> Result<Option<Inode>> {
         let mut statement = self.conn.prepare_cached(
             "SELECT kind, perm, uid, gid, rdev, nlink, size, atime, mtime, ctime, crtime, version, parent, content
              FROM inodes WHERE ino = ?1",
@@ -241,6 +289,9 @@ impl Namespace {
     }
 
     pub fn put_inode(&self, inode: &Inode) -> Result<()> {
+        self.check_cached_inodes();
+        // Whatever happens below, the old copy is no longer known to be right.
+        self.inode_cache.borrow_mut().remove(&inode.ino);
         let mut statement = self.conn.prepare_cached(
             "INSERT OR REPLACE INTO inodes
              (ino, kind, perm, uid, gid, rdev, nlink, size, atime, mtime, ctime, crtime, version, parent, content)
@@ -263,10 +314,13 @@ impl Namespace {
             inode.parent.0 as i64,
             inode.content.to_bytes(),
         ])?;
+        self.cache_inode(inode);
         Ok(())
     }
 
     pub fn delete_inode(&self, ino: InodeNo) -> Result<()> {
+        self.check_cached_inodes();
+        self.inode_cache.borrow_mut().remove(&ino);
         self.conn
             .prepare_cached("DELETE FROM inodes WHERE ino = ?1")?
             .execute([ino.0 as i64])?;
@@ -534,6 +588,7 @@ impl Namespace {
     /// Replace every derived table with a checkpoint's contents.
     pub fn load(&mut self, image: &crate::checkpoint::Image) -> Result<()> {
         self.begin()?;
+        self.forget_cached_inodes();
         self.conn.execute_batch(
             "DELETE FROM inodes; DELETE FROM dirents; DELETE FROM xattrs; DELETE FROM authors;
              DELETE FROM snapshots; DELETE FROM snapshot_roots;",
@@ -555,5 +610,66 @@ impl Namespace {
         }
         self.set_applied_end(image.applied_end)?;
         self.commit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(ino: u64, size: u64) -> Inode {
+        Inode {
+            ino: InodeNo(ino),
+            kind: FileKind::File,
+            perm: 0o644,
+            uid: 1,
+            gid: 1,
+            rdev: 0,
+            nlink: 1,
+            size,
+            atime_ns: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            crtime_ns: 0,
+            version: size,
+            parent: InodeNo(0),
+            content: Content::EMPTY,
+        }
+    }
+
+    #[test]
+    fn cached_inodes_follow_writes_deletes_and_rollbacks() -> Result<()> {
+        let mut ns = Namespace::open_in_memory()?;
+        ns.begin()?;
+        ns.put_inode(&file(5, 1))?;
+        ns.commit()?;
+        assert_eq!(ns.inode(InodeNo(5))?, Some(file(5, 1)));
+
+        ns.begin()?;
+        ns.put_inode(&file(5, 2))?;
+        assert_eq!(ns.inode(InodeNo(5))?, Some(file(5, 2)), "write-through");
+        ns.fail_next_commit = true;
+        assert!(ns.commit().is_err());
+        assert_eq!(
+            ns.inode(InodeNo(5))?,
+            Some(file(5, 1)),
+            "a rolled-back change is not served from memory"
+        );
+
+        ns.begin()?;
+        ns.delete_inode(InodeNo(5))?;
+        assert_eq!(ns.inode(InodeNo(5))?, None);
+        ns.commit()?;
+
+        // More rows than the cache holds still read back right.
+        ns.begin()?;
+        for ino in 10..10 + INODE_CACHE_ENTRIES_MAX as u64 + 10 {
+            ns.put_inode(&file(ino, ino))?;
+        }
+        ns.commit()?;
+        for ino in [10, 11, 10 + INODE_CACHE_ENTRIES_MAX as u64 + 9] {
+            assert_eq!(ns.inode(InodeNo(ino))?, Some(file(ino, ino)));
+        }
+        Ok(())
     }
 }

@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
+use parking_lot::Mutex;
+use venti::chunk::CHUNK_BYTES_MIN;
 use venti::keys::{EPOCH_SECRET_LEN, EpochKeys, VOLUME_ID_LEN};
+use venti::seal::Sealer;
 use venti::tree::{TreeReader, TreeWriter};
 use venti::{BlockRef, BlockStore, Class, Kind, Store, StoreOptions};
 
@@ -28,11 +31,18 @@ const SEAL_INLINE_BYTES_MAX: usize = 512 << 10;
 /// Buffers queued to one writer thread before `write` waits.
 const WRITER_QUEUE_BUFFERS: usize = 16;
 
+/// Sealers kept for reuse by `write_all` of single-chunk content (one per thread that
+/// writes at the same time; more are dropped).
+const SEALERS_KEPT_MAX: usize = 4;
+
 /// Content in a venti [`Store`], sealed with one epoch's keys.
 #[derive(Debug, Clone)]
 pub struct VentiContent {
     store: Arc<Store>,
     keys: Arc<EpochKeys>,
+    /// Sealers (each holds a zstd context) for content of one chunk: a small file's
+    /// write should not pay for setting up a tree writer.
+    sealers: Arc<Mutex<Vec<Sealer>>>,
 }
 
 impl VentiContent {
@@ -40,7 +50,26 @@ impl VentiContent {
         VentiContent {
             store,
             keys: Arc::new(keys),
+            sealers: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// Content that the chunker leaves in one piece is a tree of one leaf: seal and put
+    /// that leaf directly. Same root as a [`TreeWriter`] would give.
+    fn write_one_chunk(&self, bytes: &[u8]) -> Result<BlockRef> {
+        let mut sealer = self.sealers.lock().pop().unwrap_or_default();
+        let mut sealed = Vec::new();
+        let sealing = sealer.seal_into(&self.keys, Kind::Data, bytes, &mut sealed);
+        {
+            let mut sealers = self.sealers.lock();
+            if sealers.len() < SEALERS_KEPT_MAX {
+                sealers.push(sealer);
+            }
+        }
+        let leaf = sealing?;
+        self.store
+            .put_sealed_here(&leaf.address, &sealed, Class::Pinned)?;
+        Ok(leaf)
     }
 
     /// The store and keys of a volume directory (`blocks/`, `volume.key`), created on
@@ -130,6 +159,9 @@ impl ContentStore for VentiContent {
     }
 
     fn write_all(&self, bytes: &[u8]) -> Result<BlockRef> {
+        if bytes.len() <= CHUNK_BYTES_MIN {
+            return self.write_one_chunk(bytes);
+        }
         let mut writer = TreeWriter::new(self.store.as_ref(), &self.keys, Class::Pinned);
         if bytes.len() < SEAL_INLINE_BYTES_MAX {
             // A thread pool costs more than sealing a few chunks here.
@@ -255,6 +287,20 @@ mod tests {
             store.read(&meta, 0, 5).is_err(),
             "a meta tree is not file content"
         );
+    }
+
+    #[test]
+    fn single_chunk_content_gets_the_tree_writers_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = content(dir.path());
+        for len in [0, 1, 4097, CHUNK_BYTES_MIN - 1, CHUNK_BYTES_MIN] {
+            let bytes: Vec<u8> = (0..len).map(|index| (index * 7 + len) as u8).collect();
+            let fast = store.write_all(&bytes).unwrap();
+            let mut writer = TreeWriter::new(store.store().as_ref(), store.keys(), Class::Pinned);
+            writer.write(&bytes).unwrap();
+            assert_eq!(fast, writer.finish().unwrap(), "{len} bytes");
+            assert_eq!(store.read(&fast, 0, len).unwrap(), bytes, "{len} bytes");
+        }
     }
 
     #[test]
