@@ -41,6 +41,12 @@ pub trait BackendFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> Result<()>;
     /// Make every earlier write and `set_len` of this file durable.
     fn sync(&self) -> Result<()>;
+    /// A hint that `len` bytes from `offset` were just written and will not be
+    /// rewritten: start writing them back now, so a later `sync` has less to wait for.
+    /// Promises nothing about durability; the default does nothing.
+    fn start_writeback(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
 }
 
 /// A flat directory of files plus the place the SQLite index lives.
@@ -145,6 +151,18 @@ impl BackendFile for DiskFile {
     fn sync(&self) -> Result<()> {
         // fdatasync: the length is data for this purpose, metadata like mtime is not.
         Ok(self.file.sync_data()?)
+    }
+
+    fn start_writeback(&self, offset: u64, len: u64) {
+        // On Linux, DONTNEED starts asynchronous writeback of the range's dirty pages
+        // (and drops only pages already clean). A failure here costs speed, never
+        // data: `sync` still flushes everything, so the result is deliberately unused.
+        let _ = rustix::fs::fadvise(
+            &self.file,
+            offset,
+            std::num::NonZeroU64::new(len),
+            rustix::fs::Advice::DontNeed,
+        );
     }
 }
 

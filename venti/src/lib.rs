@@ -50,6 +50,7 @@ pub mod keys;
 pub mod seal;
 pub mod store;
 pub mod tree;
+mod write_queue;
 
 pub use address::Address;
 pub use block_ref::{BlockRef, Kind};
@@ -67,6 +68,21 @@ pub enum Class {
     Cached,
 }
 
+/// Bytes a buffer handed to [`BlockStore::put_sealed_owned`] keeps free in front of the
+/// sealed block (the store writes its record header there: one write per record).
+pub const PUT_HEADROOM_BYTES: usize = arena::RECORD_HEADER_BYTES;
+
+/// Receipt of a put that may still be in progress; [`BlockStore::wait_puts`] says
+/// whether it reached the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PutTicket(pub u64);
+
+impl PutTicket {
+    /// A put that is complete already (an implementation without a queue, or a
+    /// duplicate that needed no write).
+    pub const DONE: PutTicket = PutTicket(0);
+}
+
 /// The narrow interface the tree writer/reader and GC use to move sealed blocks.
 ///
 /// Implementations verify nothing about content — callers seal and open — but every
@@ -80,6 +96,35 @@ pub trait BlockStore: Send + Sync {
     /// else (network, disk) go through `put`.
     fn put_sealed_here(&self, address: &Address, sealed: &[u8], class: Class) -> Result<()> {
         self.put(address, sealed, class)
+    }
+    /// `put_sealed_here` of `buffer[PUT_HEADROOM_BYTES..]`. The store may take the
+    /// buffer (leaving `buffer` empty) to write it without a copy, possibly after this
+    /// returns; a buffer left in place is the caller's to reuse. The put has succeeded
+    /// only once [`BlockStore::wait_puts`] over its ticket returns `Ok`.
+    fn put_sealed_owned(
+        &self,
+        address: &Address,
+        buffer: &mut Vec<u8>,
+        class: Class,
+    ) -> Result<PutTicket> {
+        let sealed = buffer
+            .get(PUT_HEADROOM_BYTES..)
+            .ok_or_else(|| Error::Malformed {
+                what: "put buffer",
+                detail: format!("{} bytes, shorter than its headroom", buffer.len()),
+            })?;
+        self.put_sealed_here(address, sealed, class)?;
+        Ok(PutTicket::DONE)
+    }
+    /// Wait until the puts with tickets `first..=last` are complete; an error when any
+    /// of them (or, conservatively, another caller's put in that range) failed.
+    fn wait_puts(&self, first: PutTicket, last: PutTicket) -> Result<()> {
+        let _ = (first, last);
+        Ok(())
+    }
+    /// A buffer the store no longer needs, for the caller's next `put_sealed_owned`.
+    fn spare_buffer(&self) -> Option<Vec<u8>> {
+        None
     }
     /// The sealed bytes stored under `address`, verified against it.
     fn get(&self, address: &Address) -> Result<Vec<u8>>;

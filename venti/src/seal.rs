@@ -130,7 +130,28 @@ impl Sealer {
         kind: Kind,
         buffer: &mut Vec<u8>,
     ) -> Result<BlockRef> {
-        let data = buffer.get(IN_PLACE_OFFSET_BYTES..).unwrap_or_default();
+        self.seal_in_place_at(keys, kind, buffer, 0)
+    }
+
+    /// [`Sealer::seal_in_place`] of the content in `buffer[start + IN_PLACE_OFFSET_BYTES..]`:
+    /// the sealed block ends up in `buffer[start..]` and `buffer[..start]` is left as it
+    /// is (a store writes its record header there, so header and block go to disk in
+    /// one write).
+    pub fn seal_in_place_at(
+        &mut self,
+        keys: &EpochKeys,
+        kind: Kind,
+        buffer: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<BlockRef> {
+        let content_start = start + IN_PLACE_OFFSET_BYTES;
+        if buffer.len() < content_start {
+            return Err(Error::Malformed {
+                what: "seal buffer",
+                detail: format!("{} bytes, content starts at {content_start}", buffer.len()),
+            });
+        }
+        let data = &buffer[content_start..];
         let data_bytes = data.len();
         if data_bytes > CONTENT_BYTES_MAX {
             return Err(Error::TooLarge {
@@ -141,29 +162,29 @@ impl Sealer {
         let key = content_key(keys, kind, data);
         let flags = match self.compressor.compress(data) {
             Some(compressed) => {
-                buffer.truncate(IN_PLACE_OFFSET_BYTES);
+                buffer.truncate(content_start);
                 buffer.extend_from_slice(compressed);
                 FLAG_COMPRESSED
             }
             None => 0,
         };
-        buffer.resize(buffer.len().max(IN_PLACE_OFFSET_BYTES), 0);
-        let payload_bytes = buffer.len() - IN_PLACE_OFFSET_BYTES;
+        let payload_bytes = buffer.len() - content_start;
         let plaintext_bytes = padme(FRAMING_BYTES + payload_bytes);
-        buffer.reserve((1 + plaintext_bytes + TAG_BYTES).saturating_sub(buffer.len()));
-        buffer[..IN_PLACE_OFFSET_BYTES].copy_from_slice(&[BLOCK_VERSION, kind as u8, flags]);
+        let sealed_bytes = 1 + plaintext_bytes + TAG_BYTES;
+        buffer.reserve((start + sealed_bytes).saturating_sub(buffer.len()));
+        buffer[start..content_start].copy_from_slice(&[BLOCK_VERSION, kind as u8, flags]);
         buffer.push(PADDING_MARKER);
-        buffer.resize(1 + plaintext_bytes, 0);
+        buffer.resize(start + 1 + plaintext_bytes, 0);
         let cipher = ChaCha20Poly1305::new(key.as_bytes().into());
         let tag = cipher
-            .encrypt_in_place_detached(&Nonce::default(), BLOCK_AAD, &mut buffer[1..])
+            .encrypt_in_place_detached(&Nonce::default(), BLOCK_AAD, &mut buffer[start + 1..])
             .map_err(|_| Error::TooLarge {
                 bytes: data_bytes,
                 bytes_max: CONTENT_BYTES_MAX,
             })?;
         buffer.extend_from_slice(&tag);
         Ok(BlockRef {
-            address: Address::of(buffer),
+            address: Address::of(&buffer[start..]),
             key: *key.as_bytes(),
             epoch: keys.epoch(),
             length: data_bytes as u64,
@@ -386,6 +407,33 @@ mod tests {
             );
             assert_eq!(padme(padded), padded);
         }
+    }
+
+    #[test]
+    fn sealing_at_an_offset_leaves_the_prefix_and_gives_the_same_block() {
+        let text: Vec<u8> = b"compressible "
+            .iter()
+            .copied()
+            .cycle()
+            .take(9000)
+            .collect();
+        for data in [Vec::new(), random(70_000, 5), text] {
+            let (expected_ref, expected) = seal(&keys(3), Kind::Data, &data).unwrap();
+            let mut buffer = vec![0xA5; 56 + IN_PLACE_OFFSET_BYTES];
+            buffer.extend_from_slice(&data);
+            let block_ref = Sealer::new()
+                .seal_in_place_at(&keys(3), Kind::Data, &mut buffer, 56)
+                .unwrap();
+            assert_eq!(block_ref, expected_ref);
+            assert_eq!(&buffer[56..], &expected[..]);
+            assert!(buffer[..56].iter().all(|byte| *byte == 0xA5));
+        }
+        let mut short = vec![0u8; 58];
+        assert!(
+            Sealer::new()
+                .seal_in_place_at(&keys(3), Kind::Data, &mut short, 56)
+                .is_err()
+        );
     }
 
     /// Golden vector: sealing is deterministic, and these addresses are part of the

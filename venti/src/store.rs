@@ -1,12 +1,22 @@
 //! [`Store`]: sealed blocks in arenas, found through the SQLite index.
 //!
-//! One writer, many readers. Puts take the writer lock, append a record to the current
-//! arena with one `write_at` (no fsync) and note the new location in an in-memory
-//! *pending* map; `sync()` then fsyncs every arena written since the last sync (and the
-//! directory, if an arena was created) and only then commits all pending rows to the
-//! index in one transaction. Readers take no writer lock: they look in the pending map,
-//! then in the index through their own read-only SQLite connection, and `read_at` the
-//! record, checking header and hash before returning a byte.
+//! One writer, many readers. Puts take the writer lock, reserve the record's place at
+//! the end of the current arena, note it in an in-memory *pending* map and queue the
+//! record (header and sealed block in one owned buffer) to the arena writer thread
+//! ([`crate::write_queue`]), which appends it with one `write_at` (no fsync). `sync()`
+//! first waits for the queue to be written, then fsyncs every arena written since the
+//! last sync (and the directory, if an arena was created) and only then commits all
+//! pending rows to the index in one transaction. Readers take no writer lock: they look
+//! in the pending map (waiting for a record still queued), then in the index through
+//! their own read-only SQLite connection, and `read_at` the record, checking header and
+//! hash before returning a byte.
+//!
+//! A queued write that fails (ENOSPC) stops the writer from writing anything after it;
+//! the next put or sync (whichever takes the writer lock first) rolls back the rows and
+//! arena space reserved for the failed writes and returns the error. Every put learns
+//! its own outcome: `put` waits for its write, and `put_sealed_owned` returns a ticket
+//! that [`BlockStore::wait_puts`] checks (the tree writer does so before `finish`
+//! returns).
 //!
 //! Durability contract: after `sync()` returns, every block put before it survives a
 //! crash at any instant. Arena bytes are durable before the index commit that refers to
@@ -26,9 +36,10 @@
 //! the side of keeping data. A put of an address that is indexed but whose record is
 //! damaged is a no-op: `remove` it first, then put it again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use parking_lot::{Mutex, RwLock};
 
@@ -38,14 +49,13 @@ use crate::arena::{
 };
 use crate::backend::{Backend, BackendFile};
 use crate::index::{self, Index, IndexState, Location, Meta, Reader, Upsert};
-use crate::{Address, BlockStore, Class, Error, Result};
+use crate::write_queue::{WriteJob, WriteQueue};
+use crate::{Address, BlockStore, Class, Error, PUT_HEADROOM_BYTES, PutTicket, Result};
 
 /// How many reads may find a block's arena gone (compaction moved it) before giving up.
 const GET_ATTEMPTS_MAX: usize = 4;
 /// Distinct addresses whose hits are buffered between commits; more are not counted.
 const HIT_BUFFER_ENTRIES_MAX: usize = 1 << 16;
-/// Payloads at least this large are written apart from their header (no copy).
-const SPLIT_WRITE_BYTES_MIN: usize = 16 << 10;
 /// Rows fetched per round of eviction.
 const EVICTION_BATCH_ROWS: usize = 256;
 
@@ -117,8 +127,12 @@ pub struct Store {
     options: StoreOptions,
     index_path: PathBuf,
     writer: Mutex<Writer>,
-    /// Written but not yet committed to the index. Only the writer inserts or clears.
-    pending: RwLock<HashMap<Address, Location>>,
+    /// Queued or written but not yet committed to the index. Only the writer inserts or
+    /// clears.
+    pending: RwLock<HashMap<Address, Pending>>,
+    /// The arena writer thread's queue, and the thread (joined on drop).
+    queue: WriteQueue,
+    writer_thread: Option<JoinHandle<()>>,
     arenas: RwLock<HashMap<u32, Arc<dyn BackendFile>>>,
     readers: Mutex<Vec<Reader>>,
     hits: Mutex<HashMap<Address, u32>>,
@@ -141,6 +155,25 @@ struct Writer {
     cached_bytes: u64,
     hits_since_ageing: u64,
     scratch: Vec<u8>,
+    /// The last ticket queued to the writer thread.
+    last_ticket: u64,
+    /// Records queued since the queue was last seen fully written, in ticket order:
+    /// what a failed write makes the store roll back.
+    in_flight: VecDeque<Reservation>,
+}
+
+/// A pending block: where its record is, and the ticket of its queued write.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    location: Location,
+    ticket: u64,
+}
+
+/// A record queued to the writer thread.
+#[derive(Clone, Copy, Debug)]
+struct Reservation {
+    ticket: u64,
+    location: Location,
 }
 
 impl Store {
@@ -163,16 +196,21 @@ impl Store {
             cached_bytes: 0,
             hits_since_ageing: 0,
             scratch: Vec::new(),
+            last_ticket: 0,
+            in_flight: VecDeque::new(),
         };
         let arenas = reconcile(backend.as_ref(), &mut writer, state, &mut report)?;
         let (_, cached_bytes, _) = index::totals(writer.index.conn())?;
         writer.cached_bytes = cached_bytes;
+        let (queue, writer_thread) = WriteQueue::start(writer.last_ticket + 1)?;
         Ok(Store {
             backend,
             options,
             index_path,
             writer: Mutex::new(writer),
             pending: RwLock::new(HashMap::new()),
+            queue,
+            writer_thread: Some(writer_thread),
             arenas: RwLock::new(arenas),
             readers: Mutex::new(Vec::new()),
             hits: Mutex::new(HashMap::new()),
@@ -209,7 +247,8 @@ impl Store {
         &self.options
     }
 
-    /// Store `sealed` under `address`. Durable after the next [`Store::sync`].
+    /// Store `sealed` under `address`. Written when this returns `Ok`; durable after
+    /// the next [`Store::sync`].
     pub fn put(&self, address: &Address, sealed: &[u8], class: Class) -> Result<()> {
         self.put_checked(address, sealed, class, self.options.verify_puts)
     }
@@ -218,6 +257,77 @@ impl Store {
     /// address was computed from these bytes.
     pub fn put_sealed_here(&self, address: &Address, sealed: &[u8], class: Class) -> Result<()> {
         self.put_checked(address, sealed, class, false)
+    }
+
+    /// [`Store::put_sealed_here`] of `buffer[PUT_HEADROOM_BYTES..]`, without copying it
+    /// or waiting for the write: the record header goes into the headroom and the
+    /// buffer (taken, `buffer` is left empty) to the writer thread. The put has
+    /// succeeded once [`Store::wait_puts`] over the returned ticket says so.
+    pub fn put_sealed_owned(
+        &self,
+        address: &Address,
+        buffer: &mut Vec<u8>,
+        class: Class,
+    ) -> Result<PutTicket> {
+        let sealed_bytes = buffer
+            .len()
+            .checked_sub(PUT_HEADROOM_BYTES)
+            .ok_or_else(|| Error::Malformed {
+                what: "put buffer",
+                detail: format!("{} bytes, shorter than its headroom", buffer.len()),
+            })?;
+        if sealed_bytes > RECORD_PAYLOAD_BYTES_MAX as usize {
+            return Err(Error::TooLarge {
+                bytes: sealed_bytes,
+                bytes_max: RECORD_PAYLOAD_BYTES_MAX as usize,
+            });
+        }
+        let mut writer = self.writer.lock();
+        if self.queue.has_failure() {
+            self.roll_back_failed_writes(&mut writer)?;
+        }
+        let pending = self.pending.read().get(address).copied();
+        let (existing, ticket) = match pending {
+            // A duplicate of a queued block succeeds only if that write does.
+            Some(pending) => (Some(pending.location), PutTicket(pending.ticket)),
+            None => (
+                index::lookup(writer.index.conn(), address)?,
+                PutTicket::DONE,
+            ),
+        };
+        let seq = writer.next_seq();
+        match existing {
+            Some(location) if location.class == Class::Pinned || class == Class::Cached => {
+                writer.touches.push((*address, seq));
+                Ok(ticket)
+            }
+            Some(location) => {
+                // Cached → pinned: a new record, so a rebuilt index keeps the promise.
+                writer.cached_bytes = writer
+                    .cached_bytes
+                    .saturating_sub(u64::from(location.length));
+                let buffer = std::mem::take(buffer);
+                self.append(&mut writer, address, buffer, Class::Pinned, seq)
+            }
+            None => {
+                let buffer = std::mem::take(buffer);
+                self.append(&mut writer, address, buffer, class, seq)
+            }
+        }
+    }
+
+    /// Wait for the puts with tickets `first..=last`; an error if any of them failed
+    /// (or, conservatively, a put of another caller queued between them).
+    pub fn wait_puts(&self, first: PutTicket, last: PutTicket) -> Result<()> {
+        if last == PutTicket::DONE {
+            return Ok(());
+        }
+        self.queue.wait(first.0.max(1), last.0)
+    }
+
+    /// A buffer the writer thread is done with, for the next `put_sealed_owned`.
+    pub fn spare_buffer(&self) -> Option<Vec<u8>> {
+        self.queue.spare_buffer()
     }
 
     fn put_checked(
@@ -236,33 +346,29 @@ impl Store {
         if verify && Address::of(sealed) != *address {
             return Err(Error::AddressMismatch { address: *address });
         }
-        let mut writer = self.writer.lock();
-        let existing = match self.pending.read().get(address) {
-            Some(location) => Some(*location),
-            None => index::lookup(writer.index.conn(), address)?,
-        };
-        let seq = writer.next_seq();
-        match existing {
-            Some(location) if location.class == Class::Pinned || class == Class::Cached => {
-                writer.touches.push((*address, seq));
-                Ok(())
-            }
-            Some(location) => {
-                // Cached → pinned: a new record, so a rebuilt index keeps the promise.
-                writer.cached_bytes = writer
-                    .cached_bytes
-                    .saturating_sub(u64::from(location.length));
-                self.append(&mut writer, address, sealed, Class::Pinned, seq)
-            }
-            None => self.append(&mut writer, address, sealed, class, seq),
-        }
+        let mut buffer = self.queue.spare_buffer().unwrap_or_default();
+        buffer.clear();
+        buffer.reserve(PUT_HEADROOM_BYTES + sealed.len());
+        buffer.resize(PUT_HEADROOM_BYTES, 0);
+        buffer.extend_from_slice(sealed);
+        let ticket = self.put_sealed_owned(address, &mut buffer, class)?;
+        self.wait_puts(ticket, ticket)
     }
 
     /// The sealed bytes of `address`, checked against it.
     pub fn get(&self, address: &Address) -> Result<Vec<u8>> {
         for _ in 0..GET_ATTEMPTS_MAX {
-            let Some(location) = self.locate(address)? else {
-                return Err(Error::NotFound { address: *address });
+            let pending = self.pending.read().get(address).copied();
+            let location = match pending {
+                Some(pending) => {
+                    // Still queued, perhaps: wait until its record is in the file.
+                    self.queue.wait(pending.ticket, pending.ticket)?;
+                    pending.location
+                }
+                None => match self.locate(address)? {
+                    Some(location) => location,
+                    None => return Err(Error::NotFound { address: *address }),
+                },
             };
             let Some(file) = self.arenas.read().get(&location.arena).cloned() else {
                 // Compaction retired the arena between lookup and read: look again.
@@ -322,7 +428,9 @@ impl Store {
                     .cached_bytes
                     .saturating_sub(u64::from(location.length));
                 let seq = writer.next_seq();
-                self.append(&mut writer, address, &bytes, Class::Pinned, seq)?;
+                let mut buffer = vec![0; PUT_HEADROOM_BYTES];
+                buffer.extend_from_slice(&bytes);
+                self.append(&mut writer, address, buffer, Class::Pinned, seq)?;
                 self.sync_locked(&mut writer)
             }
             (Class::Pinned, Class::Cached) => {
@@ -574,8 +682,8 @@ impl Store {
     }
 
     fn locate(&self, address: &Address) -> Result<Option<Location>> {
-        if let Some(location) = self.pending.read().get(address) {
-            return Ok(Some(*location));
+        if let Some(pending) = self.pending.read().get(address) {
+            return Ok(Some(pending.location));
         }
         let reader = match self.readers.lock().pop() {
             Some(reader) => reader,
@@ -607,15 +715,22 @@ impl Store {
             })
     }
 
+    /// Reserve the record's place, queue `buffer` (headroom + sealed block) to the
+    /// writer thread with the header filled in, and note the block as pending.
     fn append(
         &self,
         writer: &mut Writer,
         address: &Address,
-        sealed: &[u8],
+        mut buffer: Vec<u8>,
         class: Class,
         seq: u64,
-    ) -> Result<()> {
-        let record_bytes = RECORD_HEADER_BYTES as u64 + sealed.len() as u64;
+    ) -> Result<PutTicket> {
+        let sealed_bytes = buffer.len().saturating_sub(PUT_HEADROOM_BYTES);
+        let length = u32::try_from(sealed_bytes).map_err(|_| Error::TooLarge {
+            bytes: sealed_bytes,
+            bytes_max: RECORD_PAYLOAD_BYTES_MAX as usize,
+        })?;
+        let record_bytes = RECORD_HEADER_BYTES as u64 + u64::from(length);
         let (id, len) = match writer.current {
             Some((id, len))
                 if len + record_bytes <= self.options.arena_bytes_max
@@ -630,25 +745,28 @@ impl Store {
             }
         };
         let file = self.arena_file(id)?;
-        let length = u32::try_from(sealed.len()).map_err(|_| Error::TooLarge {
-            bytes: sealed.len(),
-            bytes_max: RECORD_PAYLOAD_BYTES_MAX as usize,
-        })?;
         let header = RecordHeader {
             class,
             length,
             address: *address,
         };
-        if sealed.len() >= SPLIT_WRITE_BYTES_MIN {
-            // Copying a large payload next to its header costs more than a second
-            // write call.
-            file.write_at(len, &header.encode())?;
-            file.write_at(len + RECORD_HEADER_BYTES as u64, sealed)?;
-        } else {
-            writer.scratch.clear();
-            arena::encode_record(&mut writer.scratch, &header, sealed);
-            file.write_at(len, &writer.scratch)?;
-        }
+        let header_bytes = header.encode();
+        let headroom = buffer
+            .get_mut(..PUT_HEADROOM_BYTES)
+            .ok_or_else(|| Error::Malformed {
+                what: "put buffer",
+                detail: "shorter than its headroom".into(),
+            })?;
+        headroom.copy_from_slice(&header_bytes);
+        let ticket = writer.last_ticket + 1;
+        self.queue.push(WriteJob {
+            ticket,
+            arena: id,
+            file,
+            offset: len,
+            bytes: buffer,
+        })?;
+        writer.last_ticket = ticket;
         let location = Location {
             arena: id,
             offset: len,
@@ -672,11 +790,76 @@ impl Store {
                 *hits.entry(*address).or_insert(0) += 1;
             }
         }
-        self.pending.write().insert(*address, location);
+        self.pending
+            .write()
+            .insert(*address, Pending { location, ticket });
+        // Forget reservations known written (none can fail any more), then note this one.
+        let written_through = self.queue.written_through();
+        while writer
+            .in_flight
+            .front()
+            .is_some_and(|reservation| reservation.ticket <= written_through)
+        {
+            writer.in_flight.pop_front();
+        }
+        writer.in_flight.push_back(Reservation { ticket, location });
         if writer.unsynced_bytes >= self.options.unsynced_bytes_max {
             self.sync_locked(writer)?;
         }
+        Ok(PutTicket(ticket))
+    }
+
+    /// Wait until every queued record is written; if one failed, roll back and return
+    /// its error.
+    fn drain(&self, writer: &mut Writer) -> Result<()> {
+        self.queue.wait_done(writer.last_ticket)?;
+        self.roll_back_failed_writes(writer)?;
+        writer.in_flight.clear();
         Ok(())
+    }
+
+    /// If a queued write failed: forget every reservation from it on (the writer
+    /// thread wrote none of them) — their rows, their pending entries, the arena space
+    /// — and return the error. New records then go where the first failed one was.
+    fn roll_back_failed_writes(&self, writer: &mut Writer) -> Result<()> {
+        let Some((first_failed, error)) = self.queue.take_failure(writer.last_ticket)? else {
+            return Ok(());
+        };
+        let lost: Vec<Location> = writer
+            .in_flight
+            .drain(..)
+            .filter(|reservation| reservation.ticket >= first_failed)
+            .map(|reservation| reservation.location)
+            .collect();
+        let lost_at: HashSet<(u32, u64)> = lost
+            .iter()
+            .map(|location| (location.arena, location.offset))
+            .collect();
+        writer
+            .upserts
+            .retain(|row| !lost_at.contains(&(row.location.arena, row.location.offset)));
+        self.pending.write().retain(|_, pending| {
+            !lost_at.contains(&(pending.location.arena, pending.location.offset))
+        });
+        for location in &lost {
+            if location.class == Class::Cached {
+                writer.cached_bytes = writer
+                    .cached_bytes
+                    .saturating_sub(u64::from(location.length));
+            }
+            // Records of one arena are reserved back to back, so the first lost one
+            // is where that arena's written part ends.
+            if let Some(through) = writer.unsynced_arenas.get_mut(&location.arena) {
+                *through = (*through).min(location.offset);
+            }
+            if let Some((current, len)) = writer.current.as_mut()
+                && *current == location.arena
+            {
+                *len = (*len).min(location.offset);
+            }
+        }
+        tracing::warn!(%error, records = lost.len(), "arena write failed; queued puts rolled back");
+        Err(error)
     }
 
     /// A new empty arena with its header written; durable at the next sync.
@@ -696,6 +879,7 @@ impl Store {
     }
 
     fn sync_locked(&self, writer: &mut Writer) -> Result<()> {
+        self.drain(writer)?;
         let hits: Vec<(Address, u32)> =
             std::mem::take(&mut *self.hits.lock()).into_iter().collect();
         if writer.unsynced_arenas.is_empty() && writer.touches.is_empty() && hits.is_empty() {
@@ -795,9 +979,21 @@ impl std::fmt::Debug for Store {
             .field("backend", &self.backend)
             .field("options", &self.options)
             .field("pending", &self.pending.read().len())
+            .field("queue", &self.queue)
             .field("arenas", &self.arenas.read().len())
             .field("open_problems", &self.open_report.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // The thread writes what is queued, then exits. A thread that panicked has
+        // marked the queue stopped already; there is nothing more to clean up.
+        self.queue.close();
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -808,6 +1004,23 @@ impl BlockStore for Store {
 
     fn put_sealed_here(&self, address: &Address, sealed: &[u8], class: Class) -> Result<()> {
         Store::put_sealed_here(self, address, sealed, class)
+    }
+
+    fn put_sealed_owned(
+        &self,
+        address: &Address,
+        buffer: &mut Vec<u8>,
+        class: Class,
+    ) -> Result<PutTicket> {
+        Store::put_sealed_owned(self, address, buffer, class)
+    }
+
+    fn wait_puts(&self, first: PutTicket, last: PutTicket) -> Result<()> {
+        Store::wait_puts(self, first, last)
+    }
+
+    fn spare_buffer(&self) -> Option<Vec<u8>> {
+        Store::spare_buffer(self)
     }
 
     fn get(&self, address: &Address) -> Result<Vec<u8>> {

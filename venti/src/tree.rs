@@ -22,11 +22,14 @@
 //! Ingest is a pipeline: the calling thread chunks and builds the tree; a pool of
 //! sealing threads (started on the second chunk, so small content costs no thread)
 //! hashes, compresses and encrypts each chunk in place in the buffer it was copied
-//! into; sealed leaves come back through a reorder window and go to the store in
-//! stream order, through `put_sealed_here` (their address was computed from these very
-//! bytes, so the store need not hash them again). Buffers circulate instead of being
-//! allocated per chunk, and at most `IN_FLIGHT_PER_THREAD × threads` chunks are in
-//! flight.
+//! into, behind `PUT_HEADROOM_BYTES` left free for the store's record header; sealed
+//! leaves come back through a reorder window and are handed to the store in stream
+//! order, buffer and all, through `put_sealed_owned` (their address was computed from
+//! these very bytes, so the store need not hash them again, and a file store writes
+//! them on its own thread). `finish` returns only once the store confirms every put
+//! (`wait_puts`). Buffers circulate (the store hands written ones back through
+//! `spare_buffer`) instead of being allocated per chunk, and at most
+//! `IN_FLIGHT_PER_THREAD × threads` chunks are being sealed at once.
 //!
 //! [`TreeReader`] reads any byte range by opening only the blocks that cover it, and
 //! walks a tree's addresses for GC without opening leaves. Pointer blocks are hostile
@@ -42,7 +45,9 @@ use crate::chunk::{Chunker, StreamChunker};
 use crate::error::BlockFault;
 use crate::keys::EpochKeys;
 use crate::seal::{self, CONTENT_BYTES_MAX, IN_PLACE_OFFSET_BYTES, Sealer};
-use crate::{Address, BlockRef, BlockStore, Class, Error, Kind, Result};
+use crate::{
+    Address, BlockRef, BlockStore, Class, Error, Kind, PUT_HEADROOM_BYTES, PutTicket, Result,
+};
 
 /// A pointer block ends at a child whose key's low bits are zero with this odds.
 pub const FANOUT_BOUNDARY_ONE_IN: u32 = 128;
@@ -148,6 +153,12 @@ impl std::io::Write for TreeWriter<'_> {
     }
 }
 
+/// Buffers a writer keeps for reuse when the store leaves them with it.
+const FREE_BUFFERS_MAX: usize = 64;
+/// Where chunk content starts in a buffer: after the store's headroom and the room
+/// sealing in place needs.
+const CONTENT_OFFSET_BYTES: usize = PUT_HEADROOM_BYTES + IN_PLACE_OFFSET_BYTES;
+
 /// Everything of the writer except the chunker (split so the chunker can call it).
 struct Builder<'s> {
     store: &'s dyn BlockStore,
@@ -167,10 +178,10 @@ struct Builder<'s> {
     /// Sealed leaves that came back before their predecessors; index 0 is
     /// `next_commit`.
     reorder: VecDeque<Option<Sealed>>,
-    /// Chunk buffers back from the pool, sealed in place and stored, for reuse.
+    /// Buffers the store left with us after a put, for reuse.
     free_buffers: Vec<Vec<u8>>,
-    /// Sealed bytes of blocks sealed on this thread.
-    scratch: Vec<u8>,
+    /// Tickets of this writer's puts, lowest and highest: `finish` waits for them.
+    tickets: Option<(PutTicket, PutTicket)>,
     /// `levels[n]`: refs of level-n blocks not yet in a pointer block.
     levels: Vec<Vec<BlockRef>>,
     length: u64,
@@ -208,7 +219,7 @@ impl<'s> Builder<'s> {
             next_commit: 0,
             reorder: VecDeque::new(),
             free_buffers: Vec::new(),
-            scratch: Vec::new(),
+            tickets: None,
             levels: Vec::new(),
             length: 0,
             chunks: 0,
@@ -218,19 +229,12 @@ impl<'s> Builder<'s> {
     fn add_chunk(&mut self, chunk: &[u8]) -> Result<()> {
         self.length += chunk.len() as u64;
         self.chunks += 1;
+        // The chunk goes straight into the buffer it will be sealed in.
+        let data = self.buffer_with(chunk);
         if self.threads == 0 {
-            let block_ref =
-                self.sealer
-                    .seal_into(&self.keys, self.leaf_kind, chunk, &mut self.scratch)?;
-            self.store
-                .put_sealed_here(&block_ref.address, &self.scratch, self.class)?;
+            let block_ref = self.seal_and_put(self.leaf_kind, data)?;
             return self.push_ref(0, block_ref);
         }
-        // The chunk goes straight into the buffer it will be sealed in.
-        let mut data = self.free_buffers.pop().unwrap_or_default();
-        data.clear();
-        data.extend_from_slice(&[0; IN_PLACE_OFFSET_BYTES]);
-        data.extend_from_slice(chunk);
         if self.pool.is_none() {
             match self.first_chunk.take() {
                 None => {
@@ -242,12 +246,53 @@ impl<'s> Builder<'s> {
                         self.threads,
                         Arc::clone(&self.keys),
                         self.leaf_kind,
-                    ));
+                    )?);
                     self.submit(first)?;
                 }
             }
         }
         self.submit(data)
+    }
+
+    /// A buffer holding `content` at `CONTENT_OFFSET_BYTES`, reusing one the store is
+    /// done with when it has one.
+    fn buffer_with(&mut self, content: &[u8]) -> Vec<u8> {
+        let mut buffer = self
+            .free_buffers
+            .pop()
+            .or_else(|| self.store.spare_buffer())
+            .unwrap_or_default();
+        buffer.clear();
+        buffer.reserve(CONTENT_OFFSET_BYTES + content.len() + content.len() / 8 + 64);
+        buffer.resize(CONTENT_OFFSET_BYTES, 0);
+        buffer.extend_from_slice(content);
+        buffer
+    }
+
+    /// Seal the content of `buffer` (see `buffer_with`) on this thread and hand it to
+    /// the store.
+    fn seal_and_put(&mut self, kind: Kind, mut buffer: Vec<u8>) -> Result<BlockRef> {
+        let block_ref =
+            self.sealer
+                .seal_in_place_at(&self.keys, kind, &mut buffer, PUT_HEADROOM_BYTES)?;
+        self.put(&block_ref.address, buffer)?;
+        Ok(block_ref)
+    }
+
+    fn put(&mut self, address: &Address, mut buffer: Vec<u8>) -> Result<()> {
+        let ticket = self
+            .store
+            .put_sealed_owned(address, &mut buffer, self.class)?;
+        if buffer.capacity() > 0 && self.free_buffers.len() < FREE_BUFFERS_MAX {
+            self.free_buffers.push(buffer);
+        }
+        if ticket != PutTicket::DONE {
+            self.tickets = Some(match self.tickets {
+                None => (ticket, ticket),
+                Some((first, last)) => (first.min(ticket), last.max(ticket)),
+            });
+        }
+        Ok(())
     }
 
     fn submit(&mut self, data: Vec<u8>) -> Result<()> {
@@ -296,10 +341,8 @@ impl<'s> Builder<'s> {
         self.reorder[slot] = Some(done);
         while let Some(Some(_)) = self.reorder.front() {
             if let Some(Some(done)) = self.reorder.pop_front() {
-                self.store
-                    .put_sealed_here(&done.block_ref.address, &done.sealed, self.class)?;
+                self.put(&done.block_ref.address, done.sealed)?;
                 self.next_commit += 1;
-                self.free_buffers.push(done.sealed);
                 self.push_ref(0, done.block_ref)?;
             }
         }
@@ -331,13 +374,10 @@ impl<'s> Builder<'s> {
                 detail: format!("deeper than {DEPTH_MAX} pointer levels"),
             })?;
         let children = std::mem::take(&mut self.levels[level]);
-        let payload = encode_pointer(pointer_level, &children);
-        let mut block_ref =
-            self.sealer
-                .seal_into(&self.keys, Kind::Pointer, &payload, &mut self.scratch)?;
+        let mut buffer = self.buffer_with(&[]);
+        encode_pointer(pointer_level, &children, &mut buffer);
+        let mut block_ref = self.seal_and_put(Kind::Pointer, buffer)?;
         block_ref.length = children.iter().map(|child| child.length).sum();
-        self.store
-            .put_sealed_here(&block_ref.address, &self.scratch, self.class)?;
         // Reuse the allocation for the next pointer block of this level.
         let mut children = children;
         children.clear();
@@ -346,12 +386,16 @@ impl<'s> Builder<'s> {
     }
 
     fn finish(&mut self) -> Result<BlockRef> {
-        if let Some(mut first) = self.first_chunk.take() {
-            let block_ref = self
-                .sealer
-                .seal_in_place(&self.keys, self.leaf_kind, &mut first)?;
-            self.store
-                .put_sealed_here(&block_ref.address, &first, self.class)?;
+        let root = self.finish_tree()?;
+        if let Some((first, last)) = self.tickets {
+            self.store.wait_puts(first, last)?;
+        }
+        Ok(root)
+    }
+
+    fn finish_tree(&mut self) -> Result<BlockRef> {
+        if let Some(first) = self.first_chunk.take() {
+            let block_ref = self.seal_and_put(self.leaf_kind, first)?;
             self.push_ref(0, block_ref)?;
         }
         while self.next_commit < self.next_seq {
@@ -359,12 +403,8 @@ impl<'s> Builder<'s> {
         }
         self.pool = None;
         if self.chunks == 0 {
-            let block_ref =
-                self.sealer
-                    .seal_into(&self.keys, self.leaf_kind, &[], &mut self.scratch)?;
-            self.store
-                .put_sealed_here(&block_ref.address, &self.scratch, self.class)?;
-            return Ok(block_ref);
+            let empty = self.buffer_with(&[]);
+            return self.seal_and_put(self.leaf_kind, empty);
         }
         let mut level = 0;
         loop {
@@ -397,9 +437,9 @@ fn pool_stopped() -> Error {
     Error::Io(std::io::Error::other("sealing thread stopped"))
 }
 
-fn encode_pointer(level: u8, children: &[BlockRef]) -> Vec<u8> {
-    let mut payload =
-        Vec::with_capacity(POINTER_HEADER_BYTES + children.len() * BlockRef::ENCODED_LEN);
+/// Append the pointer block payload listing `children` to `payload`.
+fn encode_pointer(level: u8, children: &[BlockRef], payload: &mut Vec<u8>) {
+    payload.reserve(POINTER_HEADER_BYTES + children.len() * BlockRef::ENCODED_LEN);
     payload.push(POINTER_FORMAT);
     payload.push(level);
     // close_level never holds more than FANOUT_MAX <= u16::MAX children.
@@ -407,7 +447,6 @@ fn encode_pointer(level: u8, children: &[BlockRef]) -> Vec<u8> {
     for child in children {
         payload.extend_from_slice(&child.encode());
     }
-    payload
 }
 
 /// A parsed pointer block.
@@ -672,19 +711,19 @@ struct SealPool {
 
 struct Job {
     seq: u64,
-    /// The chunk at `IN_PLACE_OFFSET_BYTES`, sealed in place.
+    /// The chunk at `CONTENT_OFFSET_BYTES`, sealed in place after the headroom.
     buffer: Vec<u8>,
 }
 
 struct Sealed {
     seq: u64,
     block_ref: BlockRef,
-    /// The sealed block, in the chunk's buffer.
+    /// The chunk's buffer: headroom, then the sealed block.
     sealed: Vec<u8>,
 }
 
 impl SealPool {
-    fn start(threads: usize, keys: Arc<EpochKeys>, kind: Kind) -> SealPool {
+    fn start(threads: usize, keys: Arc<EpochKeys>, kind: Kind) -> Result<SealPool> {
         let (jobs, job_queue) = crossbeam_channel::bounded::<Job>(threads * IN_FLIGHT_PER_THREAD);
         // Never full: the writer has at most threads × IN_FLIGHT_PER_THREAD chunks
         // out, so workers never block on sending and shutdown cannot deadlock.
@@ -695,29 +734,30 @@ impl SealPool {
                 let job_queue = job_queue.clone();
                 let result_sender = result_sender.clone();
                 let keys = Arc::clone(&keys);
-                std::thread::spawn(move || {
-                    let mut sealer = Sealer::new();
-                    for mut job in job_queue {
-                        let result =
-                            sealer
-                                .seal_in_place(&keys, kind, &mut job.buffer)
+                std::thread::Builder::new()
+                    .name("venti-seal".into())
+                    .spawn(move || {
+                        let mut sealer = Sealer::new();
+                        for mut job in job_queue {
+                            let result = sealer
+                                .seal_in_place_at(&keys, kind, &mut job.buffer, PUT_HEADROOM_BYTES)
                                 .map(|block_ref| Sealed {
                                     seq: job.seq,
                                     block_ref,
                                     sealed: job.buffer,
                                 });
-                        if result_sender.send(result).is_err() {
-                            return;
+                            if result_sender.send(result).is_err() {
+                                return;
+                            }
                         }
-                    }
-                })
+                    })
             })
-            .collect();
-        SealPool {
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(SealPool {
             jobs: Some(jobs),
             results,
             workers,
-        }
+        })
     }
 }
 
