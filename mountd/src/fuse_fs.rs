@@ -105,9 +105,12 @@ impl KithFs {
 impl Filesystem for KithFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Each capability is optional: a kernel without one just keeps the default.
+        // Not FUSE_ATOMIC_O_TRUNC: with it, open(O_TRUNC) truncates here before the
+        // kernel's own checks (ETXTBSY for a running program) run, so a refused open
+        // would still destroy the file. Without it the kernel truncates by setattr,
+        // after those checks.
         for wanted in [
             InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
         ] {
