@@ -207,6 +207,8 @@ struct MemoryState {
     sync_points: u64,
     crash_at_sync_point: Option<u64>,
     crashed: bool,
+    /// Arena writes fail (as on a full disk) while set; nothing else does.
+    writes_fail: bool,
     rng: SplitMix64,
 }
 
@@ -268,6 +270,7 @@ impl MemoryBackend {
                 sync_points: 0,
                 crash_at_sync_point: None,
                 crashed: false,
+                writes_fail: false,
                 rng: SplitMix64(seed),
             })),
             index_dir: Arc::new(IndexDir(index_dir)),
@@ -289,6 +292,12 @@ impl MemoryBackend {
 
     pub fn has_crashed(&self) -> bool {
         self.shared.lock().crashed
+    }
+
+    /// While `fail` is set, every `write_at` fails with `StorageFull` and changes
+    /// nothing, as on a full disk; syncs and reads go on working.
+    pub fn fail_writes(&self, fail: bool) {
+        self.shared.lock().writes_fail = fail;
     }
 
     /// Crash now, as if power failed between two instructions.
@@ -485,7 +494,13 @@ impl BackendFile for MemoryFile {
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        check_alive(&self.shared.lock())?;
+        {
+            let state = self.shared.lock();
+            check_alive(&state)?;
+            if state.writes_fail {
+                return Err(Error::Io(io::Error::from(io::ErrorKind::StorageFull)));
+            }
+        }
         let mut content = self.content.lock();
         apply_write(&mut content.current, offset, data);
         content.unsynced.push(UnsyncedOp::Write {

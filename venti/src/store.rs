@@ -322,7 +322,14 @@ impl Store {
         if last == PutTicket::DONE {
             return Ok(());
         }
-        self.queue.wait(first.0.max(1), last.0)
+        let outcome = self.queue.wait(first.0.max(1), last.0);
+        if outcome.is_err() && self.queue.has_failure() {
+            // Roll back now, so no lookup finds the failed blocks pending. The error
+            // it returns is the one `outcome` already carries.
+            let mut writer = self.writer.lock();
+            let _ = self.roll_back_failed_writes(&mut writer);
+        }
+        outcome
     }
 
     /// A buffer the writer thread is done with, for the next `put_sealed_owned`.
