@@ -340,6 +340,18 @@ impl Namespace {
             .map(|ino| InodeNo(ino as u64)))
     }
 
+    /// One name of `ino` and the directory holding it (messages only: this scans).
+    pub fn name_of(&self, ino: InodeNo) -> Result<Option<(InodeNo, Vec<u8>)>> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT parent, name FROM dirents WHERE ino = ?1 LIMIT 1")?;
+        Ok(statement
+            .query_row([ino.0 as i64], |row| {
+                Ok((InodeNo(row.get::<_, i64>(0)? as u64), row.get(1)?))
+            })
+            .optional()?)
+    }
+
     pub fn insert_dirent(&self, parent: InodeNo, name: &[u8], ino: InodeNo) -> Result<()> {
         let mut statement = self
             .conn

@@ -45,6 +45,8 @@ const SNAPSHOTS_NAME: &[u8] = b".snapshots";
 /// Most entries one `readdir` call returns; the caller continues from the last cookie.
 pub const READDIR_ENTRIES_MAX: usize = 1024;
 const LINKS_MAX: u32 = 65000;
+/// `path_of` names at most this many components (a deeper path is cut at the top).
+const PATH_COMPONENTS_MAX: usize = 256;
 /// All write buffers together hold at most about this much before files are flushed.
 const DIRTY_TOTAL_BYTES_MAX: usize = 256 << 20;
 /// Buffers smaller than this never trigger the global check (it walks open files).
@@ -606,8 +608,45 @@ impl Volume {
             ),
         };
         bytes.inspect_err(|error| {
-            tracing::error!(?ino, offset, size, %error, "read failed: damaged or missing content");
+            let path = self.path_of(ino);
+            tracing::error!(
+                ?ino,
+                path = %path.display(),
+                offset,
+                size,
+                %error,
+                "read failed: damaged or missing content"
+            );
         })
+    }
+
+    /// A path of `ino` inside the volume, for messages: from the names the kernel
+    /// looked up, else from the directory entries. `?` stands for a component that
+    /// cannot be found (e.g. an unlinked file).
+    pub fn path_of(&self, ino: InodeNo) -> PathBuf {
+        let state = self.shared.state.lock();
+        let mut components: Vec<Vec<u8>> = Vec::new();
+        let mut at = ino;
+        for _ in 0..PATH_COMPONENTS_MAX {
+            if at == InodeNo::ROOT {
+                break;
+            }
+            let named = match state.names.get(&at) {
+                Some((parent, name)) => Some((*parent, name.clone())),
+                None => state.ns.name_of(at).ok().flatten(),
+            };
+            let Some((parent, name)) = named else {
+                components.push(b"?".to_vec());
+                break;
+            };
+            components.push(name);
+            at = parent;
+        }
+        let mut path = PathBuf::from("/");
+        for name in components.iter().rev() {
+            path.push(OsStr::from_bytes(name));
+        }
+        path
     }
 
     /// `len` bytes of committed tree content from `offset`, through the read-ahead
@@ -639,7 +678,12 @@ impl Volume {
             len
         };
         let bytes = if fetch_len > len {
-            read_parallel(self.shared.content.as_ref(), root, offset, fetch_len)?
+            // A damaged block must fail only the reads that cover it, not every read
+            // whose read-ahead window reaches it.
+            match read_parallel(self.shared.content.as_ref(), root, offset, fetch_len) {
+                Ok(bytes) => bytes,
+                Err(_) => self.shared.content.read(root, offset, len)?,
+            }
         } else {
             self.shared.content.read(root, offset, fetch_len)?
         };

@@ -1161,3 +1161,23 @@ fn a_namespace_commit_rolled_back_by_a_full_disk_keeps_open_files() {
     let ino = volume.lookup(InodeNo::ROOT, name("new")).unwrap().ino;
     assert_eq!(read_all(&volume, ino), b"first second");
 }
+
+#[test]
+fn path_of_names_files_from_lookups_and_from_the_namespace() {
+    let fixture = Fixture::new();
+    let file = {
+        let volume = fixture.open();
+        let dir = volume
+            .mkdir(InodeNo::ROOT, name("docs"), 0o755, ME)
+            .unwrap();
+        let sub = volume.mkdir(dir.ino, name("old"), 0o755, ME).unwrap();
+        let file = create_with(&volume, sub.ino, "notes.txt", b"hello");
+        assert_eq!(volume.path_of(file), PathBuf::from("/docs/old/notes.txt"));
+        file
+    };
+    // After a restart nothing was looked up: the names come from the directory entries.
+    let volume = fixture.open();
+    assert_eq!(volume.path_of(file), PathBuf::from("/docs/old/notes.txt"));
+    assert_eq!(volume.path_of(InodeNo::ROOT), PathBuf::from("/"));
+    assert_eq!(volume.path_of(InodeNo(999_999)), PathBuf::from("/?"));
+}

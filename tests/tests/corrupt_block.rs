@@ -1,0 +1,144 @@
+//! A damaged block on disk: reads of the file range it holds fail with EIO, every other
+//! range of that file and every other file still reads back right, the daemon stays
+//! up, and its log names the damaged file.
+//!
+//! The damage is one flipped byte in the payload of an arena record that holds a leaf
+//! of a large file (found by walking the arena's record headers, see
+//! docs/formats-store.md), made while the store is not mounted.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail, ensure};
+use kith_tests::{Kith, pattern, skip_without_fuse};
+
+const ARENA_HEADER_BYTES: u64 = 32;
+const RECORD_HEADER_BYTES: u64 = 56;
+/// A leaf holds at least venti's smallest chunk; pointer blocks of these files are
+/// smaller, so a record this long is a leaf.
+const LEAF_PAYLOAD_BYTES_MIN: u64 = 16 * 1024;
+/// venti's largest chunk: one damaged leaf covers at most this much of its file.
+const CHUNK_BYTES_MAX: u64 = 256 * 1024;
+const PIECE_BYTES: usize = 64 * 1024;
+
+const BIG_BYTES: usize = 8 << 20;
+const OTHER_BYTES: usize = 1 << 20;
+
+#[test]
+fn a_damaged_block_fails_only_its_range_and_the_log_names_the_file() -> anyhow::Result<()> {
+    if skip_without_fuse("a_damaged_block_fails_only_its_range_and_the_log_names_the_file") {
+        return Ok(());
+    }
+    let kith = Kith::new()?;
+    kith.mount()?;
+    // `other` first, `big` last: the arena's last megabytes are leaves of `big`.
+    fs::create_dir(kith.path("docs"))?;
+    write_synced(&kith.path("docs/other.bin"), &pattern(8, OTHER_BYTES))?;
+    write_synced(&kith.path("small.txt"), b"a small file lives inline\n")?;
+    write_synced(&kith.path("docs/big.bin"), &pattern(7, BIG_BYTES))?;
+    kith.unmount()?;
+
+    let (arena, damaged_at) = damage_a_leaf_of_the_last_file(&kith.store())?;
+    println!("flipped the byte at {damaged_at} of {}", arena.display());
+
+    kith.mount()?;
+    let big = pattern(7, BIG_BYTES);
+    let mut failed = Vec::new();
+    let file = fs::File::open(kith.path("docs/big.bin"))?;
+    for (index, expected) in big.chunks(PIECE_BYTES).enumerate() {
+        let offset = (index * PIECE_BYTES) as u64;
+        let mut piece = vec![0u8; expected.len()];
+        match file.read_exact_at(&mut piece, offset) {
+            Ok(()) => ensure!(
+                piece == expected,
+                "bytes at {offset} of big.bin read back wrong"
+            ),
+            Err(error) if error.raw_os_error() == Some(libc::EIO) => failed.push(offset),
+            Err(error) => bail!("reading big.bin at {offset}: {error}"),
+        }
+    }
+    println!("pieces failing with EIO at {failed:?}");
+    let (Some(&first), Some(&last)) = (failed.first(), failed.last()) else {
+        bail!("no read of big.bin failed after its block was damaged");
+    };
+    ensure!(
+        last - first + PIECE_BYTES as u64 <= CHUNK_BYTES_MAX + 2 * PIECE_BYTES as u64,
+        "failures span {first}..{last}: more than one block's range"
+    );
+    ensure!(
+        failed.len() as u64 == (last - first) / PIECE_BYTES as u64 + 1,
+        "failing pieces are not one contiguous range: {failed:?}"
+    );
+
+    // The rest of the file system is untouched and the daemon still serves.
+    ensure!(fs::read(kith.path("docs/other.bin"))? == pattern(8, OTHER_BYTES));
+    ensure!(fs::read(kith.path("small.txt"))? == b"a small file lives inline\n");
+    write_synced(&kith.path("after.txt"), b"still writable")?;
+    ensure!(fs::read(kith.path("after.txt"))? == b"still writable");
+    drop(file);
+    kith.unmount()?;
+
+    let log = daemon_log(kith.root())?;
+    ensure!(
+        log.lines()
+            .any(|line| line.contains("read failed") && line.contains("/docs/big.bin")),
+        "no log line names /docs/big.bin:\n{log}"
+    );
+    Ok(())
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let file = fs::File::create(path)?;
+    file.write_all_at(bytes, 0)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Flip one payload byte of the arena record holding the byte 4 MiB before the end of
+/// the last arena: a leaf of the file written last. Returns the arena and the offset.
+fn damage_a_leaf_of_the_last_file(store: &Path) -> anyhow::Result<(PathBuf, u64)> {
+    let mut arenas: Vec<PathBuf> = fs::read_dir(store.join("blocks"))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "kva"))
+        .collect();
+    arenas.sort();
+    let arena = arenas.pop().context("no arena file in the store")?;
+    let bytes = fs::read(&arena)?;
+    let target = (bytes.len() as u64)
+        .checked_sub(4 << 20)
+        .context("arena smaller than the large file")?;
+    let mut at = ARENA_HEADER_BYTES;
+    while at + RECORD_HEADER_BYTES <= bytes.len() as u64 {
+        let header = &bytes[at as usize..(at + RECORD_HEADER_BYTES) as usize];
+        ensure!(&header[..4] == b"KVRC", "no record header at {at}");
+        let length = u64::from(u32::from_le_bytes([
+            header[8], header[9], header[10], header[11],
+        ]));
+        let end = at + RECORD_HEADER_BYTES + length;
+        if (at..end).contains(&target) {
+            ensure!(
+                length >= LEAF_PAYLOAD_BYTES_MIN,
+                "record at {at} ({length} bytes) is not a leaf"
+            );
+            let flip = at + RECORD_HEADER_BYTES + length / 2;
+            let file = fs::OpenOptions::new().read(true).write(true).open(&arena)?;
+            let mut byte = [0u8; 1];
+            file.read_exact_at(&mut byte, flip)?;
+            file.write_all_at(&[byte[0] ^ 0x5a], flip)?;
+            file.sync_all()?;
+            return Ok((arena, flip));
+        }
+        at = end;
+    }
+    bail!("no record covers offset {target}")
+}
+
+/// Everything the installation's daemons logged.
+fn daemon_log(root: &Path) -> anyhow::Result<String> {
+    let mut text = String::new();
+    for entry in fs::read_dir(root.join("data/kith/logs"))? {
+        text.push_str(&fs::read_to_string(entry?.path())?);
+    }
+    Ok(text)
+}
