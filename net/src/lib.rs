@@ -6,5 +6,6 @@
 
 pub mod entry;
 pub mod error;
+pub mod replica;
 
 pub use error::{Error, Result};
