@@ -58,8 +58,11 @@ pub const FANOUT_MAX: usize = 1024;
 /// Highest pointer level. With at least `FANOUT_MIN` children per pointer block and
 /// 16 KiB leaves, level 8 covers more than 10^16 bytes.
 pub const DEPTH_MAX: u8 = 8;
-/// Chunks each sealing thread may have queued or in progress.
-pub const IN_FLIGHT_PER_THREAD: usize = 16;
+/// Chunks each sealing thread may have queued or in progress (or sealed and waiting in
+/// the reorder window). Generous, so that a sealing thread preempted for a few
+/// milliseconds (the caller's and the store's writer thread share the cores) does not
+/// stall the others behind the oldest chunk: about 4 MiB of chunks per thread.
+pub const IN_FLIGHT_PER_THREAD: usize = 64;
 /// `read_range` reserves at most this much up front; more grows as blocks arrive.
 pub const READ_PREALLOC_BYTES_MAX: usize = 16 * 1024 * 1024;
 

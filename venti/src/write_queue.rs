@@ -31,7 +31,11 @@ use crate::backend::BackendFile;
 use crate::{Error, Result};
 
 /// Bytes queued before a put waits for the writer thread.
-pub const WRITE_QUEUE_BYTES_MAX: usize = 16 << 20;
+pub const WRITE_QUEUE_BYTES_MAX: usize = 4 << 20;
+/// An idle writer thread is woken once this much is queued (or someone waits for a
+/// ticket, or the queue closes), so it writes in batches instead of being woken for
+/// every record.
+pub const WAKE_BYTES: usize = 256 << 10;
 /// Written buffers kept for reuse by the next puts.
 pub const SPARE_BUFFERS_MAX: usize = 64;
 /// Buffers smaller than this are not worth keeping.
@@ -109,6 +113,8 @@ struct State {
     failed_ranges: VecDeque<FailedRange>,
     /// Ranges at or below this were forgotten (see the module comment).
     forgotten_through: u64,
+    /// Someone waits for a queued ticket: write now, however little is queued.
+    kicked: bool,
     /// No more jobs will come: the thread exits once the queue is empty.
     closed: bool,
     /// The thread is gone (it finished, or panicked): nothing more will be done.
@@ -117,7 +123,7 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
-    /// Signalled when a job is queued or the queue closes.
+    /// Signalled when enough is queued, a waiter kicks, or the queue closes.
     work: Condvar,
     /// Signalled when a job is done or the thread stops.
     progress: Condvar,
@@ -164,7 +170,9 @@ impl WriteQueue {
         }
         state.queued_bytes += job.bytes.len();
         state.jobs.push_back(job);
-        self.shared.work.notify_one();
+        if state.queued_bytes >= WAKE_BYTES {
+            self.shared.work.notify_one();
+        }
         Ok(())
     }
 
@@ -185,6 +193,10 @@ impl WriteQueue {
     /// Wait until every ticket up to `ticket` is done.
     pub fn wait_done(&self, ticket: u64) -> Result<()> {
         let mut state = self.shared.state.lock();
+        if state.done_through < ticket && !state.kicked {
+            state.kicked = true;
+            self.shared.work.notify_one();
+        }
         while state.done_through < ticket {
             if state.stopped {
                 return Err(stopped_error());
@@ -285,15 +297,25 @@ fn run(shared: &Shared) {
     let _guard = StopGuard(shared);
     // The arena being written, where its unhinted bytes start, and where they end.
     let mut hint: Option<(u32, u64, u64)> = None;
+    // In a batch: write until the queue is empty.
+    let mut batch = false;
     loop {
         let (job, skip) = {
             let mut state = shared.state.lock();
             loop {
-                if let Some(job) = state.jobs.pop_front() {
-                    break (job, state.failure.is_some());
-                }
-                if state.closed {
-                    return;
+                // A batch starts when enough is queued or someone waits, and goes on
+                // until the queue is empty (so it covers every waiter's ticket).
+                let start = state.queued_bytes >= WAKE_BYTES || state.kicked || state.closed;
+                if batch || start {
+                    if let Some(job) = state.jobs.pop_front() {
+                        batch = true;
+                        break (job, state.failure.is_some());
+                    }
+                    batch = false;
+                    state.kicked = false;
+                    if state.closed {
+                        return;
+                    }
                 }
                 shared.work.wait(&mut state);
             }
