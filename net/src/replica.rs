@@ -243,7 +243,14 @@ impl Replica {
         let state = store.load()?;
         let id = options.node.id;
         let volume = options.node.volume;
+        let queued = state.queue.clone();
         let node = paxos::Node::recover(options.node, options.genesis, state)?;
+        let applied_own = node.applied_seqs().get(&id).copied().unwrap_or(0);
+        let pending = queued
+            .into_iter()
+            .filter(|(seq, _)| *seq > applied_own)
+            .map(|(seq, command)| (seq, command.payload))
+            .collect();
         let (requests_tx, requests_rx) = mpsc::channel(REQUESTS_QUEUED_MAX);
         let (frames_tx, frames_rx) = mpsc::channel(INBOX_FRAMES_MAX);
         let (commit_tx, commit_rx) = watch::channel(node.commit_index());
@@ -267,6 +274,7 @@ impl Replica {
             commit_waiters: BTreeMap::new(),
             reads: BTreeMap::new(),
             snapshot: None,
+            pending,
             turn: Turn::default(),
             closing: None,
         };
@@ -388,6 +396,25 @@ impl Replica {
             refused,
             next: raw.next,
         })
+    }
+
+    /// This device's own proposals that are durably queued and not yet committed, in
+    /// proposal order, opened: fossil's pending layer (they survive restarts).
+    pub async fn pending(&self) -> Result<Vec<(ProposalId, Vec<u8>)>> {
+        let (reply, answer) = oneshot::channel();
+        self.request(Request::Pending { reply }).await?;
+        let sealed = answer.await.map_err(|_| Error::ReplicaStopped)?;
+        let mut ops = Vec::with_capacity(sealed.len());
+        for (seq, payload) in sealed {
+            let command = RawCommand {
+                slot: Slot(0),
+                proposer: self.id,
+                seq,
+                payload,
+            };
+            ops.push((ProposalId(seq), self.open_command(&command)?.op));
+        }
+        Ok(ops)
     }
 
     /// The commit end (every slot below it is committed here), as it changes.
@@ -653,6 +680,9 @@ enum Request {
     Status {
         reply: oneshot::Sender<ReplicaStatus>,
     },
+    Pending {
+        reply: oneshot::Sender<Vec<(u64, Vec<u8>)>>,
+    },
     Close,
 }
 
@@ -714,6 +744,8 @@ struct Task {
     reads: BTreeMap<ReadId, oneshot::Sender<std::result::Result<Slot, ()>>>,
     /// The latest snapshot (installed from a peer or made by `compact`).
     snapshot: Option<paxos::Snapshot>,
+    /// Mirror of the core's durable queue of own proposals: sealed payload by seq.
+    pending: BTreeMap<u64, Vec<u8>>,
     turn: Turn,
     closing: Option<Stop>,
 }
@@ -721,7 +753,7 @@ struct Task {
 impl Task {
     async fn run(mut self) {
         let fx = self.node.start(self.now_ms());
-        self.turn.push(fx);
+        self.push(fx);
         let stop = loop {
             if let Err(stop) = self.finish_turn() {
                 break stop;
@@ -745,6 +777,23 @@ impl Task {
         u64::try_from(self.clock.elapsed().as_millis())
             .unwrap_or(u64::MAX)
             .saturating_add(1)
+    }
+
+    /// Adds the core's effects to this turn, keeping the mirror of the durable queue.
+    /// (Replies that read the mirror are deferred past the turn's sync like all others.)
+    fn push(&mut self, fx: Vec<Effect>) {
+        for effect in &fx {
+            match effect {
+                Effect::Persist(DurableWrite::Enqueue { command }) => {
+                    self.pending.insert(command.seq, command.payload.clone());
+                }
+                Effect::Persist(DurableWrite::Dequeue { through_seq }) => {
+                    self.pending = self.pending.split_off(&through_seq.saturating_add(1));
+                }
+                _ => {}
+            }
+        }
+        self.turn.push(fx);
     }
 
     /// Waits for input, then handles everything ready (bounded) into `self.turn`.
@@ -798,7 +847,7 @@ impl Task {
         for timer in due {
             self.deadlines.remove(&timer);
             let fx = self.node.handle_timeout(now_ms, timer);
-            self.turn.push(fx);
+            self.push(fx);
         }
     }
 
@@ -811,7 +860,7 @@ impl Task {
             self.last_heard_ms.insert(from, now_ms);
         }
         let fx = self.node.handle_message(now_ms, from, message);
-        self.turn.push(fx);
+        self.push(fx);
     }
 
     fn on_request(&mut self, request: Request) {
@@ -851,14 +900,14 @@ impl Task {
             Request::ReadIndex { reply } => match self.node.read(self.now_ms()) {
                 Ok((id, fx)) => {
                     self.reads.insert(id, reply);
-                    self.turn.push(fx);
+                    self.push(fx);
                 }
                 Err(_) => self.turn.reply(reply, Err(())),
             },
             Request::Reconfigure { next, reply } => {
                 let result = match self.node.reconfigure(self.now_ms(), next) {
                     Ok(fx) => {
-                        self.turn.push(fx);
+                        self.push(fx);
                         Ok(())
                     }
                     Err(paxos::Error::NotAllowed { .. }) if !self.node.is_leader() => {
@@ -873,6 +922,10 @@ impl Task {
             Request::Status { reply } => {
                 let status = self.status();
                 self.turn.reply(reply, status);
+            }
+            Request::Pending { reply } => {
+                let pending = self.pending.iter().map(|(s, p)| (*s, p.clone())).collect();
+                self.turn.reply(reply, pending);
             }
             Request::Close => self.closing = Some(Stop::Closed),
         }
@@ -958,7 +1011,7 @@ impl Task {
             sealed.push(entry::Entry::seal(header, op, &key, signing_key)?.into_bytes());
         }
         let (seqs, fx) = self.node.propose_many(self.now_ms(), sealed)?;
-        self.turn.push(fx);
+        self.push(fx);
         if seqs.first().is_some_and(|s| *s != first_seq) {
             // Cannot happen while the core numbers its queue contiguously; if it ever
             // does, readers refuse these entries as misattributed rather than trust them.
@@ -1008,7 +1061,7 @@ impl Task {
         let fx = self
             .node
             .compact(self.now_ms(), through, sealed.into_bytes())?;
-        self.turn.push(fx);
+        self.push(fx);
         Ok(())
     }
 

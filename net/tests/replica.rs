@@ -262,38 +262,61 @@ async fn three_replicas_commit_proposals_from_all_and_read_the_same_sequence() {
 async fn leader_killed_mid_stream_restarts_from_its_files_without_losing_commits() {
     let mut cluster = Cluster::new(3, &[]);
     let leader = cluster.leader().await;
-    let mut acked = BTreeSet::new();
-    // A stream from the leader and a follower, cut by the kill.
     let follower = (1..=3).map(NodeId).find(|n| *n != leader).unwrap();
-    for n in 0..30 {
-        propose_and_wait(cluster.get(leader.0), vec![op(leader.0, n)]).await;
-        acked.insert(op(leader.0, n));
-    }
-    // Proposals the leader acknowledged (durably queued) but may not have committed.
-    let queued: Vec<Vec<u8>> = (30..40).map(|n| op(leader.0, n)).collect();
-    cluster
-        .get(leader.0)
-        .propose_many(queued.clone())
+    // The leader streams proposals without waiting for commits; a follower streams
+    // one at a time. Each keeps what was acknowledged (durably queued).
+    let leader_replica = cluster.get(leader.0).clone();
+    let leader_stream = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for n in 0..3000 {
+            match leader_replica.propose(op(leader.0, n)).await {
+                Ok(_) => acked.push(op(leader.0, n)),
+                Err(Error::ReplicaStopped) => break,
+                Err(e) => panic!("{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        acked
+    });
+    let follower_replica = cluster.get(follower.0).clone();
+    let follower_stream = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for n in 0..60 {
+            let id = follower_replica.propose(op(follower.0, n)).await.unwrap();
+            acked.push(op(follower.0, n));
+            let slot = follower_replica.wait_committed(id, WAIT).await.unwrap();
+            assert!(slot.is_some());
+        }
+        acked
+    });
+    // Kill the leader once the streams are well under way.
+    let mut commits = cluster.get(follower.0).commits();
+    tokio::time::timeout(WAIT, commits.wait_for(|s| s.0 >= 60))
         .await
+        .unwrap()
         .unwrap();
-    acked.extend(queued);
-    let before = cluster.read_everywhere(cluster.commit_end().await).await;
-    let before_kill = summary(&before[&follower]);
+    let end_before = *commits.borrow();
+    let before_kill = summary(
+        &read_all(cluster.get(follower.0), Slot(0), end_before)
+            .await
+            .unwrap(),
+    );
     cluster.kill(leader).await;
+    let mut acked: BTreeSet<Vec<u8>> = leader_stream.await.unwrap().into_iter().collect();
+    assert!(
+        acked.len() >= 20,
+        "the kill came too early to test anything"
+    );
 
-    // The others elect a new leader and keep committing.
+    // The others elect a new leader; the follower's stream goes on through it.
     let new_leader = cluster.leader().await;
     assert_ne!(new_leader, leader);
-    for n in 0..20 {
-        propose_and_wait(cluster.get(follower.0), vec![op(follower.0, n)]).await;
-        acked.insert(op(follower.0, n));
-    }
-    // The old leader comes back from its SQLite file and catches up.
+    acked.extend(follower_stream.await.unwrap());
+    // The old leader comes back from its SQLite file, catches up and resubmits what
+    // it had acknowledged but not committed.
     cluster.start(leader);
-    for n in 40..45 {
-        propose_and_wait(cluster.get(leader.0), vec![op(leader.0, n)]).await;
-        acked.insert(op(leader.0, n));
-    }
+    propose_and_wait(cluster.get(leader.0), vec![b"after restart".to_vec()]).await;
+    acked.insert(b"after restart".to_vec());
     let reads = cluster.read_everywhere(cluster.commit_end().await).await;
     assert_agree(&reads, &acked);
     // Nothing committed before the kill was lost or changed.
@@ -390,10 +413,27 @@ async fn proposals_made_offline_survive_a_restart_and_commit_once_after_healing(
         None,
         "nothing commits while cut off"
     );
+    let pending: Vec<Vec<u8>> = cluster.replicas[&away]
+        .pending()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, op)| op)
+        .collect();
+    assert_eq!(pending, offline);
     // Restart while still cut off: the queue is on disk.
     cluster.kill(away).await;
     cluster.start(away);
     assert_eq!(cluster.replicas[&away].status().await.unwrap().queued, 20);
+    let pending_after_restart: Vec<(ProposalId, Vec<u8>)> =
+        cluster.replicas[&away].pending().await.unwrap();
+    assert_eq!(
+        pending_after_restart
+            .iter()
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>(),
+        ids
+    );
     // Meanwhile the others commit, on a lossy network.
     cluster.net.set_faults(Faults {
         drop_percent: 15,
@@ -422,6 +462,7 @@ async fn proposals_made_offline_survive_a_restart_and_commit_once_after_healing(
     let reads = cluster.read_everywhere(cluster.commit_end().await).await;
     assert_agree(&reads, &acked);
     assert_eq!(cluster.replicas[&away].status().await.unwrap().queued, 0);
+    assert!(cluster.replicas[&away].pending().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
