@@ -5,7 +5,13 @@
 //! venti; nothing below it depends on it.
 
 pub mod entry;
+mod codec;
 pub mod error;
+pub mod frame;
+pub mod identity;
+pub mod keyring;
+pub mod pairing;
+pub mod quic;
 pub mod replica;
 
 pub use error::{Error, Result};
