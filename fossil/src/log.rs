@@ -7,7 +7,9 @@
 //! Paxos-backed log implements the same trait and runs the same contract tests.
 //!
 //! Durability: `append` only buffers in memory; `write_out` hands buffered entries to
-//! the OS (they survive a crash of the process); `sync` makes them durable (fdatasync).
+//! the OS (they survive a crash of the process), `write_out_to` a prefix of them;
+//! `sync` makes them durable (fdatasync). Reads serve buffered entries from memory,
+//! so reading never writes anything out.
 //! On open, a torn or garbled tail is cut back to the last whole record, never served.
 
 use std::fs::{File, OpenOptions};
@@ -36,6 +38,9 @@ pub trait Log: Send + std::fmt::Debug {
     fn durable_end(&self) -> Slot;
     /// Hand buffered entries to the OS: they survive a crash of this process.
     fn write_out(&mut self) -> Result<()>;
+    /// [`Log::write_out`] of the entries before `end` only; later ones stay buffered
+    /// (they may refer to blocks that are not durable yet).
+    fn write_out_to(&mut self, end: Slot) -> Result<()>;
     /// Make every appended entry durable.
     fn sync(&mut self) -> Result<()>;
     /// Forget entries before `slot` (a checkpoint covers them). Durable on return.
@@ -171,38 +176,44 @@ impl Log for FileLog {
         if from < self.start {
             return Err(Error::Invalid("log slot before the log start (truncated)"));
         }
-        if from >= self.written_end() && from < self.end() {
-            self.write_out()?;
-        }
-        let end = self
-            .written_end()
-            .min(from.saturating_add(count_max as u64));
+        let wanted_end = self.end().min(from.saturating_add(count_max as u64));
         let mut out = Vec::new();
-        if from >= end {
-            return Ok(out);
-        }
-        let first = (from - self.start) as usize;
-        let last = (end - self.start) as usize;
-        let (Some(&begin_offset), Some(&end_offset)) =
-            (self.offsets.get(first), self.offsets.get(last))
-        else {
-            return Ok(out);
-        };
-        let mut bytes = vec![0u8; (end_offset - begin_offset) as usize];
-        self.file.read_exact_at(&mut bytes, begin_offset)?;
-        let mut at = 0usize;
-        for slot in from..end {
-            let Some(len) = whole_record_at(&bytes, at) else {
-                return Err(Error::Corrupt {
-                    what: "log",
-                    detail: format!("{}: record {slot}", self.path.display()),
-                });
+        // Entries already in the file.
+        let file_end = self.written_end().min(wanted_end);
+        if from < file_end {
+            let first = (from - self.start) as usize;
+            let last = (file_end - self.start) as usize;
+            let (Some(&begin_offset), Some(&end_offset)) =
+                (self.offsets.get(first), self.offsets.get(last))
+            else {
+                return Err(Error::Invalid("log offsets lost a record"));
             };
-            out.push((
-                slot,
-                bytes[at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + len].to_vec(),
-            ));
-            at += RECORD_HEADER_BYTES + len;
+            let mut bytes = vec![0u8; (end_offset - begin_offset) as usize];
+            self.file.read_exact_at(&mut bytes, begin_offset)?;
+            let mut at = 0usize;
+            for slot in from..file_end {
+                let Some(len) = whole_record_at(&bytes, at) else {
+                    return Err(Error::Corrupt {
+                        what: "log",
+                        detail: format!("{}: record {slot}", self.path.display()),
+                    });
+                };
+                let body = at + RECORD_HEADER_BYTES;
+                out.push((slot, bytes[body..body + len].to_vec()));
+                at = body + len;
+            }
+        }
+        // Entries still buffered come from memory: reading never writes out.
+        let mut at = 0usize;
+        for slot in self.written_end()..wanted_end {
+            let Some(len) = whole_record_at(&self.pending, at) else {
+                return Err(Error::Invalid("log buffer lost a record"));
+            };
+            let body = at + RECORD_HEADER_BYTES;
+            if slot >= from {
+                out.push((slot, self.pending[body..body + len].to_vec()));
+            }
+            at = body + len;
         }
         Ok(out)
     }
@@ -220,19 +231,33 @@ impl Log for FileLog {
     }
 
     fn write_out(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
+        self.write_out_to(self.end())
+    }
+
+    fn write_out_to(&mut self, end: Slot) -> Result<()> {
+        let count = end.min(self.end()).saturating_sub(self.written_end());
+        if count == 0 {
             return Ok(());
         }
-        let mut offset = self.end_offset();
-        self.file.write_all_at(&self.pending, offset)?;
-        let mut at = 0usize;
-        while let Some(len) = whole_record_at(&self.pending, at) {
-            at += RECORD_HEADER_BYTES + len;
-            offset += (RECORD_HEADER_BYTES + len) as u64;
-            self.offsets.push(offset);
+        let mut records_end = 0usize;
+        let mut record_ends = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let Some(len) = whole_record_at(&self.pending, records_end) else {
+                return Err(Error::Invalid("log buffer lost a record"));
+            };
+            records_end += RECORD_HEADER_BYTES + len;
+            record_ends.push(records_end as u64);
         }
-        self.pending.clear();
-        self.pending_count = 0;
+        let offset = self.end_offset();
+        self.file
+            .write_all_at(&self.pending[..records_end], offset)?;
+        self.offsets.extend(
+            record_ends
+                .into_iter()
+                .map(|record_end| offset + record_end),
+        );
+        self.pending.drain(..records_end);
+        self.pending_count -= count;
         Ok(())
     }
 
@@ -331,6 +356,10 @@ impl Log for MemLog {
     }
 
     fn write_out(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn write_out_to(&mut self, _end: Slot) -> Result<()> {
         Ok(())
     }
 
@@ -494,6 +523,41 @@ mod tests {
     mod file {
         use super::*;
         crate::log_contract_tests!(FileHarness::new());
+    }
+
+    #[test]
+    fn partial_write_out_keeps_the_rest_buffered_and_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut log = FileLog::open(&path).unwrap();
+        for index in 0..10u32 {
+            log.append(&index.to_le_bytes()).unwrap();
+        }
+        log.write_out_to(4).unwrap();
+        log.write_out_to(2).unwrap();
+        let written = std::fs::metadata(&path).unwrap().len();
+        // Reading buffered entries serves them from memory, writing nothing out.
+        let read = log.read(2, 6).unwrap();
+        assert_eq!(
+            read.iter().map(|(slot, _)| *slot).collect::<Vec<_>>(),
+            vec![2, 3, 4, 5, 6, 7]
+        );
+        assert_eq!(read[3], (5, 5u32.to_le_bytes().to_vec()));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), written);
+        assert_eq!(log.end(), 10);
+        // A crash of the process keeps exactly what was written out.
+        drop(log);
+        let mut log = FileLog::open(&path).unwrap();
+        assert_eq!(log.end(), 4);
+        assert_eq!(
+            log.read(3, 1).unwrap(),
+            vec![(3, 3u32.to_le_bytes().to_vec())]
+        );
+        log.append(b"next").unwrap();
+        log.write_out_to(100).unwrap();
+        drop(log);
+        let mut log = FileLog::open(&path).unwrap();
+        assert_eq!(log.read(4, 10).unwrap(), vec![(4, b"next".to_vec())]);
     }
 
     #[test]

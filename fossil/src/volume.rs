@@ -153,6 +153,11 @@ struct State {
     last_commit: Instant,
     /// Ops referring to store blocks were logged since the store was last synced.
     content_unsynced: bool,
+    /// Counts the times `content_unsynced` was set: the background commit syncs the
+    /// store without the lock and learns from it whether new blocks came meanwhile.
+    content_generation: u64,
+    /// The background thread commits on the interval (else `submit` does).
+    background_commits: bool,
     /// A failed commit lost applied ops the log holds: re-apply before the next commit.
     ns_behind: bool,
     views: Views,
@@ -268,6 +273,8 @@ impl Volume {
             uncommitted_ops: 0,
             last_commit: Instant::now(),
             content_unsynced: false,
+            content_generation: 0,
+            background_commits: options.background,
             ns_behind: false,
             views: Views::default(),
         };
@@ -1108,11 +1115,41 @@ fn background_loop(shared: Weak<Shared>, interval: Duration) {
                 return;
             }
         }
-        let mut state = shared.state.lock();
-        if let Err(error) = state.tick() {
+        if let Err(error) = background_commit(&shared) {
             tracing::warn!(%error, "volume: background commit failed");
         }
     }
+}
+
+/// The timer's commit. Syncing the store (fdatasync of arenas and index) is the slow
+/// part, and it must precede writing out any log entry that refers to the blocks; it
+/// runs without the volume lock so requests go on meanwhile. Then, if no new blocks
+/// were referred to in the meantime, the log is written out and the namespace
+/// committed; otherwise only the entries that were logged before the sync began are
+/// written out, and the rest waits for the next round.
+fn background_commit(shared: &Shared) -> Result<()> {
+    let (flushed, through, generation) = {
+        let mut state = shared.state.lock();
+        let flushed = state.flush_idle();
+        if state.uncommitted_ops == 0 {
+            return flushed;
+        }
+        if !state.content_unsynced {
+            let committed = state.commit();
+            return flushed.and(committed);
+        }
+        (flushed, state.log.end(), state.content_generation)
+    };
+    // On failure the flag stays set: the next commit syncs again.
+    shared.content.sync()?;
+    let mut state = shared.state.lock();
+    let written = if state.content_generation == generation {
+        state.content_unsynced = false;
+        state.commit()
+    } else {
+        state.log.write_out_to(through)
+    };
+    flushed.and(written)
 }
 
 fn default_content_store(dir: &Path) -> Result<Arc<dyn ContentStore>> {
@@ -1225,7 +1262,7 @@ impl State {
             let image = Image::capture(&self.ns)?;
             let root = self.content.write_meta(&image.encode())?;
             self.ns.set_snapshot_root(name, &root.encode())?;
-            self.content_unsynced = true;
+            self.mark_content_unsynced();
         }
         Ok(())
     }
@@ -1245,7 +1282,8 @@ impl State {
         self.after_apply(&outcome)?;
         self.uncommitted_ops += 1;
         if self.uncommitted_ops >= self.options.commit_ops_max
-            || self.last_commit.elapsed() >= self.options.commit_interval
+            || (!self.background_commits
+                && self.last_commit.elapsed() >= self.options.commit_interval)
         {
             self.commit()?;
         }
@@ -1292,6 +1330,11 @@ impl State {
         Ok(())
     }
 
+    fn mark_content_unsynced(&mut self) {
+        self.content_unsynced = true;
+        self.content_generation += 1;
+    }
+
     /// Content blocks, then the log, then the namespace.
     fn make_durable(&mut self) -> Result<()> {
         self.content.sync()?;
@@ -1300,7 +1343,8 @@ impl State {
         self.commit()
     }
 
-    fn tick(&mut self) -> Result<()> {
+    /// Turn files idle for `idle_flush` into write ops; answers the first failure.
+    fn flush_idle(&mut self) -> Result<()> {
         let idle: Vec<InodeNo> = self
             .files
             .iter()
@@ -1317,11 +1361,6 @@ impl State {
             if let Err(error) = self.flush_file(ino) {
                 first_error.get_or_insert(error);
             }
-        }
-        if self.uncommitted_ops > 0
-            && let Err(error) = self.commit()
-        {
-            first_error.get_or_insert(error);
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -1800,7 +1839,7 @@ impl State {
         };
         let (content, size) = materialize(self.content.as_ref(), &mut dirty)?;
         if matches!(content, Content::Tree(_)) {
-            self.content_unsynced = true;
+            self.mark_content_unsynced();
         }
         let (parent, name) = self
             .names

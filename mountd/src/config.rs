@@ -37,7 +37,7 @@ const DEFAULT_CONFIG: &str = "\
 # Kith configuration. Every key is optional; the values shown are the defaults.
 #
 # store = \"~/.local/share/kith/store\"   # the embedded store `kith mount` uses
-# fuse_threads = 4                       # threads serving kernel requests
+# fuse_threads = 1                       # threads serving kernel requests
 # attr_ttl_ms = 1000                     # how long the kernel caches attributes
 # entry_ttl_ms = 1000                    # how long the kernel caches names
 ";
@@ -147,7 +147,12 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             store: None,
-            fuse_threads: 4,
+            // One thread serves small-file work fastest: the volume serialises
+            // changes behind one lock anyway, and a second thread only adds lock
+            // hand-offs between a request and the background release of the
+            // previous file (measured: creates ~2x faster than with 2 or 4 threads;
+            // cold sequential reads unchanged, they fan out inside the volume).
+            fuse_threads: 1,
             attr_ttl: Duration::from_secs(1),
             entry_ttl: Duration::from_secs(1),
         }

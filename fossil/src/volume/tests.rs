@@ -1088,7 +1088,7 @@ fn a_full_store_on_the_timer_flush_reaches_the_writer_as_enospc() {
     full.store(true, SeqCst);
     // The timer turns the idle buffer into a write op and the store is full: nobody
     // hears of it there, so the file's writer must.
-    let ticked = volume.shared.state.lock().tick();
+    let ticked = background_commit(&volume.shared);
     assert!(ticked.is_err_and(|error| error.is_no_space()));
     assert!(volume.getattr(big).is_ok(), "the open file vanished");
     let next = volume.write(big, handle, 600_000, b"more");
@@ -1180,4 +1180,94 @@ fn path_of_names_files_from_lookups_and_from_the_namespace() {
     assert_eq!(volume.path_of(file), PathBuf::from("/docs/old/notes.txt"));
     assert_eq!(volume.path_of(InodeNo::ROOT), PathBuf::from("/"));
     assert_eq!(volume.path_of(InodeNo(999_999)), PathBuf::from("/?"));
+}
+
+/// Content store whose next `sync` first runs a hook (while the volume is unlocked).
+struct HookedContent {
+    inner: Arc<MemContent>,
+    #[allow(clippy::type_complexity)]
+    hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl ContentStore for HookedContent {
+    fn writer(&self) -> Result<Box<dyn crate::content::ContentWriter>> {
+        self.inner.writer()
+    }
+    fn write_all(&self, bytes: &[u8]) -> Result<BlockRef> {
+        self.inner.write_all(bytes)
+    }
+    fn read(&self, root: &BlockRef, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.inner.read(root, offset, len)
+    }
+    fn write_meta(&self, bytes: &[u8]) -> Result<BlockRef> {
+        self.inner.write_meta(bytes)
+    }
+    fn read_meta(&self, root: &BlockRef) -> Result<Vec<u8>> {
+        self.inner.read_meta(root)
+    }
+    fn sync(&self) -> Result<()> {
+        let hook = self.hook.lock().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        self.inner.sync()
+    }
+}
+
+impl std::fmt::Debug for HookedContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookedContent").finish_non_exhaustive()
+    }
+}
+
+#[test]
+fn the_timer_syncs_the_store_unlocked_and_writes_out_only_what_that_sync_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = Arc::new(HookedContent {
+        inner: Arc::new(MemContent::new()),
+        hook: Mutex::new(None),
+    });
+    let volume = Volume::open_with(
+        dir.path(),
+        VolumeOptions {
+            content: Some(Arc::clone(&content) as Arc<dyn ContentStore>),
+            background: false,
+            ..VolumeOptions::default()
+        },
+    )
+    .unwrap();
+    let log_end_on_disk = || FileLog::open(&dir.path().join("log")).unwrap().end();
+    create_with(&volume, InodeNo::ROOT, "first", &[1u8; 10_000]);
+    let first_end = volume.shared.state.lock().log.end();
+    // While the store syncs, another file's blocks arrive: the volume is not locked
+    // (the hook could not take the lock otherwise).
+    let shared = Arc::clone(&volume.shared);
+    *content.hook.lock() = Some(Box::new(move || {
+        let mut state = shared.state.lock();
+        let ino = state
+            .create_node(
+                InodeNo::ROOT,
+                b"second",
+                FileKind::File,
+                0o644,
+                0,
+                ME,
+                Vec::new(),
+            )
+            .unwrap();
+        state.write(ino, 0, &[2u8; 10_000]).unwrap();
+        state.flush_file(ino).unwrap();
+    }));
+    background_commit(&volume.shared).unwrap();
+    assert_eq!(
+        log_end_on_disk(),
+        first_end,
+        "entries logged during the sync stay buffered"
+    );
+    assert!(volume.shared.state.lock().content_unsynced);
+    // The next round covers them.
+    background_commit(&volume.shared).unwrap();
+    let state = volume.shared.state.lock();
+    assert_eq!(log_end_on_disk(), state.log.end());
+    assert!(!state.content_unsynced && state.uncommitted_ops == 0);
 }
