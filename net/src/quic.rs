@@ -34,13 +34,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::frame::{self, Frame, Kind, duration_ms};
 use crate::identity::{ChainState, DeviceId, DeviceIdentity};
 
+/// Most [`Endpoint::send_detached`] messages in flight at once.
+pub const DETACHED_SENDS_MAX: usize = 1024;
 const WELCOME_MEMBER: u8 = 1;
 const WELCOME_PAIRING_ONLY: u8 = 2;
 /// ALPN protocol id.
@@ -365,6 +367,8 @@ struct Inner {
     transport: Arc<quinn::TransportConfig>,
     inbound: mpsc::Sender<Inbound>,
     peers: Mutex<PeerTable>,
+    runtime: tokio::runtime::Handle,
+    detached: Arc<Semaphore>,
 }
 
 impl fmt::Debug for Inner {
@@ -459,6 +463,8 @@ impl Endpoint {
             transport,
             inbound,
             peers: Mutex::new(PeerTable::default()),
+            runtime: runtime.clone(),
+            detached: Arc::new(Semaphore::new(DETACHED_SENDS_MAX)),
         });
         runtime.spawn(accept_loop(quinn, Arc::downgrade(&inner)));
         Ok((Endpoint { inner }, inbound_rx))
@@ -583,6 +589,29 @@ impl Endpoint {
             }
             other => other,
         }
+    }
+
+    /// Sends a one-way message to `device` without waiting: dials if needed, on a task
+    /// of the endpoint's runtime. For traffic that tolerates loss and reordering (Paxos):
+    /// the message is dropped, with a debug log, when the device is unreachable or when
+    /// [`DETACHED_SENDS_MAX`] sends are already in flight. Returns whether it was queued.
+    pub fn send_detached(&self, device: DeviceId, kind: Kind, body: Vec<u8>) -> bool {
+        let Ok(permit) = self.inner.detached.clone().try_acquire_owned() else {
+            tracing::debug!(%device, "too many detached sends in flight; message dropped");
+            return false;
+        };
+        let endpoint = self.clone();
+        self.inner.runtime.spawn(async move {
+            let sent = async {
+                let connection = endpoint.connection(device).await?;
+                connection.send(kind, &body).await
+            };
+            if let Err(error) = sent.await {
+                tracing::debug!(%device, %error, "detached message dropped");
+            }
+            drop(permit);
+        });
+        true
     }
 
     /// The current connection to `device`, if any.

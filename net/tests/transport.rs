@@ -138,6 +138,12 @@ async fn two_endpoints_exchange_requests_both_ways() {
     let (peer, _, kind, len) = b.seen.recv().await.unwrap();
     assert_eq!((peer, kind, len), (a.id(), Kind::ECHO, 1000));
 
+    // Fire-and-forget, by device id over the registered connection.
+    a.endpoint.set_addresses(b.id(), vec![b.addr()]);
+    assert!(a.endpoint.send_detached(b.id(), Kind::PAXOS, vec![4; 300]));
+    let (peer, _, kind, len) = b.seen.recv().await.unwrap();
+    assert_eq!((peer, kind, len), (a.id(), Kind::PAXOS, 300));
+
     // B reaches A over the connection A opened, learned by device id.
     let deadline = Instant::now() + Duration::from_secs(3);
     let back = loop {
@@ -420,4 +426,41 @@ async fn pairing_only_peer_may_only_pair() {
     a.trust.set_pairing_open(false);
     let c = Node::start(&[a.id()]);
     assert!(c.endpoint.connect(a.addr(), a.id()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_frame_times_out_and_endpoint_carries_on() {
+    let a = Node::start(&[]);
+    let b_identity = DeviceIdentity::generate();
+    let b_trust = Arc::new(TrustSet::with_members([a.id()]));
+    let quick = EndpointConfig {
+        request_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let (b_endpoint, b_inbound) =
+        Endpoint::bind_with(LOCALHOST.parse().unwrap(), &b_identity, b_trust, quick).unwrap();
+    let _b_seen = serve(b_inbound);
+    a.trust.insert(b_identity.device_id());
+    let connection = a
+        .endpoint
+        .connect(b_endpoint.local_addr().unwrap(), b_identity.device_id())
+        .await
+        .unwrap();
+    // A header announcing 1000 bytes, then only 10 of them, and the stream left open.
+    let (mut send, mut recv) = connection.quinn_connection().open_bi().await.unwrap();
+    let mut bytes = frame::encode_header(Kind::ECHO, 1000).unwrap().to_vec();
+    bytes.extend_from_slice(&[0; 10]);
+    send.write_all(&bytes).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(3), recv.read_to_end(1 << 10))
+        .await
+        .expect("stalled stream was never reset");
+    assert!(
+        matches!(
+            outcome,
+            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) if code == stream_code::TIMEOUT.into()
+        ),
+        "{outcome:?}"
+    );
+    let answer = connection.request(Kind::ECHO, b"after").await.unwrap();
+    assert_eq!(answer.body, b"after");
 }
