@@ -44,7 +44,7 @@ const SPARE_BUFFER_BYTES_MIN: usize = 16 << 10;
 const FAILED_RANGES_MAX: usize = 256;
 /// After this many bytes appended to one arena, ask the kernel to start writing them
 /// back, so the next `sync` finds little left to flush.
-pub const WRITEBACK_HINT_BYTES: u64 = 8 << 20;
+pub const WRITEBACK_HINT_BYTES: u64 = 2 << 20;
 
 /// One record to append.
 pub(crate) struct WriteJob {
