@@ -2,7 +2,7 @@
 //!
 //! Pairing: `kith device add` on device A calls [`PairingOffers::issue`], which
 //! remembers a random one-time secret with an expiry and returns a [`PairingCode`]
-//! carrying A's addresses, A's device id and that secret. Device B parses the code
+//! carrying A's addresses, A's user and device ids and that secret. Device B parses the code
 //! (a checksum catches typos), dials A expecting A's device id, and sends a
 //! [`JoinRequest`] with the secret. A calls [`PairingOffers::redeem`], which succeeds
 //! once per secret and only before it expires; then A records B in the user chain.
@@ -13,7 +13,7 @@
 //!
 //! Formats (little-endian; addr = 4 ‖ ip[4] ‖ port u16 | 6 ‖ ip[16] ‖ port u16):
 //! ```text
-//! pairing code = ver u8 (=1) ‖ device[32] ‖ secret[16] ‖ expires_unix_s u64 ‖ n u8 ‖ addr*n ‖ check[4]
+//! pairing code = ver u8 (=1) ‖ user[32] ‖ device[32] ‖ secret[16] ‖ expires_unix_s u64 ‖ n u8 ‖ addr*n ‖ check[4]
 //!   text: RFC 4648 base32 without padding, upper case, groups of 5 joined by '-'
 //! invite       = ver u8 (=1) ‖ flags u8 (=0) ‖ user[32] ‖ n u8 ‖ addr*n ‖ check[4]
 //!   text: "kith1" ‖ base32 lower case without padding
@@ -28,7 +28,10 @@ use rand::RngCore;
 
 use crate::codec::{Reader, Writer};
 use crate::error::{Error, Result};
-use crate::identity::{DEVICE_NAME_BYTES_MAX, DeviceId, UserId};
+use crate::identity::{
+    ChainState, DEVICE_NAME_BYTES_MAX, DeviceId, DevicePublic, LinkBody, UserChain, UserId,
+    UserRootKey,
+};
 
 /// Most addresses a code or invite carries.
 pub const ADDRESSES_MAX: usize = 8;
@@ -63,6 +66,8 @@ impl std::fmt::Debug for PairingSecret {
 /// What device B needs to join device A.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PairingCode {
+    /// The user B joins (B's possession proof names it).
+    pub user: UserId,
     pub device: DeviceId,
     pub secret: PairingSecret,
     /// After this instant (seconds since the Unix epoch) A refuses the code.
@@ -74,6 +79,7 @@ impl PairingCode {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Writer::new();
         out.u8(CODE_VERSION)
+            .put(self.user.as_bytes())
             .put(self.device.as_bytes())
             .put(&self.secret.0)
             .u64(self.expires_unix_s);
@@ -93,12 +99,14 @@ impl PairingCode {
                 version,
             });
         }
+        let user = UserId::from_bytes(input.array()?);
         let device = DeviceId::from_bytes(input.array()?);
         let secret = PairingSecret(input.array()?);
         let expires_unix_s = input.u64()?;
         let addresses = take_addresses(&mut input)?;
         input.finish()?;
         Ok(Self {
+            user,
             device,
             secret,
             expires_unix_s,
@@ -152,9 +160,11 @@ impl PairingOffers {
         Self::default()
     }
 
-    /// Makes a new code for `device` reachable at `addresses`, valid for `ttl_s` from `now_unix_s`.
+    /// Makes a new code for `device` of `user`, reachable at `addresses`, valid for
+    /// `ttl_s` from `now_unix_s`.
     pub fn issue(
         &mut self,
+        user: UserId,
         device: DeviceId,
         addresses: &[SocketAddr],
         now_unix_s: u64,
@@ -178,6 +188,7 @@ impl PairingOffers {
         let expires_unix_s = now_unix_s.saturating_add(ttl_s);
         self.open.insert(secret_hash(&secret), expires_unix_s);
         Ok(PairingCode {
+            user,
             device,
             secret: PairingSecret(secret),
             expires_unix_s,
@@ -195,6 +206,32 @@ impl PairingOffers {
             return Err(Error::PairingExpired);
         }
         Ok(())
+    }
+
+    /// The issuing side of a join: consumes the secret in `request` and, if it was
+    /// open, records `joiner` (the device authenticated by the connection) in `chain`
+    /// with the keys and name it sent. The secret is spent even if the chain then
+    /// refuses the device (e.g. a revoked key).
+    pub fn admit_joiner(
+        &mut self,
+        joiner: DeviceId,
+        request: &JoinRequest,
+        chain: &mut UserChain,
+        root: &UserRootKey,
+        now_unix_s: u64,
+    ) -> Result<ChainState> {
+        self.redeem(&request.secret, now_unix_s)?;
+        chain.append(
+            root,
+            LinkBody::AddDevice {
+                device: DevicePublic {
+                    id: joiner,
+                    kem_public: request.kem_public,
+                },
+                name: request.name.clone(),
+                proof: request.proof,
+            },
+        )
     }
 
     /// True while some code can still be redeemed (the transport then admits unknown

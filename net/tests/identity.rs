@@ -378,6 +378,10 @@ fn keyring_corrupt_files() {
 
 // ---- pairing ----
 
+fn user() -> net::identity::UserId {
+    net::identity::UserId::from_bytes([0x55; 32])
+}
+
 fn addresses() -> Vec<SocketAddr> {
     vec![
         "192.168.1.20:7777".parse().unwrap(),
@@ -389,7 +393,9 @@ fn addresses() -> Vec<SocketAddr> {
 fn pairing_code_single_use() {
     let device = DeviceIdentity::generate().device_id();
     let mut offers = PairingOffers::new();
-    let code = offers.issue(device, &addresses(), 1_000, 600).unwrap();
+    let code = offers
+        .issue(user(), device, &addresses(), 1_000, 600)
+        .unwrap();
     let parsed = PairingCode::parse(&code.to_text()).unwrap();
     assert_eq!(parsed, code);
     assert!(offers.any_open(1_000));
@@ -410,7 +416,9 @@ fn pairing_code_single_use() {
 fn pairing_code_expires() {
     let device = DeviceIdentity::generate().device_id();
     let mut offers = PairingOffers::new();
-    let code = offers.issue(device, &addresses(), 1_000, 600).unwrap();
+    let code = offers
+        .issue(user(), device, &addresses(), 1_000, 600)
+        .unwrap();
     assert!(matches!(
         offers.redeem(&code.secret, 1_600),
         Err(Error::PairingExpired)
@@ -427,21 +435,21 @@ fn pairing_codes_bounded() {
     let device = DeviceIdentity::generate().device_id();
     let mut offers = PairingOffers::new();
     for _ in 0..net::pairing::PAIRING_OPEN_MAX {
-        offers.issue(device, &[], 0, 60).unwrap();
+        offers.issue(user(), device, &[], 0, 60).unwrap();
     }
     assert!(matches!(
-        offers.issue(device, &[], 0, 60),
+        offers.issue(user(), device, &[], 0, 60),
         Err(Error::PairingTooMany { .. })
     ));
     // Once they expire there is room again.
-    offers.issue(device, &[], 61, 60).unwrap();
+    offers.issue(user(), device, &[], 61, 60).unwrap();
 }
 
 #[test]
 fn pairing_code_typos_detected() {
     let device = DeviceIdentity::generate().device_id();
     let code = PairingOffers::new()
-        .issue(device, &addresses(), 5, 600)
+        .issue(user(), device, &addresses(), 5, 600)
         .unwrap();
     let text = code.to_text();
     // Case, dashes and spaces do not matter.
@@ -548,9 +556,10 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
-    fn pairing_code_round_trip(device in any::<[u8; 32]>(), secret in any::<[u8; 16]>(),
+    fn pairing_code_round_trip(user in any::<[u8; 32]>(), device in any::<[u8; 32]>(), secret in any::<[u8; 16]>(),
                                expires in any::<u64>(), addresses in arb_addresses()) {
         let code = PairingCode {
+            user: net::identity::UserId::from_bytes(user),
             device: net::identity::DeviceId::from_bytes(device),
             secret: PairingSecret(secret),
             expires_unix_s: expires,

@@ -464,3 +464,124 @@ async fn stalled_frame_times_out_and_endpoint_carries_on() {
     let answer = connection.request(Kind::ECHO, b"after").await.unwrap();
     assert_eq!(answer.body, b"after");
 }
+
+/// The whole `kith device add` / `kith device join CODE` exchange over QUIC: the code
+/// is single-use, the joiner ends up in the user chain and becomes a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairing_over_quic_adds_the_joiner_to_the_chain() {
+    use net::pairing::{JoinRequest, PairingCode, PairingOffers};
+
+    let root = UserRootKey::generate();
+    let a_identity = DeviceIdentity::generate();
+    let mut chain = UserChain::new(root.user_id());
+    let proof = a_identity.possession_proof(&root.user_id(), "laptop");
+    chain
+        .append(
+            &root,
+            LinkBody::AddDevice {
+                device: a_identity.public(),
+                name: "laptop".into(),
+                proof,
+            },
+        )
+        .unwrap();
+    let a_id = a_identity.device_id();
+    let a_trust = Arc::new(TrustSet::new());
+    a_trust.set_from_chains([&chain.verify().unwrap()]);
+    let (a_endpoint, mut a_inbound) = Endpoint::bind_with(
+        LOCALHOST.parse().unwrap(),
+        &a_identity,
+        a_trust.clone(),
+        config(),
+    )
+    .unwrap();
+    let now = 1_000;
+    let mut offers = PairingOffers::new();
+    let code = offers
+        .issue(
+            root.user_id(),
+            a_id,
+            &[a_endpoint.local_addr().unwrap()],
+            now,
+            600,
+        )
+        .unwrap();
+    a_trust.set_pairing_open(offers.any_open(now));
+    let code_text = code.to_text();
+
+    // A's side: handle PAIR requests with the offers and the chain.
+    let a_trust_for_handler = a_trust.clone();
+    let handler = tokio::spawn(async move {
+        let mut results = Vec::new();
+        while let Some(item) = a_inbound.recv().await {
+            let Some(responder) = item.responder else {
+                continue;
+            };
+            if item.frame.kind != Kind::PAIR {
+                responder.refuse("unexpected");
+                continue;
+            }
+            let outcome = JoinRequest::from_bytes(&item.frame.body).and_then(|request| {
+                offers.admit_joiner(item.peer, &request, &mut chain, &root, now + 5)
+            });
+            match outcome {
+                Ok(state) => {
+                    a_trust_for_handler.set_from_chains([&state]);
+                    a_trust_for_handler.set_pairing_open(offers.any_open(now + 5));
+                    responder.respond(Kind::CHAIN, chain.encode());
+                    results.push(true);
+                }
+                Err(error) => {
+                    responder.refuse(&error.to_string());
+                    results.push(false);
+                }
+            }
+            if results.len() == 2 {
+                break;
+            }
+        }
+        results
+    });
+
+    // B's side: parse the code, dial A pinned to the id in the code, send the join.
+    let b_identity = DeviceIdentity::generate();
+    let parsed = PairingCode::parse(&code_text).unwrap();
+    let b_trust = Arc::new(TrustSet::with_members([parsed.device]));
+    let (b_endpoint, b_inbound) =
+        Endpoint::bind_with(LOCALHOST.parse().unwrap(), &b_identity, b_trust, config()).unwrap();
+    let _b_seen = serve(b_inbound);
+    let connection = b_endpoint
+        .connect(parsed.addresses[0], parsed.device)
+        .await
+        .unwrap();
+    assert_eq!(connection.granted_by_peer(), Some(Admission::PairingOnly));
+    let join = JoinRequest {
+        secret: parsed.secret,
+        kem_public: b_identity.public().kem_public,
+        name: "desktop".into(),
+        proof: b_identity.possession_proof(&parsed.user, "desktop"),
+    };
+    let answer = connection
+        .request(Kind::PAIR, &join.to_bytes())
+        .await
+        .unwrap();
+    assert_eq!(answer.kind, Kind::CHAIN);
+    let received = UserChain::decode(&answer.body).unwrap();
+    assert_eq!(received.user(), parsed.user);
+    let state = received.verify().unwrap();
+    assert!(state.is_live(&b_identity.device_id()));
+    assert_eq!(state.devices[&b_identity.device_id()].name, "desktop");
+
+    // The code is spent: presenting it again is refused.
+    let again = connection.request(Kind::PAIR, &join.to_bytes()).await;
+    assert!(matches!(again, Err(Error::Refused { .. })), "{again:?}");
+    assert_eq!(handler.await.unwrap(), vec![true, false]);
+
+    // B is now a member of A: a fresh connection is granted full membership.
+    connection.close();
+    let member = b_endpoint
+        .connect(a_endpoint.local_addr().unwrap(), a_id)
+        .await
+        .unwrap();
+    assert_eq!(member.granted_by_peer(), Some(Admission::Member));
+}
