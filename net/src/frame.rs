@@ -153,33 +153,48 @@ pub fn decode(bytes: &[u8]) -> Result<Frame> {
 /// Reads one frame from `recv`, all of it within `timeout`.
 pub async fn read_frame(recv: &mut quinn::RecvStream, timeout: Duration) -> Result<Frame> {
     let read = async {
-        let mut header = [0u8; HEADER_BYTES];
-        recv.read_exact(&mut header).await.map_err(read_error)?;
-        let (kind, len) = decode_header(&header)?;
-        // Grow with what actually arrives, so a header alone cannot make us allocate
-        // the kind's maximum (flow control bounds what arrives).
-        let len = len as usize;
-        let mut body = Vec::with_capacity(len.min(READ_CHUNK_BYTES));
-        while body.len() < len {
-            let chunk = recv
-                .read_chunk(len - body.len(), true)
-                .await
-                .map_err(|error| Error::Stream {
-                    reason: error.to_string(),
-                })?
-                .ok_or(Error::Stream {
-                    reason: "stream ended inside a frame".to_owned(),
-                })?;
-            body.extend_from_slice(&chunk.bytes);
-        }
+        let (kind, len) = read_header(recv).await?;
+        let body = read_body(recv, len).await?;
         Ok(Frame { kind, body })
     };
     tokio::time::timeout(timeout, read)
         .await
-        .map_err(|_| Error::Timeout {
-            what: "reading a frame",
-            timeout_ms: duration_ms(timeout),
-        })?
+        .map_err(|_| read_timeout(timeout))?
+}
+
+/// Reads and checks a frame header (no deadline: callers wrap one around it).
+pub(crate) async fn read_header(recv: &mut quinn::RecvStream) -> Result<(Kind, u32)> {
+    let mut header = [0u8; HEADER_BYTES];
+    recv.read_exact(&mut header).await.map_err(read_error)?;
+    decode_header(&header)
+}
+
+/// Reads a body of `len` bytes announced by a checked header.
+pub(crate) async fn read_body(recv: &mut quinn::RecvStream, len: u32) -> Result<Vec<u8>> {
+    // Grow with what actually arrives, so a header alone cannot make us allocate
+    // the kind's maximum (flow control bounds what arrives).
+    let len = len as usize;
+    let mut body = Vec::with_capacity(len.min(READ_CHUNK_BYTES));
+    while body.len() < len {
+        let chunk = recv
+            .read_chunk(len - body.len(), true)
+            .await
+            .map_err(|error| Error::Stream {
+                reason: error.to_string(),
+            })?
+            .ok_or(Error::Stream {
+                reason: "stream ended inside a frame".to_owned(),
+            })?;
+        body.extend_from_slice(&chunk.bytes);
+    }
+    Ok(body)
+}
+
+pub(crate) fn read_timeout(timeout: Duration) -> Error {
+    Error::Timeout {
+        what: "reading a frame",
+        timeout_ms: duration_ms(timeout),
+    }
 }
 
 /// Writes one frame to `send` within `timeout` (does not finish the stream).

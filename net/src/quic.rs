@@ -34,7 +34,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -173,6 +173,9 @@ pub struct EndpointConfig {
     pub backoff_max: Duration,
     /// Inbound requests and messages queued for the owner before streams wait.
     pub inbound_queue_max: usize,
+    /// Bytes of inbound frame bodies one connection may have in memory (read, not
+    /// yet dropped by the owner); further frames wait. At least the largest frame.
+    pub inbound_bytes_max_per_connection: u32,
 }
 
 impl Default for EndpointConfig {
@@ -189,6 +192,7 @@ impl Default for EndpointConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             inbound_queue_max: 256,
+            inbound_bytes_max_per_connection: 2 * frame::FRAME_BODY_BYTES_MAX,
         }
     }
 }
@@ -201,6 +205,8 @@ pub struct Inbound {
     pub frame: Frame,
     /// `Some` for a request: answer through it. Dropping it resets the stream.
     pub responder: Option<Responder>,
+    /// The frame's share of its connection's inbound byte budget, returned on drop.
+    _budget: OwnedSemaphorePermit,
 }
 
 /// Answers one request.
@@ -237,6 +243,8 @@ pub struct Connection {
     /// What the peer let us do, when we dialled (from its welcome).
     granted: Option<Admission>,
     config: Arc<EndpointConfig>,
+    /// Inbound body bytes this connection may hold in memory.
+    inbound_budget: Arc<Semaphore>,
 }
 
 impl fmt::Debug for Connection {
@@ -716,6 +724,7 @@ impl Endpoint {
             admission: inner.trust.admit(&peer),
             granted: Some(granted),
             config: inner.config.clone(),
+            inbound_budget: inner.new_inbound_budget(),
         };
         tokio::spawn(serve_connection(connection.clone(), inner.inbound.clone()));
         Ok(connection)
@@ -723,6 +732,14 @@ impl Endpoint {
 }
 
 impl Inner {
+    fn new_inbound_budget(&self) -> Arc<Semaphore> {
+        let bytes = self
+            .config
+            .inbound_bytes_max_per_connection
+            .max(frame::FRAME_BODY_BYTES_MAX);
+        Arc::new(Semaphore::new(bytes as usize))
+    }
+
     /// Makes a member's `connection` the one used for its peer. Superseded and
     /// pairing-only connections stay open (requests in flight finish) but are kept
     /// in `others` so a change of trust can still close them.
@@ -798,6 +815,7 @@ async fn accept_loop(quinn: quinn::Endpoint, inner: Weak<Inner>) {
                 admission,
                 granted: None,
                 config: inner.config.clone(),
+                inbound_budget: inner.new_inbound_budget(),
             };
             if let Err(error) = welcome(&connection).await {
                 tracing::debug!(%peer, %error, "could not welcome an accepted device");
@@ -890,18 +908,14 @@ async fn serve_request(
         let _ = recv.stop(code.into());
         let _ = send.reset(code.into());
     };
-    let frame = match frame::read_frame(&mut recv, timeout).await {
-        Ok(frame) => frame,
+    let (frame, budget) = match read_budgeted(&connection, &mut recv).await {
+        Ok(read) => read,
         Err(error) => {
             tracing::debug!(peer = %connection.peer, %error, "bad request frame");
             fail(&mut send, &mut recv, error_code(&error));
             return;
         }
     };
-    if !allowed(connection.admission, frame.kind) {
-        fail(&mut send, &mut recv, stream_code::REFUSED);
-        return;
-    }
     let (reply, answer) = oneshot::channel();
     let delivered = inbound.send_timeout(
         Inbound {
@@ -909,6 +923,7 @@ async fn serve_request(
             admission: connection.admission,
             frame,
             responder: Some(Responder(reply)),
+            _budget: budget,
         },
         timeout,
     );
@@ -937,27 +952,53 @@ async fn serve_message(
     inbound: mpsc::Sender<Inbound>,
 ) {
     let timeout = connection.config.request_timeout;
-    let frame = match frame::read_frame(&mut recv, timeout).await {
-        Ok(frame) => frame,
+    let (frame, budget) = match read_budgeted(&connection, &mut recv).await {
+        Ok(read) => read,
         Err(error) => {
             tracing::debug!(peer = %connection.peer, %error, "bad message frame");
             let _ = recv.stop(error_code(&error).into());
             return;
         }
     };
-    if !allowed(connection.admission, frame.kind) {
-        let _ = recv.stop(stream_code::REFUSED.into());
-        return;
-    }
     let message = Inbound {
         peer: connection.peer,
         admission: connection.admission,
         frame,
         responder: None,
+        _budget: budget,
     };
     if inbound.send_timeout(message, timeout).await.is_err() {
         tracing::debug!(peer = %connection.peer, "inbound queue full or closed; message dropped");
     }
+}
+
+/// Reads one inbound frame within the request deadline: checks the header, refuses
+/// kinds the peer may not send, then takes the body's size from the connection's
+/// byte budget before reading it (so a member flooding large frames waits).
+async fn read_budgeted(
+    connection: &Connection,
+    recv: &mut quinn::RecvStream,
+) -> Result<(Frame, OwnedSemaphorePermit)> {
+    let timeout = connection.config.request_timeout;
+    let read = async {
+        let (kind, len) = frame::read_header(recv).await?;
+        if !allowed(connection.admission, kind) {
+            return Err(Error::Refused {
+                message: "frame kind not allowed for this peer".into(),
+            });
+        }
+        let budget = connection
+            .inbound_budget
+            .clone()
+            .acquire_many_owned(len)
+            .await
+            .map_err(|_| Error::EndpointClosed)?;
+        let body = frame::read_body(recv, len).await?;
+        Ok((Frame { kind, body }, budget))
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| frame::read_timeout(timeout))?
 }
 
 fn allowed(admission: Admission, kind: Kind) -> bool {
@@ -972,6 +1013,7 @@ fn error_code(error: &Error) -> u32 {
     match error {
         Error::FrameTooLong { .. } => stream_code::TOO_LONG,
         Error::Timeout { .. } => stream_code::TIMEOUT,
+        Error::Refused { .. } => stream_code::REFUSED,
         _ => stream_code::MALFORMED,
     }
 }
