@@ -3,7 +3,8 @@
 //! One writer, many readers. Puts take the writer lock, reserve the record's place at
 //! the end of the current arena, note it in an in-memory *pending* map and queue the
 //! record (header and sealed block in one owned buffer) to the arena writer thread
-//! ([`crate::write_queue`]), which appends it with one `write_at` (no fsync). `sync()`
+//! ([`crate::write_queue`]), which appends it with one `write_at` (no fsync); a single
+//! `put` that finds the writer thread idle makes that write itself. `sync()`
 //! first waits for the queue to be written, then fsyncs every arena written since the
 //! last sync (and the directory, if an arena was created) and only then commits all
 //! pending rows to the index in one transaction. Readers take no writer lock: they look
@@ -162,7 +163,19 @@ struct Writer {
     in_flight: VecDeque<Reservation>,
 }
 
-/// A pending block: where its record is, and the ticket of its queued write.
+/// How `append` gets a record into its arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Write {
+    /// Hand it to the writer thread (bulk puts: the caller goes on sealing).
+    Queued,
+    /// Write it on the calling thread if the writer thread has nothing queued (a
+    /// single put that waits for its write anyway saves two thread switches),
+    /// otherwise queue it behind the rest.
+    DirectWhenIdle,
+}
+
+/// A pending block: where its record is, and the ticket of its queued write
+/// (`PutTicket::DONE` for a record written directly).
 #[derive(Clone, Copy, Debug)]
 struct Pending {
     location: Location,
@@ -269,6 +282,16 @@ impl Store {
         buffer: &mut Vec<u8>,
         class: Class,
     ) -> Result<PutTicket> {
+        self.put_buffer(address, buffer, class, Write::Queued)
+    }
+
+    fn put_buffer(
+        &self,
+        address: &Address,
+        buffer: &mut Vec<u8>,
+        class: Class,
+        write: Write,
+    ) -> Result<PutTicket> {
         let sealed_bytes = buffer
             .len()
             .checked_sub(PUT_HEADROOM_BYTES)
@@ -307,11 +330,11 @@ impl Store {
                     .cached_bytes
                     .saturating_sub(u64::from(location.length));
                 let buffer = std::mem::take(buffer);
-                self.append(&mut writer, address, buffer, Class::Pinned, seq)
+                self.append(&mut writer, address, buffer, Class::Pinned, seq, write)
             }
             None => {
                 let buffer = std::mem::take(buffer);
-                self.append(&mut writer, address, buffer, class, seq)
+                self.append(&mut writer, address, buffer, class, seq, write)
             }
         }
     }
@@ -358,7 +381,7 @@ impl Store {
         buffer.reserve(PUT_HEADROOM_BYTES + sealed.len());
         buffer.resize(PUT_HEADROOM_BYTES, 0);
         buffer.extend_from_slice(sealed);
-        let ticket = self.put_sealed_owned(address, &mut buffer, class)?;
+        let ticket = self.put_buffer(address, &mut buffer, class, Write::DirectWhenIdle)?;
         self.wait_puts(ticket, ticket)
     }
 
@@ -368,8 +391,10 @@ impl Store {
             let pending = self.pending.read().get(address).copied();
             let location = match pending {
                 Some(pending) => {
-                    // Still queued, perhaps: wait until its record is in the file.
-                    self.queue.wait(pending.ticket, pending.ticket)?;
+                    if pending.ticket != PutTicket::DONE.0 {
+                        // Still queued, perhaps: wait until its record is in the file.
+                        self.queue.wait(pending.ticket, pending.ticket)?;
+                    }
                     pending.location
                 }
                 None => match self.locate(address)? {
@@ -437,7 +462,14 @@ impl Store {
                 let seq = writer.next_seq();
                 let mut buffer = vec![0; PUT_HEADROOM_BYTES];
                 buffer.extend_from_slice(&bytes);
-                self.append(&mut writer, address, buffer, Class::Pinned, seq)?;
+                self.append(
+                    &mut writer,
+                    address,
+                    buffer,
+                    Class::Pinned,
+                    seq,
+                    Write::DirectWhenIdle,
+                )?;
                 self.sync_locked(&mut writer)
             }
             (Class::Pinned, Class::Cached) => {
@@ -722,8 +754,8 @@ impl Store {
             })
     }
 
-    /// Reserve the record's place, queue `buffer` (headroom + sealed block) to the
-    /// writer thread with the header filled in, and note the block as pending.
+    /// Reserve the record's place, fill the header into `buffer`'s headroom, write it
+    /// (see [`Write`]) and note the block as pending.
     fn append(
         &self,
         writer: &mut Writer,
@@ -731,6 +763,7 @@ impl Store {
         mut buffer: Vec<u8>,
         class: Class,
         seq: u64,
+        write: Write,
     ) -> Result<PutTicket> {
         let sealed_bytes = buffer.len().saturating_sub(PUT_HEADROOM_BYTES);
         let length = u32::try_from(sealed_bytes).map_err(|_| Error::TooLarge {
@@ -765,15 +798,24 @@ impl Store {
                 detail: "shorter than its headroom".into(),
             })?;
         headroom.copy_from_slice(&header_bytes);
-        let ticket = writer.last_ticket + 1;
-        self.queue.push(WriteJob {
-            ticket,
-            arena: id,
-            file,
-            offset: len,
-            bytes: buffer,
-        })?;
-        writer.last_ticket = ticket;
+        let ticket = if write == Write::DirectWhenIdle && self.queue.is_idle(writer.last_ticket) {
+            // Nothing queued and the writer lock held: no other write can be under way,
+            // so this one keeps the arena's order. A failure reserves nothing.
+            file.write_at(len, &buffer)?;
+            self.queue.recycle(buffer);
+            PutTicket::DONE.0
+        } else {
+            let ticket = writer.last_ticket + 1;
+            self.queue.push(WriteJob {
+                ticket,
+                arena: id,
+                file,
+                offset: len,
+                bytes: buffer,
+            })?;
+            writer.last_ticket = ticket;
+            ticket
+        };
         let location = Location {
             arena: id,
             offset: len,
@@ -809,7 +851,9 @@ impl Store {
         {
             writer.in_flight.pop_front();
         }
-        writer.in_flight.push_back(Reservation { ticket, location });
+        if ticket != PutTicket::DONE.0 {
+            writer.in_flight.push_back(Reservation { ticket, location });
+        }
         if writer.unsynced_bytes >= self.options.unsynced_bytes_max {
             self.sync_locked(writer)?;
         }

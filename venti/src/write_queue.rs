@@ -185,6 +185,18 @@ impl WriteQueue {
         }
     }
 
+    /// Whether every ticket through `last_queued` is written and nothing failed: the
+    /// thread is idle and, while no one queues, stays so.
+    pub fn is_idle(&self, last_queued: u64) -> bool {
+        let state = self.shared.state.lock();
+        state.done_through >= last_queued && state.failure.is_none()
+    }
+
+    /// Keep a buffer written on another thread for reuse.
+    pub fn recycle(&self, buffer: Vec<u8>) {
+        recycle(&self.shared, buffer);
+    }
+
     /// Whether a failure waits to be taken.
     pub fn has_failure(&self) -> bool {
         self.shared.state.lock().failure.is_some()
@@ -355,12 +367,15 @@ fn run(shared: &Shared) {
             state.queued_bytes = state.queued_bytes.saturating_sub(job.bytes.len());
         }
         shared.progress.notify_all();
-        let buffer = job.bytes;
-        if buffer.capacity() >= SPARE_BUFFER_BYTES_MIN {
-            let mut spare = shared.spare.lock();
-            if spare.len() < SPARE_BUFFERS_MAX {
-                spare.push(buffer);
-            }
+        recycle(shared, job.bytes);
+    }
+}
+
+fn recycle(shared: &Shared, buffer: Vec<u8>) {
+    if buffer.capacity() >= SPARE_BUFFER_BYTES_MIN {
+        let mut spare = shared.spare.lock();
+        if spare.len() < SPARE_BUFFERS_MAX {
+            spare.push(buffer);
         }
     }
 }
