@@ -5,6 +5,8 @@
 //! sequence of (author, seq, op), and every proposal that was acknowledged appears in
 //! it exactly once.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
