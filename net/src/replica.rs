@@ -275,6 +275,7 @@ impl Replica {
             reads: BTreeMap::new(),
             snapshot: None,
             pending,
+            notified_commit: Slot(0),
             turn: Turn::default(),
             closing: None,
         };
@@ -744,6 +745,8 @@ struct Task {
     reads: BTreeMap<ReadId, oneshot::Sender<std::result::Result<Slot, ()>>>,
     /// The latest snapshot (installed from a peer or made by `compact`).
     snapshot: Option<paxos::Snapshot>,
+    /// The leader's commit index last announced to followers (see `notify_commits`).
+    notified_commit: Slot,
     /// Mirror of the core's durable queue of own proposals: sealed payload by seq.
     pending: BTreeMap<u64, Vec<u8>>,
     turn: Turn,
@@ -834,6 +837,30 @@ impl Task {
             }
         }
         self.fire_timers();
+        self.notify_commits();
+    }
+
+    /// Tells followers about new commits now rather than at the next heartbeat.
+    ///
+    /// The core announces its commit index on the next `Accept` or heartbeat, so when
+    /// the leader is idle a follower learns of a commit up to a heartbeat interval
+    /// late, and so does every device waiting to read it. If this turn advanced the
+    /// leader's commit index and sent no `Accept` carrying it, start a read-index
+    /// round: its heartbeats carry the new commit index to every voter (and learner).
+    /// Reads never affect safety; nobody waits on this one.
+    fn notify_commits(&mut self) {
+        let commit_index = self.node.commit_index();
+        if !self.node.is_leader() || commit_index <= self.notified_commit {
+            return;
+        }
+        self.notified_commit = commit_index;
+        let announced = self.turn.effects.iter().any(|effect| {
+            matches!(effect, Effect::Send { msg, .. }
+                if matches!(msg.body, paxos::Body::Accept { decided, .. } if decided >= commit_index))
+        });
+        if !announced && let Ok((_, fx)) = self.node.read(self.now_ms()) {
+            self.push(fx);
+        }
     }
 
     fn fire_timers(&mut self) {
