@@ -3,7 +3,7 @@
 //! One writer, many readers. Puts take the writer lock, reserve the record's place at
 //! the end of the current arena, note it in an in-memory *pending* map and queue the
 //! record (header and sealed block in one owned buffer) to the arena writer thread
-//! ([`crate::write_queue`]), which appends it with one `write_at` (no fsync); a single
+//! (`write_queue.rs`), which appends it with one `write_at` (no fsync); a single
 //! `put` that finds the writer thread idle makes that write itself. `sync()`
 //! first waits for the queue to be written, then fsyncs every arena written since the
 //! last sync (and the directory, if an arena was created) and only then commits all
