@@ -1,5 +1,6 @@
 //! QUIC transport over loopback: request round trip of a 4 KiB request, and bulk
-//! throughput of 64 KiB frames (16 requests in flight, 1-byte answers).
+//! throughput of 64 KiB frames (16 requests in flight, 1-byte answers); and the
+//! time to unlock a keyring with the recommended Argon2id parameters.
 //!
 //! `cargo bench -p net --bench transport`
 
@@ -101,5 +102,28 @@ fn transport(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, transport);
+/// Unlocking a keyring with the recommended Argon2id parameters (t=3, p=4, 64 MiB):
+/// the delay a user waits at `kith` start, and an attacker's cost per guess.
+fn keyring_unlock(c: &mut Criterion) {
+    use net::keyring::{KdfParams, Keyring, Lock};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("keyring");
+    Keyring::new(DeviceIdentity::generate())
+        .save(
+            &path,
+            Lock::Passphrase {
+                passphrase: "bench passphrase",
+                params: KdfParams::RECOMMENDED,
+            },
+        )
+        .expect("save");
+    let mut group = c.benchmark_group("keyring");
+    group.sample_size(10);
+    group.bench_function("unlock_argon2id_recommended", |bench| {
+        bench.iter(|| Keyring::load(&path, Some("bench passphrase")).expect("load"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, transport, keyring_unlock);
 criterion_main!(benches);
