@@ -112,7 +112,8 @@ struct Shared {
 const READ_AHEAD_BYTES: usize = 4 << 20;
 /// Threads that open the blocks of one read-ahead window.
 const READ_THREADS_MAX: usize = 4;
-/// Windows kept (one per inode): bounds read-ahead memory to 64 MiB.
+/// Windows kept (one per inode): bounds read-ahead memory to 64 MiB (twice that
+/// while each also fetches its successor).
 const READ_AHEAD_WINDOWS_MAX: usize = 16;
 
 /// Read-ahead windows of committed tree content. Content under a root never changes,
@@ -131,6 +132,28 @@ struct Window {
     /// Where a sequential reader continues.
     next_offset: u64,
     last_used: u64,
+    /// The following window, fetched in the background once the reader is half way
+    /// through this one, so store reads and unsealing overlap the kernel's copying.
+    prefetch: Option<Prefetch>,
+}
+
+#[derive(Debug)]
+struct Prefetch {
+    start: u64,
+    fetching: std::thread::JoinHandle<Result<Vec<u8>>>,
+}
+
+impl Prefetch {
+    /// Fetch `[start, start + READ_AHEAD_BYTES)` of `root` on a thread of its own.
+    fn start(content: &Arc<dyn ContentStore>, root: &BlockRef, start: u64) -> Option<Prefetch> {
+        let content = Arc::clone(content);
+        let root = *root;
+        std::thread::Builder::new()
+            .name("fossil-prefetch".into())
+            .spawn(move || read_parallel(content.as_ref(), &root, start, READ_AHEAD_BYTES))
+            .ok()
+            .map(|fetching| Prefetch { start, fetching })
+    }
 }
 
 #[derive(Debug)]
@@ -660,7 +683,7 @@ impl Volume {
     /// window of `ino` (shorter at the content's end).
     fn read_tree(&self, ino: InodeNo, root: &BlockRef, offset: u64, len: usize) -> Result<Vec<u8>> {
         let end = (offset + len as u64).min(root.length);
-        let sequential = {
+        let (sequential, prefetch) = {
             let mut read_ahead = self.shared.read_ahead.lock();
             read_ahead.clock += 1;
             let clock = read_ahead.clock;
@@ -672,30 +695,37 @@ impl Volume {
                         let to = (end - window.start) as usize;
                         window.next_offset = end;
                         window.last_used = clock;
+                        let half_way = window.start + window.bytes.len() as u64 / 2;
+                        if window.prefetch.is_none() && end >= half_way && window_end < root.length
+                        {
+                            window.prefetch =
+                                Prefetch::start(&self.shared.content, root, window_end);
+                        }
                         return Ok(window.bytes[from..to].to_vec());
                     }
-                    offset == window.next_offset
+                    let prefetch = window
+                        .prefetch
+                        .take()
+                        .filter(|prefetch| prefetch.start <= offset);
+                    (offset == window.next_offset || prefetch.is_some(), prefetch)
                 }
-                _ => offset == 0,
+                _ => (offset == 0, None),
             }
         };
-        let fetch_len = if sequential {
-            len.max(READ_AHEAD_BYTES)
-        } else {
-            len
-        };
-        let bytes = if fetch_len > len {
-            // A damaged block must fail only the reads that cover it, not every read
-            // whose read-ahead window reaches it.
-            match read_parallel(self.shared.content.as_ref(), root, offset, fetch_len) {
-                Ok(bytes) => bytes,
-                Err(_) => self.shared.content.read(root, offset, len)?,
+        // The window fetched ahead, if it covers this read (else fetch as usual).
+        let prefetched = prefetch.and_then(|prefetch| match prefetch.fetching.join() {
+            Ok(Ok(bytes)) if end <= prefetch.start + bytes.len() as u64 => {
+                Some((prefetch.start, bytes))
             }
-        } else {
-            self.shared.content.read(root, offset, fetch_len)?
+            _ => None,
+        });
+        let (start, bytes) = match prefetched {
+            Some(fetched) => fetched,
+            None => (offset, self.fetch_tree(root, offset, len, sequential)?),
         };
-        let answer = bytes[..bytes.len().min((end - offset) as usize)].to_vec();
-        if bytes.len() > answer.len() {
+        let from = (offset - start) as usize;
+        let answer = bytes[from..bytes.len().min((end - start) as usize)].to_vec();
+        if bytes.len() > from + answer.len() {
             let mut read_ahead = self.shared.read_ahead.lock();
             let clock = read_ahead.clock;
             if read_ahead.windows.len() >= READ_AHEAD_WINDOWS_MAX
@@ -712,16 +742,44 @@ impl Volume {
             }
             let window = Window {
                 root: root.address,
-                start: offset,
+                start,
                 bytes: Arc::new(bytes),
                 next_offset: end,
                 last_used: clock,
+                prefetch: None,
             };
             read_ahead.windows.insert(ino, window);
         } else if let Some(window) = self.shared.read_ahead.lock().windows.get_mut(&ino) {
             window.next_offset = end;
         }
         Ok(answer)
+    }
+
+    /// Content from `offset`: a whole read-ahead window for a sequential reader, else
+    /// `len` bytes.
+    fn fetch_tree(
+        &self,
+        root: &BlockRef,
+        offset: u64,
+        len: usize,
+        sequential: bool,
+    ) -> Result<Vec<u8>> {
+        let fetch_len = if sequential {
+            len.max(READ_AHEAD_BYTES)
+        } else {
+            len
+        };
+        let bytes = if fetch_len > len {
+            // A damaged block must fail only the reads that cover it, not every read
+            // whose read-ahead window reaches it.
+            match read_parallel(self.shared.content.as_ref(), root, offset, fetch_len) {
+                Ok(bytes) => bytes,
+                Err(_) => self.shared.content.read(root, offset, len)?,
+            }
+        } else {
+            self.shared.content.read(root, offset, fetch_len)?
+        };
+        Ok(bytes)
     }
 
     pub fn write(
