@@ -67,6 +67,8 @@ pub const INPUTS_PER_TURN_MAX: usize = 256;
 pub const PROPOSALS_PER_BATCH_MAX: usize = 256;
 /// Slots one [`Replica::read_committed`] scans.
 pub const READ_SLOTS_MAX: u64 = 4096;
+/// Payload bytes one [`Replica::read_committed`] returns (at least one entry).
+pub const READ_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Own proposals whose commit slot the replica remembers for [`Replica::wait_committed`].
 pub const OWN_SLOTS_KEPT: usize = 65_536;
 
@@ -1054,11 +1056,16 @@ impl Task {
         }
         let end = Slot(from.0.saturating_add(count_max)).min(self.node.commit_index());
         let mut commands = Vec::new();
+        let mut bytes: usize = 0;
         let mut slot = from;
         while slot < end {
             if let Some(paxos::Entry::Command(command)) = self.node.committed(slot)
                 && !self.skipped.contains(&slot)
             {
+                bytes = bytes.saturating_add(command.payload.len());
+                if bytes > READ_BYTES_MAX && !commands.is_empty() {
+                    break;
+                }
                 commands.push(RawCommand {
                     slot,
                     proposer: command.proposer,
@@ -1070,7 +1077,7 @@ impl Task {
         }
         Ok(RawRead {
             commands,
-            next: end.max(from),
+            next: slot.max(from),
         })
     }
 
@@ -1236,5 +1243,36 @@ async fn sleep_or_forever(until: Option<tokio::time::Instant>) {
     match until {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[u64]) -> BTreeSet<NodeId> {
+        v.iter().map(|i| NodeId(*i)).collect()
+    }
+
+    #[test]
+    fn membership_changes_renumber_and_requorum() {
+        let genesis = Config::majority(ConfigId(1), ids(&[1, 2]), [], []).unwrap();
+        let with_witness = next_config(&genesis, MembershipChange::AddWitness(NodeId(3))).unwrap();
+        assert_eq!(with_witness.id, ConfigId(2));
+        assert_eq!(with_witness.voters, ids(&[1, 2, 3]));
+        assert_eq!(with_witness.witnesses, ids(&[3]));
+        assert_eq!(with_witness.phase2_quorum, 2);
+        // Promoting the witness to a full voter moves it, it does not duplicate it.
+        let promoted = next_config(&with_witness, MembershipChange::AddVoter(NodeId(3))).unwrap();
+        assert!(promoted.witnesses.is_empty());
+        let learner = next_config(&promoted, MembershipChange::AddLearner(NodeId(2))).unwrap();
+        assert_eq!(learner.voters, ids(&[1, 3]));
+        assert_eq!(learner.learners, ids(&[2]));
+        let removed = next_config(&learner, MembershipChange::Remove(NodeId(2))).unwrap();
+        assert!(removed.learners.is_empty());
+        assert_eq!(removed.id, ConfigId(5));
+        // The core's rules still hold: the last leader-capable voter cannot go.
+        let only_witness = Config::new(ConfigId(1), ids(&[1, 2]), ids(&[2]), [], 2, 1).unwrap();
+        assert!(next_config(&only_witness, MembershipChange::Remove(NodeId(1))).is_err());
     }
 }
