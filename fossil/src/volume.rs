@@ -8,8 +8,12 @@
 //! Commit points: the SQLite transaction is committed at most every
 //! `commit_interval_ms` or `commit_ops_max` ops (the log is written out to the OS
 //! first, so the namespace is never ahead of the log); `fsync`/`sync_all` make content
-//! blocks durable in the store first, then the log. A background thread commits and
-//! flushes idle dirty files.
+//! blocks durable in the store first, then the log. A log entry reaches the OS only
+//! after the blocks it refers to are durable, so a power cut never leaves a logged
+//! write pointing at lost blocks. A background thread flushes idle dirty files and
+//! commits on the interval; it syncs the store without holding the volume lock.
+//! `close` makes a file's writes one operation, visible at once; durability comes
+//! with `fsync` (or the next interval, for a crash of the process).
 //!
 //! Lookup counts (`forget`) and open handles keep unlinked files alive until the
 //! kernel lets go of them; `readdir` entries count as lookups (readdirplus semantics).

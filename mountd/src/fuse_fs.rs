@@ -15,8 +15,9 @@
 //! - writeback caching stays off: with it the kernel owns mtime/size and delays data,
 //!   which would weaken "durable when fsync returns" through no fault of fossil.
 //!
-//! Requests run on several fuser threads at once; `Volume` is `Sync` and does its own
-//! locking, the adapter's only shared state is the open-version map behind a mutex.
+//! Requests may run on several fuser threads at once (`fuse_threads`, default 1);
+//! `Volume` is `Sync` and does its own locking, the adapter's only shared state is the
+//! open-version map behind a mutex.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
