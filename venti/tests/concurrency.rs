@@ -1,5 +1,6 @@
-//! Many readers while one writer puts, syncs, removes and compacts: every read of a
-//! block that was put and never removed returns its bytes, whatever the writer is doing.
+//! Many readers while one writer puts (directly and through the store's write queue),
+//! syncs, removes and compacts: every read of a block that was put and never removed
+//! returns its bytes, whatever the writer is doing.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 
 use common::{TestResult, block, for_each_backend};
-use venti::{Address, Class, StoreOptions};
+use venti::{Address, Class, PUT_HEADROOM_BYTES, StoreOptions};
 
 const READERS: usize = 3;
 
@@ -62,7 +63,15 @@ fn readers_see_every_put_block_during_puts_syncs_removes_and_compaction() -> Tes
         let writer = || -> TestResult {
             for n in 0..blocks_total {
                 let (address, data) = block(n, 1000 + (n as usize % 3000));
-                store.put(&address, &data, Class::Pinned)?;
+                if n % 2 == 0 {
+                    store.put(&address, &data, Class::Pinned)?;
+                } else {
+                    // Queued to the store's writer thread and published at once: a
+                    // reader may ask for it before it is in its arena.
+                    let mut buffer = vec![0; PUT_HEADROOM_BYTES];
+                    buffer.extend_from_slice(&data);
+                    store.put_sealed_owned(&address, &mut buffer, Class::Pinned)?;
+                }
                 published.store(n + 1, Ordering::Release);
                 if n % 97 == 0 {
                     store.sync()?;

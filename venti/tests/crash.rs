@@ -16,7 +16,7 @@ use std::sync::Arc;
 use common::{TestResult, block, put_all, small_options};
 use venti::backend::MemoryBackend;
 use venti::gc::Gc;
-use venti::{Address, Class, Store, StoreOptions};
+use venti::{Address, Class, PUT_HEADROOM_BYTES, Store, StoreOptions};
 
 /// What a scenario promised before the crash.
 #[derive(Default)]
@@ -108,6 +108,32 @@ fn crash_during_puts_and_syncs_loses_nothing_acknowledged() -> TestResult {
     let points = crash_everywhere(small_options(), &no_setup, &|store, promises| {
         for batch in blocks(0, 24).chunks(6) {
             put_all(store, batch, Class::Pinned)?;
+            store.sync()?;
+            promises.borrow_mut().present.extend(batch.iter().cloned());
+        }
+        Ok(())
+    })?;
+    assert!(
+        points > 8,
+        "the scenario must cross several sync points, saw {points}"
+    );
+    Ok(())
+}
+
+#[test]
+fn crash_during_queued_puts_and_syncs_loses_nothing_acknowledged() -> TestResult {
+    // The tree writer's path: buffers handed to the store's writer thread.
+    let points = crash_everywhere(small_options(), &no_setup, &|store, promises| {
+        for batch in blocks(300, 324).chunks(6) {
+            let mut tickets = Vec::new();
+            for (address, data) in batch {
+                let mut buffer = vec![0; PUT_HEADROOM_BYTES];
+                buffer.extend_from_slice(data);
+                tickets.push(store.put_sealed_owned(address, &mut buffer, Class::Pinned)?);
+            }
+            if let (Some(first), Some(last)) = (tickets.iter().min(), tickets.iter().max()) {
+                store.wait_puts(*first, *last)?;
+            }
             store.sync()?;
             promises.borrow_mut().present.extend(batch.iter().cloned());
         }
