@@ -255,7 +255,9 @@ async fn three_replicas_commit_proposals_from_all_and_read_the_same_sequence() {
             .collect();
         assert_eq!(mine, (1..=40).collect::<Vec<u64>>());
     }
+    cluster.get(1).note_applied(Slot(7));
     let status = cluster.get(1).status().await.unwrap();
+    assert_eq!(status.applied_end, Slot(7));
     assert_eq!(status.queued, 0);
     assert!(status.heard_ms_ago.values().all(Option::is_some));
 }
