@@ -584,6 +584,117 @@ impl Replica {
     }
 }
 
+/// [`Replica`] for synchronous callers (fossil and the FUSE threads): each method runs
+/// the async one to completion on a small runtime of its own. Calling it from inside a
+/// tokio runtime would block that runtime's thread, so that is refused with
+/// `Error::Config`; async code uses [`Replica`] directly.
+#[derive(Clone, Debug)]
+pub struct BlockingReplica {
+    replica: Replica,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl BlockingReplica {
+    /// Wraps `replica`.
+    pub fn new(replica: Replica) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| Error::Config {
+                reason: format!("runtime for blocking replica calls: {e}"),
+            })?;
+        Ok(BlockingReplica {
+            replica,
+            runtime: Arc::new(runtime),
+        })
+    }
+
+    /// The async handle.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    fn run<T>(&self, future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::Config {
+                reason: "BlockingReplica called from inside a tokio runtime".to_owned(),
+            });
+        }
+        self.runtime.block_on(future)
+    }
+
+    /// [`Replica::propose`].
+    pub fn propose(&self, op: Vec<u8>) -> Result<ProposalId> {
+        self.run(self.replica.propose(op))
+    }
+
+    /// [`Replica::propose_many`].
+    pub fn propose_many(&self, ops: Vec<Vec<u8>>) -> Result<Vec<ProposalId>> {
+        self.run(self.replica.propose_many(ops))
+    }
+
+    /// [`Replica::pending`].
+    pub fn pending(&self) -> Result<Vec<(ProposalId, Vec<u8>)>> {
+        self.run(self.replica.pending())
+    }
+
+    /// [`Replica::wait_committed`].
+    pub fn wait_committed(&self, id: ProposalId, timeout: Duration) -> Result<Option<Slot>> {
+        self.run(self.replica.wait_committed(id, timeout))
+    }
+
+    /// [`Replica::read_committed`].
+    pub fn read_committed(&self, from: Slot, count_max: u64) -> Result<Committed> {
+        self.run(self.replica.read_committed(from, count_max))
+    }
+
+    /// The commit end now (every slot below it is committed here).
+    pub fn commit_end(&self) -> Slot {
+        *self.replica.commit_end.borrow()
+    }
+
+    /// Blocks until the commit end passes `seen` or `timeout` passes; returns it.
+    pub fn wait_commit_end_above(&self, seen: Slot, timeout: Duration) -> Result<Slot> {
+        let mut commits = self.replica.commits();
+        self.run(async move {
+            let reached = {
+                let wait = commits.wait_for(|end| *end > seen);
+                match tokio::time::timeout(timeout, wait).await {
+                    Ok(Ok(end)) => Some(*end),
+                    Ok(Err(_)) => return Err(Error::ReplicaStopped),
+                    Err(_) => None,
+                }
+            };
+            Ok(reached.unwrap_or_else(|| *commits.borrow()))
+        })
+    }
+
+    /// [`Replica::read_index`].
+    pub fn read_index(&self, timeout: Duration) -> Result<Slot> {
+        self.run(self.replica.read_index(timeout))
+    }
+
+    /// [`Replica::snapshot`].
+    pub fn snapshot(&self) -> Result<Option<Checkpoint>> {
+        self.run(self.replica.snapshot())
+    }
+
+    /// [`Replica::compact`].
+    pub fn compact(&self, through: Slot, checkpoint: Vec<u8>) -> Result<()> {
+        self.run(self.replica.compact(through, checkpoint))
+    }
+
+    /// [`Replica::note_applied`].
+    pub fn note_applied(&self, applied_end: Slot) {
+        self.replica.note_applied(applied_end);
+    }
+
+    /// [`Replica::status`].
+    pub fn status(&self) -> Result<ReplicaStatus> {
+        self.run(self.replica.status())
+    }
+}
+
 /// `current` changed by `change`, numbered current + 1, majority quorums.
 pub fn next_config(current: &Config, change: MembershipChange) -> Result<Config> {
     let mut voters = current.voters.clone();

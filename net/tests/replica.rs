@@ -627,3 +627,35 @@ async fn read_index_and_membership_changes_go_through_the_log() {
     let reads = cluster.read_everywhere(cluster.commit_end().await).await;
     assert_agree(&reads, &[op(leader.0, 0), op(4, 0)].into());
 }
+
+#[test]
+fn blocking_handle_serves_synchronous_callers() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cluster = runtime.block_on(async {
+        let cluster = Cluster::new(3, &[]);
+        cluster.leader().await;
+        cluster
+    });
+    // A plain thread, as fossil's writers and the FUSE threads are.
+    let blocking = net::replica::BlockingReplica::new(cluster.get(2).clone()).unwrap();
+    let start = blocking.commit_end();
+    let id = blocking.propose(b"from a sync thread".to_vec()).unwrap();
+    let slot = blocking.wait_committed(id, WAIT).unwrap().unwrap();
+    assert!(slot >= start);
+    assert!(blocking.wait_commit_end_above(slot, WAIT).unwrap() > slot);
+    let read = blocking.read_committed(slot, 1).unwrap();
+    assert_eq!(read.ops[0].op, b"from a sync thread");
+    assert!(blocking.read_index(WAIT).unwrap() > slot);
+    // Inside a runtime it refuses instead of blocking a runtime thread.
+    let inside = runtime.block_on(async { blocking.status() });
+    assert!(matches!(inside, Err(Error::Config { .. })));
+    runtime.block_on(async {
+        for replica in cluster.replicas.values() {
+            replica.close().await;
+        }
+    });
+}
