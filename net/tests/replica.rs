@@ -659,3 +659,69 @@ fn blocking_handle_serves_synchronous_callers() {
         }
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_entries_that_reach_the_log_are_refused_by_every_reader() {
+    use net::entry::{Entry, EntryHeader, EntryKind};
+    let cluster = Cluster::new(3, &[]);
+    let leader = cluster.leader().await;
+    // Device 3 is cut off; someone speaking as device 3 forwards three commands to
+    // the leader: an entry sealed for another volume, device 2's entry replayed under
+    // device 3's name, and bytes that are no entry at all.
+    cluster.net.isolate(NodeId(3));
+    let key = EntryKey::derive(&[7; 32]);
+    let header = |volume, author: u64, seq| EntryHeader {
+        kind: EntryKind::Op,
+        volume,
+        epoch: KeyEpoch(1),
+        author: NodeId(author),
+        seq,
+    };
+    let other_volume =
+        Entry::seal(header(VolumeId(999), 3, 1), b"x", &key, &signing(NodeId(3))).unwrap();
+    let replayed = Entry::seal(header(VOLUME, 2, 2), b"y", &key, &signing(NodeId(2))).unwrap();
+    let commands = vec![
+        (1, other_volume.into_bytes()),
+        (2, replayed.into_bytes()),
+        (3, b"no entry at all".to_vec()),
+    ]
+    .into_iter()
+    .map(|(seq, payload)| paxos::Command {
+        proposer: NodeId(3),
+        seq,
+        payload,
+    })
+    .collect();
+    let forward = paxos::codec::encode(&paxos::Envelope {
+        volume: VOLUME,
+        config: ConfigId(1),
+        ballot: paxos::Ballot::ZERO,
+        body: paxos::Body::Forward { commands },
+    });
+    cluster.replicas[&leader].deliver(NodeId(3), forward);
+    // A genuine op after them.
+    propose_and_wait(cluster.get(leader.0), vec![op(leader.0, 0)]).await;
+    let end = cluster.commit_end().await;
+    for id in [1u64, 2] {
+        let replica = cluster.get(id);
+        let mut commits = replica.commits();
+        tokio::time::timeout(WAIT, commits.wait_for(|s| *s >= end))
+            .await
+            .unwrap()
+            .unwrap();
+        let read = replica.read_committed(Slot(0), 100).await.unwrap();
+        assert_eq!(summary(&read.ops), vec![(leader, 1, op(leader.0, 0))]);
+        let refused: Vec<&Error> = read.refused.iter().map(|(_, e)| e).collect();
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        assert!(matches!(
+            refused[0],
+            Error::EntryWrongVolume { found: 999, .. }
+        ));
+        assert!(matches!(
+            refused[1],
+            Error::EntryMisattributed { author, proposer, .. }
+                if *author == NodeId(2) && *proposer == NodeId(3)
+        ));
+        assert!(matches!(refused[2], Error::Malformed { .. }));
+    }
+}
