@@ -725,3 +725,43 @@ async fn forged_entries_that_reach_the_log_are_refused_by_every_reader() {
         assert!(matches!(refused[2], Error::Malformed { .. }));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_group_restarts_from_its_files() {
+    let mut cluster = Cluster::new(3, &[]);
+    let leader = cluster.leader().await;
+    let mut acked = BTreeSet::new();
+    for id in 1..=3u64 {
+        let ops: Vec<Vec<u8>> = (0..10).map(|n| op(id, n)).collect();
+        acked.extend(ops.clone());
+        propose_and_wait(cluster.get(id), ops).await;
+    }
+    let end_before = cluster.commit_end().await;
+    let before = cluster.read_everywhere(end_before).await;
+    // Queued on the leader but perhaps not committed when everything goes down.
+    let queued: Vec<Vec<u8>> = (10..15).map(|n| op(leader.0, n)).collect();
+    cluster
+        .get(leader.0)
+        .propose_many(queued.clone())
+        .await
+        .unwrap();
+    acked.extend(queued);
+    for id in 1..=3u64 {
+        cluster.kill(NodeId(id)).await;
+    }
+    for id in 1..=3u64 {
+        cluster.start(NodeId(id));
+    }
+    // Committed entries are readable at once, before any election.
+    for (id, ops) in &before {
+        let again = read_all(&cluster.replicas[id], Slot(0), end_before)
+            .await
+            .unwrap();
+        assert_eq!(summary(&again), summary(ops));
+    }
+    cluster.leader().await;
+    propose_and_wait(cluster.get(2), vec![op(2, 99)]).await;
+    acked.insert(op(2, 99));
+    let reads = cluster.read_everywhere(cluster.commit_end().await).await;
+    assert_agree(&reads, &acked);
+}
