@@ -585,3 +585,107 @@ async fn pairing_over_quic_adds_the_joiner_to_the_chain() {
         .unwrap();
     assert_eq!(member.granted_by_peer(), Some(Admission::Member));
 }
+
+/// Serves ECHO as device `KITH_HELPER_SEED` on `KITH_HELPER_ADDR`, trusting
+/// `KITH_HELPER_TRUST`, until killed: the peer process for `peer_killed_with_sigkill_*`.
+#[test]
+#[ignore = "helper process for peer_killed_with_sigkill_is_noticed_at_once; runs only when spawned by it"]
+fn crash_helper_serve() {
+    let (Ok(seed), Ok(addr), Ok(trusted)) = (
+        std::env::var("KITH_HELPER_SEED"),
+        std::env::var("KITH_HELPER_ADDR"),
+        std::env::var("KITH_HELPER_TRUST"),
+    ) else {
+        return;
+    };
+    let hex = |text: &str| -> [u8; 32] {
+        data_encoding::HEXLOWER
+            .decode(text.as_bytes())
+            .unwrap()
+            .try_into()
+            .unwrap()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let identity = DeviceIdentity::from_secrets(&hex(&seed), &[8; 32]);
+        let trust = Arc::new(TrustSet::with_members([DeviceId::from_bytes(hex(
+            &trusted,
+        ))]));
+        let (endpoint, inbound) =
+            Endpoint::bind_with(addr.parse().unwrap(), &identity, trust, config()).unwrap();
+        let _seen = serve(inbound);
+        println!("READY {}", endpoint.local_addr().unwrap());
+        std::future::pending::<()>().await;
+    });
+}
+
+/// The helper process; killed (SIGKILL) and reaped when dropped, so a failing test
+/// leaves no process behind.
+struct Helper(std::process::Child);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_helper(seed: &[u8; 32], addr: SocketAddr, trusted: DeviceId) -> (Helper, SocketAddr) {
+    use std::io::BufRead;
+    let mut helper = Helper(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "crash_helper_serve", "--ignored", "--nocapture"])
+            .env("KITH_HELPER_SEED", data_encoding::HEXLOWER.encode(seed))
+            .env("KITH_HELPER_ADDR", addr.to_string())
+            .env(
+                "KITH_HELPER_TRUST",
+                data_encoding::HEXLOWER.encode(trusted.as_bytes()),
+            )
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = helper.0.stdout.take().unwrap();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        // libtest prints "test name ... " before the test's own output, on the same line.
+        if let Some((_, addr)) = line.split_once("READY ") {
+            return (helper, addr.trim().parse().unwrap());
+        }
+    }
+    panic!("helper exited before it was ready");
+}
+
+/// A peer killed with SIGKILL sends no close; when it restarts (same key, same port)
+/// the stateless reset derived from its key tells us at once, so the next request
+/// reconnects instead of waiting for the idle timeout (20 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_killed_with_sigkill_is_noticed_at_once() {
+    let a = Node::start(&[]);
+    let seed: [u8; 32] = rand::random();
+    let b_id = DeviceIdentity::from_secrets(&seed, &[8; 32]).device_id();
+    a.trust.insert(b_id);
+    let (helper, b_addr) =
+        tokio::task::block_in_place(|| spawn_helper(&seed, LOCALHOST.parse().unwrap(), a.id()));
+    a.endpoint.set_addresses(b_id, vec![b_addr]);
+    let old = a.endpoint.connection(b_id).await.unwrap();
+    assert_eq!(old.request(Kind::ECHO, b"one").await.unwrap().body, b"one");
+
+    drop(helper); // SIGKILL: no connection close reaches us.
+    let (helper, _) = tokio::task::block_in_place(|| spawn_helper(&seed, b_addr, a.id()));
+    assert!(
+        !old.is_closed(),
+        "a killed peer cannot have closed the connection"
+    );
+
+    let started = Instant::now();
+    let answer = a.endpoint.request(b_id, Kind::ECHO, b"two").await;
+    let waited = started.elapsed();
+    drop(helper);
+    assert_eq!(answer.unwrap().body, b"two");
+    assert!(old.is_closed(), "the stale connection was not reset");
+    assert!(
+        waited < Duration::from_secs(10),
+        "took {waited:?}: the stale connection lingered"
+    );
+}
