@@ -116,6 +116,8 @@ struct Shared {
 const READ_AHEAD_BYTES: usize = 4 << 20;
 /// Threads that open the blocks of one read-ahead window.
 const READ_THREADS_MAX: usize = 4;
+/// Less content than this is opened on the calling thread.
+const PARALLEL_READ_BYTES_MIN: u64 = 1 << 20;
 /// Windows kept (one per inode): bounds read-ahead memory to 64 MiB (twice that
 /// while each also fetches its successor).
 const READ_AHEAD_WINDOWS_MAX: usize = 16;
@@ -768,7 +770,8 @@ impl Volume {
         len: usize,
         sequential: bool,
     ) -> Result<Vec<u8>> {
-        let fetch_len = if sequential {
+        // A read that already reaches the end of the content needs no window.
+        let fetch_len = if sequential && root.length.saturating_sub(offset) > len as u64 {
             len.max(READ_AHEAD_BYTES)
         } else {
             len
@@ -2013,7 +2016,8 @@ fn read_parallel(
         .map_or(1, |cores| cores.get())
         .min(READ_THREADS_MAX);
     let end = (offset + len as u64).min(root.length);
-    if threads < 2 || end <= offset {
+    if threads < 2 || end <= offset || end - offset < PARALLEL_READ_BYTES_MIN {
+        // Threads would cost more than they save, and would open the same leaves.
         return store.read(root, offset, len);
     }
     let part = (end - offset).div_ceil(threads as u64);
