@@ -581,6 +581,7 @@ impl Endpoint {
         device: DeviceId,
         deadline: Instant,
     ) -> Result<Connection> {
+        let started = Instant::now();
         loop {
             match self.connection(device).await {
                 Ok(connection) => return Ok(connection),
@@ -589,12 +590,20 @@ impl Endpoint {
                     if wake >= deadline {
                         return Err(Error::Timeout {
                             what: "reaching the device",
-                            timeout_ms: 0,
+                            timeout_ms: duration_ms(deadline.saturating_duration_since(started)),
                         });
                     }
                     tokio::time::sleep_until(wake.into()).await;
                 }
-                Err(error) if error.is_retryable() && Instant::now() < deadline => {}
+                Err(error) if error.is_retryable() => {
+                    if Instant::now() >= deadline {
+                        tracing::debug!(%device, %error, "device still unreachable at the deadline");
+                        return Err(Error::Timeout {
+                            what: "reaching the device",
+                            timeout_ms: duration_ms(deadline.saturating_duration_since(started)),
+                        });
+                    }
+                }
                 Err(error) => return Err(error),
             }
         }

@@ -689,3 +689,51 @@ async fn peer_killed_with_sigkill_is_noticed_at_once() {
         "took {waited:?}: the stale connection lingered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redial_backoff_doubles_and_is_capped() {
+    let identity = DeviceIdentity::generate();
+    let absent = DeviceIdentity::generate().device_id();
+    let trust = Arc::new(TrustSet::with_members([absent]));
+    let quick = EndpointConfig {
+        connect_timeout: Duration::from_millis(100),
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(80),
+        ..config()
+    };
+    let (endpoint, _inbound) =
+        Endpoint::bind_with(LOCALHOST.parse().unwrap(), &identity, trust, quick).unwrap();
+    // A port nobody listens on.
+    let dead = std::net::UdpSocket::bind(LOCALHOST)
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    endpoint.set_addresses(absent, vec![dead]);
+    assert!(matches!(
+        endpoint
+            .connection(DeviceIdentity::generate().device_id())
+            .await,
+        Err(Error::NoAddress { .. })
+    ));
+    let mut delays_ms = Vec::new();
+    while delays_ms.len() < 5 {
+        match endpoint.connection(absent).await {
+            Err(Error::Backoff { retry_in_ms, .. }) => {
+                delays_ms.push(retry_in_ms);
+                tokio::time::sleep(Duration::from_millis(retry_in_ms + 1)).await;
+            }
+            Err(error) => assert!(error.is_retryable(), "{error:?}"),
+            Ok(_) => panic!("connected to nobody"),
+        }
+    }
+    // Each wait is at most the cap; the later ones are longer than the first.
+    assert!(delays_ms.iter().all(|delay| *delay <= 80), "{delays_ms:?}");
+    assert!(
+        delays_ms[4] > delays_ms[0] && delays_ms[4] > 40,
+        "{delays_ms:?}"
+    );
+    let until = endpoint
+        .connection_until(absent, Instant::now() + Duration::from_millis(300))
+        .await;
+    assert!(matches!(until, Err(Error::Timeout { .. })), "{until:?}");
+}
