@@ -20,6 +20,36 @@
 //!
 //! Limits (§6.4): streams per connection, flow-control windows, idle timeout and
 //! keep-alive are set in [`EndpointConfig`].
+//!
+//! ```
+//! use std::sync::Arc;
+//! use net::frame::Kind;
+//! use net::identity::DeviceIdentity;
+//! use net::quic::{Endpoint, TrustSet};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let runtime = tokio::runtime::Runtime::new()?;
+//! runtime.block_on(async {
+//!     let (laptop, desktop) = (DeviceIdentity::generate(), DeviceIdentity::generate());
+//!     let any_port = "127.0.0.1:0".parse()?;
+//!     let laptop_trusts = Arc::new(TrustSet::with_members([desktop.device_id()]));
+//!     let desktop_trusts = Arc::new(TrustSet::with_members([laptop.device_id()]));
+//!     let (a, _a_inbound) = Endpoint::bind(any_port, &laptop, laptop_trusts)?;
+//!     let (b, mut b_inbound) = Endpoint::bind(any_port, &desktop, desktop_trusts)?;
+//!     tokio::spawn(async move {
+//!         while let Some(inbound) = b_inbound.recv().await {
+//!             if let Some(responder) = inbound.responder {
+//!                 responder.respond(Kind::ECHO, inbound.frame.body);
+//!             }
+//!         }
+//!     });
+//!     let connection = a.connect(b.local_addr()?, desktop.device_id()).await?;
+//!     assert_eq!(connection.peer(), desktop.device_id());
+//!     assert_eq!(connection.request(Kind::ECHO, b"hi").await?.body, b"hi");
+//!     Ok::<(), Box<dyn std::error::Error>>(())
+//! })
+//! # }
+//! ```
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
