@@ -650,3 +650,36 @@ proptest! {
         let _ = Keyring::load(&path, None);
     }
 }
+
+/// Fixed inputs give fixed bytes: a change to any encoding, signature domain or
+/// derivation context shows up here (and then needs a version bump).
+#[test]
+fn golden_formats() {
+    let root = UserRootKey::from_seed(&[1; 32]);
+    let device = DeviceIdentity::from_secrets(&[2; 32], &[3; 32]);
+    let mut chain = UserChain::new(root.user_id());
+    add_device(&mut chain, &root, &device, "laptop");
+    let chain_hash = blake3::hash(&chain.encode()).to_hex().to_string();
+    let fingerprint = device.device_id().fingerprint();
+    let code = PairingCode {
+        user: root.user_id(),
+        device: device.device_id(),
+        secret: PairingSecret([4; 16]),
+        expires_unix_s: 1_800_000_000,
+        addresses: vec!["10.0.0.2:7777".parse().unwrap()],
+    }
+    .to_text();
+    let invite = Invite {
+        user: root.user_id(),
+        addresses: vec![],
+    }
+    .to_text();
+    let got = format!("{chain_hash}\n{fingerprint}\n{code}\n{invite}");
+    let expected = "f21e09fa9d8e8920e9ee4e942a6fecd06654a1f5d21714398cecb3913c86ac72\n\
+                    IMXG-7G5U-RCOV-PQHE\n\
+                    AGFIR-Y65OQ-E7DFP-5KLNS-2PF2L-VZMUZ-YJX4O-ZIEQ3-6N2IQ-ANUB5-XVZAJ-ZO4HK-Q7IXL-\
+                    5LKGV-DGYNG-H5TGL-RWFJD-NHOG6-RF35Q-PLOH4-TM4UA-QCAIB-AEAQC-AIBAE-AQCAI-BAEAQ-\
+                    ANESL-LAAAA-AAABA-QFAAA-ACMEP-KRPLA-YQ\n\
+                    kith1aeaivchd3v2at4mv7vjnwlj4xjoxfsthbg7r3fasdpzxjcabwqhw6xaay4ebo4y";
+    assert_eq!(got, expected, "\n{got}");
+}
