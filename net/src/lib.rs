@@ -1,11 +1,21 @@
 //! net — Kith's devices, agreement and block movement.
 //!
-//! This crate will hold device identity, the QUIC transport, the per-volume Paxos
-//! group and block exchange. It depends on fossil and
-//! venti; nothing below it depends on it.
+//! - [`identity`]: device keys (Ed25519 + X25519), the user root key and the signed,
+//!   hash-linked user chain that says which devices are live.
+//! - [`keyring`]: the device's secrets on disk, sealed under a passphrase (Argon2id) or
+//!   explicitly unencrypted.
+//! - [`pairing`]: one-time pairing codes for a user's new device, `kith1…` invites.
+//! - [`frame`] and [`quic`]: bounded, versioned frames over QUIC where each side is
+//!   authenticated by its device key inside the handshake.
+//! - [`entry`] and [`replica`]: a volume's log entries, sealed and signed by their
+//!   author, agreed by the Paxos core.
+//!
+//! Still to come: block exchange and the glue that runs fossil on a replica
+//! (`docs/replication.md`). net depends on fossil, venti and paxos; nothing below it
+//! depends on it.
 
-pub mod entry;
 mod codec;
+pub mod entry;
 pub mod error;
 pub mod frame;
 pub mod identity;
