@@ -128,6 +128,33 @@ pub enum Error {
     #[error("endpoint closed")]
     EndpointClosed,
 
+    // --- block exchange (blocks.rs) ---
+    /// A peer sent bytes that do not hash to the address asked for (a faulty or
+    /// malicious peer; the bytes were dropped).
+    #[error("device {peer} sent a block for {expected} that hashes to {actual}")]
+    BlockMismatch {
+        peer: String,
+        expected: venti::Address,
+        actual: venti::Address,
+    },
+    /// A peer's policy refuses this device blocks of this volume.
+    #[error("device {peer} refuses blocks of volume {volume:x} to this device")]
+    BlockRefused { peer: String, volume: u128 },
+    /// Every peer asked answered that it does not hold the block.
+    #[error("block {address} not found at any of {peers_asked} devices")]
+    BlockNotFound {
+        address: venti::Address,
+        peers_asked: usize,
+    },
+    /// No peer delivered the block; `last` is the last failure other than "not found".
+    #[error("block {address} unavailable from {peers_asked} devices: {last}")]
+    BlockUnavailable {
+        address: venti::Address,
+        peers_asked: usize,
+        #[source]
+        last: Box<Error>,
+    },
+
     // --- log entries and the replicated log (entry.rs, replica.rs) ---
     /// A log entry for another volume.
     #[error("entry for volume {found:x}, expected {expected:x}")]

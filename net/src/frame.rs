@@ -65,7 +65,7 @@ impl Kind {
         match self.0 {
             1 => Some(2 << 20),
             2 => Some(64 << 10),
-            3 => Some(FRAME_BODY_BYTES_MAX),
+            3 => Some(crate::blocks::RESPONSE_BYTES_MAX),
             4 => Some(4 << 10),
             5 => Some(2 << 20),
             6 => Some(1 << 10),

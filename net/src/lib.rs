@@ -14,12 +14,14 @@
 //! (`docs/replication.md`). net depends on fossil, venti and paxos; nothing below it
 //! depends on it.
 
+pub mod blocks;
 mod codec;
 pub mod entry;
 pub mod error;
 pub mod frame;
 pub mod identity;
 pub mod keyring;
+pub mod link;
 pub mod pairing;
 pub mod quic;
 pub mod replica;
