@@ -9,9 +9,10 @@
 //!   authenticated by its device key inside the handshake.
 //! - [`entry`] and [`replica`]: a volume's log entries, sealed and signed by their
 //!   author, agreed by the Paxos core.
+//! - [`link`]: replicas over QUIC, and the routing of an endpoint's inbound frames.
+//! - [`blocks`]: block exchange, verified against addresses, served behind a policy.
 //!
-//! Still to come: block exchange and the glue that runs fossil on a replica
-//! (`docs/replication.md`). net depends on fossil, venti and paxos; nothing below it
+//! Still to come: the glue that runs fossil on a replica (`docs/replication.md`). net depends on fossil, venti and paxos; nothing below it
 //! depends on it.
 
 pub mod blocks;
