@@ -196,10 +196,16 @@ impl Cluster {
     }
 
     async fn close(self) {
+        let mut closing = tokio::task::JoinSet::new();
         for device in self.devices.into_values() {
-            device.replica.close().await;
-            device.endpoint.close().await;
-            device.dispatch.abort();
+            closing.spawn(async move {
+                device.replica.close().await;
+                device.endpoint.close().await;
+                device.dispatch.abort();
+            });
+        }
+        while let Some(closed) = closing.join_next().await {
+            closed.unwrap();
         }
     }
 }
