@@ -63,7 +63,8 @@ impl Kind {
     /// Largest body of this kind; `None` for kinds this build does not know.
     pub const fn body_bytes_max(self) -> Option<u32> {
         match self.0 {
-            1 => Some(2 << 20),
+            // Paxos Accept batches and catch-up replies reach 4 MiB, a Promise 16 MiB.
+            1 => Some(FRAME_BODY_BYTES_MAX),
             2 => Some(64 << 10),
             3 => Some(crate::blocks::RESPONSE_BYTES_MAX),
             4 => Some(4 << 10),

@@ -379,3 +379,25 @@ async fn measure_commit_throughput_over_quic() {
     );
     cluster.close().await;
 }
+
+/// A batch of operations near the entry bound (an Accept batch of several MiB, as the
+/// leader cuts them at `paxos::limits::BATCH_BYTES_MAX`) commits over QUIC: every
+/// Paxos message the core may send fits one Paxos frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_the_largest_operations_commits_over_quic() {
+    let cluster = Cluster::new().await;
+    let leader = cluster.leader().await;
+    let replica = cluster.replica(leader).clone();
+    let ops: Vec<Vec<u8>> = (0..12u8)
+        .map(|n| vec![n; net::entry::OP_BYTES_MAX])
+        .collect();
+    let expected: BTreeSet<Vec<u8>> = ops.iter().cloned().collect();
+    let ids = replica.propose_many(ops).await.unwrap();
+    for id in ids {
+        let slot = replica.wait_committed(id, WAIT).await.unwrap();
+        assert!(slot.is_some(), "{id:?} not committed in time");
+    }
+    let reads = cluster.read_everywhere(cluster.commit_end().await).await;
+    assert_agree(&reads, &expected);
+    cluster.close().await;
+}
