@@ -221,3 +221,32 @@ impl Dispatch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(byte: u8) -> DeviceId {
+        DeviceId::from_bytes([byte; 32])
+    }
+
+    #[test]
+    fn node_table_keeps_one_device_per_node_and_one_node_per_device() {
+        let table = NodeTable::new([(NodeId(1), device(1)), (NodeId(2), device(2))]);
+        assert_eq!(table.node(&device(2)), Some(NodeId(2)));
+
+        // Node 1 moves to a new device: its old device no longer speaks for it.
+        table.insert(NodeId(1), device(9));
+        assert_eq!(table.device(NodeId(1)), Some(device(9)));
+        assert_eq!(table.node(&device(1)), None);
+
+        // Device 2 is given node 3: node 2 no longer maps to it.
+        table.insert(NodeId(3), device(2));
+        assert_eq!(table.node(&device(2)), Some(NodeId(3)));
+        assert_eq!(table.device(NodeId(2)), None);
+
+        table.remove(NodeId(3));
+        assert_eq!(table.node(&device(2)), None);
+        assert_eq!(table.device(NodeId(3)), None);
+    }
+}
