@@ -11,7 +11,7 @@
 //! Invite: [`Invite`] is the public `kith1…` string a user hands a friend: their user
 //! key, optional address hints and a checksum, with a short fingerprint to check by voice.
 //!
-//! Formats (little-endian; addr = 4 ‖ ip[4] ‖ port u16 | 6 ‖ ip[16] ‖ port u16):
+//! Formats (little-endian; `addr = 4 ‖ ip[4] ‖ port u16 | 6 ‖ ip[16] ‖ port u16`):
 //! ```text
 //! pairing code = ver u8 (=1) ‖ user[32] ‖ device[32] ‖ secret[16] ‖ expires_unix_s u64 ‖ n u8 ‖ addr*n ‖ check[4]
 //!   text: RFC 4648 base32 without padding, upper case, groups of 5 joined by '-'
