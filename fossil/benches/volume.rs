@@ -155,7 +155,7 @@ fn sequential_read(c: &mut Criterion) {
         b.iter_batched(
             || open(&dir, "venti"),
             |volume| {
-                let handle = volume.open_file(ino, false).unwrap();
+                let handle = volume.open_file(ino).unwrap();
                 let mut offset = 0;
                 while offset < BYTES {
                     let bytes = volume.read(ino, handle, offset, PIECE).unwrap();

@@ -551,21 +551,17 @@ impl Volume {
         state.getattr(ino)
     }
 
-    pub fn open_file(&self, ino: InodeNo, truncate: bool) -> Result<FileHandle> {
+    /// Open a file. O_TRUNC never reaches here: the kernel truncates by `setattr`
+    /// after its own checks (see mountd's FUSE init).
+    pub fn open_file(&self, ino: InodeNo) -> Result<FileHandle> {
         let mut state = self.shared.state.lock();
         if is_view(ino) {
-            if truncate {
-                return Err(Error::ReadOnly);
-            }
             state.view_attr(ino)?;
             return Ok(state.new_handle(ino));
         }
         let inode = state.inode(ino)?;
         if inode.kind == FileKind::Dir {
             return Err(Error::IsDir);
-        }
-        if truncate && inode.kind == FileKind::File {
-            state.truncate(ino, 0)?;
         }
         Ok(state.new_handle(ino))
     }

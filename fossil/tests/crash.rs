@@ -90,7 +90,7 @@ fn read_file(volume: &Volume, name: &str) -> Vec<u8> {
     let attr = volume
         .lookup(InodeNo::ROOT, name.as_ref())
         .unwrap_or_else(|error| panic!("{name}: {error}"));
-    let handle = volume.open_file(attr.ino, false).unwrap();
+    let handle = volume.open_file(attr.ino).unwrap();
     let bytes = volume
         .read(attr.ino, handle, 0, attr.size as u32 + 1)
         .unwrap();
@@ -148,7 +148,7 @@ fn kill_minus_nine_at_random_instants_keeps_every_fsynced_file() {
                 .iter()
                 .filter(|entry| entry.name != "." && entry.name != "..")
             {
-                let handle = volume.open_file(entry.attr.ino, false).unwrap();
+                let handle = volume.open_file(entry.attr.ino).unwrap();
                 volume
                     .read(entry.attr.ino, handle, 0, entry.attr.size as u32 + 1)
                     .unwrap();

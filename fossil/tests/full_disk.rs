@@ -83,7 +83,7 @@ fn a_full_disk_answers_no_space_and_keeps_the_open_file_and_what_was_stored() {
     assert!(volume.getattr(big.ino).is_ok(), "the open file vanished");
     let _ = volume.release(big.ino, handle);
 
-    let handle = volume.open_file(kept.ino, false).unwrap();
+    let handle = volume.open_file(kept.ino).unwrap();
     let read = volume
         .read(kept.ino, handle, 0, (kept_bytes.len() + 1) as u32)
         .unwrap();
@@ -138,7 +138,7 @@ fn a_namespace_commit_on_a_full_disk_keeps_the_new_file() {
     }
     let volume = Volume::open(&volume_dir).unwrap();
     let new = volume.lookup(InodeNo::ROOT, OsStr::new("new")).unwrap();
-    let handle = volume.open_file(new.ino, false).unwrap();
+    let handle = volume.open_file(new.ino).unwrap();
     assert_eq!(
         volume.read(new.ino, handle, 0, 100).unwrap(),
         b"small again"

@@ -340,7 +340,7 @@ fn run_step(harness: &mut Harness, model: &mut Model, step: &Step) {
                     content.resize(end, 0);
                 }
                 content[*at as usize..end].copy_from_slice(bytes);
-                let handle = volume.open_file(ino, false).unwrap();
+                let handle = volume.open_file(ino).unwrap();
                 volume.write(ino, handle, u64::from(*at), bytes).unwrap();
                 volume.release(ino, handle).unwrap();
             } else {
@@ -457,7 +457,7 @@ fn check_tree(volume: &Volume, model: &Model) {
                         let expected = &model.files[id];
                         assert_eq!(entry.attr.size, expected.len() as u64, "size of {child}");
                         assert_eq!(entry.attr.nlink, model.nlink(*id), "nlink of {child}");
-                        let handle = volume.open_file(entry.attr.ino, false).unwrap();
+                        let handle = volume.open_file(entry.attr.ino).unwrap();
                         let bytes = volume
                             .read(entry.attr.ino, handle, 0, expected.len() as u32 + 1)
                             .unwrap();

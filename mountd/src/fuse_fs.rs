@@ -331,10 +331,9 @@ impl Filesystem for KithFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let ino = ino_of(ino);
-        let truncate = flags.0 & libc::O_TRUNC != 0;
-        let handle = match self.volume.open_file(ino, truncate) {
+        let handle = match self.volume.open_file(ino) {
             Ok(handle) => handle,
             Err(error) => {
                 reply.error(fail("open", ino.0, &error));

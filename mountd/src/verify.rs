@@ -127,7 +127,7 @@ fn check_file(
     path: &std::path::Path,
     report: &mut Report,
 ) {
-    let handle = match volume.open_file(ino, false) {
+    let handle = match volume.open_file(ino) {
         Ok(handle) => handle,
         Err(error) => {
             report.problem(path, format!("cannot open: {error}"));

@@ -49,7 +49,7 @@ fn create_with(volume: &Volume, parent: InodeNo, file: &str, bytes: &[u8]) -> In
 }
 
 fn read_all(volume: &Volume, ino: InodeNo) -> Vec<u8> {
-    let handle = volume.open_file(ino, false).unwrap();
+    let handle = volume.open_file(ino).unwrap();
     let size = volume.getattr(ino).unwrap().size;
     let bytes = volume.read(ino, handle, 0, size as u32 + 10).unwrap();
     volume.release(ino, handle).unwrap();
@@ -577,7 +577,7 @@ fn snapshots_are_read_only_views_of_the_past() {
     let file = create_with(&volume, dir.ino, "note", b"version 1");
     create_with(&volume, dir.ino, "big", &big);
     volume.snapshot("monday").unwrap();
-    let handle = volume.open_file(file, true).unwrap();
+    let handle = volume.open_file(file).unwrap();
     volume.write(file, handle, 0, b"version 2").unwrap();
     volume.release(file, handle).unwrap();
     let snapshots = volume.lookup(InodeNo::ROOT, name(".snapshots")).unwrap();
@@ -596,8 +596,12 @@ fn snapshots_are_read_only_views_of_the_past() {
         volume.mkdir(old_docs.ino, name("x"), 0o755, ME),
         Err(Error::ReadOnly)
     ));
+    let truncate = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
     assert!(matches!(
-        volume.open_file(old_note.ino, true),
+        volume.setattr(old_note.ino, &truncate, None),
         Err(Error::ReadOnly)
     ));
     assert!(matches!(
@@ -752,7 +756,7 @@ fn default_volume_stores_content_sealed_in_venti() {
         volume.fsync(attr.ino, false).unwrap();
         volume.release(attr.ino, handle).unwrap();
         // An edit in the middle of the now-committed file.
-        let handle = volume.open_file(attr.ino, false).unwrap();
+        let handle = volume.open_file(attr.ino).unwrap();
         volume.write(attr.ino, handle, 1_000_000, b"EDIT").unwrap();
         volume.release(attr.ino, handle).unwrap();
         attr.ino
@@ -794,7 +798,7 @@ fn read_ahead_serves_sequential_and_random_reads_and_sees_rewrites() {
     );
     let ino = create_with(&volume, InodeNo::ROOT, "big", &data);
     let read_sequentially = |volume: &Volume| {
-        let handle = volume.open_file(ino, false).unwrap();
+        let handle = volume.open_file(ino).unwrap();
         let mut out = Vec::new();
         loop {
             let piece = volume.read(ino, handle, out.len() as u64, 100_000).unwrap();
@@ -813,12 +817,12 @@ fn read_ahead_serves_sequential_and_random_reads_and_sees_rewrites() {
         (2_100_000, 300_000),
         (0, 10),
     ] {
-        let handle = volume.open_file(ino, false).unwrap();
+        let handle = volume.open_file(ino).unwrap();
         let end = (offset as usize + len as usize).min(data.len());
         assert!(volume.read(ino, handle, offset, len).unwrap() == data[offset as usize..end]);
         volume.release(ino, handle).unwrap();
     }
-    let handle = volume.open_file(ino, false).unwrap();
+    let handle = volume.open_file(ino).unwrap();
     volume.write(ino, handle, 1_000_000, b"changed").unwrap();
     volume.release(ino, handle).unwrap();
     data[1_000_000..1_000_007].copy_from_slice(b"changed");
@@ -839,7 +843,7 @@ fn small_edits_of_a_large_file_store_only_the_edited_bytes() {
         .map(|index| ((index * 14_983) % 2_999_000, &b"page"[..]))
         .collect();
     for (round, (offset, bytes)) in edits.iter().enumerate() {
-        let handle = volume.open_file(ino, false).unwrap();
+        let handle = volume.open_file(ino).unwrap();
         volume.write(ino, handle, *offset, bytes).unwrap();
         volume.fsync(ino, true).unwrap();
         volume.release(ino, handle).unwrap();
@@ -876,7 +880,7 @@ fn small_edits_of_a_large_file_store_only_the_edited_bytes() {
             None,
         )
         .unwrap();
-    let handle = volume.open_file(ino, false).unwrap();
+    let handle = volume.open_file(ino).unwrap();
     volume.write(ino, handle, 2_500_000, b"tail").unwrap();
     volume.release(ino, handle).unwrap();
     data.truncate(2_000_000);
@@ -950,7 +954,7 @@ fn a_large_edit_is_spliced_through_a_streaming_writer() {
         &mut data,
     );
     let ino = create_with(&volume, InodeNo::ROOT, "big", &data);
-    let handle = volume.open_file(ino, false).unwrap();
+    let handle = volume.open_file(ino).unwrap();
     // 5 MB rewritten backwards (nothing streams), past the in-memory splice limit.
     for index in (0..50usize).rev() {
         let offset = 3_000_000 + index * 100_000;
