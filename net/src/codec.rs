@@ -52,19 +52,17 @@ impl<'a> Reader<'a> {
     /// A `u16`-length-prefixed byte string of at most `max_bytes`.
     pub(crate) fn bytes_u16(&mut self, max_bytes: usize) -> Result<&'a [u8]> {
         let len = usize::from(self.u16()?);
-        if len > max_bytes {
-            return Err(Error::TooLong {
-                what: self.what,
-                len_bytes: len,
-                max_bytes,
-            });
-        }
-        self.take(len)
+        self.bytes_of_len(len, max_bytes)
     }
 
     /// A `u32`-length-prefixed byte string of at most `max_bytes`.
     pub(crate) fn bytes_u32(&mut self, max_bytes: usize) -> Result<&'a [u8]> {
         let len = usize::try_from(self.u32()?).unwrap_or(usize::MAX);
+        self.bytes_of_len(len, max_bytes)
+    }
+
+    /// The next `len` bytes, refused before reading if `len` exceeds `max_bytes`.
+    fn bytes_of_len(&mut self, len: usize, max_bytes: usize) -> Result<&'a [u8]> {
         if len > max_bytes {
             return Err(Error::TooLong {
                 what: self.what,
