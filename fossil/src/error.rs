@@ -43,6 +43,9 @@ pub enum Error {
     Db(#[from] rusqlite::Error),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The replicated log failed (its store, or it stopped).
+    #[error("replicated log: {0}")]
+    Agreement(String),
     #[error("corrupt {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
 }

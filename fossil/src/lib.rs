@@ -41,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod agreement;
 pub mod apply;
 pub mod checkpoint;
 pub mod content;
