@@ -4,8 +4,8 @@ use crate::Address;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything venti can fail with. `Io` is the only variant worth retrying; the rest
-/// describe damaged or hostile input and name what and where.
+/// Everything venti can fail with. `Io` and `Remote` are the variants worth retrying;
+/// the rest describe damaged or hostile input and name what and where.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -43,6 +43,13 @@ pub enum Error {
     Index(#[from] rusqlite::Error),
     #[error("block {address}: {fault}")]
     Block { address: Address, fault: BlockFault },
+    /// Another device sent bytes for `address` that hash to `actual`: refused, not
+    /// stored.
+    #[error("block {address}: bytes fetched from another device hash to {actual}")]
+    FetchedMismatch { address: Address, actual: Address },
+    /// Fetching `address` from other devices failed (network, refusal); worth retrying.
+    #[error("block {address}: fetch from other devices failed: {detail}")]
+    Remote { address: Address, detail: String },
 }
 
 /// What is wrong with a sealed block or hash-tree node, in the order `seal::open` and

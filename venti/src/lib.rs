@@ -4,7 +4,8 @@
 //! keyed FastCDC chunker ([`chunk`]), each chunk is sealed under a keyed-convergent key
 //! ([`seal`]) and addressed by the BLAKE3 hash of its sealed bytes ([`Address`]); large
 //! content becomes a hash tree of pointer blocks ([`tree`]). Sealed blocks are kept in
-//! append-only arenas with a SQLite index ([`store`]).
+//! append-only arenas with a SQLite index ([`store`]); a block missing there may be
+//! fetched from other devices through a caller-supplied [`RemoteBlocks`] ([`remote`]).
 //!
 //! venti is deliberately *not* a filesystem: it knows nothing of files, names, peers or
 //! the network. Callers hand it bytes and keys; it hands back [`BlockRef`]s.
@@ -47,6 +48,7 @@ pub mod error;
 pub mod gc;
 pub mod index;
 pub mod keys;
+pub mod remote;
 pub mod seal;
 pub mod store;
 pub mod tree;
@@ -55,6 +57,7 @@ mod write_queue;
 pub use address::Address;
 pub use block_ref::{BlockRef, Kind};
 pub use error::{Error, Result};
+pub use remote::{RemoteBlocks, RemoteStats};
 pub use store::{Store, StoreOptions};
 
 /// Which promise a device made about a block.
@@ -128,5 +131,18 @@ pub trait BlockStore: Send + Sync {
     }
     /// The sealed bytes stored under `address`, verified against it.
     fn get(&self, address: &Address) -> Result<Vec<u8>>;
+    /// `get` from this store only: a store that fetches misses from other devices
+    /// (see [`Store::set_remote`]) does not ask them. Serving blocks to others goes
+    /// through this, so a device never relays what it does not hold.
+    fn get_local(&self, address: &Address) -> Result<Vec<u8>> {
+        self.get(address)
+    }
+    /// A hint that `addresses` are about to be read: a store that fetches misses from
+    /// other devices fetches the missing ones in one batch. Errors are those of the
+    /// local store; a block that could not be fetched is left to `get`.
+    fn prefetch(&self, addresses: &[Address]) -> Result<()> {
+        let _ = addresses;
+        Ok(())
+    }
     fn contains(&self, address: &Address) -> Result<bool>;
 }

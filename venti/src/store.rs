@@ -31,6 +31,13 @@
 //! bytes exceed `cache_bytes_max`, the least-hit cached blocks leave the index at the
 //! next sync (their bytes leave the disk at the next compaction).
 //!
+//! Remote: with [`Store::set_remote`], a `get` that finds nothing locally fetches the
+//! block from other devices (see [`crate::remote`]): verified against its address,
+//! stored in the remote's class, single-flight per address. Fetching cached blocks
+//! past the budget by `1/CACHE_OVERSHOOT_ONE_IN` syncs (which evicts) on the spot, so
+//! an on-demand device that only reads stays within its budget without a sync per
+//! block. [`Store::get_local`] never asks the remote (serving others must not).
+//!
 //! Known limits: the index is the only record of `remove` and of a downgrade from
 //! pinned to cached, so rebuilding the index from the arenas brings back removed
 //! blocks that compaction has not yet erased and re-pins downgraded ones — both err on
@@ -40,6 +47,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use parking_lot::{Mutex, RwLock};
@@ -50,6 +58,7 @@ use crate::arena::{
 };
 use crate::backend::{Backend, BackendFile};
 use crate::index::{self, Index, IndexState, Location, Meta, Reader, Upsert};
+use crate::remote::{Flights, Joined, Lead, Outcome, Remote, RemoteBlocks, RemoteStats};
 use crate::write_queue::{WriteJob, WriteQueue};
 use crate::{Address, BlockStore, Class, Error, PUT_HEADROOM_BYTES, PutTicket, Result};
 
@@ -59,6 +68,11 @@ const GET_ATTEMPTS_MAX: usize = 4;
 const HIT_BUFFER_ENTRIES_MAX: usize = 1 << 16;
 /// Rows fetched per round of eviction.
 const EVICTION_BATCH_ROWS: usize = 256;
+/// Fetched cached blocks may pass the cache budget by `1/CACHE_OVERSHOOT_ONE_IN` of it
+/// before the fetch syncs and evicts (a regular sync evicts down to the budget).
+const CACHE_OVERSHOOT_ONE_IN: u64 = 16;
+/// Addresses asked for in one `fetch_many` (a batch of 64 KiB blocks: 4 MiB).
+const PREFETCH_BATCH_ADDRESSES_MAX: usize = 64;
 
 /// Tunables; [`StoreOptions::default`] suits a desktop.
 #[derive(Clone, Debug)]
@@ -101,6 +115,8 @@ pub struct Stats {
     pub arena_bytes: u64,
     /// Arena bytes no index row refers to (removed, evicted, torn): compaction frees them.
     pub dead_bytes: u64,
+    /// Blocks fetched from other devices, and what is being fetched now.
+    pub remote: RemoteStats,
 }
 
 /// What `verify` found.
@@ -138,6 +154,8 @@ pub struct Store {
     readers: Mutex<Vec<Reader>>,
     hits: Mutex<HashMap<Address, u32>>,
     open_report: Vec<Error>,
+    remote: RwLock<Option<Remote>>,
+    flights: Flights,
 }
 
 #[derive(Debug)]
@@ -228,6 +246,8 @@ impl Store {
             readers: Mutex::new(Vec::new()),
             hits: Mutex::new(HashMap::new()),
             open_report: report,
+            remote: RwLock::new(None),
+            flights: Flights::default(),
         })
     }
 
@@ -385,8 +405,152 @@ impl Store {
         self.wait_puts(ticket, ticket)
     }
 
-    /// The sealed bytes of `address`, checked against it.
+    /// Fetch blocks missing here from `remote` (none: stop fetching), storing them as
+    /// `class`.
+    pub fn set_remote(&self, remote: Option<Arc<dyn RemoteBlocks>>, class: Class) {
+        *self.remote.write() = remote.map(|blocks| Remote { blocks, class });
+    }
+
+    /// Fetch counters; cheap (no sync), for status displays.
+    pub fn remote_stats(&self) -> RemoteStats {
+        self.flights.stats()
+    }
+
+    /// The sealed bytes of `address`, checked against it; fetched from the remote (if
+    /// one is set) when not held here.
     pub fn get(&self, address: &Address) -> Result<Vec<u8>> {
+        match self.get_local(address) {
+            Err(Error::NotFound { .. }) => {}
+            held => return held,
+        }
+        let Some(remote) = self.remote.read().clone() else {
+            return Err(Error::NotFound { address: *address });
+        };
+        for _ in 0..GET_ATTEMPTS_MAX {
+            match self.flights.join(address) {
+                Joined::Leader(lead) => return self.fetch_one(&remote, lead),
+                Joined::Waiter(flight) => match flight.wait() {
+                    Outcome::Stored | Outcome::Retry => match self.get_local(address) {
+                        // Evicted again already, or only prefetched: go again.
+                        Err(Error::NotFound { .. }) => continue,
+                        held => return held,
+                    },
+                    Outcome::Absent => return Err(Error::NotFound { address: *address }),
+                    Outcome::Mismatch { actual } => {
+                        return Err(Error::FetchedMismatch {
+                            address: *address,
+                            actual,
+                        });
+                    }
+                    Outcome::Failed(detail) => {
+                        return Err(Error::Remote {
+                            address: *address,
+                            detail,
+                        });
+                    }
+                },
+            }
+        }
+        Err(Error::NotFound { address: *address })
+    }
+
+    /// Fetch the missing ones of `addresses` from the remote in batches, and store
+    /// them. Fetch failures are logged and left to `get`; errors are the local store's.
+    pub fn prefetch(&self, addresses: &[Address]) -> Result<()> {
+        let Some(remote) = self.remote.read().clone() else {
+            return Ok(());
+        };
+        let mut missing = Vec::new();
+        for address in addresses {
+            if self.locate(address)?.is_none() && !missing.contains(address) {
+                missing.push(*address);
+            }
+        }
+        for batch in missing.chunks(PREFETCH_BATCH_ADDRESSES_MAX) {
+            let mut leads = self.flights.lead_free(batch);
+            if leads.is_empty() {
+                continue;
+            }
+            let asked: Vec<Address> = leads.iter().map(|lead| lead.address).collect();
+            let fetched = match remote.blocks.fetch_many(&asked) {
+                Ok(fetched) => fetched,
+                Err(error) => {
+                    tracing::debug!(%error, blocks = asked.len(), "prefetch failed");
+                    continue;
+                }
+            };
+            for (address, bytes) in fetched {
+                let Some(at) = leads.iter().position(|lead| lead.address == address) else {
+                    tracing::debug!(%address, "prefetch: remote sent a block not asked for");
+                    continue;
+                };
+                let lead = leads.swap_remove(at);
+                let stored = self.store_fetched(&remote, &address, &bytes);
+                match stored {
+                    Ok(()) | Err(Error::FetchedMismatch { .. }) => {
+                        lead.finish(Outcome::of(&stored));
+                    }
+                    Err(error) => {
+                        lead.finish(Outcome::Retry);
+                        return Err(error);
+                    }
+                }
+            }
+            // Dropping the rest tells their waiters to fetch on their own.
+        }
+        Ok(())
+    }
+
+    /// Lead the fetch of one address: fetch, verify, store, and tell the waiters.
+    fn fetch_one(&self, remote: &Remote, lead: Lead<'_>) -> Result<Vec<u8>> {
+        let address = lead.address;
+        // Another leader may have stored it between our miss and our lead.
+        let result = match self.get_local(&address) {
+            Err(Error::NotFound { .. }) => match remote.blocks.fetch(&address) {
+                Ok(Some(bytes)) => self.store_fetched(remote, &address, &bytes).map(|()| bytes),
+                Ok(None) => Err(Error::NotFound { address }),
+                Err(Error::NotFound { .. }) => Err(Error::NotFound { address }),
+                Err(error @ (Error::Remote { .. } | Error::FetchedMismatch { .. })) => Err(error),
+                Err(error) => Err(Error::Remote {
+                    address,
+                    detail: error.to_string(),
+                }),
+            },
+            held => held,
+        };
+        lead.finish(Outcome::of(&result));
+        result
+    }
+
+    /// Verify fetched bytes against their address and store them in the remote's class.
+    fn store_fetched(&self, remote: &Remote, address: &Address, bytes: &[u8]) -> Result<()> {
+        let actual = Address::of(bytes);
+        if actual != *address {
+            self.flights.refused_blocks.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%address, %actual, "block from another device refused: wrong bytes");
+            return Err(Error::FetchedMismatch {
+                address: *address,
+                actual,
+            });
+        }
+        self.put_checked(address, bytes, remote.class, false)?;
+        self.flights.fetched_blocks.fetch_add(1, Ordering::Relaxed);
+        self.flights
+            .fetched_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if remote.class == Class::Cached {
+            let budget = self.options.cache_bytes_max;
+            let mut writer = self.writer.lock();
+            if writer.cached_bytes > budget.saturating_add(budget / CACHE_OVERSHOOT_ONE_IN) {
+                self.sync_locked(&mut writer)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The sealed bytes of `address` if this store holds them, checked against it;
+    /// never asks the remote.
+    pub fn get_local(&self, address: &Address) -> Result<Vec<u8>> {
         for _ in 0..GET_ATTEMPTS_MAX {
             let pending = self.pending.read().get(address).copied();
             let location = match pending {
@@ -538,6 +702,7 @@ impl Store {
             blocks,
             pinned_bytes,
             cached_bytes,
+            remote: self.flights.stats(),
             ..Stats::default()
         };
         let live = index::live_bytes_per_arena(writer.index.conn(), RECORD_HEADER_BYTES as u64)?;
@@ -1076,6 +1241,14 @@ impl BlockStore for Store {
 
     fn get(&self, address: &Address) -> Result<Vec<u8>> {
         Store::get(self, address)
+    }
+
+    fn get_local(&self, address: &Address) -> Result<Vec<u8>> {
+        Store::get_local(self, address)
+    }
+
+    fn prefetch(&self, addresses: &[Address]) -> Result<()> {
+        Store::prefetch(self, addresses)
     }
 
     fn contains(&self, address: &Address) -> Result<bool> {

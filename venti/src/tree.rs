@@ -31,7 +31,9 @@
 //! `spare_buffer`) instead of being allocated per chunk, and at most
 //! `IN_FLIGHT_PER_THREAD × threads` chunks are being sealed at once.
 //!
-//! [`TreeReader`] reads any byte range by opening only the blocks that cover it, and
+//! [`TreeReader`] reads any byte range by opening only the blocks that cover it (asking
+//! the store to [`prefetch`](BlockStore::prefetch) a pointer block's covering children
+//! together, so a remote-backed store fetches them in one batch), and
 //! walks a tree's addresses for GC without opening leaves. Pointer blocks are hostile
 //! input like everything else: fan-out, depth, levels, epochs and lengths are checked.
 
@@ -580,6 +582,13 @@ impl<'s> TreeReader<'s> {
             return Ok(());
         }
         let pointer = self.check_pointer(node_ref, level, &content)?;
+        let covering = covering_children(&pointer.children, start, end);
+        if covering.len() > 1 {
+            // One round trip for all the children a remote-backed store is missing,
+            // rather than one per child.
+            let addresses: Vec<Address> = covering.iter().map(|child| child.address).collect();
+            self.store.prefetch(&addresses)?;
+        }
         let mut child_start = 0u64;
         for child in &pointer.children {
             let child_end = child_start + child.length;
@@ -702,6 +711,25 @@ impl<'s> TreeReader<'s> {
         }
         Ok(pointer)
     }
+}
+
+/// The children of a pointer block that hold bytes `start..end` of it.
+fn covering_children(children: &[BlockRef], start: u64, end: u64) -> &[BlockRef] {
+    let mut first = children.len();
+    let mut last = children.len();
+    let mut child_start = 0u64;
+    for (index, child) in children.iter().enumerate() {
+        let child_end = child_start.saturating_add(child.length);
+        if child_end > start && child_start < end {
+            first = first.min(index);
+            last = index + 1;
+        }
+        if child_end >= end {
+            break;
+        }
+        child_start = child_end;
+    }
+    children.get(first..last).unwrap_or_default()
 }
 
 /// The sealing threads of one writer.

@@ -1,0 +1,383 @@
+//! A store that fetches what it misses from other devices (`Store::set_remote`): the
+//! fetched block is verified, stored in the remote's class and served; lies are
+//! refused; concurrent misses fetch once; a tree is read through a remote in batches;
+//! fetched cached blocks stay within the cache budget.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use common::{TestBackend, TestResult, block, bytes, for_each_backend, small_options};
+use parking_lot::{Condvar, Mutex};
+use venti::keys::EpochKeys;
+use venti::tree::{TreeReader, TreeWriter};
+use venti::{Address, Class, Error, RemoteBlocks, Store, StoreOptions};
+
+/// Another device: serves what its own store holds, counting requests.
+struct Device {
+    store: Arc<Store>,
+    fetches: AtomicUsize,
+    batches: AtomicUsize,
+    batched_addresses: AtomicUsize,
+}
+
+impl Device {
+    fn new(store: Arc<Store>) -> Arc<Device> {
+        Arc::new(Device {
+            store,
+            fetches: AtomicUsize::new(0),
+            batches: AtomicUsize::new(0),
+            batched_addresses: AtomicUsize::new(0),
+        })
+    }
+
+    fn lookup(&self, address: &Address) -> venti::Result<Option<Vec<u8>>> {
+        match self.store.get_local(address) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+impl RemoteBlocks for Device {
+    fn fetch(&self, address: &Address) -> venti::Result<Option<Vec<u8>>> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        self.lookup(address)
+    }
+
+    fn fetch_many(&self, addresses: &[Address]) -> venti::Result<Vec<(Address, Vec<u8>)>> {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        self.batched_addresses
+            .fetch_add(addresses.len(), Ordering::SeqCst);
+        let mut found = Vec::new();
+        for address in addresses {
+            if let Some(bytes) = self.lookup(address)? {
+                found.push((*address, bytes));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A device that answers every request with the asked-for block, one byte flipped.
+struct Liar {
+    blocks: HashMap<Address, Vec<u8>>,
+}
+
+impl RemoteBlocks for Liar {
+    fn fetch(&self, address: &Address) -> venti::Result<Option<Vec<u8>>> {
+        Ok(self.blocks.get(address).map(|bytes| {
+            let mut bytes = bytes.clone();
+            if let Some(first) = bytes.first_mut() {
+                *first ^= 1;
+            }
+            bytes
+        }))
+    }
+}
+
+/// A device whose answers wait until the test opens the gate.
+struct Gated {
+    inner: Arc<dyn RemoteBlocks>,
+    open: Mutex<bool>,
+    opened: Condvar,
+    fetches: AtomicUsize,
+}
+
+impl Gated {
+    fn open_gate(&self) {
+        *self.open.lock() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl RemoteBlocks for Gated {
+    fn fetch(&self, address: &Address) -> venti::Result<Option<Vec<u8>>> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.open.lock();
+        while !*open {
+            self.opened.wait(&mut open);
+        }
+        drop(open);
+        self.inner.fetch(address)
+    }
+}
+
+/// A device holding `blocks` (in a memory store of its own).
+fn device_with(blocks: &[(Address, Vec<u8>)]) -> TestResult<(TestBackend, Arc<Device>)> {
+    let backend = TestBackend::new(common::Kind::Memory)?;
+    let store = backend.open(small_options())?;
+    common::put_all(&store, blocks, Class::Pinned)?;
+    Ok((backend, Device::new(Arc::new(store))))
+}
+
+#[test]
+fn a_miss_is_fetched_verified_and_stored_in_the_remote_class() -> TestResult {
+    for_each_backend(|backend| {
+        let blocks: Vec<_> = (0..4u64).map(|n| block(n, 3000)).collect();
+        let (_device_backend, device) = device_with(&blocks)?;
+        for (class, (address, data)) in [Class::Cached, Class::Pinned].into_iter().zip(&blocks) {
+            let store = backend.open(small_options())?;
+            store.set_remote(Some(device.clone()), class);
+            let fetches_before = device.fetches.load(Ordering::SeqCst);
+            assert_eq!(&store.get(address)?, data);
+            assert_eq!(store.class(address)?, Some(class));
+            // Held now: a second read does not ask again, and it survives a reopen.
+            assert_eq!(&store.get(address)?, data);
+            assert_eq!(device.fetches.load(Ordering::SeqCst), fetches_before + 1);
+            let remote = store.remote_stats();
+            assert_eq!((remote.fetched_blocks, remote.fetched_bytes), (1, 3000));
+            assert_eq!(remote.fetches_in_flight, 0);
+            assert_eq!(store.stats()?.remote, remote);
+            store.sync()?;
+            drop(store);
+            let reopened = backend.open(small_options())?;
+            assert_eq!(&reopened.get(address)?, data);
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn without_a_remote_or_from_a_remote_without_the_block_a_miss_is_not_found() -> TestResult {
+    let (address, _) = block(1, 1000);
+    let backend = TestBackend::new(common::Kind::Memory)?;
+    let store = backend.open(small_options())?;
+    assert!(matches!(store.get(&address), Err(Error::NotFound { address: a }) if a == address));
+    let (_device_backend, device) = device_with(&[])?;
+    store.set_remote(Some(device.clone()), Class::Cached);
+    assert!(matches!(store.get(&address), Err(Error::NotFound { address: a }) if a == address));
+    assert_eq!(device.fetches.load(Ordering::SeqCst), 1);
+    assert!(!store.contains(&address)?);
+    assert_eq!(store.remote_stats().fetched_blocks, 0);
+    // Unset: no more asking.
+    store.set_remote(None, Class::Cached);
+    assert!(matches!(store.get(&address), Err(Error::NotFound { .. })));
+    assert_eq!(device.fetches.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[test]
+fn a_lying_remote_is_refused_nothing_is_stored_and_the_store_stays_usable() -> TestResult {
+    for_each_backend(|backend| {
+        let (address, data) = block(7, 5000);
+        let store = backend.open(small_options())?;
+        let liar = Liar {
+            blocks: HashMap::from([(address, data.clone())]),
+        };
+        store.set_remote(Some(Arc::new(liar)), Class::Pinned);
+        match store.get(&address) {
+            Err(Error::FetchedMismatch {
+                address: named,
+                actual,
+            }) => {
+                assert_eq!(named, address);
+                assert_ne!(actual, address);
+            }
+            other => panic!("expected FetchedMismatch, got {other:?}"),
+        }
+        assert!(!store.contains(&address)?);
+        assert_eq!(store.remote_stats().refused_blocks, 1);
+        assert_eq!(store.remote_stats().fetched_blocks, 0);
+        // A batch of lies stores nothing either.
+        store.prefetch(&[address])?;
+        assert!(!store.contains(&address)?);
+        // Still a working store: puts and reads of its own blocks, and the true block
+        // once it arrives by other means.
+        let (own, own_data) = block(8, 2000);
+        store.put(&own, &own_data, Class::Pinned)?;
+        store.put(&address, &data, Class::Pinned)?;
+        store.sync()?;
+        assert_eq!(store.get(&own)?, own_data);
+        assert_eq!(store.get(&address)?, data);
+        assert!(store.verify()?.problems.is_empty());
+        Ok(())
+    })
+}
+
+#[test]
+fn concurrent_misses_of_one_address_fetch_once() -> TestResult {
+    let blocks = vec![block(3, 4000)];
+    let (address, data) = blocks[0].clone();
+    let (_device_backend, device) = device_with(&blocks)?;
+    let gated = Arc::new(Gated {
+        inner: device,
+        open: Mutex::new(false),
+        opened: Condvar::new(),
+        fetches: AtomicUsize::new(0),
+    });
+    let backend = TestBackend::new(common::Kind::Memory)?;
+    let store = Arc::new(backend.open(small_options())?);
+    store.set_remote(Some(gated.clone()), Class::Cached);
+    let readers: Vec<_> = (0..6)
+        .map(|_| {
+            let store = store.clone();
+            thread::spawn(move || store.get(&address))
+        })
+        .collect();
+    // Give every reader time to miss while the first fetch is held at the gate (a
+    // reader arriving later finds the block stored: still one fetch).
+    while store.remote_stats().fetches_in_flight == 0 {
+        thread::sleep(Duration::from_millis(5));
+    }
+    thread::sleep(Duration::from_millis(200));
+    gated.open_gate();
+    for reader in readers {
+        let read = reader.join().map_err(|_| "reader panicked")??;
+        assert_eq!(read, data);
+    }
+    assert_eq!(gated.fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(store.remote_stats().fetched_blocks, 1);
+    assert_eq!(store.remote_stats().fetches_in_flight, 0);
+    Ok(())
+}
+
+#[test]
+fn concurrent_misses_all_see_a_lie_refused() -> TestResult {
+    let (address, data) = block(4, 4000);
+    let gated = Arc::new(Gated {
+        inner: Arc::new(Liar {
+            blocks: HashMap::from([(address, data)]),
+        }),
+        open: Mutex::new(false),
+        opened: Condvar::new(),
+        fetches: AtomicUsize::new(0),
+    });
+    let backend = TestBackend::new(common::Kind::Memory)?;
+    let store = Arc::new(backend.open(small_options())?);
+    store.set_remote(Some(gated.clone()), Class::Cached);
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            thread::spawn(move || store.get(&address))
+        })
+        .collect();
+    while store.remote_stats().fetches_in_flight == 0 {
+        thread::sleep(Duration::from_millis(5));
+    }
+    thread::sleep(Duration::from_millis(100));
+    gated.open_gate();
+    for reader in readers {
+        let read = reader.join().map_err(|_| "reader panicked")?;
+        assert!(
+            matches!(read, Err(Error::FetchedMismatch { address: a, .. }) if a == address),
+            "{read:?}"
+        );
+    }
+    assert!(!store.contains(&address)?);
+    Ok(())
+}
+
+#[test]
+fn a_tree_written_on_one_device_reads_back_on_another_in_batches() -> TestResult {
+    let keys = EpochKeys::derive(&[5; 32], &[2; 16], 0);
+    let (device_backend, _) = device_with(&[])?;
+    let origin = Arc::new(device_backend.open(StoreOptions::default())?);
+    // ~16 MiB of incompressible content: a few hundred leaves under two pointer levels.
+    let content = bytes(42, 16 << 20);
+    let mut writer = TreeWriter::new(origin.as_ref(), &keys, Class::Pinned);
+    for piece in content.chunks(1 << 20) {
+        writer.write(piece)?;
+    }
+    let root = writer.finish()?;
+    origin.sync()?;
+    let origin_blocks = origin.stats()?.blocks;
+    let device = Device::new(origin);
+
+    for class in [Class::Cached, Class::Pinned] {
+        let backend = TestBackend::new(common::Kind::Memory)?;
+        let store = backend.open(StoreOptions::default())?;
+        store.set_remote(Some(device.clone()), class);
+        let (fetches, batches) = (
+            device.fetches.load(Ordering::SeqCst),
+            device.batches.load(Ordering::SeqCst),
+        );
+        let reader = TreeReader::new(&store, &keys);
+        // A range first (only its blocks come over), then the whole file.
+        let middle = reader.read_range(&root, 5 << 20, 300_000)?;
+        assert_eq!(middle, &content[5 << 20..(5 << 20) + 300_000]);
+        let partial_blocks = store.stats()?.blocks;
+        assert!(
+            partial_blocks < origin_blocks / 4,
+            "{partial_blocks} of {origin_blocks}"
+        );
+        assert!(reader.read_all(&root)? == content, "content differs");
+        assert_eq!(store.stats()?.blocks, origin_blocks);
+        let single = device.fetches.load(Ordering::SeqCst) - fetches;
+        let batched = device.batches.load(Ordering::SeqCst) - batches;
+        // Leaves come in batches; one-by-one fetches are for the path of pointer
+        // blocks at most.
+        assert!(single <= 4, "{single} single fetches");
+        assert!(
+            batched >= 1 && (batched as u64) < origin_blocks / 8,
+            "{batched} batches"
+        );
+        assert_eq!(store.remote_stats().fetched_blocks, origin_blocks);
+        assert_eq!(store.class(&root.address)?, Some(class));
+    }
+    Ok(())
+}
+
+#[test]
+fn fetched_cached_blocks_are_evicted_least_hit_first_and_fetched_again() -> TestResult {
+    for_each_backend(|backend| {
+        let blocks: Vec<_> = (0..40u64).map(|n| block(n, 1000)).collect();
+        let own: Vec<_> = (100..105u64).map(|n| block(n, 1000)).collect();
+        let (_device_backend, device) = device_with(&blocks)?;
+        let store = backend.open(StoreOptions {
+            cache_bytes_max: 10 * 1000,
+            ..small_options()
+        })?;
+        common::put_all(&store, &own, Class::Pinned)?;
+        store.set_remote(Some(device.clone()), Class::Cached);
+        // Block 0 is read often; the rest once each, all without an explicit sync.
+        for (address, data) in &blocks {
+            assert_eq!(&store.get(address)?, data);
+            assert_eq!(store.get(&blocks[0].0)?, blocks[0].1);
+        }
+        store.sync()?;
+        let stats = store.stats()?;
+        assert!(stats.cached_bytes <= 10_000, "{stats:?}");
+        assert_eq!(stats.pinned_bytes, 5000);
+        assert!(store.contains(&blocks[0].0)?, "the most read block stays");
+        assert!(
+            !store.contains(&blocks[1].0)?,
+            "an early, once-read block goes"
+        );
+        for (address, data) in &own {
+            assert_eq!(&store.get(address)?, data);
+        }
+        // An evicted block can be fetched again.
+        let fetches = device.fetches.load(Ordering::SeqCst);
+        assert_eq!(store.get(&blocks[1].0)?, blocks[1].1);
+        assert_eq!(device.fetches.load(Ordering::SeqCst), fetches + 1);
+        Ok(())
+    })
+}
+
+#[test]
+fn fetching_past_the_budget_evicts_without_waiting_for_a_sync() -> TestResult {
+    let blocks: Vec<_> = (0..64u64).map(|n| block(n, 1000)).collect();
+    let (_device_backend, device) = device_with(&blocks)?;
+    let backend = TestBackend::new(common::Kind::Memory)?;
+    let store = backend.open(StoreOptions {
+        cache_bytes_max: 16 * 1000,
+        ..small_options()
+    })?;
+    store.set_remote(Some(device), Class::Cached);
+    for (address, _) in &blocks {
+        store.get(address)?;
+    }
+    // Never synced by the caller, yet the fetches evicted: far fewer than 64 are left.
+    let held = blocks
+        .iter()
+        .filter(|(address, _)| store.contains(address).unwrap_or(false))
+        .count();
+    assert!(held <= 17, "{held} blocks held over a 16-block budget");
+    Ok(())
+}
