@@ -62,3 +62,278 @@ pub trait Agreement: Send + Sync + std::fmt::Debug {
     /// Truncate the log through `through`, behind `checkpoint` (fossil image root bytes).
     fn compact(&self, through: Slot, checkpoint: Vec<u8>) -> Result<()>;
 }
+
+/// An in-process agreement group for tests: several volumes share one log that commits
+/// proposals in arrival order. A member can go offline (its proposals queue, commits
+/// stop reaching it) and come back (its queue commits, it sees everything). A member's
+/// queue lives in the group, so dropping a volume without syncing and reopening it
+/// with [`MemGroup::member`] again simulates a crash that keeps the durable queue.
+#[derive(Clone, Debug, Default)]
+pub struct MemGroup {
+    shared: std::sync::Arc<MemShared>,
+}
+
+#[derive(Debug, Default)]
+struct MemShared {
+    state: parking_lot::Mutex<MemState>,
+    changed: parking_lot::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct MemState {
+    /// Committed entries from `log_start` on.
+    log: Vec<Vec<u8>>,
+    log_start: Slot,
+    checkpoint: Option<(Slot, Vec<u8>)>,
+    members: std::collections::HashMap<u32, MemMember>,
+}
+
+impl MemState {
+    fn end(&self) -> Slot {
+        self.log_start + self.log.len() as Slot
+    }
+
+    /// The commit end `member` has heard of.
+    fn end_seen_by(&self, member: u32) -> Slot {
+        match self.members.get(&member) {
+            Some(state) if !state.online => state.end_when_offline,
+            _ => self.end(),
+        }
+    }
+
+    /// Commit every queued proposal of an online `member`, in order.
+    fn commit_queue(&mut self, member: u32) {
+        let Some(state) = self.members.get_mut(&member) else {
+            return;
+        };
+        if !state.online {
+            return;
+        }
+        let queue = std::mem::take(&mut state.queue);
+        let mut slot = self.log_start + self.log.len() as Slot;
+        let mut committed = Vec::with_capacity(queue.len());
+        for (id, op) in queue {
+            committed.push((id, slot));
+            self.log.push(op);
+            slot += 1;
+        }
+        if let Some(state) = self.members.get_mut(&member) {
+            state.committed.extend(committed);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MemMember {
+    online: bool,
+    /// Proposals not committed yet, in order.
+    queue: Vec<(ProposalId, Vec<u8>)>,
+    next_id: u64,
+    committed: std::collections::HashMap<ProposalId, Slot>,
+    end_when_offline: Slot,
+    applied_end: Slot,
+}
+
+impl Default for MemMember {
+    fn default() -> MemMember {
+        MemMember {
+            online: true,
+            queue: Vec::new(),
+            next_id: 1,
+            committed: std::collections::HashMap::new(),
+            end_when_offline: 0,
+            applied_end: 0,
+        }
+    }
+}
+
+impl MemGroup {
+    pub fn new() -> MemGroup {
+        MemGroup::default()
+    }
+
+    /// The agreement of `member` (created online on first use; the same queue and
+    /// state every time it is asked for again).
+    pub fn member(&self, member: u32) -> std::sync::Arc<MemAgreement> {
+        self.shared.state.lock().members.entry(member).or_default();
+        std::sync::Arc::new(MemAgreement {
+            shared: std::sync::Arc::clone(&self.shared),
+            member,
+        })
+    }
+
+    /// Offline: `member`'s proposals queue and it hears of no commits. Back online:
+    /// its queue commits (after everything committed meanwhile) and it hears of all.
+    pub fn set_online(&self, member: u32, online: bool) {
+        let mut state = self.shared.state.lock();
+        let end = state.end();
+        let entry = state.members.entry(member).or_default();
+        if entry.online && !online {
+            entry.end_when_offline = end;
+        }
+        entry.online = online;
+        if online {
+            state.commit_queue(member);
+        }
+        drop(state);
+        self.shared.changed.notify_all();
+    }
+
+    /// Every slot below it is committed in the group.
+    pub fn commit_end(&self) -> Slot {
+        self.shared.state.lock().end()
+    }
+
+    /// The applied end `member` last noted.
+    pub fn applied_end(&self, member: u32) -> Slot {
+        self.shared
+            .state
+            .lock()
+            .members
+            .get(&member)
+            .map_or(0, |state| state.applied_end)
+    }
+}
+
+/// One member's view of a [`MemGroup`].
+#[derive(Debug)]
+pub struct MemAgreement {
+    shared: std::sync::Arc<MemShared>,
+    member: u32,
+}
+
+impl MemAgreement {
+    /// Wait on the group until `done` says so or `timeout` passes; answers `done`'s
+    /// last answer.
+    fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&MemState) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut state = self.shared.state.lock();
+        loop {
+            if let Some(answer) = done(&state) {
+                return Some(answer);
+            }
+            if self
+                .shared
+                .changed
+                .wait_until(&mut state, deadline)
+                .timed_out()
+            {
+                return done(&state);
+            }
+        }
+    }
+}
+
+impl Agreement for MemAgreement {
+    fn propose_many(&self, ops: Vec<Vec<u8>>) -> Result<Vec<ProposalId>> {
+        let mut state = self.shared.state.lock();
+        let member = state.members.entry(self.member).or_default();
+        let mut ids = Vec::with_capacity(ops.len());
+        for op in ops {
+            let id = ProposalId(member.next_id);
+            member.next_id += 1;
+            member.queue.push((id, op));
+            ids.push(id);
+        }
+        state.commit_queue(self.member);
+        drop(state);
+        self.shared.changed.notify_all();
+        Ok(ids)
+    }
+
+    fn pending(&self) -> Result<Vec<(ProposalId, Vec<u8>)>> {
+        let state = self.shared.state.lock();
+        Ok(state
+            .members
+            .get(&self.member)
+            .map(|member| member.queue.clone())
+            .unwrap_or_default())
+    }
+
+    fn committed(&self, from: Slot, count_max: usize) -> Result<CommittedRun> {
+        let state = self.shared.state.lock();
+        if from < state.log_start {
+            return Err(crate::Error::Agreement(format!(
+                "slot {from} is truncated behind the checkpoint (log starts at {})",
+                state.log_start
+            )));
+        }
+        let end = state.end_seen_by(self.member).min(from + count_max as Slot);
+        let mut run = CommittedRun {
+            ops: Vec::new(),
+            next: from.max(end),
+        };
+        for slot in from..end {
+            if let Some(op) = state.log.get((slot - state.log_start) as usize) {
+                run.ops.push((slot, op.clone()));
+            }
+        }
+        Ok(run)
+    }
+
+    fn commit_end(&self) -> Slot {
+        self.shared.state.lock().end_seen_by(self.member)
+    }
+
+    fn wait_commit_end_above(&self, seen: Slot, timeout: Duration) -> Result<Slot> {
+        let end = self.wait_until(timeout, |state| {
+            let end = state.end_seen_by(self.member);
+            (end > seen).then_some(end)
+        });
+        Ok(end.unwrap_or_else(|| self.commit_end()))
+    }
+
+    fn wait_committed(&self, id: ProposalId, timeout: Duration) -> Result<Option<Slot>> {
+        Ok(self.wait_until(timeout, |state| {
+            let member = state.members.get(&self.member)?;
+            member
+                .committed
+                .get(&id)
+                .copied()
+                .filter(|&slot| slot < state.end_seen_by(self.member))
+        }))
+    }
+
+    /// Offline members answer `None` at once (no quorum), without waiting.
+    fn read_barrier(&self, _timeout: Duration) -> Result<Option<Slot>> {
+        let state = self.shared.state.lock();
+        let online = state
+            .members
+            .get(&self.member)
+            .is_none_or(|member| member.online);
+        Ok(online.then(|| state.end()))
+    }
+
+    fn note_applied(&self, end: Slot) {
+        let mut state = self.shared.state.lock();
+        if let Some(member) = state.members.get_mut(&self.member) {
+            member.applied_end = member.applied_end.max(end);
+        }
+    }
+
+    fn checkpoint(&self) -> Result<Option<(Slot, Vec<u8>)>> {
+        Ok(self.shared.state.lock().checkpoint.clone())
+    }
+
+    fn compact(&self, through: Slot, checkpoint: Vec<u8>) -> Result<()> {
+        let mut state = self.shared.state.lock();
+        if through >= state.end_seen_by(self.member) {
+            return Err(crate::Error::Agreement(format!(
+                "compact through {through}: not committed here"
+            )));
+        }
+        if through < state.log_start {
+            return Ok(());
+        }
+        let drop_count = (through + 1 - state.log_start) as usize;
+        let drop_count = drop_count.min(state.log.len());
+        state.log.drain(..drop_count);
+        state.log_start = through + 1;
+        state.checkpoint = Some((through, checkpoint));
+        Ok(())
+    }
+}

@@ -199,7 +199,7 @@ impl Apply<'_> {
                     inode.size = *size;
                     inode.mtime_ns = op.time_ns;
                     inode.ctime_ns = op.time_ns;
-                    inode.version += 1;
+                    inode.version = version_after(op);
                     self.ns.put_inode(&inode)?;
                     return Ok(Outcome::Applied);
                 }
@@ -267,7 +267,7 @@ impl Apply<'_> {
                     inode.mtime_ns = *mtime_ns;
                 }
                 inode.ctime_ns = op.time_ns;
-                inode.version += 1;
+                inode.version = version_after(op);
                 self.ns.put_inode(&inode)?;
                 Ok(Outcome::Applied)
             }
@@ -518,7 +518,7 @@ impl Apply<'_> {
 
     fn touch_inode(&self, inode: &mut Inode) -> Result<()> {
         inode.ctime_ns = self.op.time_ns;
-        inode.version += 1;
+        inode.version = version_after(self.op);
         self.ns.put_inode(inode)
     }
 
@@ -565,6 +565,16 @@ impl Apply<'_> {
         }
         Ok(None)
     }
+}
+
+/// The version an inode has after `op` changed it: `(author, seq)` packed like an
+/// inode number, so a version names the one op that made it. A counter would not do
+/// with several authors: two devices that each change a file once from version v both
+/// produce v + 1, and a later op of one of them "replaces v + 1" would silently
+/// overwrite the other's change. Minted versions are never 1 (the version of a new
+/// inode), since device 0 authors nothing but genesis.
+fn version_after(op: &Op) -> u64 {
+    op.author.mint_ino(op.seq).0
 }
 
 /// `name (conflict <device> <seq>)`, shortening `name` to stay within NAME_MAX.

@@ -46,6 +46,9 @@ pub enum Error {
     /// The replicated log failed (its store, or it stopped).
     #[error("replicated log: {0}")]
     Agreement(String),
+    /// A joined device opened a volume whose genesis it has not received yet.
+    #[error("volume has no root yet: its genesis did not arrive within {waited_ms} ms")]
+    NoRoot { waited_ms: u64 },
     #[error("corrupt {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
 }

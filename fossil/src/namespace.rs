@@ -174,6 +174,17 @@ impl Namespace {
         Ok(())
     }
 
+    /// Drop the open transaction's changes (a replicated volume's pending layer).
+    pub fn rollback(&mut self) -> Result<()> {
+        self.forget_cached_inodes();
+        self.rolled_back = false;
+        if !self.conn.is_autocommit() {
+            self.conn.execute_batch("ROLLBACK")?;
+        }
+        self.in_transaction = false;
+        Ok(())
+    }
+
     /// A transaction is open: applied changes are not yet committed.
     pub fn in_transaction(&self) -> bool {
         self.in_transaction

@@ -25,23 +25,33 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex};
 use venti::BlockRef;
 
+use crate::agreement::Agreement;
 use crate::apply::{Outcome, apply};
 use crate::checkpoint::Image;
 use crate::content::{ContentStore, ContentWriter, Overlay, read_content};
 use crate::log::{FileLog, Log};
 use crate::namespace::{Inode, Namespace};
 use crate::op::{
-    Content, DeviceId, INLINE_BYTES_MAX, NAME_BYTES_MAX, Op, OpBody, SLICES_MAX, SYMLINK_BYTES_MAX,
-    Slice, XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX, name_is_valid,
+    Content, DeviceId, INLINE_BYTES_MAX, NAME_BYTES_MAX, Op, OpBody, Rights, SLICES_MAX,
+    SYMLINK_BYTES_MAX, Slice, XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX, name_is_valid,
 };
 use crate::venti_content::VentiContent;
 use crate::*;
+
+mod replicated;
+use replicated::Replica;
+pub use replicated::{Invalidation, SyncStatus};
+
+/// Told what other devices changed, after it is applied and the volume lock released:
+/// the daemon invalidates the kernel's caches for these inodes and names.
+pub type RemoteChangeHook = Arc<dyn Fn(&[Invalidation]) + Send + Sync>;
 
 /// Inode of the virtual `.snapshots` directory; snapshot views count up from it.
 const SNAPSHOTS_INO: InodeNo = InodeNo(1 << 62);
@@ -63,13 +73,29 @@ const STREAM_AFTER_BYTES: u64 = 256 << 10;
 const COPY_BYTES: usize = 1 << 20;
 
 /// How to open a volume. `Default` gives a device-1 volume on a file log.
-#[derive(Debug)]
 pub struct VolumeOptions {
     pub device: DeviceId,
     /// Where file content goes; `None`: the volume's own store under its directory.
     pub content: Option<Arc<dyn ContentStore>>,
-    /// The log; `None`: a [`FileLog`] under the volume directory.
+    /// The log; `None`: a [`FileLog`] under the volume directory. Unused when
+    /// `agreement` is set.
     pub log: Option<Box<dyn Log>>,
+    /// Replicated: the volume runs on this group log instead of `log` (see
+    /// `docs/replication.md`): a committed namespace plus this device's pending ops.
+    pub agreement: Option<Arc<dyn Agreement>>,
+    /// Replicated: called with what remote ops changed (see [`RemoteChangeHook`]).
+    pub on_remote_change: Option<RemoteChangeHook>,
+    /// Replicated: an empty volume is created here (this device proposes genesis).
+    /// `false` on a device that joined: `open` then waits up to `genesis_wait_ms` for
+    /// the committed genesis and fails with [`Error::NoRoot`] if it does not come.
+    pub create_if_empty: bool,
+    pub genesis_wait_ms: u64,
+    /// Replicated: `fsync`, close after a write and `sync_all` wait this long for their
+    /// ops to commit, then succeed anyway (the ops stay durably queued).
+    pub commit_wait_ms: u64,
+    /// Replicated: `open_file` waits this long for a read barrier, then serves the
+    /// local state.
+    pub read_barrier_ms: u64,
     pub commit_interval_ms: u64,
     pub commit_ops_max: usize,
     /// A dirty file untouched this long is turned into a write op by the timer.
@@ -86,6 +112,12 @@ impl Default for VolumeOptions {
             device: DeviceId(1),
             content: None,
             log: None,
+            agreement: None,
+            on_remote_change: None,
+            create_if_empty: true,
+            genesis_wait_ms: 10_000,
+            commit_wait_ms: 2_000,
+            read_barrier_ms: 1_000,
             commit_interval_ms: 50,
             commit_ops_max: 4096,
             idle_flush_ms: 1000,
@@ -95,20 +127,65 @@ impl Default for VolumeOptions {
     }
 }
 
+impl std::fmt::Debug for VolumeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeOptions")
+            .field("device", &self.device)
+            .field("content", &self.content)
+            .field("log", &self.log)
+            .field("agreement", &self.agreement)
+            .field("on_remote_change", &self.on_remote_change.is_some())
+            .field("create_if_empty", &self.create_if_empty)
+            .field("genesis_wait_ms", &self.genesis_wait_ms)
+            .field("commit_wait_ms", &self.commit_wait_ms)
+            .field("read_barrier_ms", &self.read_barrier_ms)
+            .field("commit_interval_ms", &self.commit_interval_ms)
+            .field("commit_ops_max", &self.commit_ops_max)
+            .field("idle_flush_ms", &self.idle_flush_ms)
+            .field("dirty_file_bytes_max", &self.dirty_file_bytes_max)
+            .field("background", &self.background)
+            .finish()
+    }
+}
+
 /// One mounted volume.
 #[derive(Debug)]
 pub struct Volume {
     shared: Arc<Shared>,
     timer: Option<std::thread::JoinHandle<()>>,
+    /// Replicated: applies commits as the agreement reports them.
+    applier: Option<std::thread::JoinHandle<()>>,
+    /// Set by [`Volume::abandon`]: drop without the final flush (a simulated crash).
+    abandoned: bool,
 }
 
-#[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
     content: Arc<dyn ContentStore>,
     read_ahead: Mutex<ReadAhead>,
     stop: Mutex<bool>,
     wake: Condvar,
+    sync: Option<SyncShared>,
+}
+
+/// What the replicated paths need without taking the volume lock.
+struct SyncShared {
+    agreement: Arc<dyn Agreement>,
+    on_remote_change: Option<RemoteChangeHook>,
+    /// The committed layer's applied end (also in `State`), read without the lock.
+    applied_end: Arc<AtomicU64>,
+    commit_wait: Duration,
+    read_barrier: Duration,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("state", &self.state)
+            .field("content", &self.content)
+            .field("replicated", &self.sync.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A sequential reader gets this much per trip to the store: the tree's pointer
@@ -166,7 +243,10 @@ impl Prefetch {
 struct State {
     dir: PathBuf,
     ns: Namespace,
+    /// The single-device log; unused (an empty [`NoLog`]) when `replica` is set.
     log: Box<dyn Log>,
+    /// Replicated: the agreement and this device's pending ops.
+    replica: Option<Replica>,
     content: Arc<dyn ContentStore>,
     device: DeviceId,
     next_seq: u64,
@@ -245,6 +325,11 @@ struct Dirty {
     stream: Option<Box<dyn ContentWriter>>,
     mtime_ns: i64,
     last_write: Instant,
+    /// The file as the buffer started over it: if another device's write replaced it
+    /// meanwhile, the buffer's write op must not claim to replace that one (it becomes
+    /// a conflict copy instead of silently overwriting it).
+    started_from: (Content, u64),
+    started_version: u64,
 }
 
 impl std::fmt::Debug for Dirty {
@@ -275,9 +360,17 @@ impl Volume {
             Some(content) => content,
             None => default_content_store(dir)?,
         };
-        let log: Box<dyn Log> = match options.log {
-            Some(log) => log,
-            None => Box::new(FileLog::open(&dir.join("log"))?),
+        let replica = options.agreement.as_ref().map(|agreement| {
+            Replica::new(
+                Arc::clone(agreement),
+                options.create_if_empty,
+                Duration::from_millis(options.genesis_wait_ms),
+            )
+        });
+        let log: Box<dyn Log> = match (options.log, &replica) {
+            (_, Some(_)) => Box::new(NoLog),
+            (Some(log), None) => log,
+            (None, None) => Box::new(FileLog::open(&dir.join("log"))?),
         };
         let tuning = Tuning {
             commit_interval: Duration::from_millis(options.commit_interval_ms),
@@ -290,6 +383,7 @@ impl Volume {
             dir: dir.to_path_buf(),
             ns: Namespace::open(&ns_path)?,
             log,
+            replica,
             content: Arc::clone(&content),
             device: options.device,
             next_seq: 1,
@@ -308,12 +402,20 @@ impl Volume {
             views: Views::default(),
         };
         state.recover(&ns_path)?;
+        let sync = state.replica.as_ref().map(|replica| SyncShared {
+            agreement: Arc::clone(&replica.agreement),
+            on_remote_change: options.on_remote_change.clone(),
+            applied_end: Arc::clone(&replica.applied_end_shared),
+            commit_wait: Duration::from_millis(options.commit_wait_ms),
+            read_barrier: Duration::from_millis(options.read_barrier_ms),
+        });
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             content,
             read_ahead: Mutex::new(ReadAhead::default()),
             stop: Mutex::new(false),
             wake: Condvar::new(),
+            sync,
         });
         let timer = if options.background {
             let weak = Arc::downgrade(&shared);
@@ -326,7 +428,24 @@ impl Volume {
         } else {
             None
         };
-        Ok(Volume { shared, timer })
+        let applier = match &shared.sync {
+            Some(sync) => {
+                let weak = Arc::downgrade(&shared);
+                let agreement = Arc::clone(&sync.agreement);
+                Some(
+                    std::thread::Builder::new()
+                        .name("fossil-apply".into())
+                        .spawn(move || replicated::applier_loop(weak, agreement))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Volume {
+            shared,
+            timer,
+            applier,
+            abandoned: false,
+        })
     }
 
     pub fn lookup(&self, parent: InodeNo, name: &OsStr) -> Result<Attr> {
@@ -553,7 +672,14 @@ impl Volume {
 
     /// Open a file. O_TRUNC never reaches here: the kernel truncates by `setattr`
     /// after its own checks (see mountd's FUSE init).
+    ///
+    /// Replicated: a read barrier first, and everything committed before it is applied
+    /// before answering, so an open after another device's `fsync` returned sees its
+    /// content (without a quorum within `read_barrier_ms`: the local state).
     pub fn open_file(&self, ino: InodeNo) -> Result<FileHandle> {
+        if !is_view(ino) {
+            replicated::read_barrier(&self.shared);
+        }
         let mut state = self.shared.state.lock();
         if is_view(ino) {
             state.view_attr(ino)?;
@@ -805,8 +931,20 @@ impl Volume {
             return Ok(());
         }
         let mut state = self.shared.state.lock();
+        let seq_before = state.next_seq;
         let flushed = state.flush_file(ino);
-        state.report_flush(ino, flushed)
+        state.report_flush(ino, flushed)?;
+        // Replicated: a close that wrote is a commit point, like fsync.
+        let wrote = state.next_seq != seq_before;
+        let last = if wrote && state.replica.is_some() {
+            state.commit()?;
+            state.last_proposal()
+        } else {
+            None
+        };
+        drop(state);
+        replicated::wait_committed(&self.shared, last);
+        Ok(())
     }
 
     pub fn release(&self, ino: InodeNo, handle: FileHandle) -> Result<()> {
@@ -815,6 +953,7 @@ impl Volume {
         if is_view(ino) {
             return Ok(());
         }
+        let seq_before = state.next_seq;
         let flushed = state.flush_file(ino);
         let flushed = state.report_flush(ino, flushed);
         if let Some(file) = state.files.get_mut(&ino) {
@@ -824,7 +963,17 @@ impl Volume {
             }
         }
         flushed?;
-        state.reclaim_if_unused(ino)
+        state.reclaim_if_unused(ino)?;
+        let wrote = state.next_seq != seq_before;
+        let last = if wrote && state.replica.is_some() {
+            state.commit()?;
+            state.last_proposal()
+        } else {
+            None
+        };
+        drop(state);
+        replicated::wait_committed(&self.shared, last);
+        Ok(())
     }
 
     /// Durable when this returns, also for an open but unlinked file.
@@ -835,7 +984,11 @@ impl Volume {
         let mut state = self.shared.state.lock();
         let flushed = state.flush_file(ino);
         state.report_flush(ino, flushed)?;
-        state.make_durable()
+        state.make_durable()?;
+        let last = state.last_proposal();
+        drop(state);
+        replicated::wait_committed(&self.shared, last);
+        Ok(())
     }
 
     /// Entries after `cookie` (0 = from the start), including "." and "..". At most
@@ -1069,7 +1222,11 @@ impl Volume {
         state.submit(OpBody::Snapshot {
             name: name.to_vec(),
         })?;
-        state.make_durable()
+        state.make_durable()?;
+        let last = state.last_proposal();
+        drop(state);
+        replicated::wait_committed(&self.shared, last);
+        Ok(())
     }
 
     /// Snapshot names, oldest slot first.
@@ -1084,16 +1241,74 @@ impl Volume {
     }
 
     /// Flush every dirty file and make the log durable.
+    ///
+    /// Replicated: then waits up to `commit_wait_ms` for this device's ops to commit.
     pub fn sync_all(&self) -> Result<()> {
         let mut state = self.shared.state.lock();
         state.flush_all()?;
-        state.make_durable()
+        state.make_durable()?;
+        let last = state.last_proposal();
+        drop(state);
+        replicated::wait_committed(&self.shared, last);
+        Ok(())
+    }
+
+    /// Give `device` `rights` in this volume (an op through the log; the owner calls it
+    /// when a device joins). Waits for the commit like `sync_all`.
+    pub fn grant(&self, device: DeviceId, rights: Rights) -> Result<()> {
+        if device.0 == 0 || device.0 > DeviceId::MAX {
+            return Err(Error::Invalid("device number out of range"));
+        }
+        let mut state = self.shared.state.lock();
+        state.submit(OpBody::Grant { device, rights })?;
+        state.make_durable()?;
+        let last = state.last_proposal();
+        drop(state);
+        replicated::wait_committed(&self.shared, last);
+        Ok(())
+    }
+
+    /// How far this device is with the volume's log (for `kith status`).
+    pub fn sync_status(&self) -> SyncStatus {
+        let state = self.shared.state.lock();
+        match &state.replica {
+            Some(replica) => SyncStatus {
+                applied_end: replica.applied_end,
+                commit_end: replica.agreement.commit_end(),
+                pending: replica.pending.len(),
+                unproposed: replica.unproposed(),
+            },
+            None => SyncStatus {
+                applied_end: state.log.end(),
+                commit_end: state.log.end(),
+                pending: 0,
+                unproposed: 0,
+            },
+        }
+    }
+
+    /// Replicated: apply what is committed now (the applier thread does this on its
+    /// own within milliseconds; for callers that need it done before going on).
+    pub fn apply_committed(&self) -> Result<()> {
+        replicated::catch_up(&self.shared)
+    }
+
+    /// Drop the volume without its final flush and sync: what a killed process leaves
+    /// (crash tests). Buffered writes and ops not yet proposed or written out are lost.
+    pub fn abandon(mut self) {
+        self.abandoned = true;
     }
 
     /// Write a checkpoint of the namespace to the content store, record it under the
     /// volume directory and truncate the log behind it. Returns the checkpoint root.
+    ///
+    /// Replicated: the image of the committed layer, handed to the agreement, which
+    /// truncates the group log behind it (`Agreement::compact`).
     pub fn checkpoint(&self) -> Result<BlockRef> {
         let mut state = self.shared.state.lock();
+        if state.replica.is_some() {
+            return state.checkpoint_replicated();
+        }
         state.flush_all()?;
         state.make_durable()?;
         let image = Image::capture(&state.ns)?;
@@ -1154,6 +1369,12 @@ impl Drop for Volume {
         if let Some(timer) = self.timer.take() {
             let _ = timer.join();
         }
+        if let Some(applier) = self.applier.take() {
+            let _ = applier.join();
+        }
+        if self.abandoned {
+            return;
+        }
         let mut state = self.shared.state.lock();
         if let Err(error) = state.flush_all().and_then(|()| state.make_durable()) {
             tracing::error!(%error, "volume: final sync failed");
@@ -1189,6 +1410,9 @@ fn background_loop(shared: Weak<Shared>, interval: Duration) {
 /// committed; otherwise only the entries that were logged before the sync began are
 /// written out, and the rest waits for the next round.
 fn background_commit(shared: &Shared) -> Result<()> {
+    if shared.sync.is_some() {
+        return replicated::background_propose(shared);
+    }
     let (flushed, through, generation) = {
         let mut state = shared.state.lock();
         let flushed = state.flush_idle();
@@ -1213,6 +1437,41 @@ fn background_commit(shared: &Shared) -> Result<()> {
     flushed.and(written)
 }
 
+/// The log of a replicated volume's `State`: there is none (the agreement holds the
+/// log), and any use of it is a bug that must fail rather than write somewhere.
+#[derive(Debug)]
+struct NoLog;
+
+impl Log for NoLog {
+    fn append(&mut self, _entry: &[u8]) -> Result<u64> {
+        Err(Error::Invalid("a replicated volume has no local log"))
+    }
+    fn read(&mut self, _from: u64, _count_max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
+    fn start(&self) -> u64 {
+        0
+    }
+    fn end(&self) -> u64 {
+        0
+    }
+    fn durable_end(&self) -> u64 {
+        0
+    }
+    fn write_out(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn write_out_to(&mut self, _end: u64) -> Result<()> {
+        Ok(())
+    }
+    fn sync(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn truncate_before(&mut self, _slot: u64) -> Result<()> {
+        Ok(())
+    }
+}
+
 fn default_content_store(dir: &Path) -> Result<Arc<dyn ContentStore>> {
     Ok(Arc::new(VentiContent::open_dir(dir)?))
 }
@@ -1221,6 +1480,9 @@ impl State {
     /// Bring the namespace up to the end of the log: from the database if it is
     /// consistent with the log, else from the last checkpoint (or the empty volume).
     fn recover(&mut self, ns_path: &Path) -> Result<()> {
+        if self.replica.is_some() {
+            return self.recover_replicated();
+        }
         let applied_end = self.ns.applied_end()?;
         let has_root = self.ns.inode(InodeNo::ROOT)?.is_some();
         let consistent = applied_end <= self.log.end()
@@ -1336,11 +1598,14 @@ impl State {
             time_ns: now_ns(),
             body,
         };
-        let slot = self.log.append(&op.encode())?;
+        let slot = self.append_op(&op)?;
         self.next_seq += 1;
         self.ns.begin()?;
         let outcome = apply(&self.ns, slot, &op)?;
         self.after_apply(&outcome)?;
+        if self.replica.is_some() {
+            self.note_pending_outcome(&outcome)?;
+        }
         self.uncommitted_ops += 1;
         if self.uncommitted_ops >= self.options.commit_ops_max
             || (!self.background_commits
@@ -1360,6 +1625,9 @@ impl State {
     /// blocks a logged op refers to are durable before the op reaches the OS: a crash
     /// never leaves a logged write pointing at blocks that are gone.
     fn commit(&mut self) -> Result<()> {
+        if self.replica.is_some() {
+            return self.propose_batch();
+        }
         if self.content_unsynced {
             self.content.sync()?;
             self.content_unsynced = false;
@@ -1397,11 +1665,25 @@ impl State {
     }
 
     /// Content blocks, then the log, then the namespace.
+    ///
+    /// Replicated: content blocks, then the ops are proposed (durably queued).
     fn make_durable(&mut self) -> Result<()> {
         self.content.sync()?;
         self.content_unsynced = false;
+        if self.replica.is_some() {
+            return self.propose_batch();
+        }
         self.log.sync()?;
         self.commit()
+    }
+
+    /// Log (single device) or queue for proposal (replicated) one local op; answers
+    /// the slot it is applied at now (replicated: a provisional one).
+    fn append_op(&mut self, op: &Op) -> Result<u64> {
+        match &mut self.replica {
+            Some(replica) => Ok(replica.queue(op.clone())),
+            None => self.log.append(&op.encode()),
+        }
     }
 
     /// Turn files idle for `idle_flush` into write ops; answers the first failure.
@@ -1718,6 +2000,8 @@ impl State {
                 });
             }
             let dirty = Dirty {
+                started_from: (inode.content.clone(), inode.size),
+                started_version: inode.version,
                 overlay: Overlay::new(inode.content, inode.size),
                 stream: None,
                 mtime_ns: inode.mtime_ns,
@@ -1907,9 +2191,17 @@ impl State {
             .get(&ino)
             .cloned()
             .unwrap_or((InodeNo(0), Vec::new()));
+        // Local changes to a dirty file (truncate, fallocate) go through its buffer, so
+        // its content moved only if another device wrote it.
+        let base_version =
+            if (&inode.content, inode.size) == (&dirty.started_from.0, dirty.started_from.1) {
+                inode.version
+            } else {
+                dirty.started_version
+            };
         let op = OpBody::Write {
             ino,
-            base_version: inode.version,
+            base_version,
             size,
             content,
             parent,
@@ -1923,10 +2215,13 @@ impl State {
             time_ns: dirty.mtime_ns.max(inode.ctime_ns),
             body: op,
         };
-        let slot = self.log.append(&op.encode())?;
+        let slot = self.append_op(&op)?;
         self.next_seq += 1;
         self.ns.begin()?;
         let outcome = apply(&self.ns, slot, &op)?;
+        if self.replica.is_some() {
+            self.note_pending_outcome(&outcome)?;
+        }
         self.uncommitted_ops += 1;
         if let Outcome::NoOp(reason) = outcome {
             tracing::error!(?ino, reason, "local write applied as a no-op");

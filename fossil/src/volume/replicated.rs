@@ -1,0 +1,727 @@
+//! A volume on a group log ([`Agreement`]): the committed layer and the pending layer.
+//!
+//! The SQLite namespace holds, in committed transactions, exactly the committed log
+//! through `applied_end` (invariant 3 holds on disk). This device's own ops that are
+//! not committed yet form the pending layer: they are applied on top, inside the one
+//! open transaction, so programs here see their changes at once, online or offline.
+//! When commits arrive: roll the transaction back, apply the committed run and commit,
+//! then apply the still-pending ops again. `apply` is deterministic and every op
+//! carries its preconditions, so a pending op resolves at commit exactly as it does on
+//! every other device (a conflict name, a conflict copy, a no-op).
+//!
+//! Ordering: an op's blocks are synced before the op is proposed (other devices fetch
+//! them from here). Ops queue in memory like the single-device log buffer and are
+//! proposed together at commit points (interval, fsync, close of a written file,
+//! `sync_all`); a crash before that loses only un-fsynced work. Proposed ops are
+//! durable in the agreement and come back through `Agreement::pending` on restart.
+//!
+//! What other devices changed is reported, after the volume lock is released, to the
+//! `on_remote_change` hook as [`Invalidation`]s: the inodes and names a remote op
+//! touched, and those of this device's own ops whose outcome changed (a pending create
+//! that committed under a conflict name keeps its inode number; only its name moves).
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+use std::sync::Weak;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use venti::BlockRef;
+
+use super::{Shared, State};
+use crate::agreement::{Agreement, ProposalId, Slot};
+use crate::apply::{Outcome, apply};
+use crate::checkpoint::Image;
+use crate::op::{Op, OpBody};
+use crate::{Error, InodeNo, Result};
+
+/// Most committed slots read from the agreement per call.
+const COMMITTED_READ_MAX: usize = 1024;
+/// The applier re-checks for a stop this often while no commits come.
+const APPLIER_POLL: Duration = Duration::from_millis(100);
+/// After a failed catch-up the applier waits this long before trying again.
+const APPLIER_RETRY: Duration = Duration::from_millis(200);
+
+/// Something the kernel may hold in its caches that a remote change made stale.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Invalidation {
+    /// Attributes or content of this inode changed.
+    Inode(InodeNo),
+    /// A name appeared in, vanished from or moved within `parent`.
+    Entry { parent: InodeNo, name: OsString },
+}
+
+/// Where this device is with the volume's log (`kith status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncStatus {
+    /// Every committed slot below it is applied.
+    pub applied_end: u64,
+    /// Every slot below it is committed, as far as this device knows.
+    pub commit_end: u64,
+    /// This device's ops not committed yet (proposed or still to be proposed).
+    pub pending: usize,
+    /// Of those, ops not proposed yet (until the next commit point).
+    pub unproposed: usize,
+}
+
+/// The replicated half of a volume's state.
+#[derive(Debug)]
+pub(super) struct Replica {
+    pub(super) agreement: Arc<dyn Agreement>,
+    /// This device's uncommitted ops, oldest first: the proposed ones, then the batch
+    /// waiting for the next commit point.
+    pub(super) pending: VecDeque<PendingOp>,
+    /// The next slot to apply; every committed slot below it is in the database.
+    pub(super) applied_end: Slot,
+    pub(super) applied_end_shared: Arc<AtomicU64>,
+    create_if_empty: bool,
+    genesis_wait: Duration,
+    /// Gathered under the lock, handed to the hook after it is released.
+    invalidations: Vec<Invalidation>,
+}
+
+#[derive(Debug)]
+pub(super) struct PendingOp {
+    op: Op,
+    /// `None` until proposed.
+    id: Option<ProposalId>,
+    /// What it did in the pending layer last time it was applied.
+    outcome: Outcome,
+}
+
+impl Replica {
+    pub(super) fn new(
+        agreement: Arc<dyn Agreement>,
+        create_if_empty: bool,
+        genesis_wait: Duration,
+    ) -> Replica {
+        Replica {
+            agreement,
+            pending: VecDeque::new(),
+            applied_end: 0,
+            applied_end_shared: Arc::new(AtomicU64::new(0)),
+            create_if_empty,
+            genesis_wait,
+            invalidations: Vec::new(),
+        }
+    }
+
+    /// Add a local op to the batch; answers the provisional slot it is applied at.
+    pub(super) fn queue(&mut self, op: Op) -> u64 {
+        let slot = self.provisional_slot(self.pending.len());
+        self.pending.push_back(PendingOp {
+            op,
+            id: None,
+            outcome: Outcome::Applied,
+        });
+        slot
+    }
+
+    /// Pending ops are applied as if they committed next, in order (only snapshots
+    /// record their slot; the committed one replaces it).
+    fn provisional_slot(&self, index: usize) -> u64 {
+        self.applied_end + index as u64
+    }
+
+    pub(super) fn unproposed(&self) -> usize {
+        self.pending.iter().filter(|op| op.id.is_none()).count()
+    }
+
+    fn set_applied_end(&mut self, end: Slot) {
+        self.applied_end = end;
+        self.applied_end_shared.store(end, Ordering::Release);
+        self.agreement.note_applied(end);
+    }
+}
+
+impl State {
+    fn replica(&mut self) -> Result<&mut Replica> {
+        self.replica
+            .as_mut()
+            .ok_or(Error::Invalid("not a replicated volume"))
+    }
+
+    /// Open: install the agreement's checkpoint if the database is behind it, apply
+    /// what is committed, take back the pending ops, create or wait for the root.
+    pub(super) fn recover_replicated(&mut self) -> Result<()> {
+        let applied_end = self.ns.applied_end()?;
+        self.replica()?.set_applied_end(applied_end);
+        let agreement = Arc::clone(&self.replica()?.agreement);
+        if let Some((through, root)) = agreement.checkpoint()?
+            && applied_end <= through
+        {
+            self.install_checkpoint(&root)?;
+        }
+        self.apply_committed_run()?;
+        for (id, bytes) in agreement.pending()? {
+            let op = Op::decode(&bytes)?;
+            self.replica()?.pending.push_back(PendingOp {
+                op,
+                id: Some(id),
+                outcome: Outcome::Applied,
+            });
+        }
+        let applied_seq = self.ns.author(self.device)?.map_or(0, |(seq, _)| seq);
+        let pending_seq = self
+            .replica()?
+            .pending
+            .iter()
+            .map(|pending| pending.op.seq)
+            .max()
+            .unwrap_or(0);
+        self.next_seq = applied_seq.max(pending_seq) + 1;
+        let genesis_pending = self
+            .replica()?
+            .pending
+            .iter()
+            .any(|pending| matches!(pending.op.body, OpBody::Genesis { .. }));
+        if self.ns.inode(InodeNo::ROOT)?.is_none() && !genesis_pending {
+            if self.replica()?.create_if_empty {
+                self.reapply_pending()?;
+                let meta = std::fs::metadata(&self.dir)?;
+                self.submit(OpBody::Genesis {
+                    owner: self.device,
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                    perm: 0o755,
+                })?;
+            } else {
+                self.wait_for_genesis()?;
+            }
+        }
+        self.reapply_pending()?;
+        self.replica()?.invalidations.clear();
+        // Nobody here holds unlinked inodes open after a restart.
+        for ino in self.ns.orphans()? {
+            self.submit(OpBody::Reclaim { ino })?;
+        }
+        self.propose_batch()
+    }
+
+    /// A joined device: apply commits as they come until the root exists, at most
+    /// `genesis_wait`.
+    fn wait_for_genesis(&mut self) -> Result<()> {
+        let agreement = Arc::clone(&self.replica()?.agreement);
+        let genesis_wait = self.replica()?.genesis_wait;
+        let started = Instant::now();
+        loop {
+            let remaining = genesis_wait.saturating_sub(started.elapsed());
+            if let Ok(Some(barrier)) = agreement.read_barrier(remaining) {
+                while agreement.commit_end() < barrier && started.elapsed() < genesis_wait {
+                    agreement.wait_commit_end_above(
+                        agreement.commit_end(),
+                        genesis_wait.saturating_sub(started.elapsed()),
+                    )?;
+                }
+            }
+            self.apply_committed_run()?;
+            if self.ns.inode(InodeNo::ROOT)?.is_some() {
+                return Ok(());
+            }
+            let remaining = genesis_wait.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                return Err(Error::NoRoot {
+                    waited_ms: u64::try_from(genesis_wait.as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+            let applied_end = self.replica()?.applied_end;
+            agreement.wait_commit_end_above(applied_end, remaining.min(APPLIER_POLL))?;
+        }
+    }
+
+    /// Replace the committed layer with the checkpoint whose root is `root` (fossil
+    /// image root bytes); its blocks come through the content store.
+    fn install_checkpoint(&mut self, root: &[u8]) -> Result<()> {
+        let root = BlockRef::decode(root).map_err(|error| Error::Corrupt {
+            what: "checkpoint root",
+            detail: error.to_string(),
+        })?;
+        let image = Image::decode(&self.content.read_meta(&root)?)?;
+        let applied_end = self.replica()?.applied_end;
+        if image.applied_end < applied_end {
+            return Ok(());
+        }
+        self.ns.rollback()?;
+        self.ns.load(&image)?;
+        self.replica()?.set_applied_end(image.applied_end);
+        // Own ops the checkpoint covers are committed.
+        let applied_seq = self.ns.author(self.device)?.map_or(0, |(seq, _)| seq);
+        self.replica()?
+            .pending
+            .retain(|pending| pending.op.seq > applied_seq);
+        // The kernel may hold anything: every inode and name it looked up is stale.
+        let mut stale: Vec<Invalidation> = self
+            .lookups
+            .keys()
+            .map(|&ino| Invalidation::Inode(ino))
+            .collect();
+        stale.extend(
+            self.names
+                .values()
+                .map(|(parent, name)| Invalidation::Entry {
+                    parent: *parent,
+                    name: OsString::from_vec(name.clone()),
+                }),
+        );
+        self.replica()?.invalidations.extend(stale);
+        tracing::info!(
+            applied_end = image.applied_end,
+            "volume: installed checkpoint"
+        );
+        Ok(())
+    }
+
+    /// Apply, with the pending layer rolled back, every committed slot up to the
+    /// agreement's commit end, and commit the database. Own ops leave the pending
+    /// queue; what remote ops (and own ops that resolved otherwise) touched is noted.
+    fn apply_committed_run(&mut self) -> Result<()> {
+        let agreement = Arc::clone(&self.replica()?.agreement);
+        let end = agreement.commit_end();
+        let mut next = self.replica()?.applied_end;
+        if end <= next {
+            return Ok(());
+        }
+        self.ns.rollback()?;
+        self.ns.begin()?;
+        let mut own_committed: Vec<(Op, Outcome)> = Vec::new();
+        let mut remote: Vec<Invalidation> = Vec::new();
+        while next < end {
+            let run = match agreement.committed(next, COMMITTED_READ_MAX) {
+                Ok(run) => run,
+                Err(error) => match agreement.checkpoint()? {
+                    Some((through, root)) if through >= next => {
+                        // What this run applied so far lies below the checkpoint.
+                        self.ns.rollback()?;
+                        self.install_checkpoint(&root)?;
+                        let installed = self.replica()?.applied_end;
+                        if installed <= next {
+                            return Err(error);
+                        }
+                        self.ns.begin()?;
+                        next = installed;
+                        continue;
+                    }
+                    _ => {
+                        self.ns.rollback()?;
+                        return Err(error);
+                    }
+                },
+            };
+            for (slot, bytes) in run.ops {
+                match Op::decode(&bytes) {
+                    Ok(op) => {
+                        let outcome = apply(&self.ns, slot, &op)?;
+                        self.after_apply(&outcome)?;
+                        if op.author == self.device {
+                            own_committed.push((op, outcome));
+                        } else {
+                            touched(&op, &outcome, &mut remote);
+                        }
+                    }
+                    // Every device sees the same bytes, so skipping is deterministic.
+                    Err(error) => {
+                        tracing::warn!(slot, %error, "log: undecodable entry applied as a no-op")
+                    }
+                }
+            }
+            if run.next <= next {
+                break;
+            }
+            next = run.next;
+        }
+        self.ns.set_applied_end(next)?;
+        if let Err(error) = self.ns.commit() {
+            self.ns.rollback()?;
+            return Err(error);
+        }
+        self.replica()?.set_applied_end(next);
+        let mut changed = remote;
+        for (op, outcome) in own_committed {
+            let replica = self.replica()?;
+            let mut seen = None;
+            while replica
+                .pending
+                .front()
+                .is_some_and(|pending| pending.op.seq <= op.seq)
+            {
+                if let Some(pending) = replica.pending.pop_front()
+                    && pending.op.seq == op.seq
+                {
+                    seen = Some(pending.outcome);
+                }
+            }
+            if seen.as_ref() != Some(&outcome) {
+                if let Some(seen) = &seen {
+                    touched(&op, seen, &mut changed);
+                }
+                touched(&op, &outcome, &mut changed);
+                self.follow_rename(&outcome);
+            }
+        }
+        self.replica()?.invalidations.extend(changed);
+        Ok(())
+    }
+
+    /// The names map follows an own inode that ended up under another name.
+    fn follow_rename(&mut self, outcome: &Outcome) {
+        if let Outcome::Conflict { ino, parent, name } | Outcome::Created { ino, parent, name } =
+            outcome
+            && self.names.contains_key(ino)
+        {
+            self.names.insert(*ino, (*parent, name.clone()));
+        }
+    }
+
+    /// Build the pending layer again: drop the open transaction, apply every pending
+    /// op on the committed layer.
+    fn reapply_pending(&mut self) -> Result<()> {
+        self.ns.rollback()?;
+        self.ns.begin()?;
+        let mut pending = std::mem::take(&mut self.replica()?.pending);
+        let mut changed = Vec::new();
+        let mut result = Ok(());
+        for (index, entry) in pending.iter_mut().enumerate() {
+            let slot = self.replica()?.provisional_slot(index);
+            let outcome = match apply(&self.ns, slot, &entry.op) {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            };
+            if let Err(error) = self.after_apply(&outcome) {
+                result = Err(error);
+                break;
+            }
+            if outcome != entry.outcome {
+                touched(&entry.op, &entry.outcome, &mut changed);
+                touched(&entry.op, &outcome, &mut changed);
+                self.follow_rename(&outcome);
+                entry.outcome = outcome;
+            }
+        }
+        let replica = self.replica()?;
+        replica.pending = pending;
+        replica.invalidations.extend(changed);
+        result
+    }
+
+    /// The commit cycle: roll back the pending layer, apply what committed, re-apply
+    /// what is still pending.
+    pub(super) fn catch_up(&mut self) -> Result<()> {
+        let (end, applied_end) = {
+            let replica = self.replica()?;
+            (replica.agreement.commit_end(), replica.applied_end)
+        };
+        if end <= applied_end {
+            return Ok(());
+        }
+        let applied = self.apply_committed_run();
+        // Whether or not that worked, the pending layer goes back on top.
+        let reapplied = self.reapply_pending();
+        applied.and(reapplied)
+    }
+
+    /// A local op was applied in the pending layer: keep its outcome. A no-op there
+    /// means this device may not do it (no rights yet, e.g. a joined device before its
+    /// grant commits): the op is dropped unproposed, so it cannot take effect later.
+    pub(super) fn note_pending_outcome(&mut self, outcome: &Outcome) -> Result<()> {
+        if let Outcome::NoOp(reason) = outcome {
+            self.replica()?.pending.pop_back();
+            self.next_seq -= 1;
+            self.reapply_pending()?;
+            return Err(match *reason {
+                "author is not a member" | "author lacks rights" => Error::NotPermitted,
+                reason => {
+                    tracing::error!(reason, "local op applied as a no-op");
+                    Error::Invalid(reason)
+                }
+            });
+        }
+        if let Some(last) = self.replica()?.pending.back_mut() {
+            last.outcome = outcome.clone();
+        }
+        Ok(())
+    }
+
+    /// Propose the queued batch (blocks first: other devices will fetch them here).
+    pub(super) fn propose_batch(&mut self) -> Result<()> {
+        let unproposed = self.replica()?.unproposed();
+        if unproposed == 0 {
+            self.uncommitted_ops = 0;
+            self.last_commit = Instant::now();
+            return Ok(());
+        }
+        if self.content_unsynced {
+            self.content.sync()?;
+            self.content_unsynced = false;
+        }
+        let replica = self.replica()?;
+        let batch: Vec<Vec<u8>> = replica
+            .pending
+            .iter()
+            .filter(|pending| pending.id.is_none())
+            .map(|pending| pending.op.encode())
+            .collect();
+        let ids = replica.agreement.propose_many(batch)?;
+        if ids.len() != unproposed {
+            return Err(Error::Agreement(format!(
+                "proposed {unproposed} ops, got {} ids",
+                ids.len()
+            )));
+        }
+        let mut ids = ids.into_iter();
+        for pending in replica.pending.iter_mut().filter(|op| op.id.is_none()) {
+            pending.id = ids.next();
+        }
+        self.uncommitted_ops = 0;
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    /// The proposal to wait for so that every op of this device so far is committed.
+    pub(super) fn last_proposal(&self) -> Option<ProposalId> {
+        self.replica
+            .as_ref()
+            .and_then(|replica| replica.pending.back())
+            .and_then(|pending| pending.id)
+    }
+
+    /// Checkpoint of the committed layer, handed to the agreement to compact behind.
+    pub(super) fn checkpoint_replicated(&mut self) -> Result<BlockRef> {
+        self.flush_all()?;
+        self.content.sync()?;
+        self.content_unsynced = false;
+        self.propose_batch()?;
+        self.ns.rollback()?;
+        // The committed layer only: the pending layer is rolled back meanwhile.
+        let captured = Image::capture(&self.ns);
+        self.reapply_pending()?;
+        let image = captured?;
+        let root = self.content.write_meta(&image.encode())?;
+        self.content.sync()?;
+        if image.applied_end > 0 {
+            self.replica()?
+                .agreement
+                .compact(image.applied_end - 1, root.encode().to_vec())?;
+        }
+        Ok(root)
+    }
+}
+
+/// What `op` (with `outcome`) changed that the kernel may have cached.
+fn touched(op: &Op, outcome: &Outcome, out: &mut Vec<Invalidation>) {
+    let entry = |parent: InodeNo, name: &[u8]| Invalidation::Entry {
+        parent,
+        name: OsString::from_vec(name.to_vec()),
+    };
+    match outcome {
+        Outcome::NoOp(_) => return,
+        Outcome::Created { ino, parent, name } | Outcome::Conflict { ino, parent, name } => {
+            out.push(Invalidation::Inode(*ino));
+            out.push(Invalidation::Inode(*parent));
+            out.push(entry(*parent, name));
+        }
+        Outcome::Applied | Outcome::Snapshot { .. } => {}
+    }
+    match &op.body {
+        OpBody::Genesis { .. } => out.push(Invalidation::Inode(InodeNo::ROOT)),
+        OpBody::Grant { .. } | OpBody::Reclaim { .. } => {}
+        OpBody::Create { parent, name, .. } => {
+            out.push(Invalidation::Inode(*parent));
+            out.push(entry(*parent, name));
+        }
+        OpBody::Write { ino, .. }
+        | OpBody::SetAttr { ino, .. }
+        | OpBody::SetXattr { ino, .. }
+        | OpBody::RemoveXattr { ino, .. } => out.push(Invalidation::Inode(*ino)),
+        OpBody::Link {
+            ino,
+            new_parent,
+            new_name,
+        } => {
+            out.push(Invalidation::Inode(*ino));
+            out.push(Invalidation::Inode(*new_parent));
+            out.push(entry(*new_parent, new_name));
+        }
+        OpBody::Unlink { parent, name, ino } => {
+            out.push(Invalidation::Inode(*parent));
+            out.push(Invalidation::Inode(*ino));
+            out.push(entry(*parent, name));
+        }
+        OpBody::Rename {
+            parent,
+            name,
+            ino,
+            new_parent,
+            new_name,
+            replaced,
+            ..
+        } => {
+            out.push(Invalidation::Inode(*parent));
+            out.push(Invalidation::Inode(*new_parent));
+            out.push(Invalidation::Inode(*ino));
+            if let Some(replaced) = replaced {
+                out.push(Invalidation::Inode(*replaced));
+            }
+            out.push(entry(*parent, name));
+            out.push(entry(*new_parent, new_name));
+        }
+        OpBody::Snapshot { .. } => {
+            out.push(Invalidation::Inode(InodeNo::ROOT));
+            out.push(entry(InodeNo::ROOT, super::SNAPSHOTS_NAME));
+        }
+    }
+}
+
+/// Apply what is committed now, then tell the hook what changed (lock released).
+pub(super) fn catch_up(shared: &Shared) -> Result<()> {
+    let (result, changes) = {
+        let mut state = shared.state.lock();
+        let result = state.catch_up();
+        let changes = match state.replica.as_mut() {
+            Some(replica) => std::mem::take(&mut replica.invalidations),
+            None => Vec::new(),
+        };
+        (result, changes)
+    };
+    deliver(shared, changes);
+    result
+}
+
+fn deliver(shared: &Shared, mut changes: Vec<Invalidation>) {
+    if changes.is_empty() {
+        return;
+    }
+    let Some(hook) = shared
+        .sync
+        .as_ref()
+        .and_then(|sync| sync.on_remote_change.as_ref())
+    else {
+        return;
+    };
+    changes.sort();
+    changes.dedup();
+    hook(&changes);
+}
+
+/// Wait (without the volume lock) up to `commit_wait` for this device's proposal
+/// `last` to commit, then apply it. A timeout is not an error: the op stays queued.
+pub(super) fn wait_committed(shared: &Shared, last: Option<ProposalId>) {
+    let (Some(sync), Some(last)) = (&shared.sync, last) else {
+        return;
+    };
+    match sync.agreement.wait_committed(last, sync.commit_wait) {
+        Ok(Some(_)) => {
+            if let Err(error) = catch_up(shared) {
+                tracing::warn!(%error, "volume: applying commits failed");
+            }
+        }
+        Ok(None) => tracing::debug!(
+            ?last,
+            "volume: no quorum within the commit wait; the ops stay queued"
+        ),
+        Err(error) => tracing::warn!(%error, "volume: waiting for a commit failed"),
+    }
+}
+
+/// `open`'s barrier: apply everything committed anywhere before now (bounded).
+pub(super) fn read_barrier(shared: &Shared) {
+    let Some(sync) = &shared.sync else {
+        return;
+    };
+    let started = Instant::now();
+    let barrier = match sync.agreement.read_barrier(sync.read_barrier) {
+        Ok(Some(barrier)) => barrier,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::debug!(%error, "volume: read barrier failed; serving local state");
+            return;
+        }
+    };
+    if sync.applied_end.load(Ordering::Acquire) >= barrier {
+        return;
+    }
+    while sync.agreement.commit_end() < barrier {
+        let remaining = sync.read_barrier.saturating_sub(started.elapsed());
+        if remaining.is_zero() {
+            break;
+        }
+        if let Err(error) = sync
+            .agreement
+            .wait_commit_end_above(sync.agreement.commit_end(), remaining)
+        {
+            tracing::debug!(%error, "volume: waiting for the barrier failed");
+            break;
+        }
+    }
+    if let Err(error) = catch_up(shared) {
+        tracing::warn!(%error, "volume: applying commits failed");
+    }
+}
+
+/// The timer's commit point: flush idle files, sync their blocks without the lock,
+/// propose the batch.
+pub(super) fn background_propose(shared: &Shared) -> Result<()> {
+    let (flushed, generation) = {
+        let mut state = shared.state.lock();
+        let flushed = state.flush_idle();
+        if state.uncommitted_ops == 0 {
+            return flushed;
+        }
+        if !state.content_unsynced {
+            let proposed = state.propose_batch();
+            return flushed.and(proposed);
+        }
+        (flushed, state.content_generation)
+    };
+    shared.content.sync()?;
+    let mut state = shared.state.lock();
+    if state.content_generation == generation {
+        state.content_unsynced = false;
+    }
+    // Blocks referred to since the sync began are synced under the lock.
+    let proposed = state.propose_batch();
+    flushed.and(proposed)
+}
+
+/// Applies commits as the agreement reports them, never holding the volume lock
+/// while it waits.
+pub(super) fn applier_loop(shared: Weak<Shared>, agreement: Arc<dyn Agreement>) {
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        if *strong.stop.lock() {
+            return;
+        }
+        let Some(sync) = &strong.sync else {
+            return;
+        };
+        let seen = sync.applied_end.load(Ordering::Acquire);
+        let end = match agreement.wait_commit_end_above(seen, APPLIER_POLL) {
+            Ok(end) => end,
+            Err(error) => {
+                tracing::warn!(%error, "volume: watching the commit end failed");
+                pause(&strong, APPLIER_RETRY);
+                continue;
+            }
+        };
+        if end > seen
+            && let Err(error) = catch_up(&strong)
+        {
+            tracing::warn!(%error, "volume: applying commits failed");
+            pause(&strong, APPLIER_RETRY);
+        }
+    }
+}
+
+fn pause(shared: &Shared, duration: Duration) {
+    let mut stop = shared.stop.lock();
+    if !*stop {
+        shared.wake.wait_for(&mut stop, duration);
+    }
+}
