@@ -184,6 +184,12 @@ impl DeviceIdentity {
         self.signing.sign(message).to_bytes()
     }
 
+    /// A copy of the device's Ed25519 signing key, for signing log entries (a volume's
+    /// entry authors are verified with their device keys). Zeroized on drop.
+    pub fn signing_key(&self) -> SigningKey {
+        self.signing.clone()
+    }
+
     /// The proof a device gives that it holds its keys and agrees to join `user`
     /// under `name`; goes into the `AddDevice` link.
     pub fn possession_proof(&self, user: &UserId, name: &str) -> [u8; 64] {
