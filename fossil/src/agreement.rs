@@ -110,12 +110,11 @@ impl MemState {
             return;
         }
         let queue = std::mem::take(&mut state.queue);
-        let mut slot = self.log_start + self.log.len() as Slot;
+        let first = self.end();
         let mut committed = Vec::with_capacity(queue.len());
-        for (id, op) in queue {
+        for (slot, (id, op)) in (first..).zip(queue) {
             committed.push((id, slot));
             self.log.push(op);
-            slot += 1;
         }
         if let Some(state) = self.members.get_mut(&member) {
             state.committed.extend(committed);
