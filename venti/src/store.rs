@@ -460,9 +460,10 @@ impl Store {
         let Some(remote) = self.remote.read().clone() else {
             return Ok(());
         };
+        let mut seen = HashSet::with_capacity(addresses.len());
         let mut missing = Vec::new();
         for address in addresses {
-            if self.locate(address)?.is_none() && !missing.contains(address) {
+            if seen.insert(*address) && self.locate(address)?.is_none() {
                 missing.push(*address);
             }
         }

@@ -87,6 +87,7 @@ struct Gated {
     open: Mutex<bool>,
     opened: Condvar,
     fetches: AtomicUsize,
+    batches: AtomicUsize,
 }
 
 impl Gated {
@@ -96,15 +97,50 @@ impl Gated {
     }
 }
 
-impl RemoteBlocks for Gated {
-    fn fetch(&self, address: &Address) -> venti::Result<Option<Vec<u8>>> {
-        self.fetches.fetch_add(1, Ordering::SeqCst);
+impl Gated {
+    fn new(inner: Arc<dyn RemoteBlocks>) -> Arc<Gated> {
+        Arc::new(Gated {
+            inner,
+            open: Mutex::new(false),
+            opened: Condvar::new(),
+            fetches: AtomicUsize::new(0),
+            batches: AtomicUsize::new(0),
+        })
+    }
+
+    fn wait_for_gate(&self) {
         let mut open = self.open.lock();
         while !*open {
             self.opened.wait(&mut open);
         }
-        drop(open);
+    }
+}
+
+impl RemoteBlocks for Gated {
+    fn fetch(&self, address: &Address) -> venti::Result<Option<Vec<u8>>> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        self.wait_for_gate();
         self.inner.fetch(address)
+    }
+
+    fn fetch_many(&self, addresses: &[Address]) -> venti::Result<Vec<(Address, Vec<u8>)>> {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        self.wait_for_gate();
+        self.inner.fetch_many(addresses)
+    }
+}
+
+/// A device whose batches come back empty (say, every peer it asked was busy) while
+/// single fetches work.
+struct NoBatches(Arc<Device>);
+
+impl RemoteBlocks for NoBatches {
+    fn fetch(&self, address: &Address) -> venti::Result<Option<Vec<u8>>> {
+        self.0.fetch(address)
+    }
+
+    fn fetch_many(&self, _addresses: &[Address]) -> venti::Result<Vec<(Address, Vec<u8>)>> {
+        Ok(Vec::new())
     }
 }
 
@@ -205,12 +241,7 @@ fn concurrent_misses_of_one_address_fetch_once() -> TestResult {
     let blocks = vec![block(3, 4000)];
     let (address, data) = blocks[0].clone();
     let (_device_backend, device) = device_with(&blocks)?;
-    let gated = Arc::new(Gated {
-        inner: device,
-        open: Mutex::new(false),
-        opened: Condvar::new(),
-        fetches: AtomicUsize::new(0),
-    });
+    let gated = Gated::new(device);
     let backend = TestBackend::new(common::Kind::Memory)?;
     let store = Arc::new(backend.open(small_options())?);
     store.set_remote(Some(gated.clone()), Class::Cached);
@@ -240,14 +271,9 @@ fn concurrent_misses_of_one_address_fetch_once() -> TestResult {
 #[test]
 fn concurrent_misses_all_see_a_lie_refused() -> TestResult {
     let (address, data) = block(4, 4000);
-    let gated = Arc::new(Gated {
-        inner: Arc::new(Liar {
-            blocks: HashMap::from([(address, data)]),
-        }),
-        open: Mutex::new(false),
-        opened: Condvar::new(),
-        fetches: AtomicUsize::new(0),
-    });
+    let gated = Gated::new(Arc::new(Liar {
+        blocks: HashMap::from([(address, data)]),
+    }));
     let backend = TestBackend::new(common::Kind::Memory)?;
     let store = Arc::new(backend.open(small_options())?);
     store.set_remote(Some(gated.clone()), Class::Cached);
@@ -270,6 +296,63 @@ fn concurrent_misses_all_see_a_lie_refused() -> TestResult {
         );
     }
     assert!(!store.contains(&address)?);
+    Ok(())
+}
+
+#[test]
+fn a_read_during_a_prefetch_of_its_block_waits_for_that_batch() -> TestResult {
+    let blocks: Vec<_> = (0..3u64).map(|n| block(n, 4000)).collect();
+    let addresses: Vec<Address> = blocks.iter().map(|(address, _)| *address).collect();
+    let (_device_backend, device) = device_with(&blocks)?;
+    let gated = Gated::new(device);
+    let backend = TestBackend::new(common::Kind::Memory)?;
+    let store = Arc::new(backend.open(small_options())?);
+    store.set_remote(Some(gated.clone()), Class::Cached);
+    let prefetcher = {
+        let (store, addresses) = (store.clone(), addresses.clone());
+        thread::spawn(move || store.prefetch(&addresses))
+    };
+    while store.remote_stats().fetches_in_flight < 3 {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let reader = {
+        let store = store.clone();
+        let address = addresses[1];
+        thread::spawn(move || store.get(&address))
+    };
+    thread::sleep(Duration::from_millis(100));
+    gated.open_gate();
+    prefetcher.join().map_err(|_| "prefetch panicked")??;
+    let read = reader.join().map_err(|_| "reader panicked")??;
+    assert_eq!(read, blocks[1].1);
+    assert_eq!(gated.batches.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        gated.fetches.load(Ordering::SeqCst),
+        0,
+        "the reader fetched on its own"
+    );
+    for (address, data) in &blocks {
+        assert_eq!(&store.get(address)?, data);
+    }
+    assert_eq!(store.remote_stats().fetched_blocks, 3);
+    Ok(())
+}
+
+#[test]
+fn blocks_a_batch_did_not_bring_are_fetched_one_by_one() -> TestResult {
+    let blocks: Vec<_> = (0..4u64).map(|n| block(n, 2000)).collect();
+    let addresses: Vec<Address> = blocks.iter().map(|(address, _)| *address).collect();
+    let (_device_backend, device) = device_with(&blocks)?;
+    let backend = TestBackend::new(common::Kind::Memory)?;
+    let store = backend.open(small_options())?;
+    store.set_remote(Some(Arc::new(NoBatches(device.clone()))), Class::Pinned);
+    store.prefetch(&addresses)?;
+    assert_eq!(store.remote_stats().fetched_blocks, 0);
+    assert_eq!(store.remote_stats().fetches_in_flight, 0);
+    for (address, data) in &blocks {
+        assert_eq!(&store.get(address)?, data);
+    }
+    assert_eq!(device.fetches.load(Ordering::SeqCst), 4);
     Ok(())
 }
 
