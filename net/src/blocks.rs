@@ -155,7 +155,10 @@ impl BlockServer {
 
 /// The response body for `address` from `store`; `Err` on a local store fault.
 fn read_block(store: &dyn BlockStore, address: &Address) -> Result<Vec<u8>, ()> {
-    match store.get(address) {
+    // Only what this device holds: a store that fetches its misses from other devices
+    // must not relay (a friend's cache serves no one else, and two devices missing a
+    // block would ask each other in a circle).
+    match store.get_local(address) {
         Ok(sealed) => {
             let mut body = Vec::with_capacity(1 + sealed.len());
             body.push(STATUS_FOUND);
