@@ -100,6 +100,13 @@ impl FileLog {
         let mut start_bytes = [0u8; 8];
         start_bytes.copy_from_slice(&bytes[8..16]);
         let start = u64::from_le_bytes(start_bytes);
+        // Slots are counted from here: a start near u64::MAX would overflow every end.
+        if start > u64::MAX >> 1 {
+            return Err(Error::Corrupt {
+                what: "log",
+                detail: format!("{}: start slot {start} out of range", path.display()),
+            });
+        }
         let mut offsets = vec![HEADER_BYTES];
         let mut at = HEADER_BYTES as usize;
         while let Some(len) = whole_record_at(&bytes, at) {

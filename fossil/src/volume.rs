@@ -365,6 +365,8 @@ impl Volume {
                 Arc::clone(agreement),
                 options.create_if_empty,
                 Duration::from_millis(options.genesis_wait_ms),
+                Duration::from_millis(options.commit_interval_ms),
+                options.commit_ops_max.max(1),
             )
         });
         let log: Box<dyn Log> = match (options.log, &replica) {
@@ -432,10 +434,15 @@ impl Volume {
             Some(sync) => {
                 let weak = Arc::downgrade(&shared);
                 let agreement = Arc::clone(&sync.agreement);
+                // Also how often a deferred group commit is checked; bounded so a stop
+                // is seen soon.
+                let poll = tuning
+                    .commit_interval
+                    .clamp(Duration::from_millis(10), Duration::from_millis(100));
                 Some(
                     std::thread::Builder::new()
                         .name("fossil-apply".into())
-                        .spawn(move || replicated::applier_loop(weak, agreement))?,
+                        .spawn(move || replicated::applier_loop(weak, agreement, poll))?,
                 )
             }
             None => None,
@@ -1275,7 +1282,7 @@ impl Volume {
             Some(replica) => SyncStatus {
                 applied_end: replica.applied_end,
                 commit_end: replica.agreement.commit_end(),
-                pending: replica.pending.len(),
+                pending: replica.uncommitted(),
                 unproposed: replica.unproposed(),
             },
             None => SyncStatus {
@@ -1290,7 +1297,7 @@ impl Volume {
     /// Replicated: apply what is committed now (the applier thread does this on its
     /// own within milliseconds; for callers that need it done before going on).
     pub fn apply_committed(&self) -> Result<()> {
-        replicated::catch_up(&self.shared)
+        replicated::catch_up(&self.shared, true)
     }
 
     /// Drop the volume without its final flush and sync: what a killed process leaves

@@ -355,6 +355,11 @@ fn pending_ops_survive_a_crash_and_commit() {
     let a = devices.open(1);
     assert_eq!(read_path(&a, &["fsynced offline"]), b"kept");
     assert!(a.sync_status().pending >= 2);
+    assert_eq!(
+        a.sync_status().applied_end,
+        devices.group.commit_end(),
+        "the database holds committed state only"
+    );
     devices.group.set_online(1, true);
     assert_converged(&a, &b);
     assert_eq!(read_path(&b, &["fsynced offline"]), b"kept");
@@ -577,4 +582,38 @@ fn a_joined_device_waits_for_genesis_and_for_its_grant() {
     b.mkdir(InodeNo::ROOT, name("granted"), 0o755, ME).unwrap();
     assert_converged(&a, &b);
     assert_eq!(names(&a, InodeNo::ROOT), vec!["granted"]);
+}
+
+#[test]
+fn the_database_holds_exactly_the_committed_log() {
+    let devices = Devices::new(2);
+    let a = devices.open(1);
+    let dir = a.mkdir(InodeNo::ROOT, name("d"), 0o755, ME).unwrap().ino;
+    for index in 0..30u64 {
+        write_file(
+            &a,
+            dir,
+            &format!("f{index}"),
+            &incompressible(index, 100 + index as usize),
+        );
+    }
+    a.rename(
+        dir,
+        name("f3"),
+        InodeNo::ROOT,
+        name("top"),
+        RenameFlags::default(),
+    )
+    .unwrap();
+    a.sync_all().unwrap();
+    // Killed: what is on disk is what the next open starts from.
+    a.abandon();
+    let a = devices.open(1);
+    // A device that never saw any of it replays the log from the start.
+    let replayed = devices.open(2);
+    replayed.apply_committed().unwrap();
+    a.apply_committed().unwrap();
+    assert_eq!(a.sync_status().pending, 0);
+    assert_eq!(a.image().unwrap(), replayed.image().unwrap());
+    assert_eq!(read_path(&replayed, &["top"]), incompressible(3, 103));
 }

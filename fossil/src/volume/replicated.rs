@@ -40,8 +40,8 @@ use crate::{Error, InodeNo, Result};
 
 /// Most committed slots read from the agreement per call.
 const COMMITTED_READ_MAX: usize = 1024;
-/// The applier re-checks for a stop this often while no commits come.
-const APPLIER_POLL: Duration = Duration::from_millis(100);
+/// A joined device waiting for genesis re-checks this often.
+const GENESIS_POLL: Duration = Duration::from_millis(100);
 /// After a failed catch-up the applier waits this long before trying again.
 const APPLIER_RETRY: Duration = Duration::from_millis(200);
 
@@ -77,6 +77,17 @@ pub(super) struct Replica {
     /// The next slot to apply; every committed slot below it is in the database.
     pub(super) applied_end: Slot,
     pub(super) applied_end_shared: Arc<AtomicU64>,
+    /// The first `committed_prefix` pending ops are known to be committed, exactly as
+    /// proposed and with nothing between them, in the slots `applied_end..verified_end`:
+    /// the open transaction already holds their committed effect. They become
+    /// committed state in groups (see [`State::catch_up`]).
+    committed_prefix: usize,
+    verified_end: Slot,
+    /// When the oldest op of the committed prefix was seen committed.
+    deferred_since: Option<Instant>,
+    /// How long (and how many ops) a committed prefix may wait for its database commit.
+    group_commit: Duration,
+    group_commit_ops_max: usize,
     create_if_empty: bool,
     genesis_wait: Duration,
     /// Gathered under the lock, handed to the hook after it is released.
@@ -97,12 +108,19 @@ impl Replica {
         agreement: Arc<dyn Agreement>,
         create_if_empty: bool,
         genesis_wait: Duration,
+        group_commit: Duration,
+        group_commit_ops_max: usize,
     ) -> Replica {
         Replica {
             agreement,
             pending: VecDeque::new(),
             applied_end: 0,
             applied_end_shared: Arc::new(AtomicU64::new(0)),
+            committed_prefix: 0,
+            verified_end: 0,
+            deferred_since: None,
+            group_commit,
+            group_commit_ops_max,
             create_if_empty,
             genesis_wait,
             invalidations: Vec::new(),
@@ -130,7 +148,15 @@ impl Replica {
         self.pending.iter().filter(|op| op.id.is_none()).count()
     }
 
+    /// Ops not committed in the group yet.
+    pub(super) fn uncommitted(&self) -> usize {
+        self.pending.len() - self.committed_prefix
+    }
+
     fn set_applied_end(&mut self, end: Slot) {
+        self.committed_prefix = 0;
+        self.verified_end = end;
+        self.deferred_since = None;
         self.applied_end = end;
         self.applied_end_shared.store(end, Ordering::Release);
         self.agreement.note_applied(end);
@@ -228,7 +254,7 @@ impl State {
                 });
             }
             let applied_end = self.replica()?.applied_end;
-            agreement.wait_commit_end_above(applied_end, remaining.min(APPLIER_POLL))?;
+            agreement.wait_commit_end_above(applied_end, remaining.min(GENESIS_POLL))?;
         }
     }
 
@@ -284,6 +310,11 @@ impl State {
         if end <= next {
             return Ok(());
         }
+        // The committed prefix is applied below like any committed op.
+        let replica = self.replica()?;
+        replica.committed_prefix = 0;
+        replica.verified_end = next;
+        replica.deferred_since = None;
         self.ns.rollback()?;
         self.ns.begin()?;
         let mut own_committed: Vec<(Op, Outcome)> = Vec::new();
@@ -365,6 +396,57 @@ impl State {
         Ok(())
     }
 
+    /// Extend the committed prefix over the slots up to `end` if they hold exactly the
+    /// next pending ops, as proposed; `false` when anything else committed there (a
+    /// remote op, or an own op the prefix cannot take, such as a snapshot, which
+    /// records its slot).
+    fn extend_committed_prefix(&mut self, end: Slot) -> Result<bool> {
+        let replica = self.replica()?;
+        let mut from = replica.verified_end;
+        while from < end {
+            let Ok(run) = replica
+                .agreement
+                .committed(from, COMMITTED_READ_MAX.min((end - from) as usize))
+            else {
+                return Ok(false);
+            };
+            for (_, bytes) in &run.ops {
+                let Some(next) = replica.pending.get(replica.committed_prefix) else {
+                    return Ok(false);
+                };
+                if next.id.is_none()
+                    || matches!(next.op.body, OpBody::Snapshot { .. })
+                    || *bytes != next.op.encode()
+                {
+                    return Ok(false);
+                }
+                replica.committed_prefix += 1;
+            }
+            if run.next <= from {
+                break;
+            }
+            from = run.next;
+            replica.verified_end = from;
+            replica.deferred_since.get_or_insert_with(Instant::now);
+        }
+        Ok(true)
+    }
+
+    /// Every pending op is in the committed prefix: the open transaction holds exactly
+    /// the committed state through `verified_end`, so it is committed as it is.
+    fn promote_pending(&mut self) -> Result<()> {
+        let end = self.replica()?.verified_end;
+        self.ns.set_applied_end(end)?;
+        if let Err(error) = self.ns.commit() {
+            self.reapply_pending()?;
+            return Err(error);
+        }
+        let replica = self.replica()?;
+        replica.pending.clear();
+        replica.set_applied_end(end);
+        Ok(())
+    }
+
     /// The names map follows an own inode that ended up under another name.
     fn follow_rename(&mut self, outcome: &Outcome) {
         if let Outcome::Conflict { ino, parent, name } | Outcome::Created { ino, parent, name } =
@@ -411,13 +493,34 @@ impl State {
 
     /// The commit cycle: roll back the pending layer, apply what committed, re-apply
     /// what is still pending.
-    pub(super) fn catch_up(&mut self) -> Result<()> {
+    ///
+    /// Online, what commits is mostly this device's own pending ops, unchanged: the
+    /// pending layer already shows them, so they only need to become committed state,
+    /// and that is done in groups like the single-device commit (every
+    /// `commit_interval_ms` or `commit_ops_max` ops, or when `force`d): the database
+    /// commit, and a roll back and apply again when later ops are still pending, are
+    /// paid once per group, not once per op.
+    pub(super) fn catch_up(&mut self, force: bool) -> Result<()> {
         let (end, applied_end) = {
             let replica = self.replica()?;
             (replica.agreement.commit_end(), replica.applied_end)
         };
         if end <= applied_end {
             return Ok(());
+        }
+        if self.ns.in_transaction() && self.extend_committed_prefix(end)? {
+            let replica = self.replica()?;
+            let due = force
+                || replica.committed_prefix >= replica.group_commit_ops_max
+                || replica
+                    .deferred_since
+                    .is_some_and(|since| since.elapsed() >= replica.group_commit);
+            if !due {
+                return Ok(());
+            }
+            if replica.committed_prefix == replica.pending.len() {
+                return self.promote_pending();
+            }
         }
         let applied = self.apply_committed_run();
         // Whether or not that worked, the pending layer goes back on top.
@@ -578,10 +681,10 @@ fn touched(op: &Op, outcome: &Outcome, out: &mut Vec<Invalidation>) {
 }
 
 /// Apply what is committed now, then tell the hook what changed (lock released).
-pub(super) fn catch_up(shared: &Shared) -> Result<()> {
+pub(super) fn catch_up(shared: &Shared, force: bool) -> Result<()> {
     let (result, changes) = {
         let mut state = shared.state.lock();
-        let result = state.catch_up();
+        let result = state.catch_up(force);
         let changes = match state.replica.as_mut() {
             Some(replica) => std::mem::take(&mut replica.invalidations),
             None => Vec::new(),
@@ -616,7 +719,7 @@ pub(super) fn wait_committed(shared: &Shared, last: Option<ProposalId>) {
     };
     match sync.agreement.wait_committed(last, sync.commit_wait) {
         Ok(Some(_)) => {
-            if let Err(error) = catch_up(shared) {
+            if let Err(error) = catch_up(shared, false) {
                 tracing::warn!(%error, "volume: applying commits failed");
             }
         }
@@ -658,7 +761,7 @@ pub(super) fn read_barrier(shared: &Shared) {
             break;
         }
     }
-    if let Err(error) = catch_up(shared) {
+    if let Err(error) = catch_up(shared, false) {
         tracing::warn!(%error, "volume: applying commits failed");
     }
 }
@@ -690,7 +793,11 @@ pub(super) fn background_propose(shared: &Shared) -> Result<()> {
 
 /// Applies commits as the agreement reports them, never holding the volume lock
 /// while it waits.
-pub(super) fn applier_loop(shared: Weak<Shared>, agreement: Arc<dyn Agreement>) {
+///
+/// A group of own ops may wait for its database commit; the poll interval brings it
+/// in when its time is up.
+pub(super) fn applier_loop(shared: Weak<Shared>, agreement: Arc<dyn Agreement>, poll: Duration) {
+    let mut handled: Slot = 0;
     loop {
         let Some(strong) = shared.upgrade() else {
             return;
@@ -701,8 +808,9 @@ pub(super) fn applier_loop(shared: Weak<Shared>, agreement: Arc<dyn Agreement>) 
         let Some(sync) = &strong.sync else {
             return;
         };
-        let seen = sync.applied_end.load(Ordering::Acquire);
-        let end = match agreement.wait_commit_end_above(seen, APPLIER_POLL) {
+        let applied_end = sync.applied_end.load(Ordering::Acquire);
+        handled = handled.max(applied_end);
+        let end = match agreement.wait_commit_end_above(handled, poll) {
             Ok(end) => end,
             Err(error) => {
                 tracing::warn!(%error, "volume: watching the commit end failed");
@@ -710,8 +818,9 @@ pub(super) fn applier_loop(shared: Weak<Shared>, agreement: Arc<dyn Agreement>) 
                 continue;
             }
         };
-        if end > seen
-            && let Err(error) = catch_up(&strong)
+        handled = handled.max(end);
+        if end > sync.applied_end.load(Ordering::Acquire)
+            && let Err(error) = catch_up(&strong, false)
         {
             tracing::warn!(%error, "volume: applying commits failed");
             pause(&strong, APPLIER_RETRY);
