@@ -176,6 +176,8 @@ struct SyncShared {
     applied_end: Arc<AtomicU64>,
     commit_wait: Duration,
     read_barrier: Duration,
+    /// When a read barrier last found no quorum (cleared by one that did).
+    barrier_failed_at: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -410,6 +412,7 @@ impl Volume {
             applied_end: Arc::clone(&replica.applied_end_shared),
             commit_wait: Duration::from_millis(options.commit_wait_ms),
             read_barrier: Duration::from_millis(options.read_barrier_ms),
+            barrier_failed_at: Mutex::new(None),
         });
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -2187,17 +2190,25 @@ impl State {
             self.files.remove(&ino);
         }
         let Some(inode) = self.ns.inode(ino)? else {
-            return Ok(());
+            // Open handles keep an inode alive here, so only another device can have
+            // reclaimed it: the buffered bytes have nowhere to go, and the writer must
+            // hear of it.
+            return Err(Error::StaleHandle);
         };
         let (content, size) = materialize(self.content.as_ref(), &mut dirty)?;
         if matches!(content, Content::Tree(_)) {
             self.mark_content_unsynced();
         }
-        let (parent, name) = self
-            .names
-            .get(&ino)
-            .cloned()
-            .unwrap_or((InodeNo(0), Vec::new()));
+        let mut named = self.names.get(&ino).cloned();
+        if self.replica.is_some()
+            && let Some((parent, name)) = &named
+            && self.ns.lookup(*parent, name)? != Some(ino)
+        {
+            // Another device moved the name: a conflict copy goes next to where the
+            // file is now.
+            named = self.ns.name_of(ino)?;
+        }
+        let (parent, name) = named.unwrap_or((InodeNo(0), Vec::new()));
         // Local changes to a dirty file (truncate, fallocate) go through its buffer, so
         // its content moved only if another device wrote it.
         let base_version =

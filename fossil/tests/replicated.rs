@@ -617,3 +617,55 @@ fn the_database_holds_exactly_the_committed_log() {
     assert_eq!(a.image().unwrap(), replayed.image().unwrap());
     assert_eq!(read_path(&replayed, &["top"]), incompressible(3, 103));
 }
+
+#[test]
+fn a_conflict_copy_goes_where_the_file_was_moved_to() {
+    let devices = Devices::new(2);
+    let volumes = devices.open_all();
+    let (a, b) = (&volumes[0], &volumes[1]);
+    let old_dir = a.mkdir(InodeNo::ROOT, name("old"), 0o755, ME).unwrap().ino;
+    let new_dir = a.mkdir(InodeNo::ROOT, name("new"), 0o755, ME).unwrap().ino;
+    let file = write_file(a, old_dir, "f", b"base");
+    b.apply_committed().unwrap();
+
+    let handle = a.open_file(file).unwrap();
+    a.write(file, handle, 0, b"A's bytes").unwrap();
+    b.rename(
+        old_dir,
+        name("f"),
+        new_dir,
+        name("f"),
+        RenameFlags::default(),
+    )
+    .unwrap();
+    write_file(b, new_dir, "f", b"B's bytes");
+    a.apply_committed().unwrap();
+    a.release(file, handle).unwrap();
+
+    assert_converged(a, b);
+    assert_eq!(names(b, old_dir), Vec::<String>::new());
+    let in_new = names(b, new_dir);
+    assert_eq!(in_new.len(), 2, "{in_new:?}");
+    assert_eq!(read_path(b, &["new", "f"]), b"B's bytes");
+    assert_eq!(read_path(b, &["new", &in_new[1]]), b"A's bytes");
+}
+
+#[test]
+fn writes_to_a_file_another_device_removed_fail_instead_of_vanishing() {
+    let devices = Devices::new(2);
+    let volumes = devices.open_all();
+    let (a, b) = (&volumes[0], &volumes[1]);
+    let file = write_file(a, InodeNo::ROOT, "f", b"base");
+    b.apply_committed().unwrap();
+
+    let handle = a.open_file(file).unwrap();
+    a.write(file, handle, 0, b"unsaved").unwrap();
+    // B removes it; nothing holds it open on B, so B reclaims the inode too.
+    b.unlink(InodeNo::ROOT, name("f")).unwrap();
+    b.sync_all().unwrap();
+    a.apply_committed().unwrap();
+    assert!(matches!(a.getattr(file), Err(Error::NotFound)));
+    assert!(matches!(a.flush(file, handle), Err(Error::StaleHandle)));
+    a.release(file, handle).unwrap();
+    assert_converged(a, b);
+}

@@ -40,6 +40,8 @@ use crate::{Error, InodeNo, Result};
 
 /// Most committed slots read from the agreement per call.
 const COMMITTED_READ_MAX: usize = 1024;
+/// After a read barrier found no quorum, opens skip it this long.
+const BARRIER_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 /// A joined device waiting for genesis re-checks this often.
 const GENESIS_POLL: Duration = Duration::from_millis(100);
 /// After a failed catch-up the applier waits this long before trying again.
@@ -732,15 +734,33 @@ pub(super) fn wait_committed(shared: &Shared, last: Option<ProposalId>) {
 }
 
 /// `open`'s barrier: apply everything committed anywhere before now (bounded).
+///
+/// Offline every barrier would wait its whole timeout, for every open: after one that
+/// found no quorum, opens serve the local state (all there is) without trying again
+/// for [`BARRIER_RETRY_AFTER_FAILURE`].
 pub(super) fn read_barrier(shared: &Shared) {
     let Some(sync) = &shared.sync else {
         return;
     };
+    if sync
+        .barrier_failed_at
+        .lock()
+        .is_some_and(|at| at.elapsed() < BARRIER_RETRY_AFTER_FAILURE)
+    {
+        return;
+    }
     let started = Instant::now();
     let barrier = match sync.agreement.read_barrier(sync.read_barrier) {
-        Ok(Some(barrier)) => barrier,
-        Ok(None) => return,
+        Ok(Some(barrier)) => {
+            *sync.barrier_failed_at.lock() = None;
+            barrier
+        }
+        Ok(None) => {
+            *sync.barrier_failed_at.lock() = Some(Instant::now());
+            return;
+        }
         Err(error) => {
+            *sync.barrier_failed_at.lock() = Some(Instant::now());
             tracing::debug!(%error, "volume: read barrier failed; serving local state");
             return;
         }
