@@ -14,6 +14,9 @@
 //! - [`op`]: the operations, their preconditions and their bounded, versioned codec.
 //! - [`log`]: the [`log::Log`] trait (append → slot, read committed, durable point,
 //!   truncate behind a checkpoint) and the single-device [`log::FileLog`].
+//! - [`agreement`]: the [`agreement::Agreement`] seam a replicated volume runs on
+//!   (propose, pending, committed runs, barriers, compaction) and
+//!   [`agreement::MemGroup`], an in-process group for tests.
 //! - [`apply`]: the pure state machine; failed preconditions resolve by fixed rules
 //!   (conflict names and copies, deterministic no-ops); rights and `(author, seq)` are
 //!   checked from the log itself.
@@ -22,7 +25,8 @@
 //!   content store (venti trees; an edit of a large file stores only the edited bytes).
 //! - [`checkpoint`]: the namespace as one canonical image (checkpoints, snapshots).
 //! - [`volume`]: POSIX semantics, group commit, durability order (blocks → log →
-//!   namespace), snapshot views.
+//!   namespace), snapshot views; replicated volumes keep a committed layer plus this
+//!   device's pending ops (`docs/replication.md`).
 //!
 //! What it deliberately is not: a permission checker (the kernel checks with
 //! `default_permissions`), a network peer, or a cache of other devices' state.

@@ -19,6 +19,11 @@
 //! kernel lets go of them; `readdir` entries count as lookups (readdirplus semantics).
 //! `.snapshots/NAME/…` shows snapshot images read-only under inode numbers from bit 62
 //! up, which real inodes never use.
+//!
+//! With [`VolumeOptions::agreement`] the volume is replicated: the log is the group's,
+//! ops are proposed at the same commit points, and the database holds committed state
+//! with this device's pending ops on top in the open transaction (see the
+//! `replicated` submodule and `docs/replication.md`).
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};

@@ -669,3 +669,10 @@ fn writes_to_a_file_another_device_removed_fail_instead_of_vanishing() {
     a.release(file, handle).unwrap();
     assert_converged(a, b);
 }
+
+#[test]
+fn a_volume_is_shared_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Volume>();
+    shareable::<fossil::agreement::MemAgreement>();
+}

@@ -222,9 +222,12 @@ impl State {
         }
         self.reapply_pending()?;
         self.replica()?.invalidations.clear();
-        // Nobody here holds unlinked inodes open after a restart.
+        // Nobody here holds unlinked inodes open after a restart. (A device without
+        // write rights yet cannot reclaim; that must not keep it from opening.)
         for ino in self.ns.orphans()? {
-            self.submit(OpBody::Reclaim { ino })?;
+            if let Err(error) = self.submit(OpBody::Reclaim { ino }) {
+                tracing::debug!(?ino, %error, "volume: orphan left for another device");
+            }
         }
         self.propose_batch()
     }
