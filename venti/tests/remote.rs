@@ -236,6 +236,46 @@ fn a_lying_remote_is_refused_nothing_is_stored_and_the_store_stays_usable() -> T
     })
 }
 
+/// A device that is unreachable until `up` is set.
+struct Flaky {
+    inner: Arc<Device>,
+    up: Mutex<bool>,
+}
+
+impl RemoteBlocks for Flaky {
+    fn fetch(&self, address: &Address) -> venti::Result<Option<Vec<u8>>> {
+        if !*self.up.lock() {
+            return Err(Error::Io(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            )));
+        }
+        self.inner.fetch(address)
+    }
+}
+
+#[test]
+fn a_failing_remote_is_a_retryable_error_naming_the_address() -> TestResult {
+    let blocks = vec![block(5, 3000)];
+    let (address, data) = blocks[0].clone();
+    let (_device_backend, device) = device_with(&blocks)?;
+    let flaky = Arc::new(Flaky {
+        inner: device,
+        up: Mutex::new(false),
+    });
+    let backend = TestBackend::new(common::Kind::Memory)?;
+    let store = backend.open(small_options())?;
+    store.set_remote(Some(flaky.clone()), Class::Cached);
+    match store.get(&address) {
+        Err(Error::Remote { address: named, .. }) => assert_eq!(named, address),
+        other => panic!("expected Remote, got {other:?}"),
+    }
+    assert!(!store.contains(&address)?);
+    assert_eq!(store.remote_stats().fetches_in_flight, 0);
+    *flaky.up.lock() = true;
+    assert_eq!(store.get(&address)?, data);
+    Ok(())
+}
+
 #[test]
 fn concurrent_misses_of_one_address_fetch_once() -> TestResult {
     let blocks = vec![block(3, 4000)];
