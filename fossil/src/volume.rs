@@ -55,7 +55,10 @@ use replicated::Replica;
 pub use replicated::{Invalidation, SyncStatus};
 
 /// Told what other devices changed, after it is applied and the volume lock released:
-/// the daemon invalidates the kernel's caches for these inodes and names.
+/// the daemon invalidates the kernel's caches for these inodes and names. It runs on a
+/// fossil thread (the applier, a notifier), or inside [`Volume::apply_committed`] —
+/// never inside a `Volume` call that serves a kernel request, so it may call the
+/// kernel's notify functions.
 pub type RemoteChangeHook = Arc<dyn Fn(&[Invalidation]) + Send + Sync>;
 
 /// Inode of the virtual `.snapshots` directory; snapshot views count up from it.
@@ -183,6 +186,10 @@ struct SyncShared {
     read_barrier: Duration,
     /// When a read barrier last found no quorum (cleared by one that did).
     barrier_failed_at: Mutex<Option<Instant>>,
+    /// Invalidations found while serving requests go to the notifier thread.
+    notifier: Option<std::sync::mpsc::Sender<Vec<Invalidation>>>,
+    /// Held by a catch-up that runs the hook on its own thread, through the hook.
+    delivering: Mutex<()>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -411,6 +418,17 @@ impl Volume {
             views: Views::default(),
         };
         state.recover(&ns_path)?;
+        let notifier = match (&state.replica, &options.on_remote_change) {
+            (Some(_), Some(hook)) => {
+                let (sender, receiver) = std::sync::mpsc::channel();
+                let hook = Arc::clone(hook);
+                std::thread::Builder::new()
+                    .name("fossil-notify".into())
+                    .spawn(move || replicated::notifier_loop(receiver, hook))?;
+                Some(sender)
+            }
+            _ => None,
+        };
         let sync = state.replica.as_ref().map(|replica| SyncShared {
             agreement: Arc::clone(&replica.agreement),
             on_remote_change: options.on_remote_change.clone(),
@@ -418,6 +436,8 @@ impl Volume {
             commit_wait: Duration::from_millis(options.commit_wait_ms),
             read_barrier: Duration::from_millis(options.read_barrier_ms),
             barrier_failed_at: Mutex::new(None),
+            notifier,
+            delivering: Mutex::new(()),
         });
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -1303,9 +1323,11 @@ impl Volume {
     }
 
     /// Replicated: apply what is committed now (the applier thread does this on its
-    /// own within milliseconds; for callers that need it done before going on).
+    /// own within milliseconds; for callers that need it done before going on). The
+    /// `on_remote_change` hook runs on this thread before it returns: do not call this
+    /// while serving a kernel request.
     pub fn apply_committed(&self) -> Result<()> {
-        replicated::catch_up(&self.shared, true)
+        replicated::catch_up(&self.shared, true, replicated::HookThread::Here)
     }
 
     /// Drop the volume without its final flush and sync: what a killed process leaves

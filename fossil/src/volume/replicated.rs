@@ -686,7 +686,18 @@ fn touched(op: &Op, outcome: &Outcome, out: &mut Vec<Invalidation>) {
 }
 
 /// Apply what is committed now, then tell the hook what changed (lock released).
-pub(super) fn catch_up(shared: &Shared, force: bool) -> Result<()> {
+///
+/// `hook_thread` says where the hook runs: here, or (for calls made while the kernel
+/// waits on a request: open, fsync, close) on the notifier thread, since a kernel cache
+/// invalidation issued from inside a request can deadlock on the locks that request
+/// holds.
+pub(super) fn catch_up(shared: &Shared, force: bool, hook_thread: HookThread) -> Result<()> {
+    // Catch-ups that run the hook here are serialized through delivery, so when one
+    // returns, whatever an earlier one applied has been told to the hook too.
+    let _delivering = match (&shared.sync, hook_thread) {
+        (Some(sync), HookThread::Here) => Some(sync.delivering.lock()),
+        _ => None,
+    };
     let (result, changes) = {
         let mut state = shared.state.lock();
         let result = state.catch_up(force);
@@ -696,24 +707,52 @@ pub(super) fn catch_up(shared: &Shared, force: bool) -> Result<()> {
         };
         (result, changes)
     };
-    deliver(shared, changes);
+    deliver(shared, changes, hook_thread);
     result
 }
 
-fn deliver(shared: &Shared, mut changes: Vec<Invalidation>) {
+/// Where the hook runs for a catch-up (see [`catch_up`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum HookThread {
+    /// On the calling thread (a fossil thread, or a caller outside any kernel
+    /// request), before the catch-up returns.
+    Here,
+    /// On the notifier thread: the caller is serving a kernel request.
+    Notifier,
+}
+
+fn deliver(shared: &Shared, mut changes: Vec<Invalidation>, hook_thread: HookThread) {
     if changes.is_empty() {
         return;
     }
-    let Some(hook) = shared
-        .sync
-        .as_ref()
-        .and_then(|sync| sync.on_remote_change.as_ref())
-    else {
+    let Some(sync) = shared.sync.as_ref() else {
+        return;
+    };
+    let Some(hook) = sync.on_remote_change.as_ref() else {
         return;
     };
     changes.sort();
     changes.dedup();
+    if hook_thread == HookThread::Notifier
+        && let Some(notifier) = &sync.notifier
+    {
+        if notifier.send(changes).is_err() {
+            tracing::warn!("volume: the notifier thread is gone; invalidations dropped");
+        }
+        return;
+    }
     hook(&changes);
+}
+
+/// Runs the hook for invalidations found while serving requests, in order; ends when
+/// the volume is gone (its sender dropped).
+pub(super) fn notifier_loop(
+    changes: std::sync::mpsc::Receiver<Vec<Invalidation>>,
+    hook: super::RemoteChangeHook,
+) {
+    while let Ok(batch) = changes.recv() {
+        hook(&batch);
+    }
 }
 
 /// Wait (without the volume lock) up to `commit_wait` for this device's proposal
@@ -724,7 +763,7 @@ pub(super) fn wait_committed(shared: &Shared, last: Option<ProposalId>) {
     };
     match sync.agreement.wait_committed(last, sync.commit_wait) {
         Ok(Some(_)) => {
-            if let Err(error) = catch_up(shared, false) {
+            if let Err(error) = catch_up(shared, false, HookThread::Notifier) {
                 tracing::warn!(%error, "volume: applying commits failed");
             }
         }
@@ -784,7 +823,7 @@ pub(super) fn read_barrier(shared: &Shared) {
             break;
         }
     }
-    if let Err(error) = catch_up(shared, false) {
+    if let Err(error) = catch_up(shared, false, HookThread::Notifier) {
         tracing::warn!(%error, "volume: applying commits failed");
     }
 }
@@ -843,7 +882,7 @@ pub(super) fn applier_loop(shared: Weak<Shared>, agreement: Arc<dyn Agreement>, 
         };
         handled = handled.max(end);
         if end > sync.applied_end.load(Ordering::Acquire)
-            && let Err(error) = catch_up(&strong, false)
+            && let Err(error) = catch_up(&strong, false, HookThread::Here)
         {
             tracing::warn!(%error, "volume: applying commits failed");
             pause(&strong, APPLIER_RETRY);
