@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod decoders;
+
 /// How long a daemon gets to go away after SIGKILL or unmount.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 

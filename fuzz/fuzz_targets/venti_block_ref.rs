@@ -1,0 +1,3 @@
+#![no_main]
+// Decoder target `venti_block_ref`: the properties are in kith_tests::decoders.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kith_tests::decoders::run("venti_block_ref", data));
