@@ -75,6 +75,11 @@ impl NodeTable {
     pub fn node(&self, device: &DeviceId) -> Option<NodeId> {
         self.maps.read().1.get(device).copied()
     }
+
+    /// Every mapping, by node id.
+    pub fn pairs(&self) -> Vec<(NodeId, DeviceId)> {
+        self.maps.read().0.iter().map(|(n, d)| (*n, *d)).collect()
+    }
 }
 
 /// A replica's outgoing Paxos frames, over QUIC.

@@ -693,6 +693,11 @@ impl BlockingReplica {
     pub fn status(&self) -> Result<ReplicaStatus> {
         self.run(self.replica.status())
     }
+
+    /// [`Replica::change_membership`].
+    pub fn change_membership(&self, change: MembershipChange) -> Result<()> {
+        self.run(self.replica.change_membership(change))
+    }
 }
 
 /// `current` changed by `change`, numbered current + 1, majority quorums.
