@@ -8,7 +8,9 @@
 //! edited copy and the chunking speed for several chunk-size choices (the measurement
 //! behind `docs/formats.md`'s sizes); with `KITH_CPU_REPORT=1`, wall-clock and
 //! CPU-time throughput of the bare pipeline and of tree ingest (robust to a shared
-//! machine), the cores each kept busy, and the file store's final sync. The ratio of
+//! machine), the cores each kept busy, and the file store's final sync; also tree
+//! ingest into a bare record sink written buffered and with `O_DIRECT` (what the page
+//! cache costs the store). The ratio of
 //! two MB/CPU-s figures bounds the ratio of their wall-clock figures on a quiet
 //! machine: `chunk_seal_2core` (the real block format on two independent halves) is
 //! the ceiling for tree ingest on two cores.
@@ -153,6 +155,128 @@ impl BlockStore for NullStore {
     fn put(&self, _address: &Address, sealed: &[u8], _class: Class) -> venti::Result<()> {
         black_box(sealed);
         Ok(())
+    }
+
+    fn get(&self, address: &Address) -> venti::Result<Vec<u8>> {
+        Err(venti::Error::NotFound { address: *address })
+    }
+
+    fn contains(&self, _address: &Address) -> venti::Result<bool> {
+        Ok(false)
+    }
+}
+
+/// A stand-in for an arena writer, to compare write paths under the same tree writer:
+/// records go (buffer and all) to a thread that appends them to one file, either with
+/// one buffered `pwrite` each (what `Store` does) or through a 4 MiB aligned staging
+/// buffer written with `O_DIRECT` (no page-cache copy); `finish` fdatasyncs. Neither
+/// indexes anything or can be read back.
+struct SinkStore {
+    records: Mutex<Option<crossbeam_channel::Sender<Vec<u8>>>>,
+    spares: crossbeam_channel::Receiver<Vec<u8>>,
+    thread: Mutex<Option<std::thread::JoinHandle<std::io::Result<()>>>>,
+}
+
+const SINK_STAGE_BYTES: usize = 4 << 20;
+const SINK_ALIGN_BYTES: usize = 4096;
+
+impl SinkStore {
+    fn new(path: &std::path::Path, direct: bool) -> std::io::Result<SinkStore> {
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        let (records, queue) = crossbeam_channel::bounded::<Vec<u8>>(64);
+        let (spare_sender, spares) = crossbeam_channel::bounded::<Vec<u8>>(64);
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).write(true).truncate(true);
+        if direct {
+            options.custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32);
+        }
+        let file = options.open(path)?;
+        let thread = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut backing = vec![0u8; SINK_STAGE_BYTES + SINK_ALIGN_BYTES];
+            let start = backing.as_ptr().align_offset(SINK_ALIGN_BYTES);
+            let stage = &mut backing[start..start + SINK_STAGE_BYTES];
+            let (mut filled, mut offset) = (0usize, 0u64);
+            for record in queue {
+                if direct {
+                    let mut rest = &record[..];
+                    while !rest.is_empty() {
+                        let take = rest.len().min(SINK_STAGE_BYTES - filled);
+                        stage[filled..filled + take].copy_from_slice(&rest[..take]);
+                        (filled, rest) = (filled + take, &rest[take..]);
+                        if filled == SINK_STAGE_BYTES {
+                            file.write_all_at(stage, offset)?;
+                            (filled, offset) = (0, offset + SINK_STAGE_BYTES as u64);
+                        }
+                    }
+                } else {
+                    file.write_all_at(&record, offset)?;
+                    offset += record.len() as u64;
+                }
+                let _ = spare_sender.try_send(record);
+            }
+            if filled > 0 {
+                let padded = filled.div_ceil(SINK_ALIGN_BYTES) * SINK_ALIGN_BYTES;
+                stage[filled..padded].fill(0);
+                file.write_all_at(&stage[..padded], offset)?;
+            }
+            file.sync_data()
+        });
+        Ok(SinkStore {
+            records: Mutex::new(Some(records)),
+            spares,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn send(&self, record: Vec<u8>) -> venti::Result<()> {
+        let records = self
+            .records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match records.as_ref().map(|records| records.send(record)) {
+            Some(Ok(())) => Ok(()),
+            _ => Err(venti::Error::Io(std::io::Error::other("sink closed"))),
+        }
+    }
+
+    /// Write what is queued and fdatasync.
+    fn finish(&self) -> std::io::Result<()> {
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match thread.map(std::thread::JoinHandle::join) {
+            Some(Ok(written)) => written,
+            Some(Err(_)) => Err(std::io::Error::other("sink thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl BlockStore for SinkStore {
+    fn put(&self, _address: &Address, sealed: &[u8], _class: Class) -> venti::Result<()> {
+        let mut record = vec![0; venti::PUT_HEADROOM_BYTES];
+        record.extend_from_slice(sealed);
+        self.send(record)
+    }
+
+    fn put_sealed_owned(
+        &self,
+        _address: &Address,
+        buffer: &mut Vec<u8>,
+        _class: Class,
+    ) -> venti::Result<venti::PutTicket> {
+        self.send(std::mem::take(buffer))?;
+        Ok(venti::PutTicket::DONE)
+    }
+
+    fn spare_buffer(&self) -> Option<Vec<u8>> {
+        self.spares.try_recv().ok()
     }
 
     fn get(&self, address: &Address) -> venti::Result<Vec<u8>> {
@@ -428,7 +552,7 @@ fn cpu_report() {
     let bytes = corpus_bytes();
     let data = random(bytes, 3);
     let sync_seconds = Mutex::new(Vec::new());
-    let runs: [(&str, &dyn Fn()); 8] = [
+    let runs: [(&str, &dyn Fn()); 10] = [
         ("bare_1core", &|| {
             black_box(bare_pipeline(&keys, &chunker, &data));
         }),
@@ -492,6 +616,10 @@ fn cpu_report() {
             }
             black_box(ok(writer.finish()));
         }),
+        ("tree_sink_buffered", &|| {
+            tree_into_sink(&keys, &data, false)
+        }),
+        ("tree_sink_direct", &|| tree_into_sink(&keys, &data, true)),
         ("tree_file_store", &|| {
             let dir = match tempfile::tempdir() {
                 Ok(dir) => dir,
@@ -544,6 +672,32 @@ fn cpu_report() {
                 median * 1e3
             );
         }
+    }
+}
+
+/// Tree ingest of `data` into a [`SinkStore`] (buffered or `O_DIRECT`) in a temporary
+/// directory of `KITH_BENCH_DIR` (default: the system temp directory, which must not be
+/// a tmpfs for `O_DIRECT`).
+fn tree_into_sink(keys: &EpochKeys, data: &[u8], direct: bool) {
+    let dir = match std::env::var_os("KITH_BENCH_DIR") {
+        Some(parent) => tempfile::tempdir_in(parent),
+        None => tempfile::tempdir(),
+    };
+    let dir = match dir {
+        Ok(dir) => dir,
+        Err(error) => panic!("bench temp dir: {error}"),
+    };
+    let sink = match SinkStore::new(&dir.path().join("arena"), direct) {
+        Ok(sink) => sink,
+        Err(error) => panic!("bench sink: {error}"),
+    };
+    let mut writer = TreeWriter::new(&sink, keys, Class::Pinned);
+    for piece in data.chunks(WRITE_PIECE_BYTES) {
+        ok(writer.write(piece));
+    }
+    black_box(ok(writer.finish()));
+    if let Err(error) = sink.finish() {
+        panic!("bench sink: {error}");
     }
 }
 
