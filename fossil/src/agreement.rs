@@ -86,6 +86,8 @@ struct MemState {
     log_start: Slot,
     checkpoint: Option<(Slot, Vec<u8>)>,
     members: std::collections::HashMap<u32, MemMember>,
+    /// Proposals wait in their queues until [`MemGroup::commit_some`] (or release).
+    held: bool,
 }
 
 impl MemState {
@@ -101,15 +103,23 @@ impl MemState {
         }
     }
 
-    /// Commit every queued proposal of an online `member`, in order.
+    /// Commit every queued proposal of an online `member`, in order (unless held).
     fn commit_queue(&mut self, member: u32) {
+        if !self.held {
+            self.commit_first(member, usize::MAX);
+        }
+    }
+
+    /// Commit the first `count` queued proposals of an online `member`, in order.
+    fn commit_first(&mut self, member: u32, count: usize) {
         let Some(state) = self.members.get_mut(&member) else {
             return;
         };
         if !state.online {
             return;
         }
-        let queue = std::mem::take(&mut state.queue);
+        let count = count.min(state.queue.len());
+        let queue: Vec<(ProposalId, Vec<u8>)> = state.queue.drain(..count).collect();
         let first = self.end();
         let mut committed = Vec::with_capacity(queue.len());
         for (slot, (id, op)) in (first..).zip(queue) {
@@ -175,6 +185,29 @@ impl MemGroup {
             state.commit_queue(member);
         }
         drop(state);
+        self.shared.changed.notify_all();
+    }
+
+    /// Held: proposals of online members wait in their queues instead of committing on
+    /// arrival, so tests can interleave commits ([`MemGroup::commit_some`]). Released:
+    /// every online member's queue commits, in member order.
+    pub fn set_held(&self, held: bool) {
+        let mut state = self.shared.state.lock();
+        state.held = held;
+        if !held {
+            let mut members: Vec<u32> = state.members.keys().copied().collect();
+            members.sort_unstable();
+            for member in members {
+                state.commit_queue(member);
+            }
+        }
+        drop(state);
+        self.shared.changed.notify_all();
+    }
+
+    /// Commit the oldest `count` queued proposals of `member` now (if it is online).
+    pub fn commit_some(&self, member: u32, count: usize) {
+        self.shared.state.lock().commit_first(member, count);
         self.shared.changed.notify_all();
     }
 
