@@ -185,7 +185,14 @@ impl State {
         }
         self.apply_committed_run()?;
         for (id, bytes) in agreement.pending()? {
-            let op = Op::decode(&bytes)?;
+            let op = match Op::decode(&bytes) {
+                Ok(op) => op,
+                // Every device will apply it as a no-op when it commits.
+                Err(error) => {
+                    tracing::warn!(?id, %error, "volume: an own queued op does not decode");
+                    continue;
+                }
+            };
             self.replica()?.pending.push_back(PendingOp {
                 op,
                 id: Some(id),
