@@ -20,11 +20,13 @@
 
 use std::fs;
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::membership::KeyringMode;
 
 /// Longest accepted configuration file.
 const CONFIG_BYTES_MAX: u64 = 64 * 1024;
@@ -40,6 +42,8 @@ const DEFAULT_CONFIG: &str = "\
 # fuse_threads = 1                       # threads serving kernel requests
 # attr_ttl_ms = 1000                     # how long the kernel caches attributes
 # entry_ttl_ms = 1000                    # how long the kernel caches names
+# keyring = \"encrypted\"                # or \"unencrypted\" (servers, tests; flagged by status)
+# listen = \"0.0.0.0:7420\"               # where the daemon listens for its devices (QUIC)
 ";
 
 /// The directories of one Kith installation.
@@ -141,6 +145,10 @@ pub struct Config {
     pub fuse_threads: usize,
     pub attr_ttl: Duration,
     pub entry_ttl: Duration,
+    /// How a new keyring is stored (`KITH_KEYRING` overrides); `None`: encrypted.
+    pub keyring: Option<KeyringMode>,
+    /// Where the daemon listens for its devices; `None`: the daemon's default.
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -155,6 +163,8 @@ impl Default for Config {
             fuse_threads: 1,
             attr_ttl: Duration::from_secs(1),
             entry_ttl: Duration::from_secs(1),
+            keyring: None,
+            listen: None,
         }
     }
 }
@@ -216,6 +226,19 @@ impl Config {
                 "entry_ttl_ms" => {
                     config.entry_ttl =
                         Duration::from_millis(bounded_int(item, key, 0, TTL_MS_MAX)? as u64);
+                }
+                "keyring" => {
+                    let value = item.as_str().and_then(KeyringMode::parse).ok_or_else(|| {
+                        "`keyring` must be \"encrypted\" or \"unencrypted\"".to_owned()
+                    })?;
+                    config.keyring = Some(value);
+                }
+                "listen" => {
+                    let value = item
+                        .as_str()
+                        .and_then(|text| text.parse::<SocketAddr>().ok())
+                        .ok_or_else(|| "`listen` must be \"ADDRESS:PORT\"".to_owned())?;
+                    config.listen = Some(value);
                 }
                 other => return Err(format!("unknown key `{other}`")),
             }
@@ -383,8 +406,20 @@ mod tests {
                 fuse_threads: 2,
                 attr_ttl: Duration::ZERO,
                 entry_ttl: Duration::from_millis(250),
+                keyring: None,
+                listen: None,
             })
         );
+        let config = Config::parse("keyring = \"unencrypted\"\nlisten = \"127.0.0.1:7421\"\n");
+        assert_eq!(
+            config.map(|c| (c.keyring, c.listen)),
+            Ok((
+                Some(KeyringMode::Unencrypted),
+                Some(SocketAddr::from(([127, 0, 0, 1], 7421)))
+            ))
+        );
+        assert!(Config::parse("keyring = \"maybe\"").is_err());
+        assert!(Config::parse("listen = \"nowhere\"").is_err());
         assert!(Config::parse("colour = 1").is_err_and(|e| e.contains("colour")));
         assert!(Config::parse("fuse_threads = 0").is_err());
         assert!(Config::parse("fuse_threads = \"4\"").is_err());

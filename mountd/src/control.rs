@@ -10,6 +10,7 @@
 //! ```text
 //! client → server   one line, UTF-8, at most REQUEST_BYTES_MAX bytes incl. '\n':
 //!                     ping | status | mountpoint | verify | unmount | snapshot NAME
+//!                     | device-add
 //! server → client   "ok\n" or "error MESSAGE\n", then a free-form UTF-8 body,
 //!                   at most RESPONSE_BYTES_MAX bytes; the server closes the connection.
 //! ```
@@ -44,6 +45,8 @@ pub enum Request {
     Verify,
     Unmount,
     Snapshot(String),
+    /// A one-time pairing code for a new device (`kith device add`); body line 1 = the code.
+    DeviceAdd,
 }
 
 impl Request {
@@ -59,6 +62,7 @@ impl Request {
             ("mountpoint", None) => Ok(Request::Mountpoint),
             ("verify", None) => Ok(Request::Verify),
             ("unmount", None) => Ok(Request::Unmount),
+            ("device-add", None) => Ok(Request::DeviceAdd),
             ("snapshot", Some(name)) if !name.is_empty() => Ok(Request::Snapshot(name.into())),
             _ => Err(format!("unknown request {:?}", truncate(line, 64))),
         }
@@ -72,6 +76,7 @@ impl Request {
             Request::Verify => "verify\n".into(),
             Request::Unmount => "unmount\n".into(),
             Request::Snapshot(name) => format!("snapshot {name}\n"),
+            Request::DeviceAdd => "device-add\n".into(),
         }
     }
 }

@@ -373,6 +373,8 @@ impl Handler for DaemonHandler {
                 ))
             }
             Request::Verify => Ok(verify::verify(volume()?.as_ref()).render()),
+            // Wired to join::Inviter::issue_code once the daemon runs the network (devices helper hook).
+            Request::DeviceAdd => Err("this daemon does not serve other devices yet".into()),
             Request::Unmount => {
                 let (reply_tx, reply_rx) = mpsc::channel();
                 self.events

@@ -32,6 +32,14 @@ pub enum Error {
     Remote(String),
     #[error("the volume: {0}")]
     Volume(#[from] fossil::Error),
+    #[error("network: {0}")]
+    Network(#[from] net::Error),
+    /// The store's keys or membership (keyring, user chain, volume key) are unusable.
+    #[error("the store {}: {problem}", store.display())]
+    Membership { store: PathBuf, problem: String },
+    /// `kith device join` failed; the message says why and what was tried.
+    #[error("joining failed: {0}")]
+    Join(String),
     #[error("FUSE: {0}")]
     Fuse(String),
     #[error("invalid snapshot name {name:?}: {reason}")]

@@ -6,6 +6,9 @@
 //! kith status                     what each running daemon serves
 //! kith snapshot [NAME]            record a read-only snapshot under .snapshots/NAME
 //! kith verify                     read back every file and directory of the store
+//! kith device add                 a one-time code for adding a device (from the daemon)
+//! kith device join CODE           make a new store a device of the code's user
+//! kith device list                the user's devices
 //! ```
 //!
 //! Every command takes `--store PATH` (default: the `store` of config.toml, else
@@ -15,7 +18,8 @@
 //! Modules: [`config`] (XDG paths, identity, config.toml), [`daemon`] (daemon life
 //! cycle, store lock, shutdown), [`control`] (the control socket protocol),
 //! [`fuse_fs`] (kernel requests → `fossil::Volume`, the errno mapping), [`mounts`]
-//! (mount point checks, the mount table), [`verify`] (the read-back walk).
+//! (mount point checks, the mount table), [`verify`] (the read-back walk),
+//! [`membership`] (keyring, user chain, the volume's group), [`join`] (pairing).
 //!
 //! Failures print one line, `kith: <what went wrong>`, and exit with status 1.
 
@@ -24,6 +28,8 @@ mod control;
 mod daemon;
 mod error;
 mod fuse_fs;
+mod join;
+mod membership;
 mod mounts;
 mod verify;
 
@@ -71,6 +77,27 @@ enum Command {
     Snapshot { name: Option<String> },
     /// Read back every file, directory and link of the store; exit 1 on any problem.
     Verify,
+    /// This user's devices: add one, join as one, list them.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Ask the running daemon for a one-time pairing code (line 1 of the output).
+    Add,
+    /// Make this new store a device of the code's user and of its home volume.
+    Join {
+        /// The code `kith device add` printed on the other device.
+        code: String,
+        /// Where this device's daemon will listen, told to the other devices.
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// List the user's devices as this store knows them.
+    List,
 }
 
 fn main() -> ExitCode {
@@ -144,6 +171,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Device { command } => device(&dirs, &config, &store, command),
         Command::Verify => {
             let socket = dirs.socket_for(&config::store_id(&store));
             let rendered = if control::is_alive(&socket) {
@@ -162,6 +190,44 @@ fn run(cli: Cli) -> Result<()> {
                 Some(count) => Err(Error::VerifyFailed { count }),
                 None => Err(Error::Remote("verify gave no result".into())),
             }
+        }
+    }
+}
+
+/// `kith device …`.
+fn device(dirs: &Dirs, config: &Config, store: &Path, command: DeviceCommand) -> Result<()> {
+    match command {
+        DeviceCommand::Add => {
+            let socket = dirs.socket_for(&config::store_id(store));
+            if !control::is_alive(&socket) {
+                return Err(Error::Join(format!(
+                    "no daemon serves the store {} (run `kith mount DIR` first)",
+                    store.display()
+                )));
+            }
+            print!("{}", control::call(&socket, &Request::DeviceAdd)?);
+            Ok(())
+        }
+        DeviceCommand::Join { code, listen } => {
+            let socket = dirs.socket_for(&config::store_id(store));
+            if control::is_alive(&socket) {
+                return Err(Error::Join(format!(
+                    "a daemon already serves the store {}",
+                    store.display()
+                )));
+            }
+            let summary = join::join(store, config, &code, listen)?;
+            println!("kith: {summary}");
+            Ok(())
+        }
+        DeviceCommand::List => {
+            if !store.join(membership::MEMBERSHIP_FILE).exists() {
+                return Err(Error::NoStore {
+                    store: store.to_owned(),
+                });
+            }
+            print!("{}", membership::list_devices(store)?);
+            Ok(())
         }
     }
 }
@@ -310,6 +376,29 @@ mod tests {
             Ok(Command::Snapshot { name: None })
         ));
         assert!(matches!(parse(&["kith", "verify"]), Ok(Command::Verify)));
+        assert!(matches!(
+            parse(&["kith", "device", "add"]),
+            Ok(Command::Device {
+                command: DeviceCommand::Add
+            })
+        ));
+        assert!(matches!(
+            parse(&[
+                "kith",
+                "device",
+                "join",
+                "ABCDE-FGHIJ",
+                "--listen",
+                "127.0.0.1:0"
+            ]),
+            Ok(Command::Device {
+                command: DeviceCommand::Join {
+                    listen: Some(_),
+                    ..
+                }
+            })
+        ));
+        assert!(parse(&["kith", "device", "join"]).is_err());
         assert!(parse(&["kith", "mount"]).is_err());
         let cli = Cli::try_parse_from(["kith", "status", "--store", "/s"]);
         assert!(cli.is_ok_and(|c| c.store == Some(PathBuf::from("/s"))));

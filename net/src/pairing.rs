@@ -18,13 +18,29 @@
 //! invite       = ver u8 (=1) ‖ flags u8 (=0) ‖ user[32] ‖ n u8 ‖ addr*n ‖ check[4]
 //!   text: "kith1" ‖ base32 lower case without padding
 //! check        = BLAKE3-derive_key(context, everything before it)[..4]
-//! join request = ver u8 (=1) ‖ secret[16] ‖ kem_public[32] ‖ name_len u16 ‖ name ‖ proof[64]
+//! join request = ver u8 (=1) ‖ secret[16] ‖ kem_public[32] ‖ name_len u16 ‖ name ‖ proof[64] ‖ n u8 ‖ addr*n
+//! join answer  = ver u8 (=1) ‖ node u64 ‖ sealed_secret ‖ chain_len u32 ‖ chain ‖ info_len u32 ‖ volume info
+//!   sealed_secret = enc[32] ‖ XChaCha20-Poly1305(k, nonce 0, aad = "kith/join-secret/v1" ‖ volume u128 ‖ node u64,
+//!                   epoch_secret[32]) ‖ tag[16]                      (see [`seal_epoch_secret`])
+//! volume info  = ver u8 (=1) ‖ volume u128 ‖ config ‖ n u16 ‖ (node u64 ‖ device[32])*n
+//!                ‖ m u16 ‖ (device[32] ‖ n u8 ‖ addr*n)*m
+//! config       = id u64 ‖ phase1 u8 ‖ phase2 u8 ‖ nv u8 ‖ voter u64*nv ‖ nw u8 ‖ witness u64*nw
+//!                ‖ nl u16 ‖ learner u64*nl
+//! announcement = ver u8 (=1) ‖ chain_len u32 ‖ chain ‖ info_len u32 ‖ volume info
 //! ```
+//!
+//! The join answer travels on the pairing connection (TLS 1.3, both ends authenticated by
+//! device key), and the epoch secret inside it is additionally sealed to the joiner's
+//! X25519 key, so it is readable only by the holder of the key the chain records.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use chacha20poly1305::ChaCha20Poly1305;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use paxos::{Config, ConfigId, NodeId, VolumeId};
 use rand::RngCore;
+use zeroize::Zeroizing;
 
 use crate::codec::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -52,6 +68,21 @@ const CODE_CHECK_CONTEXT: &str = "kith 2026-01-01 pairing code checksum v1";
 const INVITE_CHECK_CONTEXT: &str = "kith 2026-01-01 invite checksum v1";
 const SECRET_HASH_CONTEXT: &str = "kith 2026-01-01 pairing secret v1";
 const INVITE_PREFIX: &str = "kith1";
+const ANSWER_VERSION: u8 = 1;
+const INFO_VERSION: u8 = 1;
+const ANNOUNCEMENT_VERSION: u8 = 1;
+const SEAL_KEY_CONTEXT: &str = "kith 2026-01-01 join epoch secret seal v1";
+const SEAL_AAD_DOMAIN: &[u8] = b"kith/join-secret/v1";
+/// Bytes of an epoch secret.
+pub const EPOCH_SECRET_BYTES: usize = 32;
+/// Bytes of a sealed epoch secret: ephemeral public key, ciphertext, tag.
+pub const SEALED_SECRET_BYTES: usize = 32 + EPOCH_SECRET_BYTES + 16;
+/// Most entries in a volume's node table (every voter and learner).
+pub const NODES_MAX: usize = paxos::limits::VOTERS_MAX + paxos::limits::LEARNERS_MAX;
+/// Longest encoded user chain carried in a join answer or an announcement.
+pub const CHAIN_BYTES_MAX: usize = 1 << 20;
+/// Longest encoded [`VolumeInfo`].
+pub const VOLUME_INFO_BYTES_MAX: usize = 256 << 10;
 
 /// A one-time pairing secret.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -259,6 +290,8 @@ pub struct JoinRequest {
     pub name: String,
     /// B's [`crate::identity::DeviceIdentity::possession_proof`] for A's user.
     pub proof: [u8; 64],
+    /// Where B's daemon will listen, if it knows (devices dial it there later).
+    pub addresses: Vec<SocketAddr>,
 }
 
 impl JoinRequest {
@@ -269,6 +302,7 @@ impl JoinRequest {
             .put(&self.kem_public)
             .bytes_u16(self.name.as_bytes())
             .put(&self.proof);
+        put_addresses(&mut out, &self.addresses);
         out.into_bytes()
     }
 
@@ -285,14 +319,376 @@ impl JoinRequest {
         let kem_public = input.array()?;
         let name = input.string(DEVICE_NAME_BYTES_MAX)?;
         let proof = input.array()?;
+        let addresses = take_addresses(&mut input)?;
         input.finish()?;
         Ok(Self {
             secret,
             kem_public,
             name,
             proof,
+            addresses,
         })
     }
+}
+
+/// A volume as a device must know it to take part in its Paxos group: shared by the
+/// join answer, chain announcements and the store's membership file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub volume: VolumeId,
+    /// The volume's first configuration (the same on every device, forever).
+    pub genesis: Config,
+    /// Which device speaks for which node id (one each way).
+    pub nodes: Vec<(NodeId, DeviceId)>,
+    /// Where devices were last known to listen.
+    pub addresses: Vec<(DeviceId, Vec<SocketAddr>)>,
+}
+
+impl VolumeInfo {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Writer::new();
+        self.encode(&mut out);
+        out.into_bytes()
+    }
+
+    fn encode(&self, out: &mut Writer) {
+        out.u8(INFO_VERSION).put(&self.volume.0.to_le_bytes());
+        put_config(out, &self.genesis);
+        let nodes = self.nodes.get(..NODES_MAX).unwrap_or(&self.nodes);
+        out.u16(nodes.len() as u16);
+        for (node, device) in nodes {
+            out.u64(node.0).put(device.as_bytes());
+        }
+        let addresses = self.addresses.get(..NODES_MAX).unwrap_or(&self.addresses);
+        out.u16(addresses.len() as u16);
+        for (device, list) in addresses {
+            out.put(device.as_bytes());
+            put_addresses(out, list);
+        }
+    }
+
+    /// Decodes and checks: a valid genesis, and no node or device named twice.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() > VOLUME_INFO_BYTES_MAX {
+            return Err(Error::TooLong {
+                what: "volume info",
+                len_bytes: bytes.len(),
+                max_bytes: VOLUME_INFO_BYTES_MAX,
+            });
+        }
+        let mut input = Reader::new(bytes, "volume info");
+        let version = input.u8()?;
+        if version != INFO_VERSION {
+            return Err(Error::UnsupportedVersion {
+                what: "volume info",
+                version,
+            });
+        }
+        let volume = VolumeId(u128::from_le_bytes(input.array()?));
+        let genesis = take_config(&mut input)?;
+        let count = usize::from(input.u16()?);
+        if count > NODES_MAX {
+            return Err(Error::malformed("volume info", "too many nodes"));
+        }
+        let mut nodes: Vec<(NodeId, DeviceId)> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let node = NodeId(input.u64()?);
+            let device = DeviceId::from_bytes(input.array()?);
+            if nodes.iter().any(|(n, d)| *n == node || *d == device) {
+                return Err(Error::malformed(
+                    "volume info",
+                    "node or device named twice",
+                ));
+            }
+            nodes.push((node, device));
+        }
+        let count = usize::from(input.u16()?);
+        if count > NODES_MAX {
+            return Err(Error::malformed("volume info", "too many address lists"));
+        }
+        let mut addresses: Vec<(DeviceId, Vec<SocketAddr>)> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let device = DeviceId::from_bytes(input.array()?);
+            let list = take_addresses(&mut input)?;
+            if addresses.iter().any(|(d, _)| *d == device) {
+                return Err(Error::malformed(
+                    "volume info",
+                    "device addresses named twice",
+                ));
+            }
+            addresses.push((device, list));
+        }
+        input.finish()?;
+        Ok(Self {
+            volume,
+            genesis,
+            nodes,
+            addresses,
+        })
+    }
+
+    /// The node id of `device`, if it has one.
+    pub fn node_of(&self, device: &DeviceId) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .find(|(_, d)| d == device)
+            .map(|(node, _)| *node)
+    }
+
+    /// The device of `node`, if known.
+    pub fn device_of(&self, node: NodeId) -> Option<DeviceId> {
+        self.nodes
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map(|(_, device)| *device)
+    }
+
+    /// The next unused node id (above every id ever handed out, so ids are never reused).
+    pub fn next_node(&self) -> NodeId {
+        let highest = self
+            .nodes
+            .iter()
+            .map(|(node, _)| node.0)
+            .chain(self.genesis.voters.iter().map(|node| node.0))
+            .max()
+            .unwrap_or(0);
+        NodeId(highest.saturating_add(1))
+    }
+
+    /// Records where `device` listens (replacing what was known), dropping the excess
+    /// beyond [`ADDRESSES_MAX`].
+    pub fn set_addresses(&mut self, device: DeviceId, mut list: Vec<SocketAddr>) {
+        list.truncate(ADDRESSES_MAX);
+        match self.addresses.iter_mut().find(|(d, _)| *d == device) {
+            Some((_, known)) => *known = list,
+            None => self.addresses.push((device, list)),
+        }
+    }
+
+    /// The known addresses of `device`.
+    pub fn addresses_of(&self, device: &DeviceId) -> &[SocketAddr] {
+        self.addresses
+            .iter()
+            .find(|(d, _)| d == device)
+            .map(|(_, list)| list.as_slice())
+            .unwrap_or(&[])
+    }
+}
+
+/// What the inviter answers a successful [`JoinRequest`] with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinAnswer {
+    /// The node id assigned to the joiner in the volume's group.
+    pub node: NodeId,
+    /// The volume's epoch secret, sealed to the joiner's X25519 key
+    /// ([`seal_epoch_secret`]).
+    pub sealed_secret: [u8; SEALED_SECRET_BYTES],
+    /// The user chain, now holding the joiner.
+    pub chain: UserChain,
+    pub info: VolumeInfo,
+}
+
+impl JoinAnswer {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Writer::new();
+        out.u8(ANSWER_VERSION)
+            .u64(self.node.0)
+            .put(&self.sealed_secret)
+            .bytes_u32(&self.chain.encode())
+            .bytes_u32(&self.info.to_bytes());
+        out.into_bytes()
+    }
+
+    /// Decodes (does not verify the chain).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut input = Reader::new(bytes, "join answer");
+        let version = input.u8()?;
+        if version != ANSWER_VERSION {
+            return Err(Error::UnsupportedVersion {
+                what: "join answer",
+                version,
+            });
+        }
+        let node = NodeId(input.u64()?);
+        let sealed_secret = input.array()?;
+        let chain = UserChain::decode(input.bytes_u32(CHAIN_BYTES_MAX)?)?;
+        let info = VolumeInfo::from_bytes(input.bytes_u32(VOLUME_INFO_BYTES_MAX)?)?;
+        input.finish()?;
+        Ok(Self {
+            node,
+            sealed_secret,
+            chain,
+            info,
+        })
+    }
+}
+
+/// A device's view of its user and volume, sent to the other devices so a device added
+/// through one of them becomes known to all (on connect, and after a join).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announcement {
+    pub chain: UserChain,
+    pub info: VolumeInfo,
+}
+
+impl Announcement {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Writer::new();
+        out.u8(ANNOUNCEMENT_VERSION)
+            .bytes_u32(&self.chain.encode())
+            .bytes_u32(&self.info.to_bytes());
+        out.into_bytes()
+    }
+
+    /// Decodes (does not verify the chain).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut input = Reader::new(bytes, "announcement");
+        let version = input.u8()?;
+        if version != ANNOUNCEMENT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                what: "announcement",
+                version,
+            });
+        }
+        let chain = UserChain::decode(input.bytes_u32(CHAIN_BYTES_MAX)?)?;
+        let info = VolumeInfo::from_bytes(input.bytes_u32(VOLUME_INFO_BYTES_MAX)?)?;
+        input.finish()?;
+        Ok(Self { chain, info })
+    }
+}
+
+/// Seals a volume's epoch secret to a device's X25519 key: an X25519 key agreement
+/// with a fresh ephemeral key, a key derived with BLAKE3 from the shared secret and
+/// both public keys, and ChaCha20-Poly1305 (zero nonce: each key seals one message)
+/// with the volume and node bound as associated data. The shape of HPKE base mode
+/// (RFC 9180) with the primitives already in use here.
+pub fn seal_epoch_secret(
+    recipient_kem_public: &[u8; 32],
+    volume: VolumeId,
+    node: NodeId,
+    epoch_secret: &[u8; EPOCH_SECRET_BYTES],
+) -> Result<[u8; SEALED_SECRET_BYTES]> {
+    let mut ephemeral_seed = Zeroizing::new([0u8; 32]);
+    rand::rng().fill_bytes(ephemeral_seed.as_mut());
+    let ephemeral = x25519_dalek::StaticSecret::from(*ephemeral_seed);
+    let enc = x25519_dalek::PublicKey::from(&ephemeral).to_bytes();
+    let recipient = x25519_dalek::PublicKey::from(*recipient_kem_public);
+    let shared = ephemeral.diffie_hellman(&recipient);
+    if !shared.was_contributory() {
+        return Err(Error::malformed("device key", "low-order X25519 key"));
+    }
+    let key = seal_key(shared.as_bytes(), &enc, recipient_kem_public);
+    let cipher = ChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(key.as_slice()));
+    let sealed = cipher
+        .encrypt(
+            chacha20poly1305::Nonce::from_slice(&[0; 12]),
+            Payload {
+                msg: epoch_secret,
+                aad: &seal_aad(volume, node),
+            },
+        )
+        .map_err(|_| Error::malformed("epoch secret", "sealing failed"))?;
+    let mut out = [0u8; SEALED_SECRET_BYTES];
+    let (head, tail) = out.split_at_mut(32);
+    head.copy_from_slice(&enc);
+    if tail.len() != sealed.len() {
+        return Err(Error::malformed("epoch secret", "sealed length"));
+    }
+    tail.copy_from_slice(&sealed);
+    Ok(out)
+}
+
+/// Opens what [`seal_epoch_secret`] sealed to `identity`'s X25519 key.
+pub fn open_epoch_secret(
+    identity: &crate::identity::DeviceIdentity,
+    volume: VolumeId,
+    node: NodeId,
+    sealed: &[u8; SEALED_SECRET_BYTES],
+) -> Result<Zeroizing<[u8; EPOCH_SECRET_BYTES]>> {
+    let (enc, ciphertext) = sealed.split_at(32);
+    let mut enc_bytes = [0u8; 32];
+    enc_bytes.copy_from_slice(enc);
+    let shared = identity.kem_agree(&enc_bytes);
+    if !shared.was_contributory() {
+        return Err(Error::malformed("sealed epoch secret", "low-order key"));
+    }
+    let own_public = identity.public().kem_public;
+    let key = seal_key(shared.as_bytes(), &enc_bytes, &own_public);
+    let cipher = ChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(key.as_slice()));
+    let opened = Zeroizing::new(
+        cipher
+            .decrypt(
+                chacha20poly1305::Nonce::from_slice(&[0; 12]),
+                Payload {
+                    msg: ciphertext,
+                    aad: &seal_aad(volume, node),
+                },
+            )
+            .map_err(|_| Error::BadSignature {
+                what: "sealed epoch secret (not for this device, or altered)",
+            })?,
+    );
+    let mut secret = Zeroizing::new([0u8; EPOCH_SECRET_BYTES]);
+    if opened.len() != EPOCH_SECRET_BYTES {
+        return Err(Error::malformed("sealed epoch secret", "wrong length"));
+    }
+    secret.copy_from_slice(&opened);
+    Ok(secret)
+}
+
+fn seal_key(shared: &[u8; 32], enc: &[u8; 32], recipient: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+    let mut material = Zeroizing::new([0u8; 96]);
+    material[..32].copy_from_slice(shared);
+    material[32..64].copy_from_slice(enc);
+    material[64..].copy_from_slice(recipient);
+    Zeroizing::new(blake3::derive_key(SEAL_KEY_CONTEXT, material.as_ref()))
+}
+
+fn seal_aad(volume: VolumeId, node: NodeId) -> Vec<u8> {
+    let mut out = Writer::new();
+    out.put(SEAL_AAD_DOMAIN)
+        .put(&volume.0.to_le_bytes())
+        .u64(node.0);
+    out.into_bytes()
+}
+
+fn put_config(out: &mut Writer, config: &Config) {
+    out.u64(config.id.0)
+        .u8(config.phase1_quorum)
+        .u8(config.phase2_quorum);
+    out.u8(config.voters.len() as u8);
+    for node in &config.voters {
+        out.u64(node.0);
+    }
+    out.u8(config.witnesses.len() as u8);
+    for node in &config.witnesses {
+        out.u64(node.0);
+    }
+    out.u16(config.learners.len() as u16);
+    for node in &config.learners {
+        out.u64(node.0);
+    }
+}
+
+fn take_config(input: &mut Reader<'_>) -> Result<Config> {
+    let id = ConfigId(input.u64()?);
+    let phase1 = input.u8()?;
+    let phase2 = input.u8()?;
+    let count = usize::from(input.u8()?);
+    let voters = take_nodes(input, count, paxos::limits::VOTERS_MAX)?;
+    let count = usize::from(input.u8()?);
+    let witnesses = take_nodes(input, count, paxos::limits::VOTERS_MAX)?;
+    let count = usize::from(input.u16()?);
+    let learners = take_nodes(input, count, paxos::limits::LEARNERS_MAX)?;
+    Config::new(id, voters, witnesses, learners, phase1, phase2)
+        .map_err(|_| Error::malformed("configuration", "not a valid configuration"))
+}
+
+fn take_nodes(input: &mut Reader<'_>, count: usize, max: usize) -> Result<Vec<NodeId>> {
+    if count > max {
+        return Err(Error::malformed("configuration", "too many nodes"));
+    }
+    (0..count).map(|_| Ok(NodeId(input.u64()?))).collect()
 }
 
 /// A friend invite: public data only.

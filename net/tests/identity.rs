@@ -505,6 +505,7 @@ fn join_request_round_trip() {
         kem_public: device.public().kem_public,
         name: "desktop".into(),
         proof: device.possession_proof(&user, "desktop"),
+        addresses: vec!["127.0.0.1:7420".parse().unwrap()],
     };
     assert_eq!(
         JoinRequest::from_bytes(&request.to_bytes()).unwrap(),

@@ -560,6 +560,7 @@ async fn pairing_over_quic_adds_the_joiner_to_the_chain() {
         kem_public: b_identity.public().kem_public,
         name: "desktop".into(),
         proof: b_identity.possession_proof(&parsed.user, "desktop"),
+        addresses: Vec::new(),
     };
     let answer = connection
         .request(Kind::PAIR, &join.to_bytes())

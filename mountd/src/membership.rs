@@ -1,0 +1,1113 @@
+//! The store's membership: who this device is, which user it belongs to, and which
+//! volume group it takes part in — everything a daemon needs to join its volume.
+//!
+//! Three files in the store directory, each written atomically (temporary file,
+//! fsync, rename, directory fsync) and mode 0600:
+//!
+//! ```text
+//! store/keyring      net::keyring: this device's keys, and the user root key on the
+//!                    device that created the user; sealed under a passphrase
+//!                    (Argon2id) or, when asked explicitly, unencrypted
+//! store/volume.key   fossil's: epoch secret[32] ‖ volume id[16]; the content key every
+//!                    device of the volume shares, and the source of the Paxos entry key
+//! store/membership   "KITHMEMB" ‖ ver u8 (=1) ‖ node u64 ‖ chain_len u32 ‖ user chain
+//!                    ‖ info_len u32 ‖ net::pairing::VolumeInfo ‖ check[32]
+//!                    check = BLAKE3-derive_key(MEMBERSHIP_CHECK_CONTEXT, everything before)
+//! ```
+//!
+//! The membership file is written last: a store that has it is complete. The first run
+//! creates a user, this device (node 1) and the home volume (genesis = {1}); a device
+//! that joins gets all three from its inviter ([`crate::join`]).
+//!
+//! Invariants: the chain verifies and holds this device live; the node table maps this
+//! device to `node`; `volume.key` names the same volume as the membership. A load that
+//! finds otherwise refuses the store rather than guess.
+//!
+//! The passphrase comes from `KITH_PASSPHRASE`, else a terminal prompt. The daemon is
+//! re-executed by `kith mount`: [`daemon_environment`] gives the passphrase to pass in
+//! the child's environment (never argv).
+
+// Parts are called by the daemon; until it is wired, the binary does not use them.
+#![cfg_attr(not(test), allow(dead_code))]
+
+use std::io::{IsTerminal, Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use net::identity::{ChainState, DeviceId, DeviceIdentity, LinkBody, UserChain, UserRootKey};
+use net::keyring::{KdfParams, Keyring, Lock, Protection};
+use net::link::NodeTable;
+use net::pairing::{Announcement, VolumeInfo};
+use net::quic::TrustSet;
+use net::replica::StaticKeys;
+use paxos::{Config as PaxosConfig, ConfigId, NodeId, VolumeId};
+use zeroize::Zeroizing;
+
+use crate::config::{Config, Dirs};
+use crate::error::{Error, Result};
+
+/// The keyring file in the store.
+pub const KEYRING_FILE: &str = "keyring";
+/// The membership file in the store.
+pub const MEMBERSHIP_FILE: &str = "membership";
+/// fossil's volume key file in the store.
+pub const VOLUME_KEY_FILE: &str = "volume.key";
+/// The passphrase of the keyring, for non-interactive use.
+pub const PASSPHRASE_ENV: &str = "KITH_PASSPHRASE";
+/// `unencrypted` stores a new keyring in the clear (servers, tests); `encrypted` insists.
+pub const KEYRING_ENV: &str = "KITH_KEYRING";
+/// This device's name in the user chain (default: the host name).
+pub const DEVICE_NAME_ENV: &str = "KITH_DEVICE_NAME";
+
+const MEMBERSHIP_MAGIC: &[u8; 8] = b"KITHMEMB";
+const MEMBERSHIP_VERSION: u8 = 1;
+const MEMBERSHIP_CHECK_CONTEXT: &str = "kith 2026-01-01 membership file v1";
+/// Largest membership file read.
+const MEMBERSHIP_BYTES_MAX: u64 = 4 << 20;
+const EPOCH_SECRET_BYTES: usize = 32;
+const VOLUME_ID_BYTES: usize = 16;
+const VOLUME_KEY_BYTES: usize = EPOCH_SECRET_BYTES + VOLUME_ID_BYTES;
+/// The genesis configuration's number (the first ballot epoch).
+const GENESIS_CONFIG: ConfigId = ConfigId(1);
+/// The device that creates a volume is its node 1.
+const FIRST_NODE: NodeId = NodeId(1);
+
+/// How the keyring is stored, for `kith status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyringMode {
+    /// Sealed under a passphrase.
+    Encrypted,
+    /// Secrets in the clear (explicitly asked for).
+    Unencrypted,
+}
+
+impl KeyringMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyringMode::Encrypted => "encrypted",
+            KeyringMode::Unencrypted => "unencrypted",
+        }
+    }
+
+    /// Parses `encrypted` / `unencrypted` (config file and environment).
+    pub fn parse(text: &str) -> Option<KeyringMode> {
+        match text.trim() {
+            "encrypted" => Some(KeyringMode::Encrypted),
+            "unencrypted" => Some(KeyringMode::Unencrypted),
+            _ => None,
+        }
+    }
+}
+
+/// Everything a daemon needs to join its volume's group.
+#[derive(Debug)]
+pub struct Membership {
+    /// This device's keys; the user root key on the device that created the user.
+    pub keyring: Keyring,
+    /// The user's signed device list.
+    pub chain: UserChain,
+    /// The home volume.
+    pub volume: VolumeId,
+    /// This device's node id in it (also its fossil device number).
+    pub node: NodeId,
+    /// The volume's first configuration.
+    pub genesis: PaxosConfig,
+    /// Node id ↔ device key.
+    pub nodes: Vec<(NodeId, DeviceId)>,
+    /// Where devices were last known to listen.
+    pub addresses: Vec<(DeviceId, Vec<SocketAddr>)>,
+    mode: KeyringMode,
+    epoch_secret: Zeroizing<[u8; EPOCH_SECRET_BYTES]>,
+}
+
+/// What [`Membership::adopt`] learned from another device.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Adopted {
+    /// The user chain grew (devices added or revoked): refresh trust.
+    pub chain_grew: bool,
+    /// Node ids learned for devices.
+    pub new_nodes: Vec<(NodeId, DeviceId)>,
+    /// Addresses learned or changed.
+    pub addresses_changed: bool,
+}
+
+impl Adopted {
+    pub fn changed(&self) -> bool {
+        self.chain_grew || !self.new_nodes.is_empty() || self.addresses_changed
+    }
+}
+
+impl Membership {
+    /// Loads the store's membership, or on first run creates the user, this device and
+    /// the home volume (this device is node 1, genesis = {1}). A store from before
+    /// membership existed keeps its `volume.key` (and so its data).
+    pub fn load_or_create(store: &Path, dirs: &Dirs, config: &Config) -> Result<Membership> {
+        let _ = dirs;
+        create_private_dir(store)?;
+        if store.join(MEMBERSHIP_FILE).exists() {
+            return Membership::load(store);
+        }
+        let keyring_path = store.join(KEYRING_FILE);
+        let (keyring, mode) = if keyring_path.exists() {
+            // A first run that stopped before writing the membership: carry on with its keys.
+            let mode = stored_mode(store)?;
+            let keyring = open_keyring(store, mode)?;
+            if keyring.user_root.is_none() {
+                return Err(membership_error(
+                    store,
+                    "a join into this store did not finish; remove the store and join again",
+                ));
+            }
+            (keyring, mode)
+        } else {
+            let mode = creation_mode(config)?;
+            let mut keyring = Keyring::new(DeviceIdentity::generate());
+            keyring.user_root = Some(UserRootKey::generate());
+            save_keyring(store, &keyring, mode, KdfParams::RECOMMENDED)?;
+            (keyring, mode)
+        };
+        let Some(root) = keyring.user_root.as_ref() else {
+            return Err(membership_error(store, "no user root key"));
+        };
+        let (epoch_secret, volume) = read_or_create_volume_key(store)?;
+        let device = keyring.device.public();
+        let name = device_name();
+        let mut chain = UserChain::new(root.user_id());
+        chain
+            .append(
+                root,
+                LinkBody::AddDevice {
+                    device,
+                    proof: keyring.device.possession_proof(&root.user_id(), &name),
+                    name,
+                },
+            )
+            .map_err(|error| membership_error(store, &error.to_string()))?;
+        let genesis = PaxosConfig::majority(GENESIS_CONFIG, [FIRST_NODE], [], [])
+            .map_err(|error| membership_error(store, &error.to_string()))?;
+        let membership = Membership {
+            keyring,
+            chain,
+            volume,
+            node: FIRST_NODE,
+            genesis,
+            nodes: vec![(FIRST_NODE, device.id)],
+            addresses: Vec::new(),
+            mode,
+            epoch_secret,
+        };
+        membership.save(store)?;
+        tracing::info!(
+            device = %membership.device(),
+            user = %membership.chain.user(),
+            "created a new user, device and home volume"
+        );
+        Ok(membership)
+    }
+
+    /// Loads a complete store (keyring, volume key, membership) and checks that they agree.
+    pub fn load(store: &Path) -> Result<Membership> {
+        let mode = stored_mode(store)?;
+        let keyring = open_keyring(store, mode)?;
+        let (node, chain, info) = read_membership_file(store)?;
+        let (epoch_secret, volume) = read_volume_key(store)?;
+        let membership = Membership {
+            keyring,
+            chain,
+            volume: info.volume,
+            node,
+            genesis: info.genesis,
+            nodes: info.nodes,
+            addresses: info.addresses,
+            mode,
+            epoch_secret,
+        };
+        if volume != membership.volume {
+            return Err(membership_error(
+                store,
+                "volume.key belongs to another volume than the membership",
+            ));
+        }
+        membership.check(store)?;
+        Ok(membership)
+    }
+
+    /// Writes the membership file atomically (keyring and volume key are written when
+    /// they are created and never change).
+    pub fn save(&self, store: &Path) -> Result<()> {
+        let mut body = Vec::new();
+        body.extend_from_slice(MEMBERSHIP_MAGIC);
+        body.push(MEMBERSHIP_VERSION);
+        body.extend_from_slice(&self.node.0.to_le_bytes());
+        put_u32_prefixed(&mut body, &self.chain.encode());
+        put_u32_prefixed(&mut body, &self.info().to_bytes());
+        let check = blake3::derive_key(MEMBERSHIP_CHECK_CONTEXT, &body);
+        body.extend_from_slice(&check);
+        write_atomically(&store.join(MEMBERSHIP_FILE), &body)
+    }
+
+    pub fn keyring_mode(&self) -> KeyringMode {
+        self.mode
+    }
+
+    /// This device.
+    pub fn device(&self) -> DeviceId {
+        self.keyring.device.device_id()
+    }
+
+    /// This device's number in fossil (its node id).
+    pub fn fossil_device(&self) -> Result<fossil::op::DeviceId> {
+        u32::try_from(self.node.0)
+            .ok()
+            .filter(|number| (1..=fossil::op::DeviceId::MAX).contains(number))
+            .map(fossil::op::DeviceId)
+            .ok_or_else(|| Error::Membership {
+                store: PathBuf::new(),
+                problem: format!("node id {} is out of fossil's device range", self.node),
+            })
+    }
+
+    /// The verified chain: live and revoked devices with their names.
+    pub fn chain_state(&self) -> Result<ChainState> {
+        Ok(self.chain.verify()?)
+    }
+
+    /// The volume as announcements and join answers carry it.
+    pub fn info(&self) -> VolumeInfo {
+        VolumeInfo {
+            volume: self.volume,
+            genesis: self.genesis.clone(),
+            nodes: self.nodes.clone(),
+            addresses: self.addresses.clone(),
+        }
+    }
+
+    /// The volume key file's epoch secret (the source of every volume subkey).
+    pub(crate) fn epoch_secret(&self) -> &[u8; EPOCH_SECRET_BYTES] {
+        &self.epoch_secret
+    }
+
+    /// The replica's keys: the entry key of epoch 0 (derived from the volume's epoch
+    /// secret) and the signing keys of the nodes whose devices are live in the chain.
+    pub fn static_keys(&self) -> Result<StaticKeys> {
+        let state = self.chain_state()?;
+        let mut keys = StaticKeys::default();
+        keys.epochs.insert(
+            net::entry::KeyEpoch(0),
+            net::entry::EntryKey::derive(&self.epoch_secret),
+        );
+        for (node, device) in &self.nodes {
+            if state.is_live(device) {
+                keys.authors.insert(*node, device.verifying_key()?);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// A node table holding every node ↔ device of the volume.
+    pub fn node_table(&self) -> NodeTable {
+        NodeTable::new(self.nodes.iter().copied())
+    }
+
+    /// A trust set admitting exactly the live devices of the user chain.
+    pub fn trust_set(&self) -> Result<Arc<TrustSet>> {
+        let trust = TrustSet::new();
+        trust.set_from_chains([&self.chain_state()?]);
+        Ok(Arc::new(trust))
+    }
+
+    /// Brings a running daemon's trust, node table and endpoint addresses up to date
+    /// with this membership (after a join or an adopted announcement). Connections of
+    /// devices no longer trusted are closed.
+    pub fn publish(
+        &self,
+        trust: &TrustSet,
+        nodes: &NodeTable,
+        endpoint: &net::quic::Endpoint,
+    ) -> Result<()> {
+        let state = self.chain_state()?;
+        trust.set_from_chains([&state]);
+        for (node, device) in &self.nodes {
+            if state.is_live(device) {
+                nodes.insert(*node, *device);
+            } else {
+                nodes.remove(*node);
+            }
+        }
+        let me = self.device();
+        for (device, list) in &self.addresses {
+            if *device != me && state.is_live(device) && !list.is_empty() {
+                endpoint.set_addresses(*device, list.clone());
+            }
+        }
+        endpoint.refresh_trust();
+        Ok(())
+    }
+
+    /// Records where this device listens, so announcements tell the others. Returns
+    /// whether that changed (then [`save`](Self::save)).
+    pub fn set_own_addresses(&mut self, addresses: Vec<SocketAddr>) -> bool {
+        let me = self.device();
+        set_addresses(&mut self.addresses, me, addresses)
+    }
+
+    /// This device's view of user and volume, for the other devices
+    /// (send as a [`net::frame::Kind::CHAIN`] message).
+    pub fn announcement(&self) -> Vec<u8> {
+        Announcement {
+            chain: self.chain.clone(),
+            info: self.info(),
+        }
+        .to_bytes()
+    }
+
+    /// Takes what device `from` (authenticated by the connection) announced: a valid
+    /// extension of the user chain, node ids of live devices not known yet, and `from`'s
+    /// own addresses (other devices' addresses only where none are known). Refuses
+    /// another user's chain, a fork, another volume or genesis. Saves when something
+    /// changed.
+    pub fn adopt(&mut self, store: &Path, from: DeviceId, bytes: &[u8]) -> Result<Adopted> {
+        let announcement = Announcement::from_bytes(bytes)?;
+        let mut adopted = Adopted::default();
+        let info = announcement.info;
+        if info.volume != self.volume || info.genesis != self.genesis {
+            return Err(Error::Network(net::Error::Malformed {
+                what: "announcement",
+                reason: "another volume",
+            }));
+        }
+        let theirs = announcement.chain;
+        if theirs.user() != self.chain.user() {
+            return Err(Error::Network(net::Error::ChainBroken {
+                seq: 0,
+                reason: "announcement of another user",
+            }));
+        }
+        if theirs.links().len() > self.chain.links().len() {
+            theirs.verify()?;
+            theirs.check_extends(&self.chain)?;
+            self.chain = theirs;
+            adopted.chain_grew = true;
+        } else {
+            // Ours must extend theirs; a differing link is a fork.
+            self.chain.check_extends(&theirs)?;
+        }
+        let state = self.chain.verify()?;
+        for (node, device) in info.nodes {
+            let known = self.nodes.iter().any(|(n, d)| *n == node || *d == device);
+            if !known && state.is_live(&device) {
+                self.nodes.push((node, device));
+                adopted.new_nodes.push((node, device));
+            }
+        }
+        let me = self.device();
+        for (device, list) in info.addresses {
+            if device == me || !state.is_live(&device) {
+                continue;
+            }
+            let replace = device == from
+                || !self
+                    .addresses
+                    .iter()
+                    .any(|(d, known)| *d == device && !known.is_empty());
+            if replace && set_addresses(&mut self.addresses, device, list) {
+                adopted.addresses_changed = true;
+            }
+        }
+        if adopted.changed() {
+            self.save(store)?;
+        }
+        Ok(adopted)
+    }
+
+    /// The invariants a loaded or joined membership must hold.
+    fn check(&self, store: &Path) -> Result<()> {
+        let state = self
+            .chain
+            .verify()
+            .map_err(|error| membership_error(store, &format!("user chain: {error}")))?;
+        let me = self.device();
+        if !state.is_live(&me) {
+            return Err(membership_error(
+                store,
+                "this device is not (or no longer) a device of its user",
+            ));
+        }
+        if let Some(root) = &self.keyring.user_root
+            && root.user_id() != self.chain.user()
+        {
+            return Err(membership_error(
+                store,
+                "the keyring's root key is another user's",
+            ));
+        }
+        let mapped = self
+            .nodes
+            .iter()
+            .find(|(_, device)| *device == me)
+            .map(|(node, _)| *node);
+        if mapped != Some(self.node) {
+            return Err(membership_error(
+                store,
+                "the node table does not map this device to its node id",
+            ));
+        }
+        self.fossil_device()?;
+        Ok(())
+    }
+
+    /// A membership received by `kith device join`: written into `store` (keyring,
+    /// volume key, then the membership file) after the same checks as a load.
+    pub(crate) fn from_join(
+        store: &Path,
+        keyring: Keyring,
+        mode: KeyringMode,
+        passphrase: Option<&str>,
+        answer: JoinedVolume,
+    ) -> Result<Membership> {
+        let membership = Membership {
+            keyring,
+            chain: answer.chain,
+            volume: answer.info.volume,
+            node: answer.node,
+            genesis: answer.info.genesis,
+            nodes: answer.info.nodes,
+            addresses: answer.info.addresses,
+            mode,
+            epoch_secret: answer.epoch_secret,
+        };
+        membership.check(store)?;
+        create_private_dir(store)?;
+        let lock = match (mode, passphrase) {
+            (KeyringMode::Unencrypted, _) => Lock::Unencrypted,
+            (KeyringMode::Encrypted, Some(passphrase)) => Lock::Passphrase {
+                passphrase,
+                params: KdfParams::RECOMMENDED,
+            },
+            (KeyringMode::Encrypted, None) => {
+                return Err(membership_error(store, "no passphrase for the keyring"));
+            }
+        };
+        membership.keyring.save(&store.join(KEYRING_FILE), lock)?;
+        let mut key = Zeroizing::new([0u8; VOLUME_KEY_BYTES]);
+        key[..EPOCH_SECRET_BYTES].copy_from_slice(membership.epoch_secret.as_ref());
+        key[EPOCH_SECRET_BYTES..].copy_from_slice(&membership.volume.0.to_le_bytes());
+        write_atomically(&store.join(VOLUME_KEY_FILE), key.as_ref())?;
+        membership.save(store)?;
+        Ok(membership)
+    }
+}
+
+/// What a join brought: the parts of a membership that come from the inviter.
+#[derive(Debug)]
+pub(crate) struct JoinedVolume {
+    pub chain: UserChain,
+    pub info: VolumeInfo,
+    pub node: NodeId,
+    pub epoch_secret: Zeroizing<[u8; EPOCH_SECRET_BYTES]>,
+}
+
+/// Environment for the re-executed background daemon: the passphrase, asked on the
+/// terminal here (the daemon has none) when the keyring needs one and
+/// `KITH_PASSPHRASE` is not already set. Pass it with `Command::env`, never argv.
+pub fn daemon_environment(
+    store: &Path,
+    config: &Config,
+) -> Result<Vec<(&'static str, Zeroizing<String>)>> {
+    if std::env::var_os(PASSPHRASE_ENV).is_some_and(|value| !value.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let needs = if store.join(KEYRING_FILE).exists() {
+        stored_mode(store)? == KeyringMode::Encrypted
+    } else {
+        creation_mode(config)? == KeyringMode::Encrypted
+    };
+    if !needs {
+        return Ok(Vec::new());
+    }
+    let creating = !store.join(KEYRING_FILE).exists();
+    let passphrase = passphrase(store, creating)?;
+    if !creating {
+        // Fail here, on the terminal, rather than in the daemon's log.
+        Keyring::load(&store.join(KEYRING_FILE), Some(&passphrase))?;
+    }
+    Ok(vec![(PASSPHRASE_ENV, passphrase)])
+}
+
+/// `kith device list`: the user's devices as the store's membership records them (no
+/// passphrase needed: the membership file holds public data only).
+pub fn list_devices(store: &Path) -> Result<String> {
+    let (node, chain, info) = read_membership_file(store)?;
+    let state = chain.verify()?;
+    let own_device = info.device_of(node);
+    let mut out = format!("user {}\n", chain.user());
+    for (device, live) in &state.devices {
+        let node = info
+            .node_of(device)
+            .map(|node| format!("node {}", node.0))
+            .unwrap_or_else(|| "no node".into());
+        let this = if Some(*device) == own_device {
+            "  (this device)"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "{}  {}  {node}{this}\n",
+            device.fingerprint(),
+            live.name
+        ));
+    }
+    for device in &state.revoked {
+        out.push_str(&format!("{}  revoked\n", device.fingerprint()));
+    }
+    Ok(out)
+}
+
+/// The mode a new keyring gets: `KITH_KEYRING`, else config `keyring`, else encrypted.
+pub(crate) fn creation_mode(config: &Config) -> Result<KeyringMode> {
+    match std::env::var(KEYRING_ENV) {
+        Ok(value) if !value.is_empty() => KeyringMode::parse(&value).ok_or_else(|| {
+            Error::Startup(format!(
+                "{KEYRING_ENV}={value:?}: expected `encrypted` or `unencrypted`"
+            ))
+        }),
+        _ => Ok(config.keyring.unwrap_or(KeyringMode::Encrypted)),
+    }
+}
+
+/// The passphrase: `KITH_PASSPHRASE`, else asked on the terminal (twice for a new keyring).
+pub(crate) fn passphrase(store: &Path, creating: bool) -> Result<Zeroizing<String>> {
+    if let Ok(value) = std::env::var(PASSPHRASE_ENV)
+        && !value.is_empty()
+    {
+        return Ok(Zeroizing::new(value));
+    }
+    if !std::io::stdin().is_terminal() {
+        let problem = if creating {
+            format!(
+                "a new keyring needs a passphrase: set {PASSPHRASE_ENV}, or \
+                 {KEYRING_ENV}=unencrypted for a server or a test"
+            )
+        } else {
+            format!("the keyring is encrypted: set {PASSPHRASE_ENV} or run in a terminal")
+        };
+        return Err(membership_error(store, &problem));
+    }
+    let prompt_error = |error: std::io::Error| Error::Path {
+        what: "read the passphrase from",
+        path: PathBuf::from("/dev/tty"),
+        source: error,
+    };
+    let first = Zeroizing::new(
+        rpassword::prompt_password("kith keyring passphrase: ").map_err(prompt_error)?,
+    );
+    if first.is_empty() {
+        return Err(membership_error(store, "empty passphrase"));
+    }
+    if creating {
+        let second = Zeroizing::new(
+            rpassword::prompt_password("again, to confirm: ").map_err(prompt_error)?,
+        );
+        if *first != *second {
+            return Err(membership_error(store, "the passphrases differ"));
+        }
+    }
+    Ok(first)
+}
+
+/// The mode recorded in the store's keyring header.
+fn stored_mode(store: &Path) -> Result<KeyringMode> {
+    Ok(
+        match net::keyring::read_protection(&store.join(KEYRING_FILE))? {
+            Protection::Unencrypted => KeyringMode::Unencrypted,
+            Protection::Passphrase(_) => KeyringMode::Encrypted,
+        },
+    )
+}
+
+fn open_keyring(store: &Path, mode: KeyringMode) -> Result<Keyring> {
+    let path = store.join(KEYRING_FILE);
+    match mode {
+        KeyringMode::Unencrypted => Ok(Keyring::load(&path, None)?),
+        KeyringMode::Encrypted => {
+            let passphrase = passphrase(store, false)?;
+            Ok(Keyring::load(&path, Some(&passphrase))?)
+        }
+    }
+}
+
+fn save_keyring(
+    store: &Path,
+    keyring: &Keyring,
+    mode: KeyringMode,
+    params: KdfParams,
+) -> Result<()> {
+    let path = store.join(KEYRING_FILE);
+    match mode {
+        KeyringMode::Unencrypted => keyring.save(&path, Lock::Unencrypted)?,
+        KeyringMode::Encrypted => {
+            let passphrase = passphrase(store, true)?;
+            keyring.save(
+                &path,
+                Lock::Passphrase {
+                    passphrase: &passphrase,
+                    params,
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn read_membership_file(store: &Path) -> Result<(NodeId, UserChain, VolumeInfo)> {
+    let path = store.join(MEMBERSHIP_FILE);
+    let mut bytes = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|file| file.take(MEMBERSHIP_BYTES_MAX + 1).read_to_end(&mut bytes))
+        .map_err(|source| Error::Path {
+            what: "read the membership",
+            path: path.clone(),
+            source,
+        })?;
+    if bytes.len() as u64 > MEMBERSHIP_BYTES_MAX {
+        return Err(membership_error(store, "membership file too large"));
+    }
+    let corrupt = |what: &str| membership_error(store, &format!("membership file {what}"));
+    let Some(body_len) = bytes.len().checked_sub(32) else {
+        return Err(corrupt("truncated"));
+    };
+    let (body, check) = bytes.split_at(body_len);
+    if blake3::derive_key(MEMBERSHIP_CHECK_CONTEXT, body) != check {
+        return Err(corrupt("damaged (checksum mismatch)"));
+    }
+    let mut input = body;
+    if take(&mut input, MEMBERSHIP_MAGIC.len()) != Some(MEMBERSHIP_MAGIC.as_slice()) {
+        return Err(corrupt("is not a membership file"));
+    }
+    if take(&mut input, 1) != Some([MEMBERSHIP_VERSION].as_slice()) {
+        return Err(corrupt("has an unsupported version"));
+    }
+    let node = take(&mut input, 8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(|b| NodeId(u64::from_le_bytes(b)))
+        .ok_or_else(|| corrupt("truncated"))?;
+    let chain = take_u32_prefixed(&mut input).ok_or_else(|| corrupt("truncated"))?;
+    let chain = UserChain::decode(chain)?;
+    let info = take_u32_prefixed(&mut input).ok_or_else(|| corrupt("truncated"))?;
+    let info = VolumeInfo::from_bytes(info)?;
+    if !input.is_empty() {
+        return Err(corrupt("has trailing bytes"));
+    }
+    Ok((node, chain, info))
+}
+
+/// Reads `volume.key`, creating a fresh random one if there is none.
+fn read_or_create_volume_key(
+    store: &Path,
+) -> Result<(Zeroizing<[u8; EPOCH_SECRET_BYTES]>, VolumeId)> {
+    let path = store.join(VOLUME_KEY_FILE);
+    if !path.exists() {
+        let mut fresh = Zeroizing::new([0u8; VOLUME_KEY_BYTES]);
+        rand::RngCore::fill_bytes(&mut rand::rng(), fresh.as_mut());
+        write_atomically(&path, fresh.as_ref())?;
+    }
+    read_volume_key(store)
+}
+
+fn read_volume_key(store: &Path) -> Result<(Zeroizing<[u8; EPOCH_SECRET_BYTES]>, VolumeId)> {
+    let path = store.join(VOLUME_KEY_FILE);
+    let mut bytes = Zeroizing::new(Vec::with_capacity(VOLUME_KEY_BYTES + 1));
+    std::fs::File::open(&path)
+        .and_then(|file| {
+            file.take(VOLUME_KEY_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(|source| Error::Path {
+            what: "read the volume key",
+            path: path.clone(),
+            source,
+        })?;
+    let (Some(secret), Some(id), VOLUME_KEY_BYTES) = (
+        bytes.get(..EPOCH_SECRET_BYTES),
+        bytes.get(EPOCH_SECRET_BYTES..VOLUME_KEY_BYTES),
+        bytes.len(),
+    ) else {
+        return Err(membership_error(
+            store,
+            "volume.key is damaged (wrong length)",
+        ));
+    };
+    let mut epoch_secret = Zeroizing::new([0u8; EPOCH_SECRET_BYTES]);
+    epoch_secret.copy_from_slice(secret);
+    let mut id_bytes = [0u8; VOLUME_ID_BYTES];
+    id_bytes.copy_from_slice(id);
+    Ok((epoch_secret, VolumeId(u128::from_le_bytes(id_bytes))))
+}
+
+/// This device's name: `KITH_DEVICE_NAME`, else the host name, cut to the chain's bound.
+pub(crate) fn device_name() -> String {
+    let raw = std::env::var(DEVICE_NAME_ENV)
+        .ok()
+        .filter(|name| !name.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .unwrap_or_default();
+    let mut name = raw.trim().to_owned();
+    let mut end = name.len().min(net::identity::DEVICE_NAME_BYTES_MAX);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.truncate(end);
+    if name.is_empty() {
+        "device".to_owned()
+    } else {
+        name
+    }
+}
+
+fn set_addresses(
+    table: &mut Vec<(DeviceId, Vec<SocketAddr>)>,
+    device: DeviceId,
+    mut list: Vec<SocketAddr>,
+) -> bool {
+    list.truncate(net::pairing::ADDRESSES_MAX);
+    match table.iter_mut().find(|(d, _)| *d == device) {
+        Some((_, known)) if *known == list => false,
+        Some((_, known)) => {
+            *known = list;
+            true
+        }
+        None => {
+            table.push((device, list));
+            true
+        }
+    }
+}
+
+fn membership_error(store: &Path, problem: &str) -> Error {
+    Error::Membership {
+        store: store.to_owned(),
+        problem: problem.to_owned(),
+    }
+}
+
+fn put_u32_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn take<'a>(input: &mut &'a [u8], len: usize) -> Option<&'a [u8]> {
+    if input.len() < len {
+        return None;
+    }
+    let (head, tail) = input.split_at(len);
+    *input = tail;
+    Some(head)
+}
+
+fn take_u32_prefixed<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = take(input, 4).and_then(|b| <[u8; 4]>::try_from(b).ok())?;
+    take(input, u32::from_le_bytes(len) as usize)
+}
+
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| Error::Path {
+            what: "create the store",
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// Temporary sibling, fsync, rename, fsync the directory; mode 0600.
+fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let io_error = |source| Error::Path {
+        what: "write",
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_error)?;
+    file.write_all(contents).map_err(io_error)?;
+    file.sync_all().map_err(io_error)?;
+    std::fs::rename(&tmp, path).map_err(io_error)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_error)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dirs_in(root: &Path) -> Dirs {
+        Dirs {
+            data: root.join("data/kith"),
+            config: root.join("config/kith"),
+            runtime: root.join("run/kith"),
+        }
+    }
+
+    fn unencrypted() -> Config {
+        Config {
+            keyring: Some(KeyringMode::Unencrypted),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn first_run_creates_user_device_and_volume_then_loads_them() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let store = root.path().join("store");
+        let dirs = dirs_in(root.path());
+        let created = Membership::load_or_create(&store, &dirs, &unencrypted())?;
+        assert_eq!(created.node, NodeId(1));
+        assert_eq!(
+            created.genesis.voters.iter().copied().collect::<Vec<_>>(),
+            [NodeId(1)]
+        );
+        assert_eq!(created.nodes, vec![(NodeId(1), created.device())]);
+        assert!(created.keyring.user_root.is_some());
+        assert_eq!(created.keyring_mode(), KeyringMode::Unencrypted);
+        let state = created.chain_state()?;
+        assert!(state.is_live(&created.device()));
+        assert_eq!(state.devices.len(), 1);
+        for file in [KEYRING_FILE, VOLUME_KEY_FILE, MEMBERSHIP_FILE] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(store.join(file))?.permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
+
+        let loaded = Membership::load_or_create(&store, &dirs, &unencrypted())?;
+        assert_eq!(loaded.device(), created.device());
+        assert_eq!(loaded.chain, created.chain);
+        assert_eq!(loaded.volume, created.volume);
+        assert_eq!(loaded.info(), created.info());
+        assert_eq!(loaded.epoch_secret(), created.epoch_secret());
+        // The volume key fossil reads names the same volume.
+        let key = std::fs::read(store.join(VOLUME_KEY_FILE))?;
+        assert_eq!(key.len(), VOLUME_KEY_BYTES);
+        assert_eq!(u128::from_le_bytes(key[32..].try_into()?), loaded.volume.0);
+        Ok(())
+    }
+
+    #[test]
+    fn an_existing_volume_key_is_kept() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let store = root.path().join("store");
+        std::fs::create_dir_all(&store)?;
+        let mut old = [7u8; VOLUME_KEY_BYTES];
+        old[40] = 9;
+        std::fs::write(store.join(VOLUME_KEY_FILE), old)?;
+        let created = Membership::load_or_create(&store, &dirs_in(root.path()), &unencrypted())?;
+        assert_eq!(created.epoch_secret(), &[7u8; 32]);
+        assert_eq!(created.volume.0.to_le_bytes().as_slice(), &old[32..]);
+        assert_eq!(std::fs::read(store.join(VOLUME_KEY_FILE))?, old);
+        Ok(())
+    }
+
+    #[test]
+    fn damaged_or_mismatched_files_are_refused() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let store = root.path().join("store");
+        let dirs = dirs_in(root.path());
+        Membership::load_or_create(&store, &dirs, &unencrypted())?;
+        let path = store.join(MEMBERSHIP_FILE);
+        let good = std::fs::read(&path)?;
+        let mut flipped = good.clone();
+        flipped[20] ^= 1;
+        std::fs::write(&path, &flipped)?;
+        let error = Membership::load(&store).err().map(|e| e.to_string());
+        assert!(
+            error.as_deref().is_some_and(|e| e.contains("checksum")),
+            "{error:?}"
+        );
+        std::fs::write(&path, &good[..10])?;
+        assert!(Membership::load(&store).is_err());
+        std::fs::write(&path, &good)?;
+        // A volume key of another volume.
+        std::fs::write(store.join(VOLUME_KEY_FILE), [1u8; VOLUME_KEY_BYTES])?;
+        let error = Membership::load(&store).err().map(|e| e.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("another volume")),
+            "{error:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn keys_trust_and_nodes_follow_the_chain() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let store = root.path().join("store");
+        let membership = Membership::load_or_create(&store, &dirs_in(root.path()), &unencrypted())?;
+        let keys = membership.static_keys()?;
+        assert_eq!(keys.epochs.len(), 1);
+        assert_eq!(
+            keys.authors.get(&NodeId(1)).map(|key| key.to_bytes()),
+            Some(*membership.device().as_bytes())
+        );
+        let trust = membership.trust_set()?;
+        use net::quic::{Admission, Trust};
+        assert_eq!(trust.admit(&membership.device()), Admission::Member);
+        let stranger = DeviceIdentity::generate().device_id();
+        assert_eq!(trust.admit(&stranger), Admission::Refused);
+        assert_eq!(
+            membership.node_table().device(NodeId(1)),
+            Some(membership.device())
+        );
+        assert_eq!(membership.fossil_device()?, fossil::op::DeviceId(1));
+        Ok(())
+    }
+
+    #[test]
+    fn announcements_extend_but_never_fork_or_roll_back() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let (store_a, store_b) = (root.path().join("a"), root.path().join("b"));
+        let dirs = dirs_in(root.path());
+        let mut a = Membership::load_or_create(&store_a, &dirs, &unencrypted())?;
+        // b: a copy of a's user with its own device (as a join would make it).
+        let b_device = DeviceIdentity::generate();
+        let user = a.chain.user();
+        let Some(root_key) = a.keyring.user_root.as_ref() else {
+            anyhow::bail!("no root");
+        };
+        let mut chain = a.chain.clone();
+        chain.append(
+            root_key,
+            LinkBody::AddDevice {
+                device: b_device.public(),
+                name: "b".into(),
+                proof: b_device.possession_proof(&user, "b"),
+            },
+        )?;
+        let mut info = a.info();
+        info.nodes.push((NodeId(2), b_device.device_id()));
+        info.addresses
+            .push((b_device.device_id(), vec!["127.0.0.1:9".parse()?]));
+        let mut b = Membership::from_join(
+            &store_b,
+            Keyring::new(b_device),
+            KeyringMode::Unencrypted,
+            None,
+            JoinedVolume {
+                chain,
+                info,
+                node: NodeId(2),
+                epoch_secret: Zeroizing::new(*a.epoch_secret()),
+            },
+        )?;
+        let b_loaded = Membership::load(&store_b)?;
+        assert_eq!(b_loaded.node, NodeId(2));
+        assert!(b_loaded.keyring.user_root.is_none());
+
+        // a learns b from b's announcement (and saves it).
+        let adopted = a.adopt(&store_a, b.device(), &b.announcement())?;
+        assert!(adopted.chain_grew);
+        assert_eq!(adopted.new_nodes, vec![(NodeId(2), b.device())]);
+        assert!(adopted.addresses_changed);
+        let reloaded = Membership::load(&store_a)?;
+        assert_eq!(reloaded.chain, b.chain);
+        assert_eq!(reloaded.nodes.len(), 2);
+        // Nothing new the second time; an older chain is no rollback of ours.
+        let a_old = Membership::load(&store_a)?;
+        assert!(!a.adopt(&store_a, b.device(), &b.announcement())?.changed());
+        assert!(
+            !b.adopt(&store_b, a.device(), &a_old.announcement())?
+                .changed()
+        );
+
+        // A fork: a different second link under the same root.
+        let Some(root_key) = a.keyring.user_root.as_ref() else {
+            anyhow::bail!("no root");
+        };
+        let mut forked = Membership::load(&store_a)?;
+        let mut fork_chain = UserChain::from_links(user, a.chain.links()[..1].to_vec());
+        let other = DeviceIdentity::generate();
+        fork_chain.append(
+            root_key,
+            LinkBody::AddDevice {
+                device: other.public(),
+                name: "c".into(),
+                proof: other.possession_proof(&user, "c"),
+            },
+        )?;
+        forked.chain = fork_chain;
+        assert!(
+            b.adopt(&store_b, a.device(), &forked.announcement())
+                .is_err()
+        );
+        // Another user's announcement.
+        let stranger = Membership::load_or_create(&root.path().join("c"), &dirs, &unencrypted())?;
+        assert!(
+            b.adopt(&store_b, a.device(), &stranger.announcement())
+                .is_err()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn encrypted_keyring_needs_its_passphrase() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let store = root.path().join("store");
+        create_private_dir(&store)?;
+        let keyring = Keyring::new(DeviceIdentity::generate());
+        let path = store.join(KEYRING_FILE);
+        keyring.save(
+            &path,
+            Lock::Passphrase {
+                passphrase: "correct horse",
+                params: KdfParams::INSECURE_FOR_TESTS,
+            },
+        )?;
+        assert_eq!(stored_mode(&store)?, KeyringMode::Encrypted);
+        assert!(Keyring::load(&path, Some("wrong")).is_err());
+        assert!(Keyring::load(&path, Some("correct horse")).is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn an_unencrypted_store_needs_no_passphrase_for_the_daemon() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let store = root.path().join("store");
+        // Not created yet, and configured unencrypted (unless the environment insists).
+        if std::env::var_os(KEYRING_ENV).is_none() && std::env::var_os(PASSPHRASE_ENV).is_none() {
+            assert!(daemon_environment(&store, &unencrypted())?.is_empty());
+        }
+        Membership::load_or_create(&store, &dirs_in(root.path()), &unencrypted())?;
+        if std::env::var_os(PASSPHRASE_ENV).is_none() {
+            assert!(daemon_environment(&store, &Config::default())?.is_empty());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn device_names_fit_the_chain() {
+        let name = device_name();
+        assert!(!name.is_empty());
+        assert!(name.len() <= net::identity::DEVICE_NAME_BYTES_MAX);
+        assert_eq!(
+            KeyringMode::parse("unencrypted"),
+            Some(KeyringMode::Unencrypted)
+        );
+        assert_eq!(
+            KeyringMode::parse("encrypted"),
+            Some(KeyringMode::Encrypted)
+        );
+        assert_eq!(KeyringMode::parse("plain"), None);
+    }
+}
