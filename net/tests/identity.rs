@@ -9,7 +9,11 @@ use net::Error;
 use net::frame::{self, Kind};
 use net::identity::{ChainLink, DeviceIdentity, LinkBody, UserChain, UserRootKey};
 use net::keyring::{self, KdfParams, Keyring, Lock, Protection, UserKeySecret};
-use net::pairing::{Invite, JoinRequest, PairingCode, PairingOffers, PairingSecret};
+use net::pairing::{
+    Announcement, Invite, JoinAnswer, JoinRequest, PairingCode, PairingOffers, PairingSecret,
+    SEALED_SECRET_BYTES, VolumeInfo, open_epoch_secret, seal_epoch_secret,
+};
+use paxos::{Config, ConfigId, NodeId, VolumeId};
 use proptest::prelude::*;
 
 fn add_device(chain: &mut UserChain, root: &UserRootKey, device: &DeviceIdentity, name: &str) {
@@ -513,6 +517,95 @@ fn join_request_round_trip() {
     );
 }
 
+// ---- join answer, volume info, announcements, sealed epoch secrets ----
+
+fn sample_info(devices: &[&DeviceIdentity]) -> VolumeInfo {
+    let nodes: Vec<(NodeId, net::identity::DeviceId)> = devices
+        .iter()
+        .enumerate()
+        .map(|(index, device)| (NodeId(index as u64 + 1), device.device_id()))
+        .collect();
+    VolumeInfo {
+        volume: VolumeId(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10),
+        genesis: Config::majority(ConfigId(1), [NodeId(1)], [], []).unwrap(),
+        addresses: vec![(nodes[0].1, addresses())],
+        nodes,
+    }
+}
+
+#[test]
+fn volume_info_answer_and_announcement_round_trip() {
+    let (_root, chain, laptop, phone) = sample_chain();
+    let info = sample_info(&[&laptop, &phone]);
+    assert_eq!(VolumeInfo::from_bytes(&info.to_bytes()).unwrap(), info);
+    assert_eq!(info.next_node(), NodeId(3));
+    assert_eq!(info.node_of(&phone.device_id()), Some(NodeId(2)));
+    assert_eq!(info.device_of(NodeId(1)), Some(laptop.device_id()));
+    assert_eq!(
+        info.addresses_of(&laptop.device_id()),
+        addresses().as_slice()
+    );
+    let answer = JoinAnswer {
+        node: NodeId(2),
+        sealed_secret: [5; SEALED_SECRET_BYTES],
+        chain: chain.clone(),
+        info: info.clone(),
+    };
+    assert_eq!(JoinAnswer::from_bytes(&answer.to_bytes()).unwrap(), answer);
+    let announcement = Announcement { chain, info };
+    assert_eq!(
+        Announcement::from_bytes(&announcement.to_bytes()).unwrap(),
+        announcement
+    );
+}
+
+#[test]
+fn volume_info_refuses_duplicates_and_bad_configurations() {
+    let (_root, _chain, laptop, phone) = sample_chain();
+    let mut info = sample_info(&[&laptop, &phone]);
+    info.nodes.push((NodeId(3), laptop.device_id()));
+    assert!(VolumeInfo::from_bytes(&info.to_bytes()).is_err());
+    let mut info = sample_info(&[&laptop, &phone]);
+    info.nodes
+        .push((NodeId(2), DeviceIdentity::generate().device_id()));
+    assert!(VolumeInfo::from_bytes(&info.to_bytes()).is_err());
+    // Quorums that do not intersect: encoded as given, refused on decode.
+    let mut info = sample_info(&[&laptop]);
+    info.genesis.voters = [NodeId(1), NodeId(2)].into();
+    info.genesis.phase1_quorum = 1;
+    info.genesis.phase2_quorum = 1;
+    assert!(VolumeInfo::from_bytes(&info.to_bytes()).is_err());
+}
+
+#[test]
+fn sealed_epoch_secret_opens_only_for_its_device_volume_and_node() {
+    let device = DeviceIdentity::generate();
+    let kem = device.public().kem_public;
+    let (volume, node) = (VolumeId(7), NodeId(2));
+    let secret = [0x42; 32];
+    let sealed = seal_epoch_secret(&kem, volume, node, &secret).unwrap();
+    assert_eq!(
+        *open_epoch_secret(&device, volume, node, &sealed).unwrap(),
+        secret
+    );
+    // Fresh randomness every time: two seals differ.
+    assert_ne!(
+        seal_epoch_secret(&kem, volume, node, &secret).unwrap(),
+        sealed
+    );
+    let other = DeviceIdentity::generate();
+    assert!(open_epoch_secret(&other, volume, node, &sealed).is_err());
+    assert!(open_epoch_secret(&device, VolumeId(8), node, &sealed).is_err());
+    assert!(open_epoch_secret(&device, volume, NodeId(3), &sealed).is_err());
+    for at in [0, 40, SEALED_SECRET_BYTES - 1] {
+        let mut altered = sealed;
+        altered[at] ^= 1;
+        assert!(open_epoch_secret(&device, volume, node, &altered).is_err());
+    }
+    // A low-order recipient key is refused rather than sealed to a known secret.
+    assert!(seal_epoch_secret(&[0; 32], volume, node, &secret).is_err());
+}
+
 // ---- frames ----
 
 #[test]
@@ -590,6 +683,33 @@ proptest! {
     }
 
     #[test]
+    fn join_request_and_volume_info_round_trip(name in "[a-z ]{0,64}", addresses in arb_addresses(),
+                                               volume in any::<u128>(), nodes in prop::collection::btree_map(1u64..1000, any::<[u8; 32]>(), 0..20)) {
+        let device = DeviceIdentity::generate();
+        let request = JoinRequest {
+            secret: PairingSecret([1; 16]),
+            kem_public: device.public().kem_public,
+            proof: device.possession_proof(&net::identity::UserId::from_bytes([2; 32]), &name),
+            name,
+            addresses: addresses.clone(),
+        };
+        prop_assert_eq!(JoinRequest::from_bytes(&request.to_bytes())?, request);
+        let mut seen = std::collections::BTreeSet::new();
+        let nodes: Vec<_> = nodes
+            .into_iter()
+            .filter(|(_, key)| seen.insert(*key))
+            .map(|(node, key)| (NodeId(node), net::identity::DeviceId::from_bytes(key)))
+            .collect();
+        let info = VolumeInfo {
+            volume: VolumeId(volume),
+            genesis: Config::majority(ConfigId(1), [NodeId(1), NodeId(2), NodeId(3)], [NodeId(3)], [NodeId(9)]).unwrap(),
+            addresses: nodes.iter().map(|(_, device)| (*device, addresses.clone())).collect(),
+            nodes,
+        };
+        prop_assert_eq!(VolumeInfo::from_bytes(&info.to_bytes())?, info);
+    }
+
+    #[test]
     fn frame_round_trip(kind in prop::sample::select(vec![Kind::PAXOS, Kind::BLOCK_REQUEST, Kind::PAIR, Kind::ECHO]),
                         body in prop::collection::vec(any::<u8>(), 0..2048)) {
         let bytes = frame::encode(kind, &body)?;
@@ -611,6 +731,9 @@ proptest! {
         let _ = PairingCode::from_bytes(&bytes);
         let _ = Invite::from_bytes(&bytes);
         let _ = JoinRequest::from_bytes(&bytes);
+        let _ = JoinAnswer::from_bytes(&bytes);
+        let _ = Announcement::from_bytes(&bytes);
+        let _ = VolumeInfo::from_bytes(&bytes);
         let _ = frame::decode(&bytes);
         let _ = keyring::parse_protection(&bytes);
         let _ = net::quic::device_from_spki(&bytes);
