@@ -173,6 +173,9 @@ struct Shared {
     read_ahead: Mutex<ReadAhead>,
     stop: Mutex<bool>,
     wake: Condvar,
+    /// Set (under `stop`'s lock) to have the background thread commit now rather than
+    /// at the end of its interval: a replicated close asks for it.
+    commit_soon: std::sync::atomic::AtomicBool,
     sync: Option<SyncShared>,
 }
 
@@ -445,6 +448,7 @@ impl Volume {
             read_ahead: Mutex::new(ReadAhead::default()),
             stop: Mutex::new(false),
             wake: Condvar::new(),
+            commit_soon: std::sync::atomic::AtomicBool::new(false),
             sync,
         });
         let timer = if options.background {
@@ -969,17 +973,26 @@ impl Volume {
         let seq_before = state.next_seq;
         let flushed = state.flush_file(ino);
         state.report_flush(ino, flushed)?;
-        // Replicated: a close that wrote is a commit point, like fsync.
         let wrote = state.next_seq != seq_before;
-        let last = if wrote && state.replica.is_some() {
-            state.commit()?;
-            state.last_proposal()
-        } else {
-            None
-        };
+        let replicated = state.replica.is_some();
         drop(state);
-        replicated::wait_committed(&self.shared, last);
+        if wrote && replicated {
+            self.commit_soon();
+        }
         Ok(())
+    }
+
+    /// Replicated: a close that wrote has the background thread propose its op now
+    /// instead of at the end of the interval, without waiting for it here. A burst of
+    /// closes (an unpacked archive) shares one content sync and one proposal, where
+    /// waiting for each commit would cost every file a quorum round trip; `fsync`
+    /// is the call that waits for the commit.
+    fn commit_soon(&self) {
+        let _stop = self.shared.stop.lock();
+        self.shared
+            .commit_soon
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.wake.notify_all();
     }
 
     pub fn release(&self, ino: InodeNo, handle: FileHandle) -> Result<()> {
@@ -1000,14 +1013,11 @@ impl Volume {
         flushed?;
         state.reclaim_if_unused(ino)?;
         let wrote = state.next_seq != seq_before;
-        let last = if wrote && state.replica.is_some() {
-            state.commit()?;
-            state.last_proposal()
-        } else {
-            None
-        };
+        let replicated = state.replica.is_some();
         drop(state);
-        replicated::wait_committed(&self.shared, last);
+        if wrote && replicated {
+            self.commit_soon();
+        }
         Ok(())
     }
 
@@ -1429,7 +1439,13 @@ fn background_loop(shared: Weak<Shared>, interval: Duration) {
             if *stop {
                 return;
             }
-            shared.wake.wait_for(&mut stop, interval);
+            let asked = std::sync::atomic::Ordering::AcqRel;
+            if !shared.commit_soon.swap(false, asked) {
+                shared.wake.wait_for(&mut stop, interval);
+                shared
+                    .commit_soon
+                    .store(false, std::sync::atomic::Ordering::Release);
+            }
             if *stop {
                 return;
             }

@@ -275,6 +275,8 @@ fn two_offline_edits_against_one_remote_edit_lose_nothing() {
     }
     let handle = b.open_file(file).unwrap();
     b.write(file, handle, 0, b"b one").unwrap();
+    // fsync waits for the commit (a close only starts the proposal).
+    b.fsync(file, false).unwrap();
     b.release(file, handle).unwrap();
     devices.group.set_online(1, true);
     assert_converged(a, b);
@@ -838,4 +840,37 @@ fn a_remote_op_committing_before_own_pending_ones_is_applied_under_them() {
     devices.group.set_held(false);
     assert_converged(a, b);
     assert_eq!(names(b, InodeNo::ROOT), vec!["from-a", "from-b"]);
+}
+
+#[test]
+fn a_close_after_writing_reaches_the_other_device_without_an_fsync() {
+    let devices = Devices::new(2);
+    // A's timer would only commit after a minute: what arrives sooner was proposed
+    // because of the close.
+    let a = &devices.open_with(
+        1,
+        VolumeOptions {
+            commit_interval_ms: 60_000,
+            ..devices.options(1)
+        },
+    );
+    a.grant(DeviceId(2), Rights::Write).unwrap();
+    let b = &devices.open(2);
+    let (attr, handle) = a
+        .create(InodeNo::ROOT, name("closed"), 0o644, ME, false)
+        .unwrap();
+    a.write(attr.ino, handle, 0, b"no fsync").unwrap();
+    a.release(attr.ino, handle).unwrap();
+    // The close returned without waiting; the background thread proposes at once
+    // rather than at the end of its interval, so B sees it well within a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        b.apply_committed().unwrap();
+        if names(b, InodeNo::ROOT).contains(&"closed".to_string()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never reached B");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(read_path(b, &["closed"]), b"no fsync");
 }
