@@ -122,6 +122,15 @@ pub struct Membership {
     epoch_secret: Zeroizing<[u8; EPOCH_SECRET_BYTES]>,
 }
 
+/// A device [`Membership::revoke`] removed from the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revoked {
+    pub device: DeviceId,
+    pub name: String,
+    /// Its node id in the volume: propose `MembershipChange::Remove(node)`.
+    pub node: Option<NodeId>,
+}
+
 /// What [`Membership::adopt`] learned from another device.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Adopted {
@@ -420,6 +429,61 @@ impl Membership {
             self.save(store)?;
         }
         Ok(adopted)
+    }
+
+    /// `kith device remove WHO`: revokes the live device named `who` (its name in the
+    /// chain, or its fingerprint with or without dashes) with a signed link, and saves.
+    /// Only the device holding the user root key can, and not on itself. The daemon then
+    /// proposes `Remove(node)`, publishes (closing the device's connections) and
+    /// announces the chain. The volume's epoch secret is not rotated (not done yet).
+    pub fn revoke(&mut self, store: &Path, who: &str) -> Result<Revoked> {
+        let Some(root) = self.keyring.user_root.as_ref() else {
+            return Err(membership_error(
+                store,
+                "only the device holding the user root key can remove devices",
+            ));
+        };
+        let state = self.chain_state()?;
+        let wanted = who.trim();
+        let wanted_fingerprint: String = wanted
+            .chars()
+            .filter(|ch| *ch != '-')
+            .map(|ch| ch.to_ascii_uppercase())
+            .collect();
+        let matches: Vec<(&DeviceId, &net::identity::LiveDevice)> = state
+            .devices
+            .iter()
+            .filter(|(device, live)| {
+                live.name == wanted || device.fingerprint().replace('-', "") == wanted_fingerprint
+            })
+            .collect();
+        let (device, live) = match matches.as_slice() {
+            [one] => (*one.0, one.1.clone()),
+            [] => {
+                return Err(membership_error(
+                    store,
+                    &format!("no live device is named {wanted:?} (see `kith device list`)"),
+                ));
+            }
+            _ => {
+                return Err(membership_error(
+                    store,
+                    &format!("several devices are named {wanted:?}: give a fingerprint"),
+                ));
+            }
+        };
+        if device == self.device() {
+            return Err(membership_error(store, "a device cannot remove itself"));
+        }
+        let mut chain = self.chain.clone();
+        chain.append(root, LinkBody::RevokeDevice { device })?;
+        self.chain = chain;
+        self.save(store)?;
+        Ok(Revoked {
+            device,
+            name: live.name,
+            node: self.info().node_of(&device),
+        })
     }
 
     /// The invariants a loaded or joined membership must hold.
@@ -974,12 +1038,11 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn announcements_extend_but_never_fork_or_roll_back() -> anyhow::Result<()> {
-        let root = tempfile::tempdir()?;
-        let (store_a, store_b) = (root.path().join("a"), root.path().join("b"));
-        let dirs = dirs_in(root.path());
-        let mut a = Membership::load_or_create(&store_a, &dirs, &unencrypted())?;
+    /// Device a (created the user) and device b (added by a, as a join would), with
+    /// b's store written but a not yet told.
+    fn two_devices(root: &Path) -> anyhow::Result<(Membership, Membership)> {
+        let (store_a, store_b) = (root.join("a"), root.join("b"));
+        let a = Membership::load_or_create(&store_a, &dirs_in(root), &unencrypted())?;
         // b: a copy of a's user with its own device (as a join would make it).
         let b_device = DeviceIdentity::generate();
         let user = a.chain.user();
@@ -999,7 +1062,7 @@ mod tests {
         info.nodes.push((NodeId(2), b_device.device_id()));
         info.addresses
             .push((b_device.device_id(), vec!["127.0.0.1:9".parse()?]));
-        let mut b = Membership::from_join(
+        let b = Membership::from_join(
             &store_b,
             Keyring::new(b_device),
             KeyringMode::Unencrypted,
@@ -1011,6 +1074,16 @@ mod tests {
                 epoch_secret: Zeroizing::new(*a.epoch_secret()),
             },
         )?;
+        Ok((a, b))
+    }
+
+    #[test]
+    fn announcements_extend_but_never_fork_or_roll_back() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let (store_a, store_b) = (root.path().join("a"), root.path().join("b"));
+        let dirs = dirs_in(root.path());
+        let (mut a, mut b) = two_devices(root.path())?;
+        let user = a.chain.user();
         let b_loaded = Membership::load(&store_b)?;
         assert_eq!(b_loaded.node, NodeId(2));
         assert!(b_loaded.keyring.user_root.is_none());
@@ -1056,6 +1129,48 @@ mod tests {
         assert!(
             b.adopt(&store_b, a.device(), &stranger.announcement())
                 .is_err()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_root_device_revokes_others_and_they_learn_it() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let (store_a, store_b) = (root.path().join("a"), root.path().join("b"));
+        let (mut a, mut b) = two_devices(root.path())?;
+        a.adopt(&store_a, b.device(), &b.announcement())?;
+        // Only the root holder, never itself, only live devices, by name or fingerprint.
+        assert!(b.revoke(&store_b, "a-device").is_err());
+        let own_name = a.chain_state()?.devices[&a.device()].name.clone();
+        assert!(a.revoke(&store_a, &own_name).is_err());
+        assert!(a.revoke(&store_a, "nobody").is_err());
+        let fingerprint = b
+            .device()
+            .fingerprint()
+            .to_ascii_lowercase()
+            .replace('-', "");
+        let revoked = a.revoke(&store_a, &fingerprint)?;
+        assert_eq!(
+            revoked,
+            Revoked {
+                device: b.device(),
+                name: "b".into(),
+                node: Some(NodeId(2)),
+            }
+        );
+        assert!(a.revoke(&store_a, "b").is_err());
+        // Saved, and trust no longer admits b.
+        let reloaded = Membership::load(&store_a)?;
+        assert!(reloaded.chain_state()?.revoked.contains(&b.device()));
+        use net::quic::{Admission, Trust};
+        assert_eq!(reloaded.trust_set()?.admit(&b.device()), Admission::Refused);
+        assert!(!reloaded.static_keys()?.authors.contains_key(&NodeId(2)));
+        // b adopts the revocation and can no longer load its store as a device.
+        assert!(b.adopt(&store_b, a.device(), &a.announcement())?.chain_grew);
+        let error = Membership::load(&store_b).err().map(|e| e.to_string());
+        assert!(
+            error.as_deref().is_some_and(|e| e.contains("no longer")),
+            "{error:?}"
         );
         Ok(())
     }
