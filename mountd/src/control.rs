@@ -10,7 +10,7 @@
 //! ```text
 //! client → server   one line, UTF-8, at most REQUEST_BYTES_MAX bytes incl. '\n':
 //!                     ping | status | mountpoint | verify | unmount | snapshot NAME
-//!                     | device-add
+//!                     | device-add | status-json
 //! server → client   "ok\n" or "error MESSAGE\n", then a free-form UTF-8 body,
 //!                   at most RESPONSE_BYTES_MAX bytes; the server closes the connection.
 //! ```
@@ -47,6 +47,10 @@ pub enum Request {
     Snapshot(String),
     /// A one-time pairing code for a new device (`kith device add`); body line 1 = the code.
     DeviceAdd,
+    /// `kith status --json`: one JSON object (see `crate::status`).
+    StatusJson,
+    /// `kith device remove WHO`: revoke a device of the user (name or fingerprint).
+    DeviceRemove(String),
 }
 
 impl Request {
@@ -63,7 +67,11 @@ impl Request {
             ("verify", None) => Ok(Request::Verify),
             ("unmount", None) => Ok(Request::Unmount),
             ("device-add", None) => Ok(Request::DeviceAdd),
+            ("status-json", None) => Ok(Request::StatusJson),
             ("snapshot", Some(name)) if !name.is_empty() => Ok(Request::Snapshot(name.into())),
+            ("device-remove", Some(who)) if !who.is_empty() => {
+                Ok(Request::DeviceRemove(who.into()))
+            }
             _ => Err(format!("unknown request {:?}", truncate(line, 64))),
         }
     }
@@ -77,6 +85,8 @@ impl Request {
             Request::Unmount => "unmount\n".into(),
             Request::Snapshot(name) => format!("snapshot {name}\n"),
             Request::DeviceAdd => "device-add\n".into(),
+            Request::StatusJson => "status-json\n".into(),
+            Request::DeviceRemove(who) => format!("device-remove {who}\n"),
         }
     }
 }
@@ -292,6 +302,9 @@ mod tests {
             Request::Verify,
             Request::Unmount,
             Request::Snapshot("before upgrade".into()),
+            Request::DeviceAdd,
+            Request::StatusJson,
+            Request::DeviceRemove("old phone".into()),
         ] {
             assert_eq!(Request::parse(&request.to_line()), Ok(request));
         }

@@ -10,17 +10,27 @@
 //!    (fuser, control socket), and forking a threaded process is unsound.
 //! 2. The foreground daemon blocks SIGINT/SIGTERM/SIGHUP before any thread exists (so
 //!    every thread inherits the mask and one thread receives them with `sigwait`),
-//!    creates the identity on first run, takes an exclusive `flock` on the store (a
-//!    second daemon is refused, naming the holder), checks the mount point, opens the
-//!    volume, binds the control socket, mounts, and only then says `ready`.
+//!    takes an exclusive `flock` on the store (a second daemon is refused, naming the
+//!    holder), checks the mount point, then brings the volume up in this order:
+//!    membership (created on first run: user, device, home volume) → network
+//!    ([`crate::sync`]: QUIC endpoint, the volume's replica, block exchange) →
+//!    volume (replicated on the replica, its venti store fetching missing blocks from
+//!    the other devices) → control socket → FUSE mount, and only then says `ready`.
+//!    A store from before sync (a namespace, no membership) runs single-device on its
+//!    local log, without the network.
 //! 3. It runs until a signal, `kith unmount`, or an external `umount`. Shutdown is
 //!    always: unmount (lazily if busy and a signal asked), let the FUSE threads end,
-//!    `Volume::sync_all`, remove the socket, drop the lock. A `kill -9` skips all of
-//!    that, which the volume must survive (fsync'd data is durable) — and the next
-//!    `kith unmount DIR` detaches the dead mount.
+//!    `Volume::sync_all` (its wait for commits is bounded), close the volume, stop the
+//!    replica and the endpoint, remove the socket, drop the lock. A `kill -9` skips all
+//!    of that, which the volume must survive (fsync'd data is durable, queued ops are
+//!    in the replica's store) — and the next `kith unmount DIR` detaches the dead mount.
+//!
+//! Remote changes reach the kernel through [`crate::invalidate`], on a thread of its
+//! own.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, Write};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,16 +39,25 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use fossil::Volume;
+use fossil::venti_content::VentiContent;
+use fossil::volume::VolumeOptions;
 use nix::sys::signal::{SigSet, Signal};
 use parking_lot::Mutex;
 
+use crate::agreement::ReplicaAgreement;
 use crate::config::{self, Config, Dirs};
 use crate::control::{self, Handler, Request};
 use crate::error::{Error, Result};
 use crate::fuse_fs::{CacheTtls, KithFs};
+use crate::invalidate::Invalidations;
+use crate::membership;
 use crate::mounts;
+use crate::sync::{Home, HomeRole};
 use crate::verify;
 
+/// Where a daemon listens for its devices unless told otherwise.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 7420);
 /// How long `kith mount` waits for the daemon to report.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// After a signal, how long the FUSE threads get to finish once unmounted.
@@ -57,6 +76,9 @@ pub struct MountPlan {
     pub config: Config,
     pub mount_point: PathBuf,
     pub store: PathBuf,
+    /// Where the daemon listens for its devices (QUIC); `None`: [`DEFAULT_LISTEN`],
+    /// or a free port when another daemon on this machine holds it.
+    pub listen: Option<SocketAddr>,
 }
 
 impl MountPlan {
@@ -84,13 +106,24 @@ pub fn spawn_background(plan: &MountPlan) -> Result<String> {
         path: PathBuf::from("/proc/self/exe"),
         source,
     })?;
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("--store")
         .arg(&plan.store)
         .arg("mount")
         .arg("--foreground")
-        .arg("--notify-stdout")
-        .arg(&plan.mount_point)
+        .arg("--notify-stdout");
+    if let Some(listen) = plan.listen {
+        command.arg("--listen").arg(listen.to_string());
+    }
+    command.arg(&plan.mount_point);
+    // The keyring passphrase, if one is needed, goes in the child's environment only.
+    if !is_local_store(&plan.store) {
+        for (name, value) in membership::daemon_environment(&plan.store, &plan.config)? {
+            command.env(name, value.as_str());
+        }
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
@@ -179,6 +212,8 @@ pub fn run_foreground(plan: &MountPlan, notify_stdout: bool) -> Result<()> {
 /// The parts of a running daemon that shutdown needs.
 struct Running {
     volume: Arc<Volume>,
+    /// The network side of a replicated volume; stopped after the volume closed.
+    home: Option<Arc<Home>>,
     events: mpsc::Receiver<Event>,
     mount_point: PathBuf,
     socket: PathBuf,
@@ -201,7 +236,145 @@ fn start(plan: &MountPlan) -> Result<Running> {
     })?;
     let lock = lock_store(&plan.store, Some(&plan.mount_point))?;
     mounts::check_mount_point(&plan.mount_point)?;
-    let volume = Arc::new(Volume::open(&plan.store)?);
+    let invalidations = Invalidations::new();
+    let (volume, home) = if is_local_store(&plan.store) {
+        tracing::info!("a single-device store from before sync: serving it locally");
+        (Arc::new(Volume::open(&plan.store)?), None)
+    } else {
+        let (volume, home) = open_replicated(plan, &invalidations)?;
+        (volume, Some(home))
+    };
+    let started = serve_volume(plan, volume.clone(), home.clone(), invalidations, lock);
+    match started {
+        Ok(running) => Ok(running),
+        Err(error) => {
+            // Close the volume before the network it commits through.
+            drop(volume);
+            if let Some(home) = home {
+                home.stop();
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Membership → network → volume (replicated on the network's replica, its content
+/// store fetching missing blocks from the other devices).
+fn open_replicated(
+    plan: &MountPlan,
+    invalidations: &Invalidations,
+) -> Result<(Arc<Volume>, Arc<Home>)> {
+    let (volume, home) = open_on_network(
+        &plan.store,
+        &plan.dirs,
+        &plan.config,
+        plan.listen,
+        HomeRole::Daemon,
+        |options| options.on_remote_change = Some(invalidations.hook()),
+    )?;
+    home.serve(Arc::downgrade(&volume));
+    Ok((volume, home))
+}
+
+fn open_on_network(
+    store: &Path,
+    dirs: &Dirs,
+    config: &Config,
+    listen: Option<SocketAddr>,
+    role: HomeRole,
+    adjust: impl FnOnce(&mut VolumeOptions),
+) -> Result<(Arc<Volume>, Arc<Home>)> {
+    let content = VentiContent::open_dir(store)?;
+    let home = Arc::new(Home::start(
+        store,
+        dirs,
+        config,
+        listen,
+        content.store().clone(),
+        role,
+    )?);
+    content
+        .store()
+        .set_remote(home.remote_blocks(), venti::Class::Cached);
+    let mut options = VolumeOptions {
+        device: home.fossil_device(),
+        content: Some(Arc::new(content)),
+        agreement: Some(Arc::new(ReplicaAgreement::new(home.blocking_replica()))),
+        create_if_empty: home.is_creator(),
+        ..VolumeOptions::default()
+    };
+    adjust(&mut options);
+    match Volume::open_with(store, options) {
+        Ok(volume) => Ok((Arc::new(volume), home)),
+        Err(error) => {
+            home.stop();
+            Err(error.into())
+        }
+    }
+}
+
+/// The store's volume for a one-off command while no daemon serves it (the caller
+/// holds the store lock). A replicated store opens on its replica, as the daemon
+/// would (opening it on a local log would rebuild its namespace from nothing); reads
+/// serve the local state without waiting for a quorum.
+pub struct CommandVolume {
+    volume: Option<Arc<Volume>>,
+    home: Option<Arc<Home>>,
+}
+
+impl CommandVolume {
+    pub fn open(store: &Path, dirs: &Dirs, config: &Config) -> Result<CommandVolume> {
+        if is_local_store(store) {
+            return Ok(CommandVolume {
+                volume: Some(Arc::new(Volume::open(store)?)),
+                home: None,
+            });
+        }
+        let loopback_any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (volume, home) = open_on_network(
+            store,
+            dirs,
+            config,
+            Some(loopback_any_port),
+            HomeRole::Command,
+            |options| options.read_barrier_ms = 0,
+        )?;
+        Ok(CommandVolume {
+            volume: Some(volume),
+            home: Some(home),
+        })
+    }
+
+    pub fn volume(&self) -> Result<&Volume> {
+        self.volume
+            .as_deref()
+            .ok_or_else(|| Error::Startup("the volume is closed".into()))
+    }
+}
+
+impl Drop for CommandVolume {
+    fn drop(&mut self) {
+        // The volume's last sync commits through the replica: close it first.
+        drop(self.volume.take());
+        if let Some(home) = self.home.take() {
+            home.stop();
+        }
+    }
+}
+
+/// A store that holds a single-device volume from before sync (a namespace but no
+/// membership) keeps running on its local log.
+pub fn is_local_store(store: &Path) -> bool {
+    store.join("namespace.sqlite").exists() && !store.join(membership::MEMBERSHIP_FILE).exists()
+}
+
+fn serve_volume(
+    plan: &MountPlan,
+    volume: Arc<Volume>,
+    home: Option<Arc<Home>>,
+    invalidations: Invalidations,
+    lock: File,
+) -> Result<Running> {
     let socket_path = plan.dirs.socket_for(&plan.store_id());
     let server = control::Server::bind(&socket_path)?;
 
@@ -215,6 +388,11 @@ fn start(plan: &MountPlan) -> Result<Running> {
     );
     let session = fuser::Session::new(fs, &plan.mount_point, &fuse_config(&plan.config))
         .map_err(|error| mounts::mount_failure(&plan.mount_point, &error))?;
+    if home.is_some() {
+        invalidations
+            .spawn(session.notifier())
+            .map_err(|e| Error::Startup(format!("cannot start the invalidation thread: {e}")))?;
+    }
 
     let (event_tx, events) = mpsc::channel();
     let session_tx = event_tx.clone();
@@ -238,6 +416,7 @@ fn start(plan: &MountPlan) -> Result<Running> {
         .map_err(|e| Error::Startup(format!("cannot start the signal thread: {e}")))?;
     let handler = DaemonHandler {
         volume: Arc::downgrade(&volume),
+        home: home.as_ref().map(Arc::downgrade),
         events: Mutex::new(event_tx),
         info: DaemonInfo {
             mount_point: plan.mount_point.clone(),
@@ -253,6 +432,7 @@ fn start(plan: &MountPlan) -> Result<Running> {
     Ok(Running {
         control,
         volume,
+        home,
         events,
         mount_point: plan.mount_point.clone(),
         socket,
@@ -315,9 +495,17 @@ impl Running {
         match Arc::try_unwrap(self.volume) {
             Ok(volume) => {
                 drop(volume);
+                if let Some(home) = &self.home {
+                    home.stop();
+                }
                 drop(self.lock);
             }
-            Err(volume) => std::mem::forget((volume, self.lock)),
+            Err(volume) => {
+                if let Some(home) = &self.home {
+                    home.stop();
+                }
+                std::mem::forget((volume, self.lock));
+            }
         }
         let answer = match &synced {
             Ok(()) => Ok(format!("unmounted {}\n", self.mount_point.display())),
@@ -346,6 +534,8 @@ struct DaemonInfo {
 struct DaemonHandler {
     /// Weak: once the daemon lets go of the volume, requests get "stopping".
     volume: Weak<Volume>,
+    /// The network side, for a replicated volume.
+    home: Option<Weak<Home>>,
     events: Mutex<mpsc::Sender<Event>>,
     info: DaemonInfo,
 }
@@ -373,8 +563,11 @@ impl Handler for DaemonHandler {
                 ))
             }
             Request::Verify => Ok(verify::verify(volume()?.as_ref()).render()),
-            // Wired to join::Inviter::issue_code once the daemon runs the network (devices helper hook).
-            Request::DeviceAdd => Err("this daemon does not serve other devices yet".into()),
+            Request::DeviceAdd => self.home()?.device_add().map_err(|e| e.to_string()),
+            Request::DeviceRemove(who) => {
+                self.home()?.device_remove(&who).map_err(|e| e.to_string())
+            }
+            Request::StatusJson => self.status_json(),
             Request::Unmount => {
                 let (reply_tx, reply_rx) = mpsc::channel();
                 self.events
@@ -390,19 +583,59 @@ impl Handler for DaemonHandler {
 }
 
 impl DaemonHandler {
+    fn home(&self) -> std::result::Result<Arc<Home>, String> {
+        match &self.home {
+            None => Err("this store runs single-device (it predates sync)".into()),
+            Some(home) => home
+                .upgrade()
+                .ok_or_else(|| "the daemon is stopping".to_owned()),
+        }
+    }
+
+    /// The sync report of a replicated volume, if this daemon serves one.
+    fn report(&self) -> Option<std::result::Result<crate::status::SyncReport, String>> {
+        self.home.as_ref()?;
+        let report = (|| {
+            let home = self.home()?;
+            let volume = self
+                .volume
+                .upgrade()
+                .ok_or_else(|| "the daemon is stopping".to_owned())?;
+            home.report(volume.sync_status()).map_err(|e| e.to_string())
+        })();
+        Some(report)
+    }
+
+    fn status_json(&self) -> std::result::Result<String, String> {
+        match self.report() {
+            Some(report) => Ok(format!("{}\n", report?.to_json())),
+            None => Err("this store runs single-device (it predates sync)".into()),
+        }
+    }
+
     fn status(&self) -> String {
         let info = &self.info;
         let mut text = format!(
             "mountpoint: {}\nstore: {}\nstore id: {}\ndevice: {}\npid: {}\nuptime: {} s\n\
-             mode: local (single device)\nfuse threads: {}\n",
+             mode: {}\nfuse threads: {}\n",
             info.mount_point.display(),
             info.store.display(),
             info.store_id,
             info.device_id,
             std::process::id(),
             info.started.elapsed().as_secs(),
+            if self.home.is_some() {
+                "replicated"
+            } else {
+                "local (single device, from before sync)"
+            },
             info.fuse_threads,
         );
+        match self.report() {
+            Some(Ok(report)) => text.push_str(&report.to_text()),
+            Some(Err(error)) => text.push_str(&format!("sync: unknown ({error})\n")),
+            None => {}
+        }
         let statfs = match self.volume.upgrade() {
             Some(volume) => volume.statfs().map_err(|e| e.to_string()),
             None => Err("the daemon is stopping".to_owned()),

@@ -34,12 +34,16 @@ pub enum Error {
     Volume(#[from] fossil::Error),
     #[error("network: {0}")]
     Network(#[from] net::Error),
+    #[error("block store: {0}")]
+    Store(#[from] venti::Error),
     /// The store's keys or membership (keyring, user chain, volume key) are unusable.
     #[error("the store {}: {problem}", store.display())]
     Membership { store: PathBuf, problem: String },
     /// `kith device join` failed; the message says why and what was tried.
     #[error("joining failed: {0}")]
     Join(String),
+    #[error("no daemon serves the store {} (run `kith mount DIR` first)", store.display())]
+    NoDaemon { store: PathBuf },
     #[error("FUSE: {0}")]
     Fuse(String),
     #[error("invalid snapshot name {name:?}: {reason}")]

@@ -1,14 +1,16 @@
 //! `kith`: the command line, the daemon and the FUSE adapter, in one binary.
 //!
 //! ```text
-//! kith mount DIR [--foreground]   start a daemon serving the store at DIR
+//! kith mount DIR [--listen A:P]   start a daemon serving the store at DIR
 //! kith unmount DIR                flush, sync and unmount (or detach a dead mount)
-//! kith status                     what each running daemon serves
+//! kith status [--json]            what each running daemon serves, how sync stands
+//! kith demo [--dir D]             three devices of one user on loopback, mounted
 //! kith snapshot [NAME]            record a read-only snapshot under .snapshots/NAME
 //! kith verify                     read back every file and directory of the store
 //! kith device add                 a one-time code for adding a device (from the daemon)
 //! kith device join CODE           make a new store a device of the code's user
 //! kith device list                the user's devices
+//! kith device remove WHO          revoke a device (name or fingerprint)
 //! ```
 //!
 //! Every command takes `--store PATH` (default: the `store` of config.toml, else
@@ -19,18 +21,26 @@
 //! cycle, store lock, shutdown), [`control`] (the control socket protocol),
 //! [`fuse_fs`] (kernel requests → `fossil::Volume`, the errno mapping), [`mounts`]
 //! (mount point checks, the mount table), [`verify`] (the read-back walk),
-//! [`membership`] (keyring, user chain, the volume's group), [`join`] (pairing).
+//! [`membership`] (keyring, user chain, the volume's group), [`join`] (pairing),
+//! [`sync`] (the network side: QUIC, the replica, block exchange, announcements),
+//! [`agreement`] (fossil's log seam over the replica), [`invalidate`] (remote changes
+//! → kernel caches), [`status`] (`kith status` of a replicated volume), [`demo`].
 //!
 //! Failures print one line, `kith: <what went wrong>`, and exit with status 1.
 
+mod agreement;
 mod config;
 mod control;
 mod daemon;
+mod demo;
 mod error;
 mod fuse_fs;
+mod invalidate;
 mod join;
 mod membership;
 mod mounts;
+mod status;
+mod sync;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -68,11 +78,25 @@ enum Command {
         /// Internal: report "ready"/"error …" on stdout for the parent `kith mount`.
         #[arg(long, hide = true)]
         notify_stdout: bool,
+        /// Where to listen for this user's other devices (QUIC; default: `listen` in
+        /// config.toml, else 0.0.0.0:7420; port 0 picks a free one).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Flush, sync and unmount DIR; detach it if its daemon died.
     Unmount { dir: PathBuf },
     /// Show what the running daemons serve.
-    Status,
+    Status {
+        /// One JSON object describing the volume's sync (needs a replicated store).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Three devices of one user on this machine, each with a mount, to try sync.
+    Demo {
+        /// Where to put the three stores and mounts (default: a new temporary dir).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Record a read-only snapshot of the volume (default name: the UTC time).
     Snapshot { name: Option<String> },
     /// Read back every file, directory and link of the store; exit 1 on any problem.
@@ -98,6 +122,11 @@ enum DeviceCommand {
     },
     /// List the user's devices as this store knows them.
     List,
+    /// Remove a device for good (from the device that created the user; running daemon).
+    Remove {
+        /// The device's name or fingerprint (see `kith device list`).
+        who: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -133,12 +162,15 @@ fn run(cli: Cli) -> Result<()> {
             dir,
             foreground,
             notify_stdout,
+            listen,
         } => {
+            let listen = listen.or(config.listen);
             let plan = daemon::MountPlan {
                 mount_point: config::absolute(&dir)?,
                 dirs,
                 config,
                 store,
+                listen,
             };
             if foreground {
                 daemon::run_foreground(&plan, notify_stdout)
@@ -149,7 +181,8 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Unmount { dir } => unmount(&dirs, &config::absolute(&dir)?),
-        Command::Status => status(&dirs, store_given.then_some(store.as_path())),
+        Command::Status { json } => status(&dirs, store_given.then_some(store.as_path()), json),
+        Command::Demo { dir } => demo::run(dir),
         Command::Snapshot { name } => {
             let name = name.unwrap_or_else(utc_timestamp);
             daemon::validate_snapshot_name(&name)?;
@@ -164,7 +197,8 @@ fn run(cli: Cli) -> Result<()> {
                     source,
                 })?;
                 let _lock = daemon::lock_store(&store, None)?;
-                let volume = fossil::Volume::open(&store)?;
+                let opened = daemon::CommandVolume::open(&store, &dirs, &config)?;
+                let volume = opened.volume()?;
                 volume.snapshot(&name)?;
                 volume.sync_all()?;
                 println!("snapshot {name} recorded (under .snapshots/{name})");
@@ -181,8 +215,8 @@ fn run(cli: Cli) -> Result<()> {
                     return Err(Error::NoStore { store });
                 }
                 let _lock = daemon::lock_store(&store, None)?;
-                let volume = fossil::Volume::open(&store)?;
-                verify::verify(&volume).render()
+                let opened = daemon::CommandVolume::open(&store, &dirs, &config)?;
+                verify::verify(opened.volume()?).render()
             };
             print!("{rendered}");
             match verify::problems_in(&rendered) {
@@ -200,10 +234,9 @@ fn device(dirs: &Dirs, config: &Config, store: &Path, command: DeviceCommand) ->
         DeviceCommand::Add => {
             let socket = dirs.socket_for(&config::store_id(store));
             if !control::is_alive(&socket) {
-                return Err(Error::Join(format!(
-                    "no daemon serves the store {} (run `kith mount DIR` first)",
-                    store.display()
-                )));
+                return Err(Error::NoDaemon {
+                    store: store.to_owned(),
+                });
             }
             print!("{}", control::call(&socket, &Request::DeviceAdd)?);
             Ok(())
@@ -218,6 +251,16 @@ fn device(dirs: &Dirs, config: &Config, store: &Path, command: DeviceCommand) ->
             }
             let summary = join::join(store, config, &code, listen)?;
             println!("kith: {summary}");
+            Ok(())
+        }
+        DeviceCommand::Remove { who } => {
+            let socket = dirs.socket_for(&config::store_id(store));
+            if !control::is_alive(&socket) {
+                return Err(Error::NoDaemon {
+                    store: store.to_owned(),
+                });
+            }
+            print!("{}", control::call(&socket, &Request::DeviceRemove(who))?);
             Ok(())
         }
         DeviceCommand::List => {
@@ -280,7 +323,7 @@ fn detach(dir: &Path) -> Result<()> {
     })
 }
 
-fn status(dirs: &Dirs, store: Option<&Path>) -> Result<()> {
+fn status(dirs: &Dirs, store: Option<&Path>, json: bool) -> Result<()> {
     let sockets = match store {
         Some(store) => {
             let socket = dirs.socket_for(&config::store_id(store));
@@ -292,6 +335,17 @@ fn status(dirs: &Dirs, store: Option<&Path>) -> Result<()> {
         }
         None => live_sockets(dirs),
     };
+    if json {
+        // One object: the store's daemon, or the only one running.
+        let [socket] = sockets.as_slice() else {
+            return Err(Error::Remote(format!(
+                "{} daemons are running: name one with --store",
+                sockets.len()
+            )));
+        };
+        print!("{}", control::call(socket, &Request::StatusJson)?);
+        return Ok(());
+    }
     if sockets.is_empty() {
         println!("no kith daemon is running");
     }
@@ -370,7 +424,25 @@ mod tests {
             parse(&["kith", "unmount", "/m"]),
             Ok(Command::Unmount { .. })
         ));
-        assert!(matches!(parse(&["kith", "status"]), Ok(Command::Status)));
+        assert!(matches!(
+            parse(&["kith", "status"]),
+            Ok(Command::Status { json: false })
+        ));
+        assert!(matches!(
+            parse(&["kith", "status", "--json"]),
+            Ok(Command::Status { json: true })
+        ));
+        assert!(matches!(
+            parse(&["kith", "mount", "/m", "--listen", "127.0.0.1:0"]),
+            Ok(Command::Mount {
+                listen: Some(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["kith", "demo", "--dir", "/tmp/d"]),
+            Ok(Command::Demo { dir: Some(_) })
+        ));
         assert!(matches!(
             parse(&["kith", "snapshot"]),
             Ok(Command::Snapshot { name: None })
@@ -399,6 +471,12 @@ mod tests {
             })
         ));
         assert!(parse(&["kith", "device", "join"]).is_err());
+        assert!(matches!(
+            parse(&["kith", "device", "remove", "old phone"]),
+            Ok(Command::Device {
+                command: DeviceCommand::Remove { .. }
+            })
+        ));
         assert!(parse(&["kith", "mount"]).is_err());
         let cli = Cli::try_parse_from(["kith", "status", "--store", "/s"]);
         assert!(cli.is_ok_and(|c| c.store == Some(PathBuf::from("/s"))));

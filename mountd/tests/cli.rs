@@ -11,6 +11,8 @@ fn kith(home: &Path, args: &[&str]) -> Output {
         .env("XDG_DATA_HOME", home.join("data"))
         .env("XDG_CONFIG_HOME", home.join("config"))
         .env("XDG_RUNTIME_DIR", home.join("run"))
+        // A first run creates a keyring: tests have no passphrase to give.
+        .env("KITH_KEYRING", "unencrypted")
         .env_remove("RUST_LOG")
         .output()
         .unwrap_or_else(|e| panic!("cannot run kith: {e}"))
@@ -30,7 +32,9 @@ fn help_lists_every_command() {
     let out = kith(home.path(), &["--help"]);
     assert!(out.status.success());
     let help = stdout(&out);
-    for command in ["mount", "unmount", "status", "snapshot", "verify"] {
+    for command in [
+        "mount", "unmount", "status", "snapshot", "verify", "device", "demo",
+    ] {
         assert!(help.contains(command), "{command} missing from {help}");
     }
 }

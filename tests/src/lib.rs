@@ -147,6 +147,8 @@ impl Kith {
             .env("XDG_DATA_HOME", self.root.path().join("data"))
             .env("XDG_CONFIG_HOME", self.root.path().join("config"))
             .env("XDG_RUNTIME_DIR", self.root.path().join("run"))
+            // A new store creates a keyring: tests have no passphrase to give.
+            .env("KITH_KEYRING", "unencrypted")
             .env_remove("RUST_LOG");
         command
     }

@@ -1,0 +1,244 @@
+//! What `kith status` shows about a replicated volume, as text and as JSON.
+//!
+//! [`SyncReport`] gathers the replica's view (configuration, leader, commit end,
+//! who was heard from), fossil's (applied end, ops not committed yet) and venti's
+//! (blocks being fetched) into one value; rendering is a pure function of it, so the
+//! format is tested without a daemon. The JSON shape is the one in
+//! `/work/briefs/sync-cli-contract.md`; fields are only ever added.
+
+use std::net::SocketAddr;
+
+use paxos::{Config, NodeId};
+use serde_json::{Value, json};
+
+/// One device of the volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceReport {
+    pub node: NodeId,
+    pub fingerprint: String,
+    pub name: String,
+    pub online: bool,
+    pub this: bool,
+}
+
+/// Everything `kith status` says about the volume's sync.
+#[derive(Clone, Debug)]
+pub struct SyncReport {
+    pub listen: SocketAddr,
+    pub keyring_encrypted: bool,
+    /// The configuration in force.
+    pub config: Config,
+    pub leader: Option<NodeId>,
+    pub commit_end: u64,
+    pub applied_end: u64,
+    /// This device's ops not committed yet (queued offline, or in flight).
+    pub queued: usize,
+    pub fetches_in_flight: u64,
+    pub fetched_bytes: u64,
+    pub devices: Vec<DeviceReport>,
+}
+
+impl SyncReport {
+    fn role(&self, node: NodeId) -> &'static str {
+        if self.config.witnesses.contains(&node) {
+            "witness"
+        } else if self.config.voters.contains(&node) {
+            "voter"
+        } else if self.config.learners.contains(&node) {
+            "learner"
+        } else {
+            // Paired, but the configuration that adds it is not committed yet.
+            "joining"
+        }
+    }
+
+    fn behind(&self) -> u64 {
+        self.commit_end.saturating_sub(self.applied_end)
+    }
+
+    fn leader_fingerprint(&self) -> Option<&str> {
+        let leader = self.leader?;
+        self.devices
+            .iter()
+            .find(|d| d.node == leader)
+            .map(|d| d.fingerprint.as_str())
+    }
+
+    /// Votes needed to commit, of the voters.
+    fn quorum(&self) -> (usize, usize) {
+        (
+            usize::from(self.config.phase2_quorum),
+            self.config.voters.len(),
+        )
+    }
+
+    /// The contract's JSON object.
+    pub fn to_json(&self) -> Value {
+        let devices: Vec<Value> = self
+            .devices
+            .iter()
+            .map(|d| {
+                json!({
+                    "fingerprint": d.fingerprint,
+                    "name": d.name,
+                    "node": d.node.0,
+                    "role": self.role(d.node),
+                    "online": d.online,
+                    "this": d.this,
+                })
+            })
+            .collect();
+        let (quorum, voters) = self.quorum();
+        json!({
+            "listen": self.listen.to_string(),
+            "keyring": if self.keyring_encrypted { "encrypted" } else { "unencrypted" },
+            "volume": {
+                "commit_end": self.commit_end,
+                "applied_end": self.applied_end,
+                "behind": self.behind(),
+                "queued": self.queued,
+                // Blocks are fetched on demand: nothing waits in a queue to be fetched
+                // beyond the fetches running now.
+                "bytes_to_fetch": 0,
+                "fetches_in_flight": self.fetches_in_flight,
+                "fetched_bytes": self.fetched_bytes,
+                "leader": self.leader_fingerprint(),
+                "quorum": quorum,
+                "voters": voters,
+            },
+            "devices": devices,
+        })
+    }
+
+    /// Lines for the human status (appended to the daemon's other lines).
+    pub fn to_text(&self) -> String {
+        let (quorum, voters) = self.quorum();
+        let mut text = format!(
+            "listen: {}\nkeyring: {}\nlog: committed to {}, applied to {} ({} behind), {} op(s) queued\n\
+             quorum: {quorum} of {voters} voter(s), leader {}\nfetching: {} block(s) now, {} bytes fetched\ndevices:\n",
+            self.listen,
+            if self.keyring_encrypted {
+                "encrypted"
+            } else {
+                "UNENCRYPTED (keys readable by anyone who can read the store)"
+            },
+            self.commit_end,
+            self.applied_end,
+            self.behind(),
+            self.queued,
+            self.leader_fingerprint().unwrap_or("unknown"),
+            self.fetches_in_flight,
+            self.fetched_bytes,
+        );
+        for d in &self.devices {
+            let state = if d.this {
+                "this device"
+            } else if d.online {
+                "online"
+            } else {
+                "offline"
+            };
+            text.push_str(&format!(
+                "  {} {:<16} {:<8} {}\n",
+                d.fingerprint,
+                d.name,
+                self.role(d.node),
+                state
+            ));
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use paxos::ConfigId;
+
+    use super::*;
+
+    fn report() -> SyncReport {
+        let config = Config::majority(
+            ConfigId(3),
+            [NodeId(1), NodeId(2), NodeId(3)],
+            [NodeId(3)],
+            [],
+        )
+        .unwrap();
+        let device = |node: u64, name: &str, online: bool, this: bool| DeviceReport {
+            node: NodeId(node),
+            fingerprint: format!("fpr-{node}"),
+            name: name.into(),
+            online,
+            this,
+        };
+        SyncReport {
+            listen: "127.0.0.1:7420".parse().unwrap(),
+            keyring_encrypted: false,
+            config,
+            leader: Some(NodeId(2)),
+            commit_end: 40,
+            applied_end: 37,
+            queued: 2,
+            fetches_in_flight: 1,
+            fetched_bytes: 4096,
+            devices: vec![
+                device(1, "laptop", true, true),
+                device(2, "desktop", true, false),
+                device(3, "server", false, false),
+                device(4, "phone", false, false),
+            ],
+        }
+    }
+
+    #[test]
+    fn json_has_the_contract_fields_and_values() {
+        let value = report().to_json();
+        assert_eq!(value["listen"], "127.0.0.1:7420");
+        assert_eq!(value["keyring"], "unencrypted");
+        let volume = &value["volume"];
+        assert_eq!(volume["commit_end"], 40);
+        assert_eq!(volume["applied_end"], 37);
+        assert_eq!(volume["behind"], 3);
+        assert_eq!(volume["queued"], 2);
+        assert_eq!(volume["bytes_to_fetch"], 0);
+        assert_eq!(volume["leader"], "fpr-2");
+        assert_eq!(volume["quorum"], 2);
+        let devices = value["devices"].as_array().unwrap();
+        let roles: Vec<&str> = devices
+            .iter()
+            .map(|d| d["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["voter", "voter", "witness", "joining"]);
+        assert_eq!(devices[0]["this"], true);
+        assert_eq!(devices[1]["this"], false);
+        assert_eq!(devices[2]["online"], false);
+        assert_eq!(devices[1]["name"], "desktop");
+        assert_eq!(devices[1]["fingerprint"], "fpr-2");
+        // One line, parseable back.
+        let line = value.to_string();
+        assert!(!line.contains('\n'));
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), value);
+    }
+
+    #[test]
+    fn an_unknown_leader_is_null_and_the_text_says_unknown() {
+        let mut report = report();
+        report.leader = None;
+        assert_eq!(report.to_json()["volume"]["leader"], Value::Null);
+        let text = report.to_text();
+        assert!(text.contains("leader unknown"), "{text}");
+        assert!(text.contains("3 behind"), "{text}");
+        assert!(text.contains("UNENCRYPTED"), "{text}");
+        assert!(text.contains("fpr-3 server"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.contains("fpr-1") && l.ends_with("this device"))
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.contains("fpr-3") && l.ends_with("offline"))
+        );
+    }
+}

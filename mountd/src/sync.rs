@@ -1,0 +1,793 @@
+//! The network side of a daemon: one volume's replica and its block exchange on QUIC.
+//!
+//! [`Network::start`] brings up, on one tokio runtime (multi-thread, 2 workers) that
+//! only the network uses:
+//! - the QUIC [`Endpoint`] bound to the listen address, trusting exactly the live
+//!   devices of the user's chain ([`TrustSet`]);
+//! - the [`NodeTable`] (node id ↔ device key), the [`PaxosRouter`] and a [`Dispatch`]
+//!   owning the endpoint's inbound frames;
+//! - the home volume's [`Replica`] (acceptor store `paxos.sqlite` in the store
+//!   directory) behind a [`QuicLink`];
+//! - a [`BlockServer`] over the venti store that answers devices of the volume only,
+//!   from blocks held here (`get_local`: never by asking further devices);
+//! - [`PeerBlocks`], venti's [`RemoteBlocks`] hook, fetching missing blocks from the
+//!   volume's other devices with [`BlockClient`].
+//!
+//! Threads: fossil and the FUSE threads never enter this runtime. They reach the
+//! replica through [`BlockingReplica`] and the block client through
+//! [`PeerBlocks`], both of which refuse to run on a runtime thread rather than block
+//! one. Frames that are neither Paxos nor block requests (pairing, chain updates) go
+//! to a plain thread, so their handler may call the volume and the replica.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use fossil::Volume;
+
+use ed25519_dalek::VerifyingKey;
+use net::blocks::{BlockClient, BlockServer};
+use net::entry::{EntryKey, KeyEpoch};
+use net::frame::Kind;
+use net::identity::{ChainState, DeviceId, DeviceIdentity};
+use net::link::{Dispatch, NodeTable, PaxosRouter, QuicLink};
+use net::quic::{Admission, Endpoint, Inbound, Trust, TrustSet};
+use net::replica::{BlockingReplica, Replica, ReplicaOptions, VolumeKeys};
+use paxos::{Config, NodeId, NodeOptions, VolumeId};
+use tokio::sync::mpsc;
+use venti::{Address, RemoteBlocks, Store};
+
+use crate::config::{self, Dirs};
+use crate::daemon::DEFAULT_LISTEN;
+use crate::error::{Error, Result};
+use crate::join::{self, Inviter, JoinOutcome};
+use crate::membership::{KeyringMode, Membership};
+use crate::status::{DeviceReport, SyncReport};
+
+/// Worker threads of the network runtime.
+const NETWORK_WORKERS: usize = 2;
+/// Inbound pairing and chain frames waiting for their handler; more are refused.
+const OTHER_FRAMES_QUEUED_MAX: usize = 16;
+/// How long the endpoint and the replica get to close at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The acceptor store of the home volume's replica, in the store directory.
+pub const ACCEPTOR_FILE: &str = "paxos.sqlite";
+
+/// Everything the network needs to start, resolved from the store's membership.
+#[derive(Debug)]
+pub struct NetworkPlan<'a> {
+    pub identity: &'a DeviceIdentity,
+    /// The user's chain, verified.
+    pub chain: ChainState,
+    pub volume: VolumeId,
+    pub node: NodeId,
+    pub genesis: Config,
+    pub nodes: Vec<(NodeId, DeviceId)>,
+    pub addresses: Vec<(DeviceId, Vec<SocketAddr>)>,
+    /// The volume's current epoch and its secret (entry keys derive from it).
+    pub epoch: KeyEpoch,
+    pub epoch_secret: [u8; 32],
+    pub listen: SocketAddr,
+    /// When `listen` is taken, listen on a free port of the same address instead
+    /// (the default port, with several daemons on one machine).
+    pub listen_fallback: bool,
+    pub acceptor_path: PathBuf,
+}
+
+/// Handles inbound frames that are neither Paxos nor block requests, on a plain
+/// thread (it may block: call the volume, the replica, write files).
+pub type FrameHandler = Box<dyn FnMut(Inbound) + Send>;
+
+/// A running network side. Stop it with [`Network::stop`].
+pub struct Network {
+    runtime: Option<tokio::runtime::Runtime>,
+    endpoint: Endpoint,
+    trust: Arc<TrustSet>,
+    nodes: Arc<NodeTable>,
+    replica: Replica,
+    blocking: BlockingReplica,
+    volume: VolumeId,
+    node: NodeId,
+    device: DeviceId,
+    listen: SocketAddr,
+    blocks: Arc<PeerBlocks>,
+    other: Option<mpsc::Receiver<Inbound>>,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("device", &self.device)
+            .field("node", &self.node)
+            .field("volume", &self.volume)
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Network {
+    /// Binds the endpoint, opens the replica and starts serving. `store` serves
+    /// blocks to the volume's devices.
+    pub fn start(plan: NetworkPlan<'_>, store: Arc<Store>) -> Result<Network> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(NETWORK_WORKERS)
+            .thread_name("kith-net")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Startup(format!("cannot start the network runtime: {e}")))?;
+        let trust = Arc::new(TrustSet::new());
+        trust.set_from_chains([&plan.chain]);
+        let nodes = Arc::new(NodeTable::new(plan.nodes.iter().copied()));
+        let (endpoint, inbound) = {
+            let _guard = runtime.enter();
+            let trust_dyn: Arc<dyn Trust> = trust.clone();
+            match Endpoint::bind(plan.listen, plan.identity, trust_dyn.clone()) {
+                Err(net::Error::Bind { addr, source }) if plan.listen_fallback => {
+                    tracing::info!(%addr, %source, "listen address taken; using a free port");
+                    let any_port = SocketAddr::new(plan.listen.ip(), 0);
+                    Endpoint::bind(any_port, plan.identity, trust_dyn)?
+                }
+                bound => bound?,
+            }
+        };
+        for (device, addresses) in &plan.addresses {
+            if *device != plan.identity.device_id() {
+                endpoint.set_addresses(*device, addresses.clone());
+            }
+        }
+        let listen = endpoint.local_addr()?;
+        let keys: Arc<dyn VolumeKeys> = Arc::new(NodeKeys {
+            epochs: [(plan.epoch, EntryKey::derive(&plan.epoch_secret))].into(),
+            nodes: nodes.clone(),
+            trust: trust.clone(),
+        });
+        let link = Arc::new(QuicLink::new(endpoint.clone(), plan.volume, nodes.clone()));
+        let options = ReplicaOptions {
+            node: NodeOptions::new(plan.node, plan.volume),
+            genesis: plan.genesis,
+            store_path: plan.acceptor_path,
+            signing_key: Some(plan.identity.signing_key()),
+        };
+        let replica = {
+            let _guard = runtime.enter();
+            Replica::open(options, keys, link)?
+        };
+        let router = Arc::new(PaxosRouter::new(nodes.clone()));
+        router.attach(replica.clone());
+        let policy_nodes = nodes.clone();
+        let policy_trust = trust.clone();
+        let home = plan.volume;
+        let policy = move |device: &DeviceId, volume: VolumeId| {
+            volume == home
+                && policy_nodes.node(device).is_some()
+                && policy_trust.admit(device) == Admission::Member
+        };
+        // The server reads with `get_local`: it never relays a miss to other devices.
+        let server = Arc::new(BlockServer::new(store, Arc::new(policy)));
+        let (other_tx, other_rx) = mpsc::channel(OTHER_FRAMES_QUEUED_MAX);
+        let dispatch = Dispatch {
+            paxos: Some(router),
+            blocks: Some(server),
+            other: Some(other_tx),
+        };
+        {
+            let _guard = runtime.enter();
+            dispatch.spawn(inbound);
+        }
+        let device = plan.identity.device_id();
+        let blocks = Arc::new(PeerBlocks {
+            client: BlockClient::new(endpoint.clone()),
+            runtime: runtime.handle().clone(),
+            volume: plan.volume,
+            nodes: nodes.clone(),
+            this_device: device,
+            endpoint: endpoint.clone(),
+        });
+        let blocking = BlockingReplica::new(replica.clone())?;
+        tracing::info!(%listen, node = %plan.node, volume = plan.volume.0, "network up");
+        Ok(Network {
+            runtime: Some(runtime),
+            endpoint,
+            trust,
+            nodes,
+            replica,
+            blocking,
+            volume: plan.volume,
+            node: plan.node,
+            device,
+            listen,
+            blocks,
+            other: Some(other_rx),
+        })
+    }
+
+    /// Hands pairing and chain frames to `handler` on a thread of its own (once).
+    pub fn serve_other_frames(&mut self, mut handler: FrameHandler) -> Result<()> {
+        let Some(mut other) = self.other.take() else {
+            return Ok(());
+        };
+        std::thread::Builder::new()
+            .name("kith-pairing".into())
+            .spawn(move || {
+                while let Some(inbound) = other.blocking_recv() {
+                    handler(inbound);
+                }
+            })
+            .map_err(|e| Error::Startup(format!("cannot start the pairing thread: {e}")))?;
+        Ok(())
+    }
+
+    /// The replica for fossil's agreement (blocking calls from plain threads).
+    pub fn blocking_replica(&self) -> BlockingReplica {
+        self.blocking.clone()
+    }
+
+    /// venti's hook for blocks this device does not hold.
+    pub fn remote_blocks(&self) -> Arc<dyn RemoteBlocks> {
+        self.blocks.clone()
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub fn trust(&self) -> &Arc<TrustSet> {
+        &self.trust
+    }
+
+    pub fn nodes(&self) -> &Arc<NodeTable> {
+        &self.nodes
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Stops the replica (its store closed), then the endpoint, then the runtime.
+    pub fn stop(mut self) {
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        let replica = self.replica.clone();
+        let endpoint = self.endpoint.clone();
+        runtime.block_on(async move {
+            if tokio::time::timeout(CLOSE_TIMEOUT, replica.close())
+                .await
+                .is_err()
+            {
+                tracing::warn!("the replica did not close in time");
+            }
+            endpoint.close().await;
+        });
+        runtime.shutdown_timeout(CLOSE_TIMEOUT);
+        tracing::info!("network stopped");
+    }
+}
+
+/// Entry keys of the volume's epochs; authors are the devices the node table names,
+/// while the user's chain keeps them live.
+struct NodeKeys {
+    epochs: BTreeMap<KeyEpoch, EntryKey>,
+    nodes: Arc<NodeTable>,
+    trust: Arc<TrustSet>,
+}
+
+impl VolumeKeys for NodeKeys {
+    fn sealing_key(&self) -> Option<(KeyEpoch, EntryKey)> {
+        self.epochs.last_key_value().map(|(e, k)| (*e, k.clone()))
+    }
+
+    fn entry_key(&self, epoch: KeyEpoch) -> Option<EntryKey> {
+        self.epochs.get(&epoch).cloned()
+    }
+
+    fn verifying_key(&self, author: NodeId) -> Option<VerifyingKey> {
+        let device = self.nodes.device(author)?;
+        if self.trust.admit(&device) != Admission::Member {
+            return None;
+        }
+        device.verifying_key().ok()
+    }
+}
+
+/// venti's [`RemoteBlocks`]: asks the volume's other devices, connected ones first.
+pub struct PeerBlocks {
+    client: BlockClient,
+    runtime: tokio::runtime::Handle,
+    volume: VolumeId,
+    nodes: Arc<NodeTable>,
+    this_device: DeviceId,
+    endpoint: Endpoint,
+}
+
+impl std::fmt::Debug for PeerBlocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerBlocks")
+            .field("volume", &self.volume)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerBlocks {
+    /// The other devices of the volume, those connected now first.
+    fn peers(&self) -> Vec<DeviceId> {
+        let mut peers: Vec<(bool, DeviceId)> = self
+            .nodes
+            .pairs()
+            .into_iter()
+            .map(|(_, device)| device)
+            .filter(|device| *device != self.this_device)
+            .map(|device| (self.endpoint.existing_connection(&device).is_none(), device))
+            .collect();
+        peers.sort();
+        peers.into_iter().map(|(_, device)| device).collect()
+    }
+
+    fn run<T>(
+        &self,
+        address: &Address,
+        future: impl std::future::Future<Output = T>,
+    ) -> venti::Result<T> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(venti::Error::Remote {
+                address: *address,
+                detail: "block fetch from inside the network runtime".into(),
+            });
+        }
+        Ok(self.runtime.block_on(future))
+    }
+}
+
+impl RemoteBlocks for PeerBlocks {
+    fn fetch(&self, address: &Address) -> venti::Result<Option<Vec<u8>>> {
+        let peers = self.peers();
+        if peers.is_empty() {
+            return Ok(None);
+        }
+        match self.run(address, self.client.fetch(self.volume, address, &peers))? {
+            Ok(fetched) => Ok(Some(fetched.bytes)),
+            Err(net::Error::BlockNotFound { .. }) => Ok(None),
+            Err(error) => Err(venti::Error::Remote {
+                address: *address,
+                detail: error.to_string(),
+            }),
+        }
+    }
+
+    fn fetch_many(&self, addresses: &[Address]) -> venti::Result<Vec<(Address, Vec<u8>)>> {
+        let peers = self.peers();
+        let Some(first) = addresses.first() else {
+            return Ok(Vec::new());
+        };
+        if peers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let results = self.run(
+            first,
+            self.client.fetch_many(self.volume, addresses, &peers),
+        )?;
+        let mut found = Vec::with_capacity(results.len());
+        for (address, result) in addresses.iter().zip(results) {
+            match result {
+                Ok(fetched) => found.push((*address, fetched.bytes)),
+                // Left out: the reader's own `get` fetches it again and reports why.
+                Err(error) => tracing::debug!(%address, %error, "prefetch of a block failed"),
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Announcements of the user chain and the volume's devices go to every other device
+/// this often (and at once after a join), so a device that was away learns newcomers.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(10);
+/// Tries at proposing a joined device as a voter (the leader may be changing).
+const VOTER_ATTEMPTS_MAX: u32 = 20;
+const VOTER_RETRY: Duration = Duration::from_millis(250);
+/// How often a sleeping announcer looks for a stop.
+const STOP_POLL: Duration = Duration::from_millis(100);
+/// The key epoch of the volume's entries (one epoch until keys rotate).
+const ENTRY_EPOCH: KeyEpoch = KeyEpoch(0);
+
+/// What a [`Home`] is started for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HomeRole {
+    /// A daemon: it announces where it listens and answers joins.
+    Daemon,
+    /// A one-off command (`verify`, `snapshot` with no daemon running): the replica
+    /// only, on a port nobody is told about.
+    Command,
+}
+
+/// The home volume's network side in a daemon: membership, network, pairing.
+pub struct Home {
+    network: parking_lot::Mutex<Option<Network>>,
+    keyring_mode: KeyringMode,
+    creator: bool,
+    fossil_device: fossil::op::DeviceId,
+    listen: SocketAddr,
+    venti: Arc<Store>,
+    devices: Arc<Devices>,
+    stopping: Arc<AtomicBool>,
+}
+
+/// What pairing, announcements and status share: the membership and the network's
+/// views of it (trust, node table, addresses), kept in step by `Membership::publish`.
+struct Devices {
+    store: PathBuf,
+    membership: parking_lot::Mutex<Membership>,
+    inviter: parking_lot::Mutex<Inviter>,
+    trust: Arc<TrustSet>,
+    nodes: Arc<NodeTable>,
+    endpoint: Endpoint,
+    blocking: BlockingReplica,
+    /// The volume joins are granted in, once it is open.
+    volume: parking_lot::Mutex<Weak<Volume>>,
+}
+
+impl std::fmt::Debug for Home {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Home")
+            .field("store", &self.devices.store)
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Home {
+    /// Loads (or on first run creates) the store's membership and starts the network.
+    /// `venti_store` serves this device's blocks to the others.
+    pub fn start(
+        store: &Path,
+        dirs: &Dirs,
+        config: &config::Config,
+        listen: Option<SocketAddr>,
+        venti_store: Arc<Store>,
+        role: HomeRole,
+    ) -> Result<Home> {
+        let mut membership = Membership::load_or_create(store, dirs, config)?;
+        let plan = NetworkPlan {
+            identity: &membership.keyring.device,
+            chain: membership.chain_state()?,
+            volume: membership.volume,
+            node: membership.node,
+            genesis: membership.genesis.clone(),
+            nodes: membership.nodes.clone(),
+            addresses: membership.addresses.clone(),
+            epoch: ENTRY_EPOCH,
+            epoch_secret: *membership.epoch_secret(),
+            listen: listen.unwrap_or(DEFAULT_LISTEN),
+            listen_fallback: listen.is_none(),
+            acceptor_path: store.join(ACCEPTOR_FILE),
+        };
+        let network = Network::start(plan, venti_store.clone())?;
+        // Where this device listens goes into its announcements.
+        let own = reachable_addresses(network.listen());
+        if role == HomeRole::Daemon
+            && membership.set_own_addresses(own)
+            && let Err(error) = membership.save(store)
+        {
+            network.stop();
+            return Err(error);
+        }
+        let creator = membership.genesis.voters.contains(&membership.node);
+        let fossil_device = match membership.fossil_device() {
+            Ok(device) => device,
+            Err(error) => {
+                network.stop();
+                return Err(error);
+            }
+        };
+        let keyring_mode = membership.keyring_mode();
+        let devices = Arc::new(Devices {
+            store: store.to_owned(),
+            membership: parking_lot::Mutex::new(membership),
+            inviter: parking_lot::Mutex::new(Inviter::new()),
+            trust: network.trust().clone(),
+            nodes: network.nodes().clone(),
+            endpoint: network.endpoint().clone(),
+            blocking: network.blocking_replica(),
+            volume: parking_lot::Mutex::new(Weak::new()),
+        });
+        let home = Home {
+            listen: network.listen(),
+            network: parking_lot::Mutex::new(Some(network)),
+            keyring_mode,
+            creator,
+            fossil_device,
+            venti: venti_store,
+            devices,
+            stopping: Arc::new(AtomicBool::new(false)),
+        };
+        if role == HomeRole::Daemon
+            && let Err(error) = home.spawn_threads()
+        {
+            home.stop();
+            return Err(error);
+        }
+        Ok(home)
+    }
+
+    /// Whether this device created the volume (it proposes its genesis).
+    pub fn is_creator(&self) -> bool {
+        self.creator
+    }
+
+    pub fn fossil_device(&self) -> fossil::op::DeviceId {
+        self.fossil_device
+    }
+
+    pub fn blocking_replica(&self) -> BlockingReplica {
+        self.devices.blocking.clone()
+    }
+
+    pub fn remote_blocks(&self) -> Option<Arc<dyn RemoteBlocks>> {
+        self.network.lock().as_ref().map(|n| n.remote_blocks())
+    }
+
+    /// Joins are answered from now on: they grant the new device access in `volume`
+    /// (weak: a stopping daemon lets go of it).
+    pub fn serve(&self, volume: Weak<Volume>) {
+        *self.devices.volume.lock() = volume;
+    }
+
+    /// Handles announcements and joins, and announces this device to the others, from
+    /// the start: a device that joined must be heard before its volume can open.
+    fn spawn_threads(&self) -> Result<()> {
+        let devices = self.devices.clone();
+        let handler: FrameHandler = Box::new(move |inbound: Inbound| devices.on_frame(inbound));
+        if let Some(network) = self.network.lock().as_mut() {
+            network.serve_other_frames(handler)?;
+        }
+        let devices = self.devices.clone();
+        let stopping = self.stopping.clone();
+        std::thread::Builder::new()
+            .name("kith-announce".into())
+            .spawn(move || {
+                while !stopping.load(Ordering::SeqCst) {
+                    devices.announce();
+                    // Unknown devices are admitted for pairing only while a code is open.
+                    devices.inviter.lock().expire(&devices.trust);
+                    let deadline = Instant::now() + ANNOUNCE_INTERVAL;
+                    while Instant::now() < deadline && !stopping.load(Ordering::SeqCst) {
+                        std::thread::sleep(STOP_POLL);
+                    }
+                }
+            })
+            .map_err(|e| Error::Startup(format!("cannot start the announce thread: {e}")))?;
+        Ok(())
+    }
+
+    /// `kith device remove WHO` (devices helper hook): revokes the device in the user
+    /// chain, stops trusting it (its connections close), tells the other devices, and
+    /// proposes removing its vote. With two voters that removal needs the removed device
+    /// for its quorum; the revocation itself holds either way.
+    pub fn device_remove(&self, who: &str) -> Result<String> {
+        let devices = &self.devices;
+        let revoked = {
+            let mut membership = devices.membership.lock();
+            let revoked = membership.revoke(&devices.store, who)?;
+            membership.publish(&devices.trust, &devices.nodes, &devices.endpoint)?;
+            revoked
+        };
+        devices.announce();
+        let mut text = format!("removed {} ({})\n", revoked.name, revoked.device);
+        if let Some(node) = revoked.node {
+            let change = net::replica::MembershipChange::Remove(node);
+            match devices.blocking.change_membership(change) {
+                Ok(()) => text.push_str(&format!("its vote (node {}) is removed\n", node.0)),
+                Err(error) => text.push_str(&format!(
+                    "its vote (node {}) could not be removed yet: {error}\n",
+                    node.0
+                )),
+            }
+        }
+        Ok(text)
+    }
+
+    /// `kith device add`: a one-time code (line 1) and what to do with it.
+    pub fn device_add(&self) -> Result<String> {
+        let devices = &self.devices;
+        let membership = devices.membership.lock();
+        let code = devices.inviter.lock().issue_code(
+            &membership,
+            &devices.trust,
+            &reachable_addresses(self.listen),
+        )?;
+        let text = code.to_text();
+        Ok(format!(
+            "{text}\non the new device, with a fresh store: kith device join {text}\n\
+             (valid 10 minutes, once)\n"
+        ))
+    }
+
+    /// The sync part of `kith status`.
+    pub fn report(&self, sync: fossil::volume::SyncStatus) -> Result<SyncReport> {
+        let replica = self.devices.blocking.status()?;
+        let remote = self.venti.remote_stats();
+        let membership = self.devices.membership.lock();
+        let state = membership.chain_state()?;
+        let me = membership.device();
+        let devices = membership
+            .nodes
+            .iter()
+            .filter(|(_, device)| state.is_live(device))
+            .map(|(node, device)| DeviceReport {
+                node: *node,
+                fingerprint: device.fingerprint(),
+                name: state
+                    .devices
+                    .get(device)
+                    .map(|d| d.name.clone())
+                    .unwrap_or_default(),
+                online: *device == me
+                    || self.devices.endpoint.existing_connection(device).is_some(),
+                this: *device == me,
+            })
+            .collect();
+        Ok(SyncReport {
+            listen: self.listen,
+            keyring_encrypted: self.keyring_mode == KeyringMode::Encrypted,
+            config: replica.config,
+            leader: replica.leader,
+            commit_end: replica.commit_end.0.max(sync.commit_end),
+            applied_end: sync.applied_end,
+            queued: sync.pending,
+            fetches_in_flight: remote.fetches_in_flight,
+            fetched_bytes: remote.fetched_bytes,
+            devices,
+        })
+    }
+
+    /// Stops announcing, then the replica and the endpoint (after the volume closed).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Some(network) = self.network.lock().take() {
+            network.stop();
+        }
+    }
+}
+
+impl Devices {
+    /// Sends this device's announcement to every other device of the volume.
+    fn announce(&self) {
+        let (bytes, others) = {
+            let membership = self.membership.lock();
+            let me = membership.device();
+            let others: Vec<DeviceId> = membership
+                .nodes
+                .iter()
+                .map(|(_, device)| *device)
+                .filter(|device| *device != me)
+                .collect();
+            (membership.announcement(), others)
+        };
+        for device in others {
+            self.endpoint
+                .send_detached(device, Kind::CHAIN, bytes.clone());
+        }
+    }
+
+    /// One pairing request or announcement (on the pairing thread).
+    fn on_frame(&self, inbound: Inbound) {
+        let kind = inbound.frame.kind;
+        if kind == Kind::CHAIN && inbound.responder.is_none() {
+            if inbound.admission == Admission::Member {
+                self.adopt(inbound.peer, &inbound.frame.body);
+            }
+            return;
+        }
+        if kind != Kind::PAIR {
+            if let Some(responder) = inbound.responder {
+                responder.refuse("no handler for this frame kind");
+            }
+            return;
+        }
+        let outcome = {
+            let mut membership = self.membership.lock();
+            let outcome = join::answer_pair_request(
+                &mut self.inviter.lock(),
+                &mut membership,
+                &self.store,
+                &self.trust,
+                inbound,
+            );
+            if outcome.is_some()
+                && let Err(error) = membership.publish(&self.trust, &self.nodes, &self.endpoint)
+            {
+                tracing::warn!(%error, "cannot publish the new device");
+            }
+            outcome
+        };
+        if let Some(outcome) = outcome {
+            self.admit_to_volume(&outcome);
+            self.announce();
+        }
+    }
+
+    /// Takes another device's announcement: newcomers, revocations, addresses.
+    fn adopt(&self, from: DeviceId, bytes: &[u8]) {
+        let mut membership = self.membership.lock();
+        match membership.adopt(&self.store, from, bytes) {
+            Ok(adopted) if adopted.changed() => {
+                tracing::info!(%from, ?adopted, "learned devices from an announcement");
+                if let Err(error) = membership.publish(&self.trust, &self.nodes, &self.endpoint) {
+                    tracing::warn!(%error, "cannot apply an announcement");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%from, %error, "announcement refused"),
+        }
+    }
+
+    /// The volume side of a join: write access first (it commits under the current
+    /// configuration, before the new voter is needed for a quorum), then the voter.
+    fn admit_to_volume(&self, outcome: &JoinOutcome) {
+        let Some(volume) = self.volume.lock().upgrade() else {
+            tracing::warn!("a device joined while the volume is closed; it is not granted yet");
+            return;
+        };
+        let granted = u32::try_from(outcome.node.0)
+            .ok()
+            .map(fossil::op::DeviceId)
+            .ok_or(fossil::Error::Invalid(
+                "node id out of fossil's device range",
+            ))
+            .and_then(|device| volume.grant(device, fossil::op::Rights::Write));
+        drop(volume);
+        if let Err(error) = granted {
+            tracing::error!(node = %outcome.node, %error, "granting the new device failed");
+            return;
+        }
+        let change = net::replica::MembershipChange::AddVoter(outcome.node);
+        for attempt in 0..VOTER_ATTEMPTS_MAX {
+            match self.blocking.change_membership(change) {
+                Ok(()) => {
+                    tracing::info!(node = %outcome.node, name = %outcome.name, "proposed the new voter");
+                    return;
+                }
+                Err(error) => {
+                    tracing::info!(node = %outcome.node, attempt, %error, "adding the voter failed; retrying");
+                    std::thread::sleep(VOTER_RETRY);
+                }
+            }
+        }
+        tracing::error!(node = %outcome.node, "the new device was not added as a voter");
+    }
+}
+
+/// Where other devices can reach a daemon listening on `listen`: the address itself,
+/// or for an unspecified address this machine's interface addresses (loopback last).
+pub fn reachable_addresses(listen: SocketAddr) -> Vec<SocketAddr> {
+    if !listen.ip().is_unspecified() {
+        return vec![listen];
+    }
+    let mut found: Vec<SocketAddr> = Vec::new();
+    if let Ok(interfaces) = nix::ifaddrs::getifaddrs() {
+        for interface in interfaces {
+            let Some(address) = interface.address else {
+                continue;
+            };
+            let ip = if let Some(v4) = address.as_sockaddr_in() {
+                std::net::IpAddr::V4(v4.ip())
+            } else if let Some(v6) = address.as_sockaddr_in6() {
+                if listen.is_ipv4() {
+                    continue;
+                }
+                std::net::IpAddr::V6(v6.ip())
+            } else {
+                continue;
+            };
+            let candidate = SocketAddr::new(ip, listen.port());
+            if !found.contains(&candidate) {
+                found.push(candidate);
+            }
+        }
+    }
+    found.sort_by_key(|a| a.ip().is_loopback());
+    found.truncate(net::pairing::ADDRESSES_MAX);
+    found
+}
