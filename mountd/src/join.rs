@@ -20,10 +20,7 @@
 //! the node table maps the assigned node to this device, the secret opens) and writes
 //! keyring, `volume.key` and membership into the store.
 //!
-//! Not here: removing a device (revocation and a new epoch), friends.
-
-// The inviter side is called by the daemon; until it is wired, the binary does not use it.
-#![cfg_attr(not(test), allow(dead_code))]
+//! Not here: removing a device ([`Membership::revoke`]), friends.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;

@@ -27,21 +27,16 @@
 //! re-executed by `kith mount`: [`daemon_environment`] gives the passphrase to pass in
 //! the child's environment (never argv).
 
-// Parts are called by the daemon; until it is wired, the binary does not use them.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::io::{IsTerminal, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use net::identity::{ChainState, DeviceId, DeviceIdentity, LinkBody, UserChain, UserRootKey};
 use net::keyring::{KdfParams, Keyring, Lock, Protection};
 use net::link::NodeTable;
 use net::pairing::{Announcement, VolumeInfo};
 use net::quic::TrustSet;
-use net::replica::StaticKeys;
 use paxos::{Config as PaxosConfig, ConfigId, NodeId, VolumeId};
 use zeroize::Zeroizing;
 
@@ -296,35 +291,6 @@ impl Membership {
     /// The volume key file's epoch secret (the source of every volume subkey).
     pub(crate) fn epoch_secret(&self) -> &[u8; EPOCH_SECRET_BYTES] {
         &self.epoch_secret
-    }
-
-    /// The replica's keys: the entry key of epoch 0 (derived from the volume's epoch
-    /// secret) and the signing keys of the nodes whose devices are live in the chain.
-    pub fn static_keys(&self) -> Result<StaticKeys> {
-        let state = self.chain_state()?;
-        let mut keys = StaticKeys::default();
-        keys.epochs.insert(
-            net::entry::KeyEpoch(0),
-            net::entry::EntryKey::derive(&self.epoch_secret),
-        );
-        for (node, device) in &self.nodes {
-            if state.is_live(device) {
-                keys.authors.insert(*node, device.verifying_key()?);
-            }
-        }
-        Ok(keys)
-    }
-
-    /// A node table holding every node ↔ device of the volume.
-    pub fn node_table(&self) -> NodeTable {
-        NodeTable::new(self.nodes.iter().copied())
-    }
-
-    /// A trust set admitting exactly the live devices of the user chain.
-    pub fn trust_set(&self) -> Result<Arc<TrustSet>> {
-        let trust = TrustSet::new();
-        trust.set_from_chains([&self.chain_state()?]);
-        Ok(Arc::new(trust))
     }
 
     /// Brings a running daemon's trust, node table and endpoint addresses up to date
@@ -911,6 +877,39 @@ fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
             .map_err(io_error)?;
     }
     Ok(())
+}
+
+/// What the daemon builds from a membership, for tests that check it without a daemon.
+#[cfg(test)]
+impl Membership {
+    /// The replica's keys (as the daemon's `NodeKeys` resolves them): the entry key of epoch 0 (derived from the volume's epoch
+    /// secret) and the signing keys of the nodes whose devices are live in the chain.
+    pub fn static_keys(&self) -> Result<net::replica::StaticKeys> {
+        let state = self.chain_state()?;
+        let mut keys = net::replica::StaticKeys::default();
+        keys.epochs.insert(
+            net::entry::KeyEpoch(0),
+            net::entry::EntryKey::derive(&self.epoch_secret),
+        );
+        for (node, device) in &self.nodes {
+            if state.is_live(device) {
+                keys.authors.insert(*node, device.verifying_key()?);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// A node table holding every node ↔ device of the volume.
+    pub fn node_table(&self) -> NodeTable {
+        NodeTable::new(self.nodes.iter().copied())
+    }
+
+    /// A trust set admitting exactly the live devices of the user chain.
+    pub fn trust_set(&self) -> Result<std::sync::Arc<TrustSet>> {
+        let trust = TrustSet::new();
+        trust.set_from_chains([&self.chain_state()?]);
+        Ok(std::sync::Arc::new(trust))
+    }
 }
 
 #[cfg(test)]
