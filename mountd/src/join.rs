@@ -339,6 +339,13 @@ async fn request_join(
                 connection = Some(found);
                 break;
             }
+            Ok(Err(net::Error::Connection { reason, .. })) if reason.contains("handshake") => {
+                // The inviter admits unknown devices only while a code is open there.
+                failures.push(format!(
+                    "{addr}: refused this device in the handshake (no pairing code is open \
+                     there: the code was used or expired, or its daemon restarted)"
+                ))
+            }
             Ok(Err(error)) => failures.push(format!("{addr}: {error}")),
             Err(_) => failures.push(format!("{addr}: no answer within {DIAL_TIMEOUT:?}")),
         }
@@ -346,8 +353,7 @@ async fn request_join(
     let Some(connection) = connection else {
         endpoint.close().await;
         return Err(Error::Join(format!(
-            "cannot reach the inviting device (is its daemon running, and is the code still \
-             open?) — tried {}",
+            "the inviting device did not let this device in — tried {}",
             failures.join("; ")
         )));
     };
@@ -621,6 +627,11 @@ mod tests {
         // An initialised store cannot join.
         let error = join_error(&store_b, &daemon.code()?.to_text());
         assert!(error.contains("already initialised"), "{error}");
+        // With no code open at all, a spent code is refused in the handshake, and says so.
+        daemon.state.lock().0 = Inviter::new();
+        daemon.trust.set_pairing_open(false);
+        let error = join_error(&root.path().join("e"), &code.to_text());
+        assert!(error.contains("no pairing code is open"), "{error}");
         // No device was added by the refused attempts.
         assert_eq!(daemon.state.lock().1.chain.links().len(), 2);
         daemon.runtime.block_on(daemon.endpoint.close());
