@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 pub mod decoders;
+pub mod sync;
 
 /// How long a daemon gets to go away after SIGKILL or unmount.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);

@@ -1,0 +1,626 @@
+//! Helpers for tests with several devices: separate `kith` daemons on loopback, each
+//! with its own store, XDG directories and FUSE mount, paired through `kith device
+//! add` / `kith device join` as a user would (see `/work/briefs/sync-cli-contract.md`).
+//!
+//! [`cluster`] builds N paired, mounted devices of one user and waits until each sees
+//! all of them; [`tree`] walks a mount into a comparable value (names, kinds, modes,
+//! sizes, content hashes, symlink targets, xattrs) so tests can assert that every
+//! device ends with the same tree.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::Kith;
+
+/// How long pairing, mounting and catching up may take on a loaded 2-core machine.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Kith {
+    /// `kith mount MNT --listen 127.0.0.1:0`; returns the daemon's pid.
+    pub fn mount_listening(&self) -> anyhow::Result<u32> {
+        let out = self.ok([
+            OsStr::new("mount"),
+            self.mnt.as_os_str(),
+            OsStr::new("--listen"),
+            OsStr::new("127.0.0.1:0"),
+        ])?;
+        daemon_pid_in(&out)
+    }
+
+    /// `kith device add`: the pairing code (line 1 of its output).
+    pub fn device_add(&self) -> anyhow::Result<String> {
+        let out = self.ok(["device", "add"])?;
+        let code = out.lines().next().unwrap_or_default().trim().to_owned();
+        if code.is_empty() || code.contains(' ') {
+            bail!("no pairing code on line 1 of {out:?}");
+        }
+        Ok(code)
+    }
+
+    /// `kith device join CODE` on this (fresh) store.
+    pub fn device_join(&self, code: &str) -> anyhow::Result<String> {
+        self.ok(["device", "join", code])
+    }
+
+    /// `kith status --json`, parsed.
+    pub fn sync_status(&self) -> anyhow::Result<SyncStatus> {
+        let out = self.ok(["status", "--json"])?;
+        SyncStatus::parse(&out).with_context(|| format!("kith status --json printed {out:?}"))
+    }
+
+    /// The pid of the daemon holding this store, from its lock file.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        let holder = std::fs::read_to_string(self.store().join("kith-daemon.lock")).ok()?;
+        holder
+            .strip_prefix("pid ")
+            .and_then(|rest| rest.lines().next())
+            .and_then(|pid| pid.trim().parse().ok())
+    }
+
+    /// Detaches the mount of a daemon that was killed (its mount point answers
+    /// ENOTCONN until then), so the store can be mounted again.
+    pub fn detach_dead_mount(&self) {
+        let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::process::Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(&self.mnt)
+            .output();
+    }
+}
+
+fn daemon_pid_in(out: &str) -> anyhow::Result<u32> {
+    out.split("daemon pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .with_context(|| format!("no daemon pid in {out:?}"))
+}
+
+/// `n` devices of one user: the first creates the user and the volume, the others
+/// join through it; all are mounted and listening on loopback, and each lists all
+/// `n` devices online with nothing left to apply.
+pub fn cluster(n: usize) -> anyhow::Result<Vec<Kith>> {
+    let mut devices = Vec::with_capacity(n);
+    let first = Kith::new()?;
+    first
+        .mount_listening()
+        .context("mounting the first device")?;
+    devices.push(first);
+    for index in 1..n {
+        let device = join_with_retries(&devices[0], index)?;
+        device
+            .mount_listening()
+            .with_context(|| format!("mounting device {index}"))?;
+        devices.push(device);
+    }
+    for (index, device) in devices.iter().enumerate() {
+        wait_until(
+            SYNC_TIMEOUT,
+            &format!("device {index} sees {n} online"),
+            || {
+                let status = device.sync_status()?;
+                Ok(status.devices.iter().filter(|d| d.online).count() == n
+                    && status.volume.behind == 0)
+            },
+        )?;
+    }
+    Ok(devices)
+}
+
+/// A fresh device joined through `inviter`. A failed join is retried on a fresh store
+/// with a fresh code, as a user would, and said on stdout (pairing has failed with
+/// "connection lost" now and then; the sync tests are about what comes after).
+fn join_with_retries(inviter: &Kith, index: usize) -> anyhow::Result<Kith> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 1;
+    loop {
+        let device = Kith::new()?;
+        let code = inviter.device_add()?;
+        match device.device_join(&code) {
+            Ok(_) => return Ok(device),
+            Err(error) if attempt < ATTEMPTS => {
+                println!("device {index}: join attempt {attempt} failed, retrying: {error:#}");
+                attempt += 1;
+            }
+            Err(error) => return Err(error.context(format!("device {index} joining"))),
+        }
+    }
+}
+
+/// Polls `ready` every 20 ms until it returns true; fails after `timeout` with the
+/// last error, if any.
+pub fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut ready: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match ready() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(error) => last_error = Some(error),
+        }
+        if Instant::now() >= deadline {
+            match last_error {
+                Some(error) => bail!("timed out after {timeout:?} waiting for {what}: {error:#}"),
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `path` reads as `content` (an open on another device runs a read
+/// barrier, so once the writer's fsync returned this holds at once; the wait covers
+/// names that appear within the kernel's entry TTL).
+pub fn wait_for_content(path: &Path, content: &[u8], timeout: Duration) -> anyhow::Result<()> {
+    wait_until(
+        timeout,
+        &format!("{} to hold the content", path.display()),
+        || Ok(std::fs::read(path).is_ok_and(|read| read == content)),
+    )
+}
+
+/// SIGSTOP `pid` (its peers see it go silent; its socket stays bound).
+pub fn pause(pid: u32) -> anyhow::Result<()> {
+    signal(pid, nix::sys::signal::Signal::SIGSTOP)
+}
+
+/// SIGCONT `pid`.
+pub fn resume(pid: u32) -> anyhow::Result<()> {
+    signal(pid, nix::sys::signal::Signal::SIGCONT)
+}
+
+fn signal(pid: u32, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+    let raw = i32::try_from(pid)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal)?;
+    Ok(())
+}
+
+/// Resident memory of `pid` in KiB (VmRSS).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// One file system object as the tree comparison sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// "file", "dir", "symlink" or "other".
+    pub kind: &'static str,
+    /// Permission bits (mode & 0o7777).
+    pub mode: u32,
+    /// Size in bytes (files only; 0 otherwise).
+    pub size: u64,
+    /// BLAKE3 of the content (files) or the target (symlinks).
+    pub hash: String,
+    /// Extended attributes, name → value.
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+/// Every object under `root` by relative path, without the root's `.snapshots`.
+pub fn tree(root: &Path) -> anyhow::Result<BTreeMap<PathBuf, Node>> {
+    let mut out = BTreeMap::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let dir = root.join(&relative);
+        let entries =
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?;
+        for entry in entries {
+            let entry = entry?;
+            if relative.as_os_str().is_empty() && entry.file_name() == ".snapshots" {
+                continue;
+            }
+            let path = relative.join(entry.file_name());
+            let full = root.join(&path);
+            let meta = std::fs::symlink_metadata(&full)
+                .with_context(|| format!("stat {}", full.display()))?;
+            let file_type = meta.file_type();
+            let (kind, size, hash) = if file_type.is_dir() {
+                pending.push(path.clone());
+                ("dir", 0, String::new())
+            } else if file_type.is_symlink() {
+                let target = std::fs::read_link(&full)?;
+                let hash = blake3::hash(target.as_os_str().as_encoded_bytes());
+                ("symlink", 0, hash.to_hex().to_string())
+            } else if file_type.is_file() {
+                let content =
+                    std::fs::read(&full).with_context(|| format!("reading {}", full.display()))?;
+                (
+                    "file",
+                    meta.size(),
+                    blake3::hash(&content).to_hex().to_string(),
+                )
+            } else {
+                ("other", 0, String::new())
+            };
+            let xattrs = if file_type.is_symlink() {
+                BTreeMap::new()
+            } else {
+                xattrs(&full)?
+            };
+            out.insert(
+                path,
+                Node {
+                    kind,
+                    mode: meta.permissions().mode() & 0o7777,
+                    size,
+                    hash,
+                    xattrs,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn xattrs(path: &Path) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+    let mut names = vec![0u8; 64 << 10];
+    let len = rustix::fs::listxattr(path, &mut names)
+        .with_context(|| format!("listxattr {}", path.display()))?;
+    let mut out = BTreeMap::new();
+    for name in names.get(..len).unwrap_or_default().split(|b| *b == 0) {
+        if name.is_empty() {
+            continue;
+        }
+        let name = String::from_utf8_lossy(name).into_owned();
+        let mut value = vec![0u8; 64 << 10];
+        let value_len = rustix::fs::getxattr(path, name.as_str(), &mut value)
+            .with_context(|| format!("getxattr {} {name}", path.display()))?;
+        value.truncate(value_len);
+        out.insert(name, value);
+    }
+    Ok(out)
+}
+
+/// Fails with the first difference unless every tree equals the first one.
+pub fn assert_same_trees(roots: &[&Path]) -> anyhow::Result<BTreeMap<PathBuf, Node>> {
+    let Some((first, rest)) = roots.split_first() else {
+        bail!("no trees to compare");
+    };
+    let reference = tree(first)?;
+    for other in rest {
+        let theirs = tree(other)?;
+        for (path, node) in &reference {
+            match theirs.get(path) {
+                None => bail!(
+                    "{} has {path:?}, {} does not",
+                    first.display(),
+                    other.display()
+                ),
+                Some(their) if their != node => bail!(
+                    "{path:?} differs: {node:?} on {}, {their:?} on {}",
+                    first.display(),
+                    other.display()
+                ),
+                Some(_) => {}
+            }
+        }
+        if let Some(extra) = theirs.keys().find(|path| !reference.contains_key(*path)) {
+            bail!(
+                "{} has {extra:?}, {} does not",
+                other.display(),
+                first.display()
+            );
+        }
+    }
+    Ok(reference)
+}
+
+/// Waits until every mount shows the same tree; returns it.
+pub fn wait_for_same_trees(
+    roots: &[&Path],
+    timeout: Duration,
+) -> anyhow::Result<BTreeMap<PathBuf, Node>> {
+    let mut same = None;
+    wait_until(timeout, "identical trees on every device", || {
+        same = Some(assert_same_trees(roots)?);
+        Ok(true)
+    })?;
+    same.context("no tree")
+}
+
+/// What `kith status --json` says (the fields the tests use).
+#[derive(Clone, Debug, Default)]
+pub struct SyncStatus {
+    pub listen: String,
+    pub keyring: String,
+    pub volume: VolumeStatus,
+    pub devices: Vec<DeviceStatus>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct VolumeStatus {
+    pub commit_end: u64,
+    pub applied_end: u64,
+    pub behind: u64,
+    pub queued: u64,
+    pub leader: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeviceStatus {
+    pub fingerprint: String,
+    pub name: String,
+    pub role: String,
+    pub online: bool,
+    pub this: bool,
+}
+
+impl SyncStatus {
+    pub fn parse(text: &str) -> anyhow::Result<SyncStatus> {
+        let value = json::parse(text)?;
+        let volume = value.get("volume").context("no volume")?;
+        let number = |key: &str| volume.get(key).and_then(json::Value::as_u64).unwrap_or(0);
+        let text_of = |value: &json::Value, key: &str| {
+            value
+                .get(key)
+                .and_then(json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let devices = match value.get("devices") {
+            Some(json::Value::Array(devices)) => devices
+                .iter()
+                .map(|device| DeviceStatus {
+                    fingerprint: text_of(device, "fingerprint"),
+                    name: text_of(device, "name"),
+                    role: text_of(device, "role"),
+                    online: device.get("online") == Some(&json::Value::Bool(true)),
+                    this: device.get("this") == Some(&json::Value::Bool(true)),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(SyncStatus {
+            listen: text_of(&value, "listen"),
+            keyring: text_of(&value, "keyring"),
+            volume: VolumeStatus {
+                commit_end: number("commit_end"),
+                applied_end: number("applied_end"),
+                behind: number("behind"),
+                queued: number("queued"),
+                leader: volume
+                    .get("leader")
+                    .and_then(json::Value::as_str)
+                    .map(str::to_owned),
+            },
+            devices,
+        })
+    }
+
+    /// The leader's fingerprint, if this device knows one.
+    pub fn leader(&self) -> Option<&str> {
+        self.volume.leader.as_deref()
+    }
+}
+
+/// A small JSON reader for `kith status --json` (the tests crate keeps its
+/// dependencies to what the workspace already builds).
+pub mod json {
+    use anyhow::bail;
+
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum Value {
+        Null,
+        Bool(bool),
+        Number(f64),
+        String(String),
+        Array(Vec<Value>),
+        Object(Vec<(String, Value)>),
+    }
+
+    impl Value {
+        pub fn get(&self, key: &str) -> Option<&Value> {
+            match self {
+                Value::Object(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+                _ => None,
+            }
+        }
+
+        pub fn as_u64(&self) -> Option<u64> {
+            match self {
+                Value::Number(n) if *n >= 0.0 => Some(*n as u64),
+                _ => None,
+            }
+        }
+
+        pub fn as_str(&self) -> Option<&str> {
+            match self {
+                Value::String(s) => Some(s),
+                _ => None,
+            }
+        }
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Value> {
+        let mut parser = Parser {
+            bytes: text.as_bytes(),
+            at: 0,
+        };
+        let value = parser.value()?;
+        parser.space();
+        if parser.at != parser.bytes.len() {
+            bail!("trailing characters at {}", parser.at);
+        }
+        Ok(value)
+    }
+
+    struct Parser<'a> {
+        bytes: &'a [u8],
+        at: usize,
+    }
+
+    impl Parser<'_> {
+        fn peek(&self) -> Option<u8> {
+            self.bytes.get(self.at).copied()
+        }
+
+        fn space(&mut self) {
+            while self.peek().is_some_and(|b| b.is_ascii_whitespace()) {
+                self.at += 1;
+            }
+        }
+
+        fn expect(&mut self, byte: u8) -> anyhow::Result<()> {
+            self.space();
+            if self.peek() != Some(byte) {
+                bail!("expected {:?} at {}", byte as char, self.at);
+            }
+            self.at += 1;
+            Ok(())
+        }
+
+        fn literal(&mut self, word: &str, value: Value) -> anyhow::Result<Value> {
+            if self.bytes.get(self.at..self.at + word.len()) != Some(word.as_bytes()) {
+                bail!("bad literal at {}", self.at);
+            }
+            self.at += word.len();
+            Ok(value)
+        }
+
+        fn value(&mut self) -> anyhow::Result<Value> {
+            self.space();
+            match self.peek() {
+                Some(b'{') => {
+                    self.at += 1;
+                    let mut fields = Vec::new();
+                    self.space();
+                    if self.peek() == Some(b'}') {
+                        self.at += 1;
+                        return Ok(Value::Object(fields));
+                    }
+                    loop {
+                        self.space();
+                        let key = self.string()?;
+                        self.expect(b':')?;
+                        fields.push((key, self.value()?));
+                        self.space();
+                        match self.peek() {
+                            Some(b',') => self.at += 1,
+                            Some(b'}') => {
+                                self.at += 1;
+                                return Ok(Value::Object(fields));
+                            }
+                            _ => bail!("expected , or }} at {}", self.at),
+                        }
+                    }
+                }
+                Some(b'[') => {
+                    self.at += 1;
+                    let mut items = Vec::new();
+                    self.space();
+                    if self.peek() == Some(b']') {
+                        self.at += 1;
+                        return Ok(Value::Array(items));
+                    }
+                    loop {
+                        items.push(self.value()?);
+                        self.space();
+                        match self.peek() {
+                            Some(b',') => self.at += 1,
+                            Some(b']') => {
+                                self.at += 1;
+                                return Ok(Value::Array(items));
+                            }
+                            _ => bail!("expected , or ] at {}", self.at),
+                        }
+                    }
+                }
+                Some(b'"') => Ok(Value::String(self.string()?)),
+                Some(b't') => self.literal("true", Value::Bool(true)),
+                Some(b'f') => self.literal("false", Value::Bool(false)),
+                Some(b'n') => self.literal("null", Value::Null),
+                Some(_) => {
+                    let start = self.at;
+                    while self
+                        .peek()
+                        .is_some_and(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+                    {
+                        self.at += 1;
+                    }
+                    let number =
+                        std::str::from_utf8(self.bytes.get(start..self.at).unwrap_or_default())?;
+                    Ok(Value::Number(number.parse()?))
+                }
+                None => bail!("unexpected end"),
+            }
+        }
+
+        fn string(&mut self) -> anyhow::Result<String> {
+            if self.peek() != Some(b'"') {
+                bail!("expected a string at {}", self.at);
+            }
+            self.at += 1;
+            let mut out = Vec::new();
+            loop {
+                match self.peek() {
+                    None => bail!("unterminated string"),
+                    Some(b'"') => {
+                        self.at += 1;
+                        return Ok(String::from_utf8(out)?);
+                    }
+                    Some(b'\\') => {
+                        let escaped = self.bytes.get(self.at + 1).copied();
+                        self.at += 2;
+                        match escaped {
+                            Some(b'n') => out.push(b'\n'),
+                            Some(b't') => out.push(b'\t'),
+                            Some(b'u') => {
+                                let hex = self.bytes.get(self.at..self.at + 4).unwrap_or_default();
+                                let code = u32::from_str_radix(std::str::from_utf8(hex)?, 16)?;
+                                let ch = char::from_u32(code).unwrap_or('\u{fffd}');
+                                out.extend_from_slice(ch.to_string().as_bytes());
+                                self.at += 4;
+                            }
+                            Some(other) => out.push(other),
+                            None => bail!("unterminated escape"),
+                        }
+                    }
+                    Some(byte) => {
+                        out.push(byte);
+                        self.at += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn parses_the_status_shape() {
+            let value = parse(
+                r#"{"listen":"127.0.0.1:4000","volume":{"commit_end":12,"leader":null},
+                   "devices":[{"name":"a\"b","online":true},{"online":false}]}"#,
+            )
+            .unwrap();
+            assert_eq!(
+                value.get("listen").and_then(Value::as_str),
+                Some("127.0.0.1:4000")
+            );
+            let volume = value.get("volume").unwrap();
+            assert_eq!(volume.get("commit_end").and_then(Value::as_u64), Some(12));
+            assert_eq!(volume.get("leader"), Some(&Value::Null));
+            let Some(Value::Array(devices)) = value.get("devices") else {
+                panic!("no devices");
+            };
+            assert_eq!(devices[0].get("name").and_then(Value::as_str), Some("a\"b"));
+            assert_eq!(devices[1].get("online"), Some(&Value::Bool(false)));
+            assert!(parse("{").is_err());
+            assert!(parse("[1] x").is_err());
+        }
+    }
+}

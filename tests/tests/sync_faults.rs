@@ -1,0 +1,289 @@
+//! Faults with three daemons on loopback: the leader killed with SIGKILL during a
+//! stream of fsynced writes, a device stopped or killed while hundreds of operations
+//! happen, and the same file edited on both sides of a partition. No write whose
+//! fsync returned is lost, and every mount ends with the same tree.
+//!
+//! A partition is a stopped process (SIGSTOP): its peers see it go silent, and it
+//! sees nothing until SIGCONT. `KITH_LONG=1` runs longer streams.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use kith_tests::sync::{
+    SYNC_TIMEOUT, cluster, pause, resume, wait_for_content, wait_for_same_trees, wait_until,
+};
+use kith_tests::{Kith, kill_and_wait, pattern, skip_without_fuse};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn long_run() -> bool {
+    std::env::var_os("KITH_LONG").is_some_and(|value| value != "0")
+}
+
+fn write_synced(path: &Path, content: &[u8]) -> anyhow::Result<()> {
+    let mut file = fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    file.write_all(content)
+        .with_context(|| format!("write {}", path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("fsync {}", path.display()))
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    fs::read(path).with_context(|| format!("read {}", path.display()))
+}
+
+fn mounts(devices: &[Kith]) -> Vec<&Path> {
+    devices.iter().map(|device| device.mnt.as_path()).collect()
+}
+
+/// This device's own fingerprint, as its status lists it.
+fn own_fingerprint(device: &Kith) -> anyhow::Result<String> {
+    device
+        .sync_status()?
+        .devices
+        .into_iter()
+        .find(|d| d.this)
+        .map(|d| d.fingerprint)
+        .context("status lists no device as this one")
+}
+
+/// Index of the device every live device agrees is the leader.
+fn leader_index(devices: &[Kith]) -> anyhow::Result<usize> {
+    let mut index = None;
+    wait_until(SYNC_TIMEOUT, "a leader", || {
+        let leader = devices[0].sync_status()?.volume.leader;
+        let Some(leader) = leader else {
+            return Ok(false);
+        };
+        for (n, device) in devices.iter().enumerate() {
+            if own_fingerprint(device)? == leader {
+                index = Some(n);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    })?;
+    index.context("no leader")
+}
+
+fn content_of(writer: &str, n: u64) -> Vec<u8> {
+    let seed = writer
+        .bytes()
+        .fold(n, |acc, b| acc.wrapping_mul(31) ^ u64::from(b));
+    pattern(seed, 1000 + (n as usize % 7) * 1500)
+}
+
+/// Writes `w-{name}-{n}` files with fsync until `stop`; returns the `n`s whose fsync
+/// returned success (acknowledged writes).
+fn write_stream(mount: &Path, name: &str, stop: &AtomicBool, limit: u64) -> BTreeSet<u64> {
+    let mut acknowledged = BTreeSet::new();
+    for n in 0..limit {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if write_synced(&mount.join(format!("w-{name}-{n}")), &content_of(name, n)).is_ok() {
+            acknowledged.insert(n);
+        }
+    }
+    acknowledged
+}
+
+#[test]
+fn killing_the_leader_loses_no_acknowledged_write() -> anyhow::Result<()> {
+    if skip_without_fuse("killing_the_leader_loses_no_acknowledged_write") {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|poison| poison.into_inner());
+    let devices = cluster(3)?;
+    let leader = leader_index(&devices)?;
+    let follower = (leader + 1) % 3;
+    let leader_pid = devices[leader].daemon_pid().context("leader pid")?;
+    let run = if long_run() {
+        Duration::from_secs(20)
+    } else {
+        Duration::from_secs(2)
+    };
+
+    let stop = AtomicBool::new(false);
+    let (on_leader, on_follower) = std::thread::scope(|scope| {
+        let leader_mount = devices[leader].mnt.clone();
+        let follower_mount = devices[follower].mnt.clone();
+        let stop = &stop;
+        let on_leader = scope.spawn(move || write_stream(&leader_mount, "l", stop, 100_000));
+        let on_follower = scope.spawn(move || write_stream(&follower_mount, "f", stop, 100_000));
+        std::thread::sleep(run / 2);
+        let killed = kill_and_wait(leader_pid);
+        // The survivors elect a new leader and the follower's stream goes on.
+        std::thread::sleep(run / 2 + Duration::from_secs(3));
+        stop.store(true, Ordering::Relaxed);
+        assert!(killed, "the leader did not die");
+        (
+            on_leader.join().unwrap_or_default(),
+            on_follower.join().unwrap_or_default(),
+        )
+    });
+    assert!(!on_follower.is_empty(), "the follower acknowledged nothing");
+    let after_kill = on_follower.len();
+
+    // Every acknowledged write is on both survivors.
+    let survivors: Vec<&Kith> = (0..3)
+        .filter(|n| *n != leader)
+        .map(|n| &devices[n])
+        .collect();
+    for device in &survivors {
+        for (name, acknowledged) in [("l", &on_leader), ("f", &on_follower)] {
+            for n in acknowledged {
+                wait_for_content(
+                    &device.path(format!("w-{name}-{n}")),
+                    &content_of(name, *n),
+                    SYNC_TIMEOUT,
+                )
+                .with_context(|| format!("acknowledged w-{name}-{n} lost"))?;
+            }
+        }
+    }
+    // The survivors still commit: one more write from each.
+    for (n, device) in survivors.iter().enumerate() {
+        write_synced(&device.path(format!("after-{n}")), b"after")?;
+    }
+
+    // The killed device restarts and catches up.
+    devices[leader].detach_dead_mount();
+    devices[leader].mount_listening()?;
+    for n in &on_follower {
+        wait_for_content(
+            &devices[leader].path(format!("w-f-{n}")),
+            &content_of("f", *n),
+            SYNC_TIMEOUT,
+        )?;
+    }
+    let tree = wait_for_same_trees(&mounts(&devices), SYNC_TIMEOUT)?;
+    for n in &on_leader {
+        assert!(
+            tree.contains_key(Path::new(&format!("w-l-{n}"))),
+            "w-l-{n} lost"
+        );
+    }
+    println!(
+        "leader acknowledged {} writes, follower {after_kill}; trees identical",
+        on_leader.len()
+    );
+    Ok(())
+}
+
+/// Hundreds of operations of every kind on `device`, some fsynced.
+fn many_operations(device: &Kith, tag: &str, count: usize) -> anyhow::Result<()> {
+    let dir = device.path(tag);
+    fs::create_dir(&dir)?;
+    for n in 0..count {
+        let path = dir.join(format!("f{n}"));
+        match n % 5 {
+            0 | 1 => write_synced(&path, &pattern(n as u64, 100 + n * 13))?,
+            2 => fs::write(&path, format!("plain {n}"))?,
+            3 => {
+                fs::write(&path, b"to be renamed")?;
+                fs::rename(&path, dir.join(format!("renamed-{n}")))?;
+            }
+            _ => {
+                fs::write(&path, b"to be removed")?;
+                fs::remove_file(&path)?;
+            }
+        }
+    }
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir.join("f0"), fs::Permissions::from_mode(0o640))?;
+    fs::File::open(&dir)?.sync_all()?;
+    Ok(())
+}
+
+#[test]
+fn a_stopped_device_catches_up() -> anyhow::Result<()> {
+    if skip_without_fuse("a_stopped_device_catches_up") {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|poison| poison.into_inner());
+    let devices = cluster(3)?;
+    let count = if long_run() { 3000 } else { 300 };
+
+    // C stops (SIGSTOP): A and B keep a quorum and keep committing.
+    let c_pid = devices[2].daemon_pid().context("c pid")?;
+    pause(c_pid)?;
+    let work = many_operations(&devices[0], "while-stopped", count);
+    resume(c_pid)?;
+    work?;
+    wait_for_same_trees(&mounts(&devices), SYNC_TIMEOUT)?;
+
+    // C is killed (SIGKILL) while more happens, then restarted from its store.
+    kill_and_wait(devices[2].daemon_pid().context("c pid")?);
+    devices[2].detach_dead_mount();
+    many_operations(&devices[1], "while-killed", count)?;
+    devices[2].mount_listening()?;
+    let tree = wait_for_same_trees(&mounts(&devices), SYNC_TIMEOUT)?;
+    let written = |tag: &str| {
+        tree.keys()
+            .filter(|path| path.starts_with(tag) && path.components().count() == 2)
+            .count()
+    };
+    // 4 of every 5 operations leave a name (writes, plain writes, renames).
+    assert_eq!(written("while-stopped"), count * 4 / 5);
+    assert_eq!(written("while-killed"), count * 4 / 5);
+    Ok(())
+}
+
+#[test]
+fn edits_on_both_sides_of_a_partition_keep_both_versions() -> anyhow::Result<()> {
+    if skip_without_fuse("edits_on_both_sides_of_a_partition_keep_both_versions") {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|poison| poison.into_inner());
+    let devices = cluster(3)?;
+    let [a, b, c] = [&devices[0], &devices[1], &devices[2]];
+    write_synced(&a.path("doc.txt"), b"original")?;
+    wait_for_content(&c.path("doc.txt"), b"original", SYNC_TIMEOUT)?;
+
+    // C alone: A and B are stopped, so C's edit stays queued (its fsync still returns).
+    let (a_pid, b_pid) = (
+        a.daemon_pid().context("a pid")?,
+        b.daemon_pid().context("b pid")?,
+    );
+    let c_pid = c.daemon_pid().context("c pid")?;
+    pause(a_pid)?;
+    pause(b_pid)?;
+    let started = Instant::now();
+    let c_edit = write_synced(&c.path("doc.txt"), b"edited on c");
+    let c_fsync = started.elapsed();
+    // Now C goes silent and A and B come back: A's edit commits with B.
+    pause(c_pid)?;
+    resume(a_pid)?;
+    resume(b_pid)?;
+    c_edit.context("an edit without a quorum still succeeds (queued)")?;
+    write_synced(&a.path("doc.txt"), b"edited on a")?;
+    assert_eq!(read(&b.path("doc.txt"))?, b"edited on a");
+    // They meet.
+    resume(c_pid)?;
+
+    let tree = wait_for_same_trees(&mounts(&devices), SYNC_TIMEOUT)?;
+    let copies: Vec<_> = tree
+        .keys()
+        .filter(|path| path.to_string_lossy().starts_with("doc"))
+        .collect();
+    assert_eq!(
+        copies.len(),
+        2,
+        "the winner and one conflict copy: {copies:?}"
+    );
+    let mut contents: Vec<Vec<u8>> = copies
+        .iter()
+        .map(|path| fs::read(a.mnt.join(path)))
+        .collect::<Result<_, _>>()?;
+    contents.sort();
+    assert_eq!(contents, [b"edited on a".to_vec(), b"edited on c".to_vec()]);
+    println!("c's fsync without a quorum took {c_fsync:?}; copies: {copies:?}");
+    Ok(())
+}
