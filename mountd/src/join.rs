@@ -353,7 +353,7 @@ async fn request_join(
     let Some(connection) = connection else {
         endpoint.close().await;
         return Err(Error::Join(format!(
-            "the inviting device did not let this device in — tried {}",
+            "could not get through to the inviting device (is its daemon running?) — tried {}",
             failures.join("; ")
         )));
     };
