@@ -403,12 +403,31 @@ impl Membership {
     /// proposes `Remove(node)`, publishes (closing the device's connections) and
     /// announces the chain. The volume's epoch secret is not rotated (not done yet).
     pub fn revoke(&mut self, store: &Path, who: &str) -> Result<Revoked> {
+        let revoked = self.revocable(store, who)?;
         let Some(root) = self.keyring.user_root.as_ref() else {
+            return Err(membership_error(store, "no user root key"));
+        };
+        let mut chain = self.chain.clone();
+        chain.append(
+            root,
+            LinkBody::RevokeDevice {
+                device: revoked.device,
+            },
+        )?;
+        self.chain = chain;
+        self.save(store)?;
+        Ok(revoked)
+    }
+
+    /// The device [`revoke`](Self::revoke) would remove, checked but not revoked yet (so
+    /// its vote can be removed while it is still trusted).
+    pub fn revocable(&self, store: &Path, who: &str) -> Result<Revoked> {
+        if self.keyring.user_root.is_none() {
             return Err(membership_error(
                 store,
                 "only the device holding the user root key can remove devices",
             ));
-        };
+        }
         let state = self.chain_state()?;
         let wanted = who.trim();
         let wanted_fingerprint: String = wanted
@@ -441,10 +460,6 @@ impl Membership {
         if device == self.device() {
             return Err(membership_error(store, "a device cannot remove itself"));
         }
-        let mut chain = self.chain.clone();
-        chain.append(root, LinkBody::RevokeDevice { device })?;
-        self.chain = chain;
-        self.save(store)?;
         Ok(Revoked {
             device,
             name: live.name,

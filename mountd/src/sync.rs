@@ -561,12 +561,39 @@ impl Home {
         Ok(())
     }
 
-    /// `kith device remove WHO` (devices helper hook): revokes the device in the user
-    /// chain, stops trusting it (its connections close), tells the other devices, and
-    /// proposes removing its vote. With two voters that removal needs the removed device
-    /// for its quorum; the revocation itself holds either way.
+    /// `kith device remove WHO` (devices helper hook): first removes the device's vote
+    /// (while it is still trusted: with two voters that change needs it for its quorum),
+    /// waiting up to `REMOVE_VOTE_WAIT` for the change to take effect; then revokes it in
+    /// the user chain, stops trusting it (its connections close) and tells the others.
+    /// The revocation happens whether or not the vote could be removed.
     pub fn device_remove(&self, who: &str) -> Result<String> {
+        const REMOVE_VOTE_WAIT: Duration = Duration::from_secs(5);
         let devices = &self.devices;
+        let target = devices.membership.lock().revocable(&devices.store, who)?;
+        let mut vote = String::new();
+        if let Some(node) = target.node {
+            let change = net::replica::MembershipChange::Remove(node);
+            let proposed = devices.blocking.change_membership(change);
+            let deadline = Instant::now() + REMOVE_VOTE_WAIT;
+            let removed = || {
+                devices
+                    .blocking
+                    .status()
+                    .is_ok_and(|status| !status.config.is_member(node))
+            };
+            while proposed.is_ok() && !removed() && Instant::now() < deadline {
+                std::thread::sleep(VOTER_RETRY);
+            }
+            vote = match proposed {
+                Ok(()) if removed() => format!("its vote (node {}) is removed\n", node.0),
+                Ok(()) => format!(
+                    "removing its vote (node {}) has not taken effect yet (it needs a quorum \
+                     without that device)\n",
+                    node.0
+                ),
+                Err(error) => format!("its vote (node {}) could not be removed: {error}\n", node.0),
+            };
+        }
         let revoked = {
             let mut membership = devices.membership.lock();
             let revoked = membership.revoke(&devices.store, who)?;
@@ -574,18 +601,10 @@ impl Home {
             revoked
         };
         devices.announce();
-        let mut text = format!("removed {} ({})\n", revoked.name, revoked.device);
-        if let Some(node) = revoked.node {
-            let change = net::replica::MembershipChange::Remove(node);
-            match devices.blocking.change_membership(change) {
-                Ok(()) => text.push_str(&format!("its vote (node {}) is removed\n", node.0)),
-                Err(error) => text.push_str(&format!(
-                    "its vote (node {}) could not be removed yet: {error}\n",
-                    node.0
-                )),
-            }
-        }
-        Ok(text)
+        Ok(format!(
+            "removed {} ({})\n{vote}",
+            revoked.name, revoked.device
+        ))
     }
 
     /// `kith device add`: a one-time code (line 1) and what to do with it.
