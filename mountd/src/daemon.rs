@@ -422,7 +422,12 @@ fn serve_volume(
             mount_point: plan.mount_point.clone(),
             store: plan.store.clone(),
             store_id: plan.store_id(),
-            device_id: plan.dirs.device_id().unwrap_or_default(),
+            // The device key's fingerprint; a store from before sync has only the
+            // installation's random id.
+            device_id: match &home {
+                Some(home) => home.device().fingerprint(),
+                None => plan.dirs.device_id().unwrap_or_default(),
+            },
             started: Instant::now(),
             fuse_threads: plan.config.fuse_threads,
         },

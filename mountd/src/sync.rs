@@ -512,6 +512,11 @@ impl Home {
     }
 
     /// Whether this device created the volume (it proposes its genesis).
+    /// This device (its key's fingerprint is what `kith status` and the chain show).
+    pub fn device(&self) -> DeviceId {
+        self.devices.membership.lock().device()
+    }
+
     pub fn is_creator(&self) -> bool {
         self.creator
     }
