@@ -1190,6 +1190,65 @@ mod tests {
     }
 
     #[test]
+    fn a_joined_store_can_keep_its_keyring_encrypted() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let (a, _b) = two_devices(root.path())?;
+        let store = root.path().join("encrypted");
+        let device = DeviceIdentity::generate();
+        let device_id = device.device_id();
+        let mut info = a.info();
+        info.nodes.push((NodeId(3), device_id));
+        let Some(root_key) = a.keyring.user_root.as_ref() else {
+            anyhow::bail!("no root");
+        };
+        let mut chain = a.chain.clone();
+        chain.append(
+            root_key,
+            LinkBody::AddDevice {
+                device: device.public(),
+                name: "c".into(),
+                proof: device.possession_proof(&a.chain.user(), "c"),
+            },
+        )?;
+        let joined = || JoinedVolume {
+            chain: chain.clone(),
+            info: info.clone(),
+            node: NodeId(3),
+            epoch_secret: Zeroizing::new(*a.epoch_secret()),
+        };
+        // Encrypted without a passphrase: refused before anything is written.
+        let refused = Membership::from_join(
+            &store,
+            Keyring::new(DeviceIdentity::generate()),
+            KeyringMode::Encrypted,
+            None,
+            joined(),
+        );
+        assert!(refused.is_err());
+        assert!(!store.join(MEMBERSHIP_FILE).exists());
+        let membership = Membership::from_join(
+            &store,
+            Keyring::new(device),
+            KeyringMode::Encrypted,
+            Some("correct horse"),
+            joined(),
+        )?;
+        assert_eq!(membership.keyring_mode(), KeyringMode::Encrypted);
+        assert_eq!(stored_mode(&store)?, KeyringMode::Encrypted);
+        let path = store.join(KEYRING_FILE);
+        assert!(Keyring::load(&path, Some("wrong")).is_err());
+        assert_eq!(
+            Keyring::load(&path, Some("correct horse"))?
+                .device
+                .device_id(),
+            device_id
+        );
+        // The membership file holds public data only: listing needs no passphrase.
+        assert!(list_devices(&store)?.contains("(this device)"));
+        Ok(())
+    }
+
+    #[test]
     fn encrypted_keyring_needs_its_passphrase() -> anyhow::Result<()> {
         let root = tempfile::tempdir()?;
         let store = root.path().join("store");
