@@ -326,14 +326,37 @@ async fn request_join(
         return Err(Error::Join("the pairing code carries no address".into()));
     }
     let trust = std::sync::Arc::new(TrustSet::with_members([code.device]));
-    let any_port = match code.addresses.first().map(SocketAddr::ip) {
-        Some(IpAddr::V6(_)) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
-        _ => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-    };
-    let (endpoint, _inbound) = Endpoint::bind(any_port, identity, trust)?;
+    // One endpoint per address family the code names (a socket of one family cannot
+    // dial the other).
+    let mut endpoints: Vec<Endpoint> = Vec::new();
     let mut failures = Vec::new();
     let mut connection = None;
     for addr in &code.addresses {
+        let any_port = match addr.ip() {
+            IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+            IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        };
+        let existing = endpoints
+            .iter()
+            .find(|endpoint| {
+                endpoint
+                    .local_addr()
+                    .is_ok_and(|local| local.is_ipv6() == addr.is_ipv6())
+            })
+            .cloned();
+        let endpoint = match existing {
+            Some(endpoint) => endpoint,
+            None => match Endpoint::bind(any_port, identity, trust.clone()) {
+                Ok((endpoint, _inbound)) => {
+                    endpoints.push(endpoint.clone());
+                    endpoint
+                }
+                Err(error) => {
+                    failures.push(format!("{addr}: cannot open a socket: {error}"));
+                    continue;
+                }
+            },
+        };
         match tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect(*addr, code.device)).await {
             Ok(Ok(found)) => {
                 connection = Some(found);
@@ -351,7 +374,9 @@ async fn request_join(
         }
     }
     let Some(connection) = connection else {
-        endpoint.close().await;
+        for endpoint in &endpoints {
+            endpoint.close().await;
+        }
         return Err(Error::Join(format!(
             "could not get through to the inviting device (is its daemon running?) — tried {}",
             failures.join("; ")
@@ -365,7 +390,9 @@ async fn request_join(
         addresses: listen.into_iter().collect(),
     };
     let exchanged = connection.request(Kind::PAIR, &request.to_bytes()).await;
-    endpoint.close().await;
+    for endpoint in &endpoints {
+        endpoint.close().await;
+    }
     let frame = exchanged.map_err(|error| match error {
         net::Error::Refused { message } => {
             Error::Join(format!("the inviting device refused: {message}"))
@@ -510,6 +537,14 @@ mod tests {
 
     impl InviterDaemon {
         fn start(store: &Path, inviter: Inviter) -> anyhow::Result<InviterDaemon> {
+            Self::start_on(store, inviter, "127.0.0.1:0".parse()?)
+        }
+
+        fn start_on(
+            store: &Path,
+            inviter: Inviter,
+            listen: SocketAddr,
+        ) -> anyhow::Result<InviterDaemon> {
             let dirs = Dirs {
                 data: store.join("xdg-data"),
                 config: store.join("xdg-config"),
@@ -521,9 +556,8 @@ mod tests {
                 .worker_threads(1)
                 .enable_all()
                 .build()?;
-            let loopback: SocketAddr = "127.0.0.1:0".parse()?;
             let (endpoint, mut inbound) = runtime.block_on(async {
-                Endpoint::bind(loopback, &membership.keyring.device, trust.clone())
+                Endpoint::bind(listen, &membership.keyring.device, trust.clone())
             })?;
             let state = Arc::new(Mutex::new((inviter, membership)));
             let (outcome_tx, outcomes) = std::sync::mpsc::channel();
@@ -634,6 +668,36 @@ mod tests {
         assert!(error.contains("no pairing code is open"), "{error}");
         // No device was added by the refused attempts.
         assert_eq!(daemon.state.lock().1.chain.links().len(), 2);
+        daemon.runtime.block_on(daemon.endpoint.close());
+        Ok(())
+    }
+
+    #[test]
+    fn a_device_joins_an_inviter_on_ipv6() -> anyhow::Result<()> {
+        if std::net::UdpSocket::bind("[::1]:0").is_err() {
+            eprintln!("no IPv6 loopback here; nothing to test");
+            return Ok(());
+        }
+        let root = tempfile::tempdir()?;
+        let daemon =
+            InviterDaemon::start_on(&root.path().join("a"), Inviter::new(), "[::1]:0".parse()?)?;
+        let mut code = daemon.code()?;
+        assert!(code.addresses.iter().all(SocketAddr::is_ipv6));
+        // An IPv4 address first, where another device answers (refused at once), then
+        // the inviter's IPv6 one: each family is dialled from a socket of its own.
+        let other = DeviceIdentity::generate();
+        let decoy_listen: SocketAddr = "127.0.0.1:0".parse()?;
+        let (decoy, _decoy_inbound) = daemon
+            .runtime
+            .block_on(async { Endpoint::bind(decoy_listen, &other, Arc::new(TrustSet::new())) })?;
+        code.addresses.insert(0, decoy.local_addr()?);
+        let summary = join(
+            &root.path().join("b"),
+            &unencrypted(),
+            &code.to_text(),
+            None,
+        )?;
+        assert_eq!(summary.node, NodeId(2));
         daemon.runtime.block_on(daemon.endpoint.close());
         Ok(())
     }
