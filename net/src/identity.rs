@@ -203,12 +203,6 @@ impl DeviceIdentity {
     pub(crate) fn kem_secret(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(self.kem.to_bytes())
     }
-
-    /// X25519 agreement of this device's KEM key with `their_public` (opening sealed keys).
-    pub(crate) fn kem_agree(&self, their_public: &[u8; 32]) -> x25519_dalek::SharedSecret {
-        self.kem
-            .diffie_hellman(&x25519_dalek::PublicKey::from(*their_public))
-    }
 }
 
 impl fmt::Debug for DeviceIdentity {

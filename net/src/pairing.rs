@@ -20,8 +20,9 @@
 //! check        = BLAKE3-derive_key(context, everything before it)[..4]
 //! join request = ver u8 (=1) ‖ secret[16] ‖ kem_public[32] ‖ name_len u16 ‖ name ‖ proof[64] ‖ n u8 ‖ addr*n
 //! join answer  = ver u8 (=1) ‖ node u64 ‖ sealed_secret ‖ chain_len u32 ‖ chain ‖ info_len u32 ‖ volume info
-//!   sealed_secret = enc[32] ‖ XChaCha20-Poly1305(k, nonce 0, aad = "kith/join-secret/v1" ‖ volume u128 ‖ node u64,
-//!                   epoch_secret[32]) ‖ tag[16]                      (see [`seal_epoch_secret`])
+//!   sealed_secret = enc[32] ‖ ciphertext[32] ‖ tag[16]: HPKE base mode (RFC 9180), DHKEM(X25519,
+//!                   HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305, to the joiner's X25519 key,
+//!                   info = "kith/join-secret/v1" ‖ volume u128 ‖ node u64, aad empty
 //! volume info  = ver u8 (=1) ‖ volume u128 ‖ config ‖ n u16 ‖ (node u64 ‖ device[32])*n
 //!                ‖ m u16 ‖ (device[32] ‖ n u8 ‖ addr*n)*m
 //! config       = id u64 ‖ phase1 u8 ‖ phase2 u8 ‖ nv u8 ‖ voter u64*nv ‖ nw u8 ‖ witness u64*nw
@@ -30,14 +31,13 @@
 //! ```
 //!
 //! The join answer travels on the pairing connection (TLS 1.3, both ends authenticated by
-//! device key), and the epoch secret inside it is additionally sealed to the joiner's
-//! X25519 key, so it is readable only by the holder of the key the chain records.
+//! device key), and the epoch secret inside it is additionally sealed (HPKE) to the
+//! joiner's X25519 key, so it is readable only by the holder of the key the chain records.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use chacha20poly1305::ChaCha20Poly1305;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use hpke::{Deserializable, Serializable};
 use paxos::{Config, ConfigId, NodeId, VolumeId};
 use rand::RngCore;
 use zeroize::Zeroizing;
@@ -71,11 +71,10 @@ const INVITE_PREFIX: &str = "kith1";
 const ANSWER_VERSION: u8 = 1;
 const INFO_VERSION: u8 = 1;
 const ANNOUNCEMENT_VERSION: u8 = 1;
-const SEAL_KEY_CONTEXT: &str = "kith 2026-01-01 join epoch secret seal v1";
-const SEAL_AAD_DOMAIN: &[u8] = b"kith/join-secret/v1";
+const SEAL_INFO_DOMAIN: &[u8] = b"kith/join-secret/v1";
 /// Bytes of an epoch secret.
 pub const EPOCH_SECRET_BYTES: usize = 32;
-/// Bytes of a sealed epoch secret: ephemeral public key, ciphertext, tag.
+/// Bytes of a sealed epoch secret: HPKE encapsulated key, ciphertext, tag.
 pub const SEALED_SECRET_BYTES: usize = 32 + EPOCH_SECRET_BYTES + 16;
 /// Most entries in a volume's node table (every voter and learner).
 pub const NODES_MAX: usize = paxos::limits::VOTERS_MAX + paxos::limits::LEARNERS_MAX;
@@ -557,44 +556,34 @@ impl Announcement {
     }
 }
 
-/// Seals a volume's epoch secret to a device's X25519 key: an X25519 key agreement
-/// with a fresh ephemeral key, a key derived with BLAKE3 from the shared secret and
-/// both public keys, and ChaCha20-Poly1305 (zero nonce: each key seals one message)
-/// with the volume and node bound as associated data. The shape of HPKE base mode
-/// (RFC 9180) with the primitives already in use here.
+/// Seals a volume's epoch secret to a device's X25519 key with HPKE (RFC 9180) base
+/// mode, suite DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 / ChaCha20-Poly1305; `info`
+/// binds the volume and the node the secret is for.
 pub fn seal_epoch_secret(
     recipient_kem_public: &[u8; 32],
     volume: VolumeId,
     node: NodeId,
     epoch_secret: &[u8; EPOCH_SECRET_BYTES],
 ) -> Result<[u8; SEALED_SECRET_BYTES]> {
-    let mut ephemeral_seed = Zeroizing::new([0u8; 32]);
-    rand::rng().fill_bytes(ephemeral_seed.as_mut());
-    let ephemeral = x25519_dalek::StaticSecret::from(*ephemeral_seed);
-    let enc = x25519_dalek::PublicKey::from(&ephemeral).to_bytes();
-    let recipient = x25519_dalek::PublicKey::from(*recipient_kem_public);
-    let shared = ephemeral.diffie_hellman(&recipient);
-    if !shared.was_contributory() {
-        return Err(Error::malformed("device key", "low-order X25519 key"));
-    }
-    let key = seal_key(shared.as_bytes(), &enc, recipient_kem_public);
-    let cipher = ChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(key.as_slice()));
-    let sealed = cipher
-        .encrypt(
-            chacha20poly1305::Nonce::from_slice(&[0; 12]),
-            Payload {
-                msg: epoch_secret,
-                aad: &seal_aad(volume, node),
-            },
-        )
-        .map_err(|_| Error::malformed("epoch secret", "sealing failed"))?;
+    let recipient = <SealKem as hpke::Kem>::PublicKey::from_bytes(recipient_kem_public)
+        .map_err(|_| Error::malformed("device key", "not an X25519 public key"))?;
+    let (enc, ciphertext) = hpke::single_shot_seal::<SealAead, SealKdf, SealKem, _>(
+        &hpke::OpModeS::Base,
+        &recipient,
+        &seal_info(volume, node),
+        epoch_secret,
+        &[],
+        &mut rand::rng(),
+    )
+    .map_err(|_| Error::malformed("device key", "sealing to it failed (low-order key?)"))?;
+    let enc = enc.to_bytes();
     let mut out = [0u8; SEALED_SECRET_BYTES];
-    let (head, tail) = out.split_at_mut(32);
-    head.copy_from_slice(&enc);
-    if tail.len() != sealed.len() {
+    let (head, tail) = out.split_at_mut(SEAL_ENC_BYTES);
+    if head.len() != enc.len() || tail.len() != ciphertext.len() {
         return Err(Error::malformed("epoch secret", "sealed length"));
     }
-    tail.copy_from_slice(&sealed);
+    head.copy_from_slice(&enc);
+    tail.copy_from_slice(&ciphertext);
     Ok(out)
 }
 
@@ -605,28 +594,23 @@ pub fn open_epoch_secret(
     node: NodeId,
     sealed: &[u8; SEALED_SECRET_BYTES],
 ) -> Result<Zeroizing<[u8; EPOCH_SECRET_BYTES]>> {
-    let (enc, ciphertext) = sealed.split_at(32);
-    let mut enc_bytes = [0u8; 32];
-    enc_bytes.copy_from_slice(enc);
-    let shared = identity.kem_agree(&enc_bytes);
-    if !shared.was_contributory() {
-        return Err(Error::malformed("sealed epoch secret", "low-order key"));
-    }
-    let own_public = identity.public().kem_public;
-    let key = seal_key(shared.as_bytes(), &enc_bytes, &own_public);
-    let cipher = ChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(key.as_slice()));
+    let refused = || Error::BadSignature {
+        what: "sealed epoch secret (not for this device, or altered)",
+    };
+    let (enc, ciphertext) = sealed.split_at(SEAL_ENC_BYTES);
+    let enc = <SealKem as hpke::Kem>::EncappedKey::from_bytes(enc).map_err(|_| refused())?;
+    let own = <SealKem as hpke::Kem>::PrivateKey::from_bytes(identity.kem_secret().as_ref())
+        .map_err(|_| refused())?;
     let opened = Zeroizing::new(
-        cipher
-            .decrypt(
-                chacha20poly1305::Nonce::from_slice(&[0; 12]),
-                Payload {
-                    msg: ciphertext,
-                    aad: &seal_aad(volume, node),
-                },
-            )
-            .map_err(|_| Error::BadSignature {
-                what: "sealed epoch secret (not for this device, or altered)",
-            })?,
+        hpke::single_shot_open::<SealAead, SealKdf, SealKem>(
+            &hpke::OpModeR::Base,
+            &own,
+            &enc,
+            &seal_info(volume, node),
+            ciphertext,
+            &[],
+        )
+        .map_err(|_| refused())?,
     );
     let mut secret = Zeroizing::new([0u8; EPOCH_SECRET_BYTES]);
     if opened.len() != EPOCH_SECRET_BYTES {
@@ -636,17 +620,15 @@ pub fn open_epoch_secret(
     Ok(secret)
 }
 
-fn seal_key(shared: &[u8; 32], enc: &[u8; 32], recipient: &[u8; 32]) -> Zeroizing<[u8; 32]> {
-    let mut material = Zeroizing::new([0u8; 96]);
-    material[..32].copy_from_slice(shared);
-    material[32..64].copy_from_slice(enc);
-    material[64..].copy_from_slice(recipient);
-    Zeroizing::new(blake3::derive_key(SEAL_KEY_CONTEXT, material.as_ref()))
-}
+type SealKem = hpke::kem::X25519HkdfSha256;
+type SealKdf = hpke::kdf::HkdfSha256;
+type SealAead = hpke::aead::ChaCha20Poly1305;
+/// Bytes of the HPKE encapsulated key (an X25519 public key).
+const SEAL_ENC_BYTES: usize = 32;
 
-fn seal_aad(volume: VolumeId, node: NodeId) -> Vec<u8> {
+fn seal_info(volume: VolumeId, node: NodeId) -> Vec<u8> {
     let mut out = Writer::new();
-    out.put(SEAL_AAD_DOMAIN)
+    out.put(SEAL_INFO_DOMAIN)
         .put(&volume.0.to_le_bytes())
         .u64(node.0);
     out.into_bytes()
