@@ -153,13 +153,14 @@ fn print_help(devices: &[Device]) {
         println!("  echo hello > {}/hello.txt", a.display());
         println!("  cat {}/hello.txt", b.display());
         println!("  mkdir {}/photos && ls {}", c.display(), a.display());
-        println!(
-            "  kith --store {} status",
-            b.parent()
-                .map(|p| p.join("store"))
-                .unwrap_or_default()
-                .display()
-        );
+        // Each device has its own runtime dir, where its daemon's socket is.
+        if let Some(desktop) = b.parent() {
+            println!(
+                "  XDG_RUNTIME_DIR={} kith --store {} status",
+                desktop.join("run").display(),
+                desktop.join("store").display()
+            );
+        }
     }
     println!("\nCtrl-C stops the demo and unmounts all three.");
 }

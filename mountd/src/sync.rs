@@ -719,10 +719,15 @@ impl Devices {
                 &self.trust,
                 inbound,
             );
-            if outcome.is_some()
-                && let Err(error) = membership.publish(&self.trust, &self.nodes, &self.endpoint)
-            {
-                tracing::warn!(%error, "cannot publish the new device");
+            // `handle_join` already trusts the joiner. Not `Membership::publish`: its
+            // trust refresh would close the joiner's pairing connection (admitted
+            // pairing-only, now a member) while the answer may still be in flight.
+            if let Some(outcome) = &outcome {
+                self.nodes.insert(outcome.node, outcome.device);
+                if !outcome.addresses.is_empty() {
+                    self.endpoint
+                        .set_addresses(outcome.device, outcome.addresses.clone());
+                }
             }
             outcome
         };
