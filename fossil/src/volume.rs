@@ -1332,6 +1332,15 @@ impl Volume {
         }
     }
 
+    /// Replicated: a read barrier, and everything committed before it applied (what
+    /// `open_file` runs first; safe while serving a kernel request). The FUSE adapter
+    /// runs it before answering that a name does not exist: the kernel looks a name up
+    /// before it opens it, so without it a file another device created and fsynced
+    /// would not open here until the commit arrived by itself. No-op on a local log.
+    pub fn read_barrier(&self) {
+        replicated::read_barrier(&self.shared);
+    }
+
     /// Replicated: apply what is committed now (the applier thread does this on its
     /// own within milliseconds; for callers that need it done before going on). The
     /// `on_remote_change` hook runs on this thread before it returns: do not call this

@@ -8,8 +8,9 @@
 //! fossil's typed vocabulary, and the choice of kernel caching:
 //!
 //! - entry/attribute TTLs come from the configuration; the kernel invalidates its own
-//!   copies after every change made through this mount, and the volume is single-device
-//!   for now, so a short TTL is correct;
+//!   copies after every change made through this mount, and the daemon invalidates
+//!   them for changes other devices made (`crate::invalidate`); a lookup that finds
+//!   nothing runs a read barrier first, so a name another device created opens here;
 //! - `FOPEN_KEEP_CACHE` is set only when the file's version is the one seen at its
 //!   previous open, so the page cache survives reopen but never shows stale content;
 //! - writeback caching stays off: with it the kernel owns mtime/size and delays data,
@@ -136,7 +137,17 @@ impl Filesystem for KithFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.volume.lookup(ino_of(parent), name) {
+        let parent_ino = ino_of(parent);
+        let found = match self.volume.lookup(parent_ino, name) {
+            // Before saying a name does not exist, catch up with the group: a file
+            // another device created and fsynced must open here (close-to-open).
+            Err(fossil::Error::NotFound) => {
+                self.volume.read_barrier();
+                self.volume.lookup(parent_ino, name)
+            }
+            other => other,
+        };
+        match found {
             Ok(attr) => self.reply_entry(reply, &attr),
             Err(error) => reply.error(fail("lookup", parent, &error)),
         }

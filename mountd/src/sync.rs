@@ -820,3 +820,61 @@ pub fn reachable_addresses(listen: SocketAddr) -> Vec<SocketAddr> {
     found.truncate(net::pairing::ADDRESSES_MAX);
     found
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_specified_listen_address_is_the_one_told_to_other_devices() {
+        let listen: SocketAddr = "127.0.0.1:7421".parse().unwrap();
+        assert_eq!(reachable_addresses(listen), vec![listen]);
+    }
+
+    #[test]
+    fn an_unspecified_listen_address_becomes_interface_addresses_loopback_last() {
+        let reachable = reachable_addresses("0.0.0.0:7420".parse().unwrap());
+        assert!(!reachable.is_empty(), "no interface address found");
+        assert!(reachable.len() <= net::pairing::ADDRESSES_MAX);
+        for address in &reachable {
+            assert_eq!(address.port(), 7420);
+            assert!(address.is_ipv4(), "{address}");
+            assert!(!address.ip().is_unspecified());
+        }
+        let first_loopback = reachable.iter().position(|a| a.ip().is_loopback());
+        if let Some(first) = first_loopback {
+            assert!(reachable[first..].iter().all(|a| a.ip().is_loopback()));
+        }
+    }
+
+    #[test]
+    fn entry_authors_are_the_node_tables_devices_while_the_chain_trusts_them() {
+        let (alice, mallory) = (DeviceIdentity::generate(), DeviceIdentity::generate());
+        let nodes = Arc::new(NodeTable::new([
+            (NodeId(1), alice.device_id()),
+            (NodeId(2), mallory.device_id()),
+        ]));
+        let trust = Arc::new(TrustSet::with_members([alice.device_id()]));
+        let keys = NodeKeys {
+            epochs: [(ENTRY_EPOCH, EntryKey::derive(&[3; 32]))].into(),
+            nodes: nodes.clone(),
+            trust: trust.clone(),
+        };
+        assert_eq!(
+            keys.verifying_key(NodeId(1)),
+            Some(alice.signing_key().verifying_key())
+        );
+        // In the node table but not live in the chain: its entries are refused.
+        assert_eq!(keys.verifying_key(NodeId(2)), None);
+        assert_eq!(keys.verifying_key(NodeId(3)), None);
+        trust.remove(&alice.device_id());
+        assert_eq!(keys.verifying_key(NodeId(1)), None);
+        assert!(
+            keys.sealing_key()
+                .is_some_and(|(epoch, _)| epoch == ENTRY_EPOCH)
+        );
+        assert!(keys.entry_key(KeyEpoch(9)).is_none());
+    }
+}
