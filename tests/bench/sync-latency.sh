@@ -28,7 +28,11 @@
 # with `--listen 127.0.0.1:0`: three voters, so a write commits with any two.
 # Scenarios (timed from the return of the writer's fsync on A -- for rename/delete: of
 # the fsync of the parent directory; for burst: of the last file's fsync -- until B shows
-# the right content, polled every -i ms with open + read + compare):
+# the right content; checks (open + read + compare) run every -i ms). Two metrics:
+# "complete" ends when the successful check has finished (for Kith the read includes
+# fetching the blocks from A, so this is when the content has been read on B);
+# "poll_start" is when that check started, as syncthing-latency.sh stamps it (compare
+# this one with its figures).
 #   new4k      create s-R.bin, 4 KiB random                 -> B reads it, bytes equal
 #   big        create big-R.bin, -b MB random, 1 MiB writes -> B's copy has the sha256
 #   edit1      overwrite 1 byte in the middle of big-0.bin  -> B's copy has the new sha256
@@ -173,11 +177,14 @@ def sha(path):
 
 
 def poll(check, t0):
+    """(start, end): seconds from t0 to the start of the check that succeeded (what
+    syncthing-latency.sh reports) and to its end (the open, the read of every byte and
+    the compare done: fetching the blocks is part of being readable); None on timeout."""
     end = t0 + BOUND
     while True:
-        now = mono()
+        started = mono()
         if check():
-            return now - t0
+            return (started - t0, mono() - t0)
         if mono() > end:
             return None
         time.sleep(INTERVAL)
@@ -186,11 +193,12 @@ def poll(check, t0):
 figures = {}
 
 
-def record(scen, rep, seconds):
-    figures.setdefault(scen, []).append(seconds)
-    shown = "timeout" if seconds is None else f"{seconds:.4f}"
-    log(f"kith {scen} rep {rep}: {shown}")
-    results.write(f"kith\t{scen}\t{rep}\tcomplete\t{shown}\n")
+def record(scen, rep, times):
+    for metric, seconds in (("complete", times and times[1]), ("poll_start", times and times[0])):
+        figures.setdefault((scen, metric), []).append(seconds)
+        shown = "timeout" if seconds is None else f"{seconds:.4f}"
+        log(f"kith {scen} {metric} rep {rep}: {shown}")
+        results.write(f"kith\t{scen}\t{rep}\t{metric}\t{shown}\n")
     results.flush()
 
 
@@ -270,15 +278,15 @@ for rep in range(REPS):
         settle()
 
 summary = []
-for scen in SCEN:
-    values = figures.get(scen, [])
+for scen, metric in [(s, m) for s in SCEN for m in ("complete", "poll_start")]:
+    values = figures.get((scen, metric), [])
     ok = [v for v in values if v is not None]
     timeouts = len(values) - len(ok)
     if ok:
-        line = (f"kith {scen} complete {statistics.median(ok):.4f} {min(ok):.4f} {max(ok):.4f} "
+        line = (f"kith {scen} {metric} {statistics.median(ok):.4f} {min(ok):.4f} {max(ok):.4f} "
                 f"{len(ok)} s" + (f" timeouts={timeouts}" if timeouts else ""))
     else:
-        line = f"kith {scen} complete - - - 0 s timeouts={timeouts}"
+        line = f"kith {scen} {metric} - - - 0 s timeouts={timeouts}"
     summary.append(line)
     print(line, flush=True)
 

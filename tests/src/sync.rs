@@ -93,9 +93,15 @@ pub fn cluster(n: usize) -> anyhow::Result<Vec<Kith>> {
     devices.push(first);
     for index in 1..n {
         let device = join_with_retries(&devices[0], index)?;
-        device
-            .mount_listening()
-            .with_context(|| format!("mounting device {index}"))?;
+        // A joined device's first mount waits for the volume's genesis; on a loaded
+        // machine that wait has run out (said on stdout; a second mount is tried).
+        if let Err(error) = device.mount_listening() {
+            println!("device {index}: first mount failed, retrying: {error:#}");
+            device.detach_dead_mount();
+            device
+                .mount_listening()
+                .with_context(|| format!("mounting device {index}"))?;
+        }
         devices.push(device);
     }
     for (index, device) in devices.iter().enumerate() {
