@@ -1,0 +1,125 @@
+//! A device that serves a block which does not match its address: the reading device
+//! refuses it, so a read of that range fails (EIO) and never returns other bytes; every
+//! other range reads right and all devices keep serving.
+//!
+//! Device A writes a large file and is the only holder of its blocks (the others fetch
+//! on demand). A is unmounted, one payload byte of a leaf in its arena is flipped, A is
+//! mounted again, and B reads the file: every block comes from A.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, bail, ensure};
+use kith_tests::sync::{SYNC_TIMEOUT, cluster, wait_for_content, wait_until};
+use kith_tests::{pattern, skip_without_fuse};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const ARENA_HEADER_BYTES: u64 = 32;
+const RECORD_HEADER_BYTES: u64 = 56;
+const LEAF_PAYLOAD_BYTES_MIN: u64 = 16 * 1024;
+const PIECE_BYTES: usize = 64 * 1024;
+const BIG_BYTES: usize = 8 << 20;
+
+#[test]
+fn a_block_that_does_not_match_its_address_is_refused() -> anyhow::Result<()> {
+    if skip_without_fuse("a_block_that_does_not_match_its_address_is_refused") {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|poison| poison.into_inner());
+    let devices = cluster(3)?;
+    let [a, b, c] = [&devices[0], &devices[1], &devices[2]];
+    let big = pattern(7, BIG_BYTES);
+    {
+        let file = fs::File::create(a.path("big.bin"))?;
+        file.write_all_at(&big, 0)?;
+        file.sync_all()?;
+    }
+    // B and C know the name; neither has read the content.
+    wait_until(SYNC_TIMEOUT, "big.bin listed on b", || {
+        Ok(fs::metadata(b.path("big.bin")).is_ok_and(|meta| meta.len() == BIG_BYTES as u64))
+    })?;
+
+    a.unmount()?;
+    let (arena, flipped) = damage_a_leaf_of_the_last_file(&a.store())?;
+    println!("flipped the byte at {flipped} of {}", arena.display());
+    a.mount_listening()?;
+    wait_until(SYNC_TIMEOUT, "three devices online", || {
+        Ok(b.sync_status()?.devices.iter().filter(|d| d.online).count() == 3)
+    })?;
+
+    let file = fs::File::open(b.path("big.bin"))?;
+    let mut failed = Vec::new();
+    for (index, expected) in big.chunks(PIECE_BYTES).enumerate() {
+        let offset = (index * PIECE_BYTES) as u64;
+        let mut piece = vec![0u8; expected.len()];
+        match file.read_exact_at(&mut piece, offset) {
+            Ok(()) => ensure!(
+                piece == expected,
+                "bytes at {offset} of big.bin read back wrong on b"
+            ),
+            Err(error) if error.raw_os_error() == Some(libc::EIO) => failed.push(offset),
+            Err(error) => bail!("reading big.bin at {offset} on b: {error}"),
+        }
+    }
+    println!("pieces failing with EIO on b: {failed:?}");
+    ensure!(
+        !failed.is_empty(),
+        "the damaged block was served and accepted"
+    );
+    drop(file);
+
+    // Everyone still serves.
+    let after = pattern(9, 10_000);
+    {
+        let file = fs::File::create(c.path("after.bin"))?;
+        file.write_all_at(&after, 0)?;
+        file.sync_all()?;
+    }
+    wait_for_content(&a.path("after.bin"), &after, SYNC_TIMEOUT)?;
+    wait_for_content(&b.path("after.bin"), &after, SYNC_TIMEOUT)?;
+    Ok(())
+}
+
+/// Flip one payload byte of the arena record holding the byte 4 MiB before the end of
+/// the last arena: a leaf of the file written last (as in corrupt_block.rs).
+fn damage_a_leaf_of_the_last_file(store: &Path) -> anyhow::Result<(PathBuf, u64)> {
+    let mut arenas: Vec<PathBuf> = fs::read_dir(store.join("blocks"))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "kva"))
+        .collect();
+    arenas.sort();
+    let arena = arenas.pop().context("no arena file in the store")?;
+    let bytes = fs::read(&arena)?;
+    let target = (bytes.len() as u64)
+        .checked_sub(4 << 20)
+        .context("arena smaller than the large file")?;
+    let mut at = ARENA_HEADER_BYTES;
+    while at + RECORD_HEADER_BYTES <= bytes.len() as u64 {
+        let header = bytes
+            .get(at as usize..(at + RECORD_HEADER_BYTES) as usize)
+            .context("short record header")?;
+        ensure!(&header[..4] == b"KVRC", "no record header at {at}");
+        let length = u64::from(u32::from_le_bytes([
+            header[8], header[9], header[10], header[11],
+        ]));
+        let end = at + RECORD_HEADER_BYTES + length;
+        if (at..end).contains(&target) {
+            ensure!(
+                length >= LEAF_PAYLOAD_BYTES_MIN,
+                "record at {at} ({length} bytes) is not a leaf"
+            );
+            let flip = at + RECORD_HEADER_BYTES + length / 2;
+            let file = fs::OpenOptions::new().read(true).write(true).open(&arena)?;
+            let mut byte = [0u8; 1];
+            file.read_exact_at(&mut byte, flip)?;
+            file.write_all_at(&[byte[0] ^ 0x5a], flip)?;
+            file.sync_all()?;
+            return Ok((arena, flip));
+        }
+        at = end;
+    }
+    bail!("no record covers offset {target}")
+}
