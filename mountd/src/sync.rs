@@ -142,7 +142,6 @@ impl Network {
         let keys: Arc<dyn VolumeKeys> = Arc::new(NodeKeys {
             epochs: [(plan.epoch, EntryKey::derive(&plan.epoch_secret))].into(),
             nodes: nodes.clone(),
-            trust: trust.clone(),
         });
         let link = Arc::new(QuicLink::new(endpoint.clone(), plan.volume, nodes.clone()));
         let options = ReplicaOptions {
@@ -267,12 +266,13 @@ impl Network {
     }
 }
 
-/// Entry keys of the volume's epochs; authors are the devices the node table names,
-/// while the user's chain keeps them live.
+/// Entry keys of the volume's epochs; authors are the devices the node table names
+/// or named. A device revoked later still verifies the entries it authored while it
+/// was a member (the Paxos membership, not this check, stops its new ones), so every
+/// device applies the same log whatever it has heard of the revocation.
 struct NodeKeys {
     epochs: BTreeMap<KeyEpoch, EntryKey>,
     nodes: Arc<NodeTable>,
-    trust: Arc<TrustSet>,
 }
 
 impl VolumeKeys for NodeKeys {
@@ -285,11 +285,7 @@ impl VolumeKeys for NodeKeys {
     }
 
     fn verifying_key(&self, author: NodeId) -> Option<VerifyingKey> {
-        let device = self.nodes.device(author)?;
-        if self.trust.admit(&device) != Admission::Member {
-            return None;
-        }
-        device.verifying_key().ok()
+        self.nodes.author(author)?.verifying_key().ok()
     }
 }
 
@@ -850,27 +846,29 @@ mod tests {
     }
 
     #[test]
-    fn entry_authors_are_the_node_tables_devices_while_the_chain_trusts_them() {
-        let (alice, mallory) = (DeviceIdentity::generate(), DeviceIdentity::generate());
+    fn entry_authors_are_the_devices_that_hold_or_held_their_node_ids() {
+        let (alice, bob) = (DeviceIdentity::generate(), DeviceIdentity::generate());
         let nodes = Arc::new(NodeTable::new([
             (NodeId(1), alice.device_id()),
-            (NodeId(2), mallory.device_id()),
+            (NodeId(2), bob.device_id()),
         ]));
-        let trust = Arc::new(TrustSet::with_members([alice.device_id()]));
         let keys = NodeKeys {
             epochs: [(ENTRY_EPOCH, EntryKey::derive(&[3; 32]))].into(),
             nodes: nodes.clone(),
-            trust: trust.clone(),
         };
         assert_eq!(
             keys.verifying_key(NodeId(1)),
             Some(alice.signing_key().verifying_key())
         );
-        // In the node table but not live in the chain: its entries are refused.
-        assert_eq!(keys.verifying_key(NodeId(2)), None);
+        // Never mapped: unknown (the replica waits rather than refuse).
         assert_eq!(keys.verifying_key(NodeId(3)), None);
-        trust.remove(&alice.device_id());
-        assert_eq!(keys.verifying_key(NodeId(1)), None);
+        // Removed (revoked): what it signed while a member still verifies.
+        nodes.remove(NodeId(2));
+        assert_eq!(nodes.device(NodeId(2)), None);
+        assert_eq!(
+            keys.verifying_key(NodeId(2)),
+            Some(bob.signing_key().verifying_key())
+        );
         assert!(
             keys.sealing_key()
                 .is_some_and(|(epoch, _)| epoch == ENTRY_EPOCH)

@@ -37,6 +37,10 @@ const VOLUME_PREFIX_BYTES: usize = 16;
 #[derive(Debug, Default)]
 pub struct NodeTable {
     maps: RwLock<(BTreeMap<NodeId, DeviceId>, HashMap<DeviceId, NodeId>)>,
+    /// Every device that ever held a node id, kept after [`NodeTable::remove`]: the
+    /// entries it authored before it left stay verifiable, so every device applies
+    /// the same log (node ids are never reused).
+    authors: RwLock<BTreeMap<NodeId, DeviceId>>,
 }
 
 impl NodeTable {
@@ -50,6 +54,7 @@ impl NodeTable {
 
     /// Maps `node` to `device` (replacing either's earlier mapping).
     pub fn insert(&self, node: NodeId, device: DeviceId) {
+        self.authors.write().insert(node, device);
         let mut maps = self.maps.write();
         if let Some(old) = maps.0.insert(node, device) {
             maps.1.remove(&old);
@@ -70,6 +75,11 @@ impl NodeTable {
 
     pub fn device(&self, node: NodeId) -> Option<DeviceId> {
         self.maps.read().0.get(&node).copied()
+    }
+
+    /// The device that holds or held `node`: who signed that node's log entries.
+    pub fn author(&self, node: NodeId) -> Option<DeviceId> {
+        self.authors.read().get(&node).copied()
     }
 
     pub fn node(&self, device: &DeviceId) -> Option<NodeId> {

@@ -22,7 +22,10 @@
 //! - **Only verified entries reach fossil.** Committed payloads are sealed entries
 //!   ([`crate::entry`]); they are opened on read, and one whose signature, key, volume
 //!   or `(author, seq)` does not match the log slot carrying it is refused (reported in
-//!   [`Committed::refused`], identically on every device with the same keyring).
+//!   [`Committed::refused`], identically on every device with the same keyring). An
+//!   entry whose author this device does not know yet is neither applied nor refused:
+//!   reading stops before it until the author's device is known (refusing it would
+//!   make this device's namespace differ from those of devices that know it).
 //!
 //! # Threads and time
 //!
@@ -385,20 +388,26 @@ impl Replica {
         let raw = answer.await.map_err(|_| Error::ReplicaStopped)??;
         let mut ops = Vec::with_capacity(raw.commands.len());
         let mut refused = Vec::new();
+        let mut next = raw.next;
         for command in raw.commands {
             match self.open_command(&command) {
                 Ok(op) => ops.push(op),
+                // Only members' devices propose, so an author this device does not know
+                // is one it has not heard of yet (its announcement is on the way).
+                // Refusing would be final here and not on devices that know it: the
+                // run stops before it instead, and a later read tries again.
+                Err(Error::EntryUnknownAuthor { author }) => {
+                    tracing::info!(volume = ?self.volume, slot = %command.slot, %author, "committed entry from a device not known yet: waiting");
+                    next = command.slot;
+                    break;
+                }
                 Err(error) => {
                     tracing::warn!(volume = ?self.volume, slot = %command.slot, %error, "refusing committed entry");
                     refused.push((command.slot, error));
                 }
             }
         }
-        Ok(Committed {
-            ops,
-            refused,
-            next: raw.next,
-        })
+        Ok(Committed { ops, refused, next })
     }
 
     /// This device's own proposals that are durably queued and not yet committed, in
