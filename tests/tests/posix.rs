@@ -179,6 +179,14 @@ fn attributes_xattrs_and_space_operations() -> anyhow::Result<()> {
     kith.mount()?;
     let path = kith.path("f");
     fs::write(&path, pattern(2, 3 << 20))?;
+    // A file is not a terminal: the isatty probe most programs make gets ENOTTY.
+    let file = fs::File::open(&path)?;
+    assert!(!rustix::termios::isatty(&file));
+    assert_eq!(
+        rustix::termios::tcgetattr(&file).err(),
+        Some(rustix::io::Errno::NOTTY)
+    );
+    drop(file);
 
     // chmod, utimens (explicit time and UTIME_OMIT via std's set_times).
     fs::set_permissions(&path, fs::Permissions::from_mode(0o640))?;
