@@ -10,12 +10,14 @@
 //! printed, on machines without `/dev/fuse` (CI installs fuse3 and runs them).
 
 use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 
 pub mod decoders;
 pub mod sync;
@@ -295,6 +297,54 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// venti's arena layout, as the damage helper below needs it.
+const ARENA_HEADER_BYTES: u64 = 32;
+const RECORD_HEADER_BYTES: u64 = 56;
+/// A leaf holds at least venti's smallest chunk; pointer blocks of the files the
+/// tests write are smaller, so a record this long is a leaf.
+pub const LEAF_PAYLOAD_BYTES_MIN: u64 = 16 * 1024;
+
+/// Flip one payload byte of the arena record holding the byte 4 MiB before the end of
+/// the last arena: a leaf of the file written last.
+pub fn damage_a_leaf_of_the_last_file(store: &Path) -> anyhow::Result<(PathBuf, u64)> {
+    let mut arenas: Vec<PathBuf> = fs::read_dir(store.join("blocks"))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "kva"))
+        .collect();
+    arenas.sort();
+    let arena = arenas.pop().context("no arena file in the store")?;
+    let bytes = fs::read(&arena)?;
+    let target = (bytes.len() as u64)
+        .checked_sub(4 << 20)
+        .context("arena smaller than the large file")?;
+    let mut at = ARENA_HEADER_BYTES;
+    while at + RECORD_HEADER_BYTES <= bytes.len() as u64 {
+        let header = bytes
+            .get(at as usize..(at + RECORD_HEADER_BYTES) as usize)
+            .context("short record header")?;
+        ensure!(&header[..4] == b"KVRC", "no record header at {at}");
+        let length = u64::from(u32::from_le_bytes([
+            header[8], header[9], header[10], header[11],
+        ]));
+        let end = at + RECORD_HEADER_BYTES + length;
+        if (at..end).contains(&target) {
+            ensure!(
+                length >= LEAF_PAYLOAD_BYTES_MIN,
+                "record at {at} ({length} bytes) is not a leaf"
+            );
+            let flip = at + RECORD_HEADER_BYTES + length / 2;
+            let file = fs::OpenOptions::new().read(true).write(true).open(&arena)?;
+            let mut byte = [0u8; 1];
+            file.read_exact_at(&mut byte, flip)?;
+            file.write_all_at(&[byte[0] ^ 0x5a], flip)?;
+            file.sync_all()?;
+            return Ok((arena, flip));
+        }
+        at = end;
+    }
+    bail!("no record covers offset {target}")
 }
 
 #[cfg(test)]

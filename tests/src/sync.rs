@@ -174,6 +174,27 @@ pub fn wait_for_content(path: &Path, content: &[u8], timeout: Duration) -> anyho
     )
 }
 
+/// Creates (or replaces) `path` with `content` and fsyncs it: acknowledged on return.
+pub fn write_synced(path: &Path, content: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    file.write_all(content)
+        .with_context(|| format!("write {}", path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("fsync {}", path.display()))
+}
+
+/// The bytes of `path`, with the path in the error.
+pub fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("read {}", path.display()))
+}
+
+/// The mount points of `devices`.
+pub fn mounts(devices: &[Kith]) -> Vec<&Path> {
+    devices.iter().map(|device| device.mnt.as_path()).collect()
+}
+
 /// SIGSTOP `pid` (its peers see it go silent; its socket stays bound).
 pub fn pause(pid: u32) -> anyhow::Result<()> {
     signal(pid, nix::sys::signal::Signal::SIGSTOP)

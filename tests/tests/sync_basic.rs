@@ -4,33 +4,17 @@
 //! with identical trees.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-use anyhow::Context;
-use kith_tests::sync::{SYNC_TIMEOUT, cluster, wait_for_content, wait_for_same_trees};
-use kith_tests::{Kith, pattern, skip_without_fuse};
+use kith_tests::sync::{
+    SYNC_TIMEOUT, cluster, mounts, read, wait_for_content, wait_for_same_trees, write_synced,
+};
+use kith_tests::{pattern, skip_without_fuse};
 
 /// Three daemons per test on two cores: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn write_synced(path: &Path, content: &[u8]) -> anyhow::Result<()> {
-    let mut file = fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
-    file.write_all(content)
-        .with_context(|| format!("write {}", path.display()))?;
-    file.sync_all()
-        .with_context(|| format!("fsync {}", path.display()))
-}
-
-fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
-    fs::read(path).with_context(|| format!("read {}", path.display()))
-}
-
-fn mounts(devices: &[Kith]) -> Vec<&Path> {
-    devices.iter().map(|device| device.mnt.as_path()).collect()
-}
 
 #[test]
 fn an_fsynced_write_opens_with_its_content_on_every_device() -> anyhow::Result<()> {

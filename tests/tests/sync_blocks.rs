@@ -8,18 +8,15 @@
 
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+
 use std::sync::Mutex;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{bail, ensure};
 use kith_tests::sync::{SYNC_TIMEOUT, cluster, wait_for_content, wait_until};
-use kith_tests::{pattern, skip_without_fuse};
+use kith_tests::{damage_a_leaf_of_the_last_file, pattern, skip_without_fuse};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-const ARENA_HEADER_BYTES: u64 = 32;
-const RECORD_HEADER_BYTES: u64 = 56;
-const LEAF_PAYLOAD_BYTES_MIN: u64 = 16 * 1024;
 const PIECE_BYTES: usize = 64 * 1024;
 const BIG_BYTES: usize = 8 << 20;
 
@@ -81,45 +78,4 @@ fn a_block_that_does_not_match_its_address_is_refused() -> anyhow::Result<()> {
     wait_for_content(&a.path("after.bin"), &after, SYNC_TIMEOUT)?;
     wait_for_content(&b.path("after.bin"), &after, SYNC_TIMEOUT)?;
     Ok(())
-}
-
-/// Flip one payload byte of the arena record holding the byte 4 MiB before the end of
-/// the last arena: a leaf of the file written last (as in corrupt_block.rs).
-fn damage_a_leaf_of_the_last_file(store: &Path) -> anyhow::Result<(PathBuf, u64)> {
-    let mut arenas: Vec<PathBuf> = fs::read_dir(store.join("blocks"))?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "kva"))
-        .collect();
-    arenas.sort();
-    let arena = arenas.pop().context("no arena file in the store")?;
-    let bytes = fs::read(&arena)?;
-    let target = (bytes.len() as u64)
-        .checked_sub(4 << 20)
-        .context("arena smaller than the large file")?;
-    let mut at = ARENA_HEADER_BYTES;
-    while at + RECORD_HEADER_BYTES <= bytes.len() as u64 {
-        let header = bytes
-            .get(at as usize..(at + RECORD_HEADER_BYTES) as usize)
-            .context("short record header")?;
-        ensure!(&header[..4] == b"KVRC", "no record header at {at}");
-        let length = u64::from(u32::from_le_bytes([
-            header[8], header[9], header[10], header[11],
-        ]));
-        let end = at + RECORD_HEADER_BYTES + length;
-        if (at..end).contains(&target) {
-            ensure!(
-                length >= LEAF_PAYLOAD_BYTES_MIN,
-                "record at {at} ({length} bytes) is not a leaf"
-            );
-            let flip = at + RECORD_HEADER_BYTES + length / 2;
-            let file = fs::OpenOptions::new().read(true).write(true).open(&arena)?;
-            let mut byte = [0u8; 1];
-            file.read_exact_at(&mut byte, flip)?;
-            file.write_all_at(&[byte[0] ^ 0x5a], flip)?;
-            file.sync_all()?;
-            return Ok((arena, flip));
-        }
-        at = end;
-    }
-    bail!("no record covers offset {target}")
 }

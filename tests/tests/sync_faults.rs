@@ -8,7 +8,6 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use kith_tests::sync::{
-    SYNC_TIMEOUT, cluster, pause, resume, wait_for_content, wait_for_same_trees, wait_until,
+    SYNC_TIMEOUT, cluster, mounts, pause, read, resume, wait_for_content, wait_for_same_trees,
+    wait_until, write_synced,
 };
 use kith_tests::{Kith, kill_and_wait, pattern, skip_without_fuse};
 
@@ -24,22 +24,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn long_run() -> bool {
     std::env::var_os("KITH_LONG").is_some_and(|value| value != "0")
-}
-
-fn write_synced(path: &Path, content: &[u8]) -> anyhow::Result<()> {
-    let mut file = fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
-    file.write_all(content)
-        .with_context(|| format!("write {}", path.display()))?;
-    file.sync_all()
-        .with_context(|| format!("fsync {}", path.display()))
-}
-
-fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
-    fs::read(path).with_context(|| format!("read {}", path.display()))
-}
-
-fn mounts(devices: &[Kith]) -> Vec<&Path> {
-    devices.iter().map(|device| device.mnt.as_path()).collect()
 }
 
 /// This device's own fingerprint, as its status lists it.

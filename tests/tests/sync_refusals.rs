@@ -7,27 +7,16 @@
 //! where a peer can be made to lie.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use kith_tests::sync::{SYNC_TIMEOUT, cluster, wait_for_content};
+use kith_tests::sync::{SYNC_TIMEOUT, cluster, wait_for_content, write_synced};
 use kith_tests::{Kith, pattern, skip_without_fuse};
 use net::frame::Kind;
 use net::identity::DeviceIdentity;
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn write_synced(path: &Path, content: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut file =
-        std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
-    file.write_all(content)
-        .with_context(|| format!("write {}", path.display()))?;
-    file.sync_all()
-        .with_context(|| format!("fsync {}", path.display()))
-}
 
 fn listen_addr(device: &Kith) -> anyhow::Result<SocketAddr> {
     let listen = device.sync_status()?.listen;
