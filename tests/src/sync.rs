@@ -63,14 +63,49 @@ impl Kith {
     }
 
     /// Detaches the mount of a daemon that was killed (its mount point answers
-    /// ENOTCONN until then), so the store can be mounted again.
+    /// ENOTCONN until then), so the store can be mounted again. First aborts the FUSE
+    /// connection: a daemon killed while its invalidation thread waits in the kernel for
+    /// a directory lock (held by a request in flight to that very daemon) never closes
+    /// `/dev/fuse`, so the connection, and every program waiting on it, would hang.
     pub fn detach_dead_mount(&self) {
+        abort_fuse_connection(&self.mnt);
         let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::process::Command::new("fusermount3")
             .args(["-u", "-z"])
             .arg(&self.mnt)
             .output();
     }
+}
+
+/// Aborts the FUSE connection mounted at `mount` (fusectl, mounted if needed; needs
+/// root). Reads the connection number from the mount table: a `stat` of a dead mount
+/// could block.
+pub fn abort_fuse_connection(mount: &Path) {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let Some(minor) = table.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let at = fields.get(4)?;
+        (Path::new(at) == mount)
+            .then(|| {
+                fields
+                    .get(2)?
+                    .split_once(':')
+                    .map(|(_, minor)| minor.to_owned())
+            })
+            .flatten()
+    }) else {
+        return;
+    };
+    let connections = Path::new("/sys/fs/fuse/connections");
+    if !connections.join(&minor).exists() {
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "fusectl", "none"])
+            .arg(connections)
+            .output();
+    }
+    let _ = std::fs::write(connections.join(minor).join("abort"), b"1");
 }
 
 fn daemon_pid_in(out: &str) -> anyhow::Result<u32> {

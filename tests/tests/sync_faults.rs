@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use kith_tests::sync::{
-    SYNC_TIMEOUT, cluster, mounts, pause, read, resume, wait_for_content, wait_for_same_trees,
-    wait_until, write_synced,
+    SYNC_TIMEOUT, abort_fuse_connection, cluster, mounts, pause, read, resume, wait_for_content,
+    wait_for_same_trees, wait_until, write_synced,
 };
 use kith_tests::{Kith, kill_and_wait, pattern, skip_without_fuse};
 
@@ -129,6 +129,9 @@ fn kill_the_leader_during_writes(check: Survivors) -> anyhow::Result<()> {
         let on_follower = scope.spawn(move || write_stream(&follower_mount, "f", stop, 100_000));
         std::thread::sleep(run / 2);
         let killed = kill_and_wait(leader_pid);
+        // Programs blocked on the dead mount (this test's writer) get errors, not a
+        // hang; the mount stays (a detached one would take writes into the bare dir).
+        abort_fuse_connection(&devices[leader].mnt);
         // The survivors elect a new leader and the follower's stream goes on.
         std::thread::sleep(run / 2 + Duration::from_secs(3));
         stop.store(true, Ordering::Relaxed);
