@@ -359,11 +359,12 @@ fn random_bytes(count: usize) -> Result<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn dirs_in(root: &Path) -> Dirs {
+    /// XDG-style directories under `root` (unit tests of this crate share it).
+    pub(crate) fn dirs_in(root: &Path) -> Dirs {
         Dirs {
             data: root.join("data/kith"),
             config: root.join("config/kith"),

@@ -930,14 +930,7 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn dirs_in(root: &Path) -> Dirs {
-        Dirs {
-            data: root.join("data/kith"),
-            config: root.join("config/kith"),
-            runtime: root.join("run/kith"),
-        }
-    }
+    use crate::config::tests::dirs_in;
 
     fn unencrypted() -> Config {
         Config {

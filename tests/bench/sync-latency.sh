@@ -18,7 +18,8 @@
 #   -o DIR    where results.tsv and summary.txt go (default: a new kept directory
 #             ${TMPDIR:-/tmp}/sync-latency.XXXXXX)
 #   -S        also run syncthing-latency.sh with the same scenarios, repetitions, sizes
-#             and poll interval, modes w1 and api (needs syncthing; its output follows)
+#             and poll interval, modes w1 and api (installs syncthing with apt-get if
+#             missing; its output follows)
 #   -k        keep the scratch directory (stores, mounts, logs) instead of removing it
 #   -h        help
 #
@@ -337,6 +338,12 @@ rc=$?
 
 if [ "$SYNCTHING" = 1 ]; then
   ST="$REPO/../shared/tools/bench/syncthing-latency.sh"
+  # The peer is installed by this script, not by hand (Debian's syncthing package).
+  if ! command -v syncthing >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    log "installing syncthing"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq syncthing; } \
+      >/dev/null 2>&1 || log "could not install syncthing"
+  fi
   if [ -x "$ST" ] || [ -f "$ST" ]; then
     log "running $ST"
     bash "$ST" -r "$REPS" -m w1,api -s "$SCEN" -b "$BIG_MB" -n "$NFILES" -i "$POLL_MS" \

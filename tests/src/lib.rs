@@ -299,6 +299,28 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// Reads `path` in pieces of `piece_bytes` and compares each with `expected`: answers
+/// the offsets of the pieces that failed with EIO (a damaged block), and fails on a
+/// piece that reads back other bytes or fails otherwise.
+pub fn eio_pieces(path: &Path, expected: &[u8], piece_bytes: usize) -> anyhow::Result<Vec<u64>> {
+    let file = fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut failed = Vec::new();
+    for (index, expected) in expected.chunks(piece_bytes).enumerate() {
+        let offset = (index * piece_bytes) as u64;
+        let mut piece = vec![0u8; expected.len()];
+        match file.read_exact_at(&mut piece, offset) {
+            Ok(()) => ensure!(
+                piece == expected,
+                "bytes at {offset} of {} read back wrong",
+                path.display()
+            ),
+            Err(error) if error.raw_os_error() == Some(libc::EIO) => failed.push(offset),
+            Err(error) => bail!("reading {} at {offset}: {error}", path.display()),
+        }
+    }
+    Ok(failed)
+}
+
 /// venti's arena layout, as the damage helper below needs it.
 const ARENA_HEADER_BYTES: u64 = 32;
 const RECORD_HEADER_BYTES: u64 = 56;

@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::{bail, ensure};
-use kith_tests::{Kith, damage_a_leaf_of_the_last_file, pattern, skip_without_fuse};
+use kith_tests::{Kith, damage_a_leaf_of_the_last_file, eio_pieces, pattern, skip_without_fuse};
 
 /// venti's largest chunk: one damaged leaf covers at most this much of its file.
 const CHUNK_BYTES_MAX: u64 = 256 * 1024;
@@ -39,20 +39,7 @@ fn a_damaged_block_fails_only_its_range_and_the_log_names_the_file() -> anyhow::
 
     kith.mount()?;
     let big = pattern(7, BIG_BYTES);
-    let mut failed = Vec::new();
-    let file = fs::File::open(kith.path("docs/big.bin"))?;
-    for (index, expected) in big.chunks(PIECE_BYTES).enumerate() {
-        let offset = (index * PIECE_BYTES) as u64;
-        let mut piece = vec![0u8; expected.len()];
-        match file.read_exact_at(&mut piece, offset) {
-            Ok(()) => ensure!(
-                piece == expected,
-                "bytes at {offset} of big.bin read back wrong"
-            ),
-            Err(error) if error.raw_os_error() == Some(libc::EIO) => failed.push(offset),
-            Err(error) => bail!("reading big.bin at {offset}: {error}"),
-        }
-    }
+    let failed = eio_pieces(&kith.path("docs/big.bin"), &big, PIECE_BYTES)?;
     println!("pieces failing with EIO at {failed:?}");
     let (Some(&first), Some(&last)) = (failed.first(), failed.last()) else {
         bail!("no read of big.bin failed after its block was damaged");
@@ -71,7 +58,6 @@ fn a_damaged_block_fails_only_its_range_and_the_log_names_the_file() -> anyhow::
     ensure!(fs::read(kith.path("small.txt"))? == b"a small file lives inline\n");
     write_synced(&kith.path("after.txt"), b"still writable")?;
     ensure!(fs::read(kith.path("after.txt"))? == b"still writable");
-    drop(file);
     kith.unmount()?;
 
     let log = daemon_log(kith.root())?;

@@ -11,9 +11,9 @@ use std::os::unix::fs::FileExt;
 
 use std::sync::Mutex;
 
-use anyhow::{bail, ensure};
+use anyhow::ensure;
 use kith_tests::sync::{SYNC_TIMEOUT, cluster, wait_for_content, wait_until};
-use kith_tests::{damage_a_leaf_of_the_last_file, pattern, skip_without_fuse};
+use kith_tests::{damage_a_leaf_of_the_last_file, eio_pieces, pattern, skip_without_fuse};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -47,26 +47,12 @@ fn a_block_that_does_not_match_its_address_is_refused() -> anyhow::Result<()> {
         Ok(b.sync_status()?.devices.iter().filter(|d| d.online).count() == 3)
     })?;
 
-    let file = fs::File::open(b.path("big.bin"))?;
-    let mut failed = Vec::new();
-    for (index, expected) in big.chunks(PIECE_BYTES).enumerate() {
-        let offset = (index * PIECE_BYTES) as u64;
-        let mut piece = vec![0u8; expected.len()];
-        match file.read_exact_at(&mut piece, offset) {
-            Ok(()) => ensure!(
-                piece == expected,
-                "bytes at {offset} of big.bin read back wrong on b"
-            ),
-            Err(error) if error.raw_os_error() == Some(libc::EIO) => failed.push(offset),
-            Err(error) => bail!("reading big.bin at {offset} on b: {error}"),
-        }
-    }
+    let failed = eio_pieces(&b.path("big.bin"), &big, PIECE_BYTES)?;
     println!("pieces failing with EIO on b: {failed:?}");
     ensure!(
         !failed.is_empty(),
         "the damaged block was served and accepted"
     );
-    drop(file);
 
     // Everyone still serves.
     let after = pattern(9, 10_000);
