@@ -10,6 +10,12 @@
 //! them torn (only a prefix kept). Directory entries (create, remove) behave the same
 //! way until `sync_dir`.
 //!
+//! Appends may bypass the page cache: [`BackendFile::write_direct_at`] takes whole
+//! [`DIRECT_ALIGN_BYTES`]-aligned pieces and writes them with `O_DIRECT` where the file
+//! system allows it ([`FileBackend`] falls back to the page cache where it refuses, as
+//! tmpfs may); [`MemoryBackend`] checks the alignment so tests catch a misaligned
+//! writer, and can be told to offer no direct path at all.
+//!
 //! The SQLite index is not behind this trait: SQLite has its own atomic commit, and both
 //! backends give it a real path ([`Backend::index_path`]). What the crash model does
 //! cover is the order the store relies on — arena bytes durable *before* the index
@@ -23,11 +29,15 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
 use crate::{Error, Result};
+
+/// Offset, length and memory alignment [`BackendFile::write_direct_at`] needs: 4 KiB
+/// covers the logical block size of every common device and file system.
+pub const DIRECT_ALIGN_BYTES: usize = 4096;
 
 /// One file of a [`Backend`]. Offsets and lengths are bytes.
 pub trait BackendFile: Send + Sync + fmt::Debug {
@@ -47,6 +57,27 @@ pub trait BackendFile: Send + Sync + fmt::Debug {
     fn start_writeback(&self, offset: u64, len: u64) {
         let _ = (offset, len);
     }
+    /// Whether [`BackendFile::write_direct_at`] is worth its aligned staging: it
+    /// bypasses the page cache here (or, in the memory backend, checks alignment).
+    fn supports_direct(&self) -> bool {
+        false
+    }
+    /// `write_at` of whole aligned pieces: `offset`, `data.len()` and `data`'s address
+    /// are multiples of [`DIRECT_ALIGN_BYTES`]. Written past the page cache where the
+    /// file system allows it, else through it; either way `read_at` sees the bytes once
+    /// this returns, and `sync` makes them durable like any write.
+    fn write_direct_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_at(offset, data)
+    }
+}
+
+/// Whether `offset`, `data.len()` and `data`'s address are all multiples of
+/// [`DIRECT_ALIGN_BYTES`].
+pub fn is_direct_aligned(offset: u64, data: &[u8]) -> bool {
+    let align = DIRECT_ALIGN_BYTES as u64;
+    offset.is_multiple_of(align)
+        && (data.len() as u64).is_multiple_of(align)
+        && (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN_BYTES)
 }
 
 /// A flat directory of files plus the place the SQLite index lives.
@@ -70,14 +101,26 @@ pub trait Backend: Send + Sync + fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct FileBackend {
     dir: PathBuf,
+    direct_io: bool,
 }
 
 impl FileBackend {
-    /// Use `dir`, creating it if needed.
+    /// Use `dir`, creating it if needed. Aligned appends use `O_DIRECT` where the file
+    /// system allows it.
     pub fn new(dir: impl AsRef<Path>) -> Result<FileBackend> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir)?;
-        Ok(FileBackend { dir })
+        Ok(FileBackend {
+            dir,
+            direct_io: true,
+        })
+    }
+
+    /// With `false`, every write goes through the page cache (as on a file system
+    /// that refuses `O_DIRECT`).
+    pub fn with_direct_io(mut self, direct_io: bool) -> FileBackend {
+        self.direct_io = direct_io;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -93,7 +136,16 @@ impl Backend for FileBackend {
             .create(create)
             .truncate(false)
             .open(self.dir.join(name))?;
-        Ok(Arc::new(DiskFile { file }))
+        let direct = if self.direct_io {
+            open_direct(&self.dir.join(name))
+        } else {
+            None
+        };
+        Ok(Arc::new(DiskFile {
+            direct_usable: AtomicBool::new(direct.is_some()),
+            file,
+            direct,
+        }))
     }
 
     fn remove(&self, name: &str) -> Result<()> {
@@ -126,9 +178,39 @@ impl Backend for FileBackend {
     }
 }
 
+/// A second descriptor of `path` opened with `O_DIRECT`, or `None` where the file
+/// system refuses it (tmpfs before Linux 6.6, some FUSE and network file systems).
+fn open_direct(path: &Path) -> Option<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // The flag's bits fit an i32: it is an `open(2)` flag.
+    let flag = rustix::fs::OFlags::DIRECT.bits() as i32;
+    match fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(flag)
+        .open(path)
+    {
+        Ok(file) => Some(file),
+        Err(error) => {
+            tracing::debug!(path = %path.display(), %error, "O_DIRECT refused; appends go through the page cache");
+            None
+        }
+    }
+}
+
+/// A real file: `file` for reads and buffered writes, `direct` (the same file opened
+/// with `O_DIRECT`) for aligned appends.
+///
+/// Coherence: Linux writes back and invalidates the page-cache pages a direct write
+/// covers, before and after it (`generic_file_direct_write` /
+/// `iomap_dio_rw`), so a buffered `read_at` after `write_direct_at` returns sees the
+/// new bytes, and a buffered write of a block that a direct write later covers is
+/// flushed first rather than lost.
 #[derive(Debug)]
 struct DiskFile {
     file: fs::File,
+    direct: Option<fs::File>,
+    /// Cleared for good the first time the file system refuses a direct write.
+    direct_usable: AtomicBool,
 }
 
 impl BackendFile for DiskFile {
@@ -163,6 +245,31 @@ impl BackendFile for DiskFile {
             std::num::NonZeroU64::new(len),
             rustix::fs::Advice::DontNeed,
         );
+    }
+
+    fn supports_direct(&self) -> bool {
+        self.direct_usable.load(Ordering::Relaxed)
+    }
+
+    fn write_direct_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        if let Some(direct) = &self.direct
+            && self.direct_usable.load(Ordering::Relaxed)
+        {
+            match direct.write_all_at(data, offset) {
+                Ok(()) => return Ok(()),
+                // EINVAL: this file system (or this piece's alignment) is refused for
+                // direct I/O. Whatever part was written holds these same bytes, so
+                // writing all of them through the page cache is correct.
+                Err(error)
+                    if error.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
+                {
+                    tracing::debug!(%error, "direct write refused; appends go through the page cache");
+                    self.direct_usable.store(false, Ordering::Relaxed);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(self.file.write_all_at(data, offset)?)
     }
 }
 
@@ -209,6 +316,8 @@ struct MemoryState {
     crashed: bool,
     /// Arena writes fail (as on a full disk) while set; nothing else does.
     writes_fail: bool,
+    /// Files offer the direct (aligned, checked) write path.
+    direct_io: bool,
     rng: SplitMix64,
 }
 
@@ -271,6 +380,7 @@ impl MemoryBackend {
                 crash_at_sync_point: None,
                 crashed: false,
                 writes_fail: false,
+                direct_io: true,
                 rng: SplitMix64(seed),
             })),
             index_dir: Arc::new(IndexDir(index_dir)),
@@ -298,6 +408,12 @@ impl MemoryBackend {
     /// nothing, as on a full disk; syncs and reads go on working.
     pub fn fail_writes(&self, fail: bool) {
         self.shared.lock().writes_fail = fail;
+    }
+
+    /// With `false`, files offer no direct write path (as on a file system that
+    /// refuses `O_DIRECT`), so the store writes every record through `write_at`.
+    pub fn set_direct_io(&self, direct_io: bool) {
+        self.shared.lock().direct_io = direct_io;
     }
 
     /// Crash now, as if power failed between two instructions.
@@ -523,6 +639,25 @@ impl BackendFile for MemoryFile {
         Ok(())
     }
 
+    fn supports_direct(&self) -> bool {
+        self.shared.lock().direct_io
+    }
+
+    fn write_direct_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        // A real device refuses a misaligned direct write: fail loudly instead.
+        if !is_direct_aligned(offset, data) {
+            return Err(Error::Malformed {
+                what: "direct write",
+                detail: format!(
+                    "{} bytes at offset {offset} (address {:p}) not {DIRECT_ALIGN_BYTES}-aligned",
+                    data.len(),
+                    data.as_ptr()
+                ),
+            });
+        }
+        self.write_at(offset, data)
+    }
+
     fn sync(&self) -> Result<()> {
         durability_point(&mut self.shared.lock())?;
         let mut content = self.content.lock();
@@ -535,6 +670,73 @@ impl BackendFile for MemoryFile {
                 UnsyncedOp::SetLen(len) => resize(&mut content.durable, len),
             }
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An aligned `bytes`-long window of a vector, in safe code.
+    fn aligned(memory: &mut Vec<u8>, bytes: usize) -> std::ops::Range<usize> {
+        memory.resize(bytes + DIRECT_ALIGN_BYTES, 0);
+        let address = memory.as_ptr() as usize;
+        let start = (DIRECT_ALIGN_BYTES - address % DIRECT_ALIGN_BYTES) % DIRECT_ALIGN_BYTES;
+        start..start + bytes
+    }
+
+    #[test]
+    fn direct_writes_are_read_back_and_a_refused_one_falls_back() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let backend = FileBackend::new(dir.path())?;
+        let file = backend.open("a", true)?;
+        let direct = file.supports_direct();
+        let mut memory = Vec::new();
+        let range = aligned(&mut memory, 2 * DIRECT_ALIGN_BYTES);
+        memory[range.clone()].fill(0x11);
+        file.write_direct_at(0, &memory[range.clone()])?;
+        // A buffered tail, then a direct write covering it again (the stage's pattern).
+        file.write_at(2 * DIRECT_ALIGN_BYTES as u64, b"tail")?;
+        memory[range.clone()].fill(0x22);
+        file.write_direct_at(DIRECT_ALIGN_BYTES as u64, &memory[range.clone()])?;
+        let mut back = vec![0u8; 3 * DIRECT_ALIGN_BYTES];
+        file.read_at(0, &mut back)?;
+        assert!(back[..DIRECT_ALIGN_BYTES].iter().all(|b| *b == 0x11));
+        assert!(back[DIRECT_ALIGN_BYTES..].iter().all(|b| *b == 0x22));
+        if direct {
+            // Misaligned memory: the kernel refuses the direct write (EINVAL); the
+            // bytes go through the page cache and the file stops trying.
+            let misaligned = range.start + 1..range.end + 1;
+            memory[misaligned.clone()].fill(0x33);
+            file.write_direct_at(0, &memory[misaligned])?;
+            assert!(!file.supports_direct());
+            file.read_at(0, &mut back[..DIRECT_ALIGN_BYTES])?;
+            assert!(back[..DIRECT_ALIGN_BYTES].iter().all(|b| *b == 0x33));
+        }
+        let buffered = FileBackend::new(dir.path())?
+            .with_direct_io(false)
+            .open("a", false)?;
+        assert!(!buffered.supports_direct());
+        Ok(())
+    }
+
+    #[test]
+    fn the_memory_backend_refuses_misaligned_direct_writes() -> Result<()> {
+        let backend = MemoryBackend::new(1)?;
+        let file = backend.open("a", true)?;
+        let mut memory = Vec::new();
+        let range = aligned(&mut memory, DIRECT_ALIGN_BYTES);
+        file.write_direct_at(0, &memory[range.clone()])?;
+        assert!(file.write_direct_at(512, &memory[range.clone()]).is_err());
+        assert!(
+            file.write_direct_at(0, &memory[range.start..range.end - 1])
+                .is_err()
+        );
+        assert!(
+            file.write_direct_at(0, &memory[range.start + 1..range.end + 1])
+                .is_err()
+        );
         Ok(())
     }
 }

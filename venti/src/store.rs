@@ -3,11 +3,12 @@
 //! One writer, many readers. Puts take the writer lock, reserve the record's place at
 //! the end of the current arena, note it in an in-memory *pending* map and queue the
 //! record (header and sealed block in one owned buffer) to the arena writer thread
-//! (`write_queue.rs`), which appends it with one `write_at` (no fsync); a single
-//! `put` that finds the writer thread idle makes that write itself. `sync()`
-//! first waits for the queue to be written, then fsyncs every arena written since the
-//! last sync (and the directory, if an arena was created) and only then commits all
-//! pending rows to the index in one transaction. Readers take no writer lock: they look
+//! (`write_queue.rs`), which appends it (gathered into 4 MiB aligned `O_DIRECT`
+//! writes where the file system allows it, else one `write_at` each; no fsync); a
+//! single `put` that finds the writer thread idle makes that write itself. `sync()`
+//! first waits for the queue to be written (the staged tail included), then fsyncs
+//! every arena written since the last sync (and the directory, if an arena was
+//! created) and only then commits all pending rows to the index in one transaction. Readers take no writer lock: they look
 //! in the pending map (waiting for a record still queued), then in the index through
 //! their own read-only SQLite connection, and `read_at` the record, checking header and
 //! hash before returning a byte.
@@ -967,7 +968,7 @@ impl Store {
         let ticket = if write == Write::DirectWhenIdle && self.queue.is_idle(writer.last_ticket) {
             // Nothing queued and the writer lock held: no other write can be under way,
             // so this one keeps the arena's order. A failure reserves nothing.
-            file.write_at(len, &buffer)?;
+            self.queue.write_now(id, &file, len, &buffer)?;
             self.queue.recycle(buffer);
             PutTicket::DONE.0
         } else {

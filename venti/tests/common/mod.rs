@@ -52,6 +52,10 @@ pub fn small_options() -> StoreOptions {
 pub enum Kind {
     Memory,
     File,
+    /// The memory backend without a direct write path: one `write_at` per record.
+    MemoryBuffered,
+    /// The file backend as on a file system that refuses `O_DIRECT`.
+    FileBuffered,
 }
 
 /// One backend instance; keeps its temp dir alive.
@@ -64,18 +68,20 @@ pub struct TestBackend {
 impl TestBackend {
     pub fn new(kind: Kind) -> TestResult<TestBackend> {
         Ok(match kind {
-            Kind::Memory => {
+            Kind::Memory | Kind::MemoryBuffered => {
                 let memory = MemoryBackend::new(7)?;
+                memory.set_direct_io(matches!(kind, Kind::Memory));
                 TestBackend {
                     backend: Arc::new(memory.clone()),
                     memory: Some(memory),
                     dir: None,
                 }
             }
-            Kind::File => {
+            Kind::File | Kind::FileBuffered => {
                 let dir = tempfile::tempdir()?;
+                let direct_io = matches!(kind, Kind::File);
                 TestBackend {
-                    backend: Arc::new(FileBackend::new(dir.path())?),
+                    backend: Arc::new(FileBackend::new(dir.path())?.with_direct_io(direct_io)),
                     memory: None,
                     dir: Some(dir),
                 }
@@ -88,9 +94,15 @@ impl TestBackend {
     }
 }
 
-/// Run `body` against a memory and a file backend.
+/// Run `body` against a memory and a file backend, each with and without the direct
+/// (staged) write path.
 pub fn for_each_backend(body: impl Fn(&TestBackend) -> TestResult) -> TestResult {
-    for kind in [Kind::Memory, Kind::File] {
+    for kind in [
+        Kind::Memory,
+        Kind::File,
+        Kind::MemoryBuffered,
+        Kind::FileBuffered,
+    ] {
         body(&TestBackend::new(kind)?)?;
     }
     Ok(())
