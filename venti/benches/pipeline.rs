@@ -10,9 +10,11 @@
 //! CPU-time throughput of the bare pipeline and of tree ingest (robust to a shared
 //! machine), the cores each kept busy, and the file store's final sync; also tree
 //! ingest into a bare record sink written buffered and with `O_DIRECT` (what the page
-//! cache costs the store). The ratio of
-//! two MB/CPU-s figures bounds the ratio of their wall-clock figures on a quiet
-//! machine: `chunk_seal_2core` (the real block format on two independent halves) is
+//! cache costs the store) and into the file store with its direct path turned off
+//! (`tree_file_store_buffered`). `KITH_BENCH_DIR` puts the stores on a given disk (the
+//! default temp directory must not be a tmpfs for the direct path to be measured).
+//! The ratio of two MB/CPU-s figures bounds the ratio of their wall-clock figures on a
+//! quiet machine: `chunk_seal_2core` (the real block format on two independent halves) is
 //! the ceiling for tree ingest on two cores.
 
 use std::collections::{HashMap, HashSet};
@@ -552,7 +554,7 @@ fn cpu_report() {
     let bytes = corpus_bytes();
     let data = random(bytes, 3);
     let sync_seconds = Mutex::new(Vec::new());
-    let runs: [(&str, &dyn Fn()); 10] = [
+    let runs: [(&str, &dyn Fn()); 11] = [
         ("bare_1core", &|| {
             black_box(bare_pipeline(&keys, &chunker, &data));
         }),
@@ -620,23 +622,11 @@ fn cpu_report() {
             tree_into_sink(&keys, &data, false)
         }),
         ("tree_sink_direct", &|| tree_into_sink(&keys, &data, true)),
+        ("tree_file_store_buffered", &|| {
+            tree_into_file_store(&keys, &data, false, None)
+        }),
         ("tree_file_store", &|| {
-            let dir = match tempfile::tempdir() {
-                Ok(dir) => dir,
-                Err(error) => panic!("bench temp dir: {error}"),
-            };
-            let backend = ok(FileBackend::new(dir.path()));
-            let store = ok(Store::open(Arc::new(backend), StoreOptions::default()));
-            let mut writer = TreeWriter::new(&store, &keys, Class::Pinned);
-            for piece in data.chunks(WRITE_PIECE_BYTES) {
-                ok(writer.write(piece));
-            }
-            black_box(ok(writer.finish()));
-            let started = Instant::now();
-            ok(store.sync());
-            if let Ok(mut seconds) = sync_seconds.lock() {
-                seconds.push(started.elapsed().as_secs_f64());
-            }
+            tree_into_file_store(&keys, &data, true, Some(&sync_seconds))
         }),
     ];
     println!(
@@ -675,15 +665,46 @@ fn cpu_report() {
     }
 }
 
+/// Tree ingest of `data` into a file store in a temporary directory of
+/// `KITH_BENCH_DIR` (default: the system temp directory), its arenas written through
+/// the staged `O_DIRECT` path or (`direct_io` false) through the page cache; the final
+/// sync's duration goes to `sync_seconds`.
+fn tree_into_file_store(
+    keys: &EpochKeys,
+    data: &[u8],
+    direct_io: bool,
+    sync_seconds: Option<&Mutex<Vec<f64>>>,
+) {
+    let dir = match bench_dir() {
+        Ok(dir) => dir,
+        Err(error) => panic!("bench temp dir: {error}"),
+    };
+    let backend = ok(FileBackend::new(dir.path())).with_direct_io(direct_io);
+    let store = ok(Store::open(Arc::new(backend), StoreOptions::default()));
+    let mut writer = TreeWriter::new(&store, keys, Class::Pinned);
+    for piece in data.chunks(WRITE_PIECE_BYTES) {
+        ok(writer.write(piece));
+    }
+    black_box(ok(writer.finish()));
+    let started = Instant::now();
+    ok(store.sync());
+    if let Some(Ok(mut seconds)) = sync_seconds.map(Mutex::lock) {
+        seconds.push(started.elapsed().as_secs_f64());
+    }
+}
+
+fn bench_dir() -> std::io::Result<tempfile::TempDir> {
+    match std::env::var_os("KITH_BENCH_DIR") {
+        Some(parent) => tempfile::tempdir_in(parent),
+        None => tempfile::tempdir(),
+    }
+}
+
 /// Tree ingest of `data` into a [`SinkStore`] (buffered or `O_DIRECT`) in a temporary
 /// directory of `KITH_BENCH_DIR` (default: the system temp directory, which must not be
 /// a tmpfs for `O_DIRECT`).
 fn tree_into_sink(keys: &EpochKeys, data: &[u8], direct: bool) {
-    let dir = match std::env::var_os("KITH_BENCH_DIR") {
-        Some(parent) => tempfile::tempdir_in(parent),
-        None => tempfile::tempdir(),
-    };
-    let dir = match dir {
+    let dir = match bench_dir() {
         Ok(dir) => dir,
         Err(error) => panic!("bench temp dir: {error}"),
     };

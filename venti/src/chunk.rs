@@ -133,6 +133,95 @@ impl Chunker {
     }
 }
 
+impl Chunker {
+    /// [`Chunker::chunk_lengths`] of a complete buffer, computed on up to `threads`
+    /// threads: the same lengths, always.
+    ///
+    /// Each thread chunks its own segments of `segment_bytes` as if a chunk started at
+    /// the segment's start, giving a chain of *candidate* chunk starts. The calling
+    /// thread then follows the true chain from the start of the data: inside segment
+    /// `k` it checks whether the true position is one of segment `k`'s candidates. A
+    /// cut depends only on the bytes from its chunk's start, so from the first shared
+    /// position on the two chains are the same, and the candidates are taken as they
+    /// are; until then (usually a chunk or two, a whole segment for input without cut
+    /// points such as zeros) the caller cuts sequentially. Cuts are made with the
+    /// whole rest of the data in view, exactly like the sequential chunker.
+    pub fn chunk_lengths_parallel(
+        &self,
+        data: &[u8],
+        segment_bytes: usize,
+        threads: usize,
+    ) -> Vec<usize> {
+        let segment_bytes = segment_bytes.max(1);
+        let segments = data.len().div_ceil(segment_bytes);
+        // Candidate chunk starts per segment from 1 on (segment 0's chain is the true
+        // one, followed below); each chain runs to the first start at or past the end
+        // of its segment.
+        let chain = |segment: usize| -> Vec<usize> {
+            let start = segment * segment_bytes;
+            let end = (start + segment_bytes).min(data.len());
+            let mut starts = vec![start];
+            let mut position = start;
+            while position < end {
+                position += data.get(position..).map_or(0, |rest| self.cut(rest)).max(1);
+                starts.push(position);
+            }
+            starts
+        };
+        let threads = threads.clamp(1, segments.max(1));
+        let mut candidates: Vec<Vec<usize>> = vec![Vec::new(); segments];
+        if threads > 1 && segments > 1 {
+            let next = std::sync::atomic::AtomicUsize::new(1);
+            let results = std::sync::Mutex::new(Vec::new());
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let segment = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if segment >= segments {
+                                break;
+                            }
+                            mine.push((segment, chain(segment)));
+                        }
+                        results
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .extend(mine);
+                    });
+                }
+            });
+            for (segment, starts) in results
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+            {
+                if let Some(slot) = candidates.get_mut(segment) {
+                    *slot = starts;
+                }
+            }
+        }
+        let mut lengths = Vec::new();
+        let mut position = 0;
+        while position < data.len() {
+            let segment = position / segment_bytes;
+            let chain = candidates.get(segment).map_or(&[][..], Vec::as_slice);
+            if let Ok(at) = chain.binary_search(&position) {
+                // On segment `segment`'s chain: its chunks are the true ones, up to
+                // its last start (at or past the segment's end).
+                for pair in chain.get(at..).unwrap_or_default().windows(2) {
+                    lengths.push(pair[1] - pair[0]);
+                }
+                position = chain.last().copied().unwrap_or(position);
+                continue;
+            }
+            let length = data.get(position..).map_or(0, |rest| self.cut(rest)).max(1);
+            lengths.push(length);
+            position += length;
+        }
+        lengths
+    }
+}
+
 impl std::fmt::Debug for Chunker {
     // The Gear table is key material: never print it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -392,6 +481,67 @@ mod tests {
         let whole: Vec<usize> = chunker.chunk_lengths(&data).collect();
         for pieces in [&[4096][..], &[1, 70_000, 300_000, 17, 262_143], &[65_537]] {
             assert_eq!(stream_lengths(&chunker, &data, pieces), whole, "{pieces:?}");
+        }
+    }
+
+    /// Inputs that stress the resynchronisation of segment-parallel chunking.
+    fn adversarial(kind: u8, bytes: usize, seed: u64) -> Vec<u8> {
+        match kind % 4 {
+            // No cut points at all: chunks only at the maximum.
+            0 => vec![0u8; bytes],
+            // A short random pattern repeated: the same cut points every period.
+            1 => seeded(4099, seed).into_iter().cycle().take(bytes).collect(),
+            // Zeros with random islands: long forced cuts, then content-defined ones.
+            2 => {
+                let mut data = vec![0u8; bytes];
+                let islands = seeded(bytes, seed);
+                for (at, byte) in data.iter_mut().enumerate() {
+                    if (at / 100_000) % 3 == 1 {
+                        *byte = islands[at];
+                    }
+                }
+                data
+            }
+            _ => seeded(bytes, seed),
+        }
+    }
+
+    #[test]
+    fn parallel_chunking_matches_sequential_on_edge_cases() {
+        let chunker = Chunker::new(&keys());
+        let data = seeded(2 * 1024 * 1024, 42);
+        // The golden buffer, with segment edges inside the minimum-size window of the
+        // first chunk, at odd sizes, and one segment per byte range of a chunk.
+        for segment_bytes in [
+            4096,
+            9999,
+            CHUNK_BYTES_MIN - 1,
+            CHUNK_BYTES_MIN,
+            100_003,
+            1 << 20,
+            4 << 20,
+        ] {
+            let parallel = chunker.chunk_lengths_parallel(&data, segment_bytes, 2);
+            assert_eq!(parallel, GOLDEN_LENGTHS, "segment {segment_bytes}");
+        }
+        assert!(chunker.chunk_lengths_parallel(&[], 1 << 20, 2).is_empty());
+        assert_eq!(chunker.chunk_lengths_parallel(&[5], 1 << 20, 2), vec![1]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn parallel_chunking_matches_sequential(
+            kind in 0u8..4,
+            seed: u64,
+            bytes in prop_oneof![0usize..CHUNK_BYTES_MAX, 0usize..3_000_000],
+            segment_bytes in prop_oneof![4096usize..CHUNK_BYTES_MIN * 2, 4096usize..2_000_000],
+            threads in 1usize..4,
+        ) {
+            let chunker = Chunker::new(&keys());
+            let data = adversarial(kind, bytes, seed);
+            let sequential: Vec<usize> = chunker.chunk_lengths(&data).collect();
+            prop_assert_eq!(chunker.chunk_lengths_parallel(&data, segment_bytes, threads), sequential);
         }
     }
 
