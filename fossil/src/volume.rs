@@ -193,6 +193,8 @@ struct SyncShared {
     notifier: Option<std::sync::mpsc::Sender<Vec<Invalidation>>>,
     /// Held by a catch-up that runs the hook on its own thread, through the hook.
     delivering: Mutex<()>,
+    /// The replica's proposal lock (`Replica::proposing`).
+    proposing: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -441,6 +443,7 @@ impl Volume {
             barrier_failed_at: Mutex::new(None),
             notifier,
             delivering: Mutex::new(()),
+            proposing: Arc::clone(&replica.proposing),
         });
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -1021,6 +1024,22 @@ impl Volume {
         Ok(())
     }
 
+    /// Make every op so far durable ([`State::make_durable`]), releasing `state`.
+    ///
+    /// Replicated: the content sync and the proposal run without the volume lock
+    /// ([`replicated::propose`]); then this waits, still without it, up to
+    /// `commit_wait_ms` for the ops to commit.
+    fn make_durable(&self, mut state: parking_lot::MutexGuard<'_, State>) -> Result<()> {
+        if self.shared.sync.is_none() {
+            return state.make_durable();
+        }
+        drop(state);
+        replicated::propose(&self.shared)?;
+        let last = self.shared.state.lock().last_proposal();
+        replicated::wait_committed(&self.shared, last);
+        Ok(())
+    }
+
     /// Durable when this returns, also for an open but unlinked file.
     pub fn fsync(&self, ino: InodeNo, _data_only: bool) -> Result<()> {
         if is_view(ino) {
@@ -1029,11 +1048,7 @@ impl Volume {
         let mut state = self.shared.state.lock();
         let flushed = state.flush_file(ino);
         state.report_flush(ino, flushed)?;
-        state.make_durable()?;
-        let last = state.last_proposal();
-        drop(state);
-        replicated::wait_committed(&self.shared, last);
-        Ok(())
+        self.make_durable(state)
     }
 
     /// Entries after `cookie` (0 = from the start), including "." and "..". At most
@@ -1267,11 +1282,7 @@ impl Volume {
         state.submit(OpBody::Snapshot {
             name: name.to_vec(),
         })?;
-        state.make_durable()?;
-        let last = state.last_proposal();
-        drop(state);
-        replicated::wait_committed(&self.shared, last);
-        Ok(())
+        self.make_durable(state)
     }
 
     /// Snapshot names, oldest slot first.
@@ -1291,11 +1302,7 @@ impl Volume {
     pub fn sync_all(&self) -> Result<()> {
         let mut state = self.shared.state.lock();
         state.flush_all()?;
-        state.make_durable()?;
-        let last = state.last_proposal();
-        drop(state);
-        replicated::wait_committed(&self.shared, last);
-        Ok(())
+        self.make_durable(state)
     }
 
     /// Give `device` `rights` in this volume (an op through the log; the owner calls it
@@ -1306,11 +1313,7 @@ impl Volume {
         }
         let mut state = self.shared.state.lock();
         state.submit(OpBody::Grant { device, rights })?;
-        state.make_durable()?;
-        let last = state.last_proposal();
-        drop(state);
-        replicated::wait_committed(&self.shared, last);
-        Ok(())
+        self.make_durable(state)
     }
 
     /// How far this device is with the volume's log (for `kith status`).
@@ -1669,11 +1672,16 @@ impl State {
             self.note_pending_outcome(&outcome)?;
         }
         self.uncommitted_ops += 1;
-        if self.uncommitted_ops >= self.options.commit_ops_max
+        let due = self.uncommitted_ops >= self.options.commit_ops_max
             || (!self.background_commits
-                && self.last_commit.elapsed() >= self.options.commit_interval)
-        {
-            self.commit()?;
+                && self.last_commit.elapsed() >= self.options.commit_interval);
+        if due && let Err(error) = self.commit() {
+            // Replicated, the op is applied and stays queued for the next commit
+            // point; a failed proposal is not this call's failure.
+            if self.replica.is_none() {
+                return Err(error);
+            }
+            tracing::warn!(%error, "volume: proposing a full batch failed; its ops stay queued");
         }
         if let Outcome::NoOp(reason) = outcome {
             // A local op was checked against the same namespace: this is a bug.

@@ -12,6 +12,11 @@
 //!   the namespace a pure function of the log (invariant 3). They are logged.
 //! - a read barrier that finds no quorum in time is `None` (fossil serves local
 //!   state); every other replica failure is `fossil::Error::Agreement`.
+//! - a read barrier on the only voter (and leader) of the volume is answered here with
+//!   the local commit end, without a round through the replica: nothing commits
+//!   without this device then, so every commit made before the call is below it. That
+//!   is every fresh store until a second device joins, and it keeps lookups of names
+//!   that do not exist (each one asks for a barrier) off the replica's fsyncs.
 
 use std::time::Duration;
 
@@ -88,6 +93,9 @@ impl Agreement for ReplicaAgreement {
     }
 
     fn read_barrier(&self, timeout: Duration) -> fossil::Result<Option<Slot>> {
+        if self.replica.replica().is_sole_leader() {
+            return Ok(Some(self.commit_end()));
+        }
         match self.replica.read_index(timeout) {
             Ok(slot) => Ok(Some(slot.0)),
             Err(net::Error::NoQuorum { .. }) => Ok(None),
@@ -302,6 +310,47 @@ mod tests {
         group.net.reconnect(NodeId(1));
         assert!(a.wait_committed(ids[0], WAIT).unwrap().is_some());
         assert!(a.pending().unwrap().is_empty());
+        group.close();
+    }
+
+    /// Waits (bounded) until the replica has elected itself.
+    fn wait_for_leadership(agreement: &ReplicaAgreement) {
+        for _ in 0..500 {
+            if agreement.replica().status().unwrap().leader.is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no leader elected");
+    }
+
+    #[test]
+    fn the_only_voter_answers_a_barrier_locally_and_others_ask_the_group() {
+        // With its replica task stopped, a device can answer a barrier only without a
+        // round through it.
+        let alone = Group::new(&[1], &[1]);
+        let a = alone.get(1);
+        wait_for_leadership(a);
+        let ids = a.propose_many(vec![b"one".to_vec()]).unwrap();
+        let slot = a.wait_committed(ids[0], WAIT).unwrap().expect("committed");
+        alone.runtime.block_on(a.replica().replica().close());
+        let barrier = a
+            .read_barrier(WAIT)
+            .expect("the only voter answers without its replica task")
+            .expect("a barrier");
+        assert!(barrier > slot, "barrier {barrier} below commit {slot}");
+        assert_eq!(barrier, a.commit_end());
+        alone.close();
+
+        let group = Group::new(&[1, 2, 3], &[1, 2, 3]);
+        let b = group.get(2);
+        wait_for_leadership(b);
+        assert!(b.read_barrier(WAIT).unwrap().is_some());
+        group.runtime.block_on(b.replica().replica().close());
+        assert!(
+            b.read_barrier(WAIT).is_err(),
+            "one of three voters answered a barrier without asking the group"
+        );
         group.close();
     }
 

@@ -224,6 +224,7 @@ pub struct Replica {
     applied_end: Arc<AtomicU64>,
     killed: Arc<AtomicBool>,
     keys: Arc<dyn VolumeKeysDebug>,
+    sole_leader: Arc<AtomicBool>,
 }
 
 /// `VolumeKeys` plus a `Debug` that reveals nothing.
@@ -261,6 +262,7 @@ impl Replica {
         let (commit_tx, commit_rx) = watch::channel(node.commit_index());
         let (stopped_tx, stopped_rx) = watch::channel(false);
         let killed = Arc::new(AtomicBool::new(false));
+        let sole_leader = Arc::new(AtomicBool::new(false));
         let task = Task {
             node,
             store,
@@ -271,6 +273,7 @@ impl Replica {
             frames: frames_rx,
             commit_tx,
             killed: killed.clone(),
+            sole_leader: sole_leader.clone(),
             clock: Instant::now(),
             deadlines: BTreeMap::new(),
             last_heard_ms: BTreeMap::new(),
@@ -314,7 +317,17 @@ impl Replica {
             applied_end: Arc::new(AtomicU64::new(0)),
             killed,
             keys,
+            sole_leader,
         })
+    }
+
+    /// Whether this device is the only voter of the configuration in force and its
+    /// leader: then nothing commits without it, so its own commit end is the group's
+    /// and a read barrier needs no round. Updated after a turn's persists and before
+    /// any message of that turn is sent, so another voter can commit nothing before
+    /// this turns false.
+    pub fn is_sole_leader(&self) -> bool {
+        self.sole_leader.load(Ordering::Acquire)
     }
 
     /// This device's id in the group.
@@ -861,6 +874,8 @@ struct Task {
     frames: mpsc::Receiver<(NodeId, Vec<u8>)>,
     commit_tx: watch::Sender<Slot>,
     killed: Arc<AtomicBool>,
+    /// See [`Replica::is_sole_leader`].
+    sole_leader: Arc<AtomicBool>,
     clock: Instant,
     deadlines: BTreeMap<Timer, u64>,
     last_heard_ms: BTreeMap<NodeId, u64>,
@@ -1275,6 +1290,11 @@ impl Task {
             self.check_killed()?;
             self.store.sync().map_err(Stop::Store)?;
         }
+        let config = self.node.config();
+        let sole_leader = self.node.is_leader()
+            && config.voters.len() == 1
+            && config.voters.contains(&self.node.id());
+        self.sole_leader.store(sole_leader, Ordering::Release);
         let mut commit_end = None;
         for effect in turn.effects {
             self.check_killed()?;

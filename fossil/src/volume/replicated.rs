@@ -29,6 +29,7 @@ use std::sync::Weak;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use venti::BlockRef;
 
 use super::{Shared, State};
@@ -46,6 +47,9 @@ const BARRIER_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 const GENESIS_POLL: Duration = Duration::from_millis(100);
 /// After a failed catch-up the applier waits this long before trying again.
 const APPLIER_RETRY: Duration = Duration::from_millis(200);
+/// Most ops handed to the agreement in one call (the replica refuses a call that does
+/// not fit its queue whole; this keeps one call well inside it).
+const PROPOSE_OPS_MAX: usize = 1024;
 
 /// Something the kernel may hold in its caches that a remote change made stale.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -94,15 +98,43 @@ pub(super) struct Replica {
     genesis_wait: Duration,
     /// Gathered under the lock, handed to the hook after it is released.
     invalidations: Vec<Invalidation>,
+    /// Held by whoever hands a batch to the agreement, from taking the batch (under the
+    /// volume lock) until its ids are recorded (under it again): batches reach the
+    /// agreement in the order they were taken, and proposing (an fsync in the replica)
+    /// does not hold the volume lock. Lock order: `proposing`, then the volume lock;
+    /// code already holding the volume lock may only `try_lock` it.
+    pub(super) proposing: Arc<Mutex<()>>,
 }
 
 #[derive(Debug)]
 pub(super) struct PendingOp {
     op: Op,
-    /// `None` until proposed.
-    id: Option<ProposalId>,
+    proposal: Proposal,
     /// What it did in the pending layer last time it was applied.
     outcome: Outcome,
+}
+
+/// Where a pending op is on its way into the agreement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proposal {
+    /// Waiting for the next commit point.
+    Queued,
+    /// Taken into the batch a proposer is handing to the agreement without the volume
+    /// lock; only while that proposer holds [`Replica::proposing`].
+    InFlight,
+    /// Durably queued in the agreement.
+    Proposed(ProposalId),
+}
+
+/// One batch taken from the queue under the volume lock, proposed without it.
+struct Batch {
+    agreement: Arc<dyn Agreement>,
+    /// The encoded ops, in seq order, and their seqs.
+    ops: Vec<Vec<u8>>,
+    seqs: Vec<u64>,
+    /// The content store must be synced before the ops go out (`content_generation`
+    /// when the batch was taken).
+    content_unsynced: Option<u64>,
 }
 
 impl Replica {
@@ -126,6 +158,7 @@ impl Replica {
             create_if_empty,
             genesis_wait,
             invalidations: Vec::new(),
+            proposing: Arc::new(Mutex::new(())),
         }
     }
 
@@ -134,7 +167,7 @@ impl Replica {
         let slot = self.provisional_slot(self.pending.len());
         self.pending.push_back(PendingOp {
             op,
-            id: None,
+            proposal: Proposal::Queued,
             outcome: Outcome::Applied,
         });
         slot
@@ -147,12 +180,24 @@ impl Replica {
     }
 
     pub(super) fn unproposed(&self) -> usize {
-        self.pending.iter().filter(|op| op.id.is_none()).count()
+        self.pending
+            .iter()
+            .filter(|op| !matches!(op.proposal, Proposal::Proposed(_)))
+            .count()
     }
 
     /// Ops not committed in the group yet.
     pub(super) fn uncommitted(&self) -> usize {
         self.pending.len() - self.committed_prefix
+    }
+
+    /// A batch in flight failed: its ops wait for the next commit point.
+    fn requeue_in_flight(&mut self) {
+        for pending in &mut self.pending {
+            if pending.proposal == Proposal::InFlight {
+                pending.proposal = Proposal::Queued;
+            }
+        }
     }
 
     fn set_applied_end(&mut self, end: Slot) {
@@ -195,7 +240,7 @@ impl State {
             };
             self.replica()?.pending.push_back(PendingOp {
                 op,
-                id: Some(id),
+                proposal: Proposal::Proposed(id),
                 outcome: Outcome::Applied,
             });
         }
@@ -426,7 +471,7 @@ impl State {
                 let Some(next) = replica.pending.get(replica.committed_prefix) else {
                     return Ok(false);
                 };
-                if next.id.is_none()
+                if next.proposal == Proposal::Queued
                     || matches!(next.op.body, OpBody::Snapshot { .. })
                     || *bytes != next.op.encode()
                 {
@@ -562,47 +607,111 @@ impl State {
         Ok(())
     }
 
-    /// Propose the queued batch (blocks first: other devices will fetch them here).
+    /// Propose the queued ops while holding the volume lock (opening, checkpoints, a
+    /// full queue). If another thread is proposing outside the lock right now, this
+    /// leaves the queue to the next commit point rather than wait for it here (which
+    /// would invert the lock order); the callers that need their ops durably queued
+    /// use [`propose`], which does wait.
     pub(super) fn propose_batch(&mut self) -> Result<()> {
-        let unproposed = self.replica()?.unproposed();
-        if unproposed == 0 {
-            self.uncommitted_ops = 0;
-            self.last_commit = Instant::now();
+        let proposing = Arc::clone(&self.replica()?.proposing);
+        let Some(_proposing) = proposing.try_lock() else {
             return Ok(());
+        };
+        let through_seq = self.next_seq.saturating_sub(1);
+        while let Some(batch) = self.take_batch(through_seq)? {
+            if batch.content_unsynced.is_some() {
+                if let Err(error) = self.content.sync() {
+                    self.replica()?.requeue_in_flight();
+                    return Err(error);
+                }
+                self.content_unsynced = false;
+            }
+            let proposed = batch.agreement.propose_many(batch.ops);
+            self.record_proposed(&batch.seqs, proposed)?;
         }
-        if self.content_unsynced {
-            self.content.sync()?;
-            self.content_unsynced = false;
-        }
-        let replica = self.replica()?;
-        let batch: Vec<Vec<u8>> = replica
-            .pending
-            .iter()
-            .filter(|pending| pending.id.is_none())
-            .map(|pending| pending.op.encode())
-            .collect();
-        let ids = replica.agreement.propose_many(batch)?;
-        if ids.len() != unproposed {
-            return Err(Error::Agreement(format!(
-                "proposed {unproposed} ops, got {} ids",
-                ids.len()
-            )));
-        }
-        let mut ids = ids.into_iter();
-        for pending in replica.pending.iter_mut().filter(|op| op.id.is_none()) {
-            pending.id = ids.next();
-        }
-        self.uncommitted_ops = 0;
-        self.last_commit = Instant::now();
         Ok(())
     }
 
-    /// The proposal to wait for so that every op of this device so far is committed.
+    /// Take the queued ops up to `through_seq` (at most [`PROPOSE_OPS_MAX`], oldest
+    /// first) into a batch, marked in flight; `None` if there is none. The caller holds
+    /// [`Replica::proposing`].
+    fn take_batch(&mut self, through_seq: u64) -> Result<Option<Batch>> {
+        let content_unsynced = self.content_unsynced.then_some(self.content_generation);
+        let replica = self.replica()?;
+        let mut ops = Vec::new();
+        let mut seqs = Vec::new();
+        for pending in replica
+            .pending
+            .iter_mut()
+            .filter(|pending| pending.proposal == Proposal::Queued && pending.op.seq <= through_seq)
+            .take(PROPOSE_OPS_MAX)
+        {
+            ops.push(pending.op.encode());
+            seqs.push(pending.op.seq);
+            pending.proposal = Proposal::InFlight;
+        }
+        let agreement = Arc::clone(&replica.agreement);
+        self.uncommitted_ops = 0;
+        self.last_commit = Instant::now();
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Batch {
+            agreement,
+            ops,
+            seqs,
+            content_unsynced,
+        }))
+    }
+
+    /// The agreement answered for the batch of `seqs`: its ops are proposed (those
+    /// that committed meanwhile have left the queue already), or back in the queue.
+    fn record_proposed(&mut self, seqs: &[u64], proposed: Result<Vec<ProposalId>>) -> Result<()> {
+        let replica = self.replica()?;
+        let ids = match proposed {
+            Ok(ids) if ids.len() == seqs.len() => ids,
+            Ok(ids) => {
+                replica.requeue_in_flight();
+                return Err(Error::Agreement(format!(
+                    "proposed {} ops, got {} ids",
+                    seqs.len(),
+                    ids.len()
+                )));
+            }
+            Err(error) => {
+                replica.requeue_in_flight();
+                return Err(error);
+            }
+        };
+        let by_seq: std::collections::HashMap<u64, ProposalId> =
+            seqs.iter().copied().zip(ids).collect();
+        for pending in replica
+            .pending
+            .iter_mut()
+            .filter(|pending| pending.proposal == Proposal::InFlight)
+        {
+            match by_seq.get(&pending.op.seq) {
+                Some(id) => pending.proposal = Proposal::Proposed(*id),
+                // Not in this batch: cannot happen while `proposing` is held.
+                None => pending.proposal = Proposal::Queued,
+            }
+        }
+        Ok(())
+    }
+
+    /// The proposal to wait for so that every op of this device proposed so far is
+    /// committed (proposals commit in order).
     pub(super) fn last_proposal(&self) -> Option<ProposalId> {
-        self.replica
-            .as_ref()
-            .and_then(|replica| replica.pending.back())
-            .and_then(|pending| pending.id)
+        self.replica.as_ref().and_then(|replica| {
+            replica
+                .pending
+                .iter()
+                .rev()
+                .find_map(|pending| match pending.proposal {
+                    Proposal::Proposed(id) => Some(id),
+                    Proposal::Queued | Proposal::InFlight => None,
+                })
+        })
     }
 
     /// Checkpoint of the committed layer, handed to the agreement to compact behind.
@@ -835,28 +944,41 @@ pub(super) fn read_barrier(shared: &Shared) {
     }
 }
 
-/// The timer's commit point: flush idle files, sync their blocks without the lock,
-/// propose the batch.
-pub(super) fn background_propose(shared: &Shared) -> Result<()> {
-    let (flushed, generation) = {
-        let mut state = shared.state.lock();
-        let flushed = state.flush_idle();
-        if state.uncommitted_ops == 0 {
-            return flushed;
-        }
-        if !state.content_unsynced {
-            let proposed = state.propose_batch();
-            return flushed.and(proposed);
-        }
-        (flushed, state.content_generation)
+/// Propose every op queued so far, holding the volume lock only to take the batch and
+/// to record its ids: the content sync and the proposal (fsyncs) run without it, so
+/// requests go on meanwhile and the ops they queue form the next batch. Returns once
+/// every op queued before the call is durably queued in the agreement (or the
+/// proposal failed and they are queued again here).
+pub(super) fn propose(shared: &Shared) -> Result<()> {
+    let Some(sync) = &shared.sync else {
+        return Ok(());
     };
-    shared.content.sync()?;
-    let mut state = shared.state.lock();
-    if state.content_generation == generation {
-        state.content_unsynced = false;
+    let _proposing = sync.proposing.lock();
+    let through_seq = shared.state.lock().next_seq.saturating_sub(1);
+    loop {
+        let Some(batch) = shared.state.lock().take_batch(through_seq)? else {
+            return Ok(());
+        };
+        if let Some(generation) = batch.content_unsynced {
+            if let Err(error) = shared.content.sync() {
+                shared.state.lock().replica()?.requeue_in_flight();
+                return Err(error);
+            }
+            let mut state = shared.state.lock();
+            // Blocks referred to since the batch was taken wait for the next sync.
+            if state.content_generation == generation {
+                state.content_unsynced = false;
+            }
+        }
+        let proposed = batch.agreement.propose_many(batch.ops);
+        shared.state.lock().record_proposed(&batch.seqs, proposed)?;
     }
-    // Blocks referred to since the sync began are synced under the lock.
-    let proposed = state.propose_batch();
+}
+
+/// The timer's commit point: flush idle files, then propose (see [`propose`]).
+pub(super) fn background_propose(shared: &Shared) -> Result<()> {
+    let flushed = shared.state.lock().flush_idle();
+    let proposed = propose(shared);
     flushed.and(proposed)
 }
 
