@@ -9,7 +9,10 @@
 //! - a create or link onto a taken name, or a rename onto a name that no longer
 //!   points where the author saw it, lands under `name (conflict <device> <seq>)`;
 //! - a write to a file that moved past `base_version` becomes a new file, the conflict
-//!   copy, next to the name the author wrote through;
+//!   copy, next to the name the author wrote through; the copy's version names that
+//!   write, so the author's later writes that followed it (their base version is that
+//!   write's) go to the copy too: one edit made of several ops (an `O_TRUNC`
+//!   truncation, then the write) gives one copy, not one per op;
 //! - ops on names or inodes that are gone, rmdir of a directory that gained entries,
 //!   and renames that would make a directory its own ancestor are no-ops.
 //!
@@ -203,6 +206,35 @@ impl Apply<'_> {
                     self.ns.put_inode(&inode)?;
                     return Ok(Outcome::Applied);
                 }
+                // The author's earlier write to this file became a conflict copy: this
+                // one followed it, so it goes to the copy.
+                // (Its version names an op of this author; directories and other files
+                // an op touched may carry it too, so the copy is the file this author
+                // minted.)
+                let followed = if op.author.minted(InodeNo(*base_version)) {
+                    self.ns
+                        .files_with_version(*base_version)?
+                        .into_iter()
+                        .find(|copy| copy != ino && op.author.minted(*copy))
+                } else {
+                    None
+                };
+                if let Some(copy_ino) = followed
+                    && let Some(mut copy) = self.ns.inode(copy_ino)?
+                    && let Some((copy_parent, copy_name)) = self.ns.name_of(copy_ino)?
+                {
+                    copy.content = content.clone();
+                    copy.size = *size;
+                    copy.mtime_ns = op.time_ns;
+                    copy.ctime_ns = op.time_ns;
+                    copy.version = version_after(op);
+                    self.ns.put_inode(&copy)?;
+                    return Ok(Outcome::Conflict {
+                        ino: copy_ino,
+                        parent: copy_parent,
+                        name: copy_name,
+                    });
+                }
                 // Someone else changed the file since the author read it: keep both.
                 let Some(mut dir) = self.live_dir(*parent)? else {
                     return Ok(Outcome::NoOp(
@@ -229,7 +261,7 @@ impl Apply<'_> {
                     mtime_ns: op.time_ns,
                     ctime_ns: op.time_ns,
                     crtime_ns: op.time_ns,
-                    version: 1,
+                    version: version_after(op),
                     ..inode
                 })?;
                 self.ns.insert_dirent(*parent, &copy_name, copy_ino)?;

@@ -351,6 +351,21 @@ impl Namespace {
             .map(|ino| InodeNo(ino as u64)))
     }
 
+    /// The files whose version is `version` (versions name the op that set them).
+    /// Scans: only for conflicting writes.
+    pub fn files_with_version(&self, version: u64) -> Result<Vec<InodeNo>> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT ino FROM inodes WHERE version = ?1 AND kind = ?2")?;
+        let rows = statement.query_map(
+            params![version as i64, kind_to_byte(FileKind::File)],
+            |row| row.get::<_, i64>(0),
+        )?;
+        Ok(rows
+            .map(|ino| ino.map(|ino| InodeNo(ino as u64)))
+            .collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     /// One name of `ino` and the directory holding it (messages only: this scans).
     pub fn name_of(&self, ino: InodeNo) -> Result<Option<(InodeNo, Vec<u8>)>> {
         let mut statement = self

@@ -60,6 +60,11 @@ impl DeviceId {
     pub fn mint_ino(self, seq: u64) -> InodeNo {
         InodeNo((u64::from(self.0) << INO_SEQ_BITS) | (seq & ((1 << INO_SEQ_BITS) - 1)))
     }
+
+    /// Whether `ino` is one this device minted (see [`DeviceId::mint_ino`]).
+    pub fn minted(self, ino: InodeNo) -> bool {
+        ino.0 >> INO_SEQ_BITS == u64::from(self.0)
+    }
 }
 
 /// What a device may do in a volume, decided at apply time from the log.

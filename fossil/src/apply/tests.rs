@@ -252,6 +252,58 @@ fn concurrent_writes_to_one_file_give_a_visible_conflict_copy() {
 }
 
 #[test]
+fn an_offline_rewrite_in_several_ops_gives_one_conflict_copy() {
+    let mut log = Log::new();
+    let file = log.push(OWNER, create(InodeNo::ROOT, "doc", FileKind::File));
+    let written = log.push(OWNER, write(file, 1, b"original", "doc"));
+    // Both saw `written`. The owner's edit commits first; the friend, offline, had
+    // truncated (O_TRUNC), then written twice, each op based on its own previous one.
+    log.push(OWNER, write(file, written.0, b"edited by the owner", "doc"));
+    let truncated = log.push(FRIEND, write(file, written.0, b"", "doc"));
+    let first = log.push(FRIEND, write(file, truncated.0, b"edited", "doc"));
+    let second = log.push(FRIEND, write(file, first.0, b"edited by the friend", "doc"));
+    // A later friend op on another file it made, at a version no longer current, is a
+    // conflict of its own, not a write into the copy.
+    let other = log.push(FRIEND, create(InodeNo::ROOT, "other", FileKind::File));
+    log.push(OWNER, write(other, 1, b"owner", "other"));
+    log.push(FRIEND, write(other, 1, b"friend", "other"));
+    let (ns, outcomes) = apply_all(&log.ops);
+
+    let docs: Vec<_> = ns
+        .dir_entries(InodeNo::ROOT, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|entry| String::from_utf8_lossy(&entry.1).into_owned())
+        .filter(|name| name.starts_with("doc"))
+        .collect();
+    assert_eq!(docs.len(), 2, "one winner and one copy: {docs:?}");
+    let original = ns.inode(file).unwrap().unwrap();
+    assert_eq!(
+        original.content,
+        Content::Inline(b"edited by the owner".to_vec())
+    );
+    let copy = lookup(&ns, InodeNo::ROOT, "doc (conflict 2 1)").expect("the copy");
+    assert_eq!(copy, truncated, "the copy is the truncation's inode");
+    let copy = ns.inode(copy).unwrap().unwrap();
+    assert_eq!(
+        copy.content,
+        Content::Inline(b"edited by the friend".to_vec())
+    );
+    assert_eq!(copy.size, 20);
+    assert_eq!(copy.version, second.0, "the copy's version names its last write");
+    // The truncation made the copy, and both writes went to it.
+    let friend_writes = &outcomes[5..8];
+    assert!(
+        friend_writes
+            .iter()
+            .all(|outcome| matches!(outcome, Outcome::Conflict { ino, .. } if *ino == truncated)),
+        "{friend_writes:?}"
+    );
+    assert!(lookup(&ns, InodeNo::ROOT, "other (conflict 2 5)").is_some());
+    check_invariants(&ns).unwrap();
+}
+
+#[test]
 fn stale_unlinks_and_rmdirs_are_noops() {
     let mut log = Log::new();
     let dir = log.push(OWNER, create(InodeNo::ROOT, "d", FileKind::Dir));
