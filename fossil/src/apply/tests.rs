@@ -290,7 +290,10 @@ fn an_offline_rewrite_in_several_ops_gives_one_conflict_copy() {
         Content::Inline(b"edited by the friend".to_vec())
     );
     assert_eq!(copy.size, 20);
-    assert_eq!(copy.version, second.0, "the copy's version names its last write");
+    assert_eq!(
+        copy.version, second.0,
+        "the copy's version names its last write"
+    );
     // The truncation made the copy, and both writes went to it.
     let friend_writes = &outcomes[5..8];
     assert!(
