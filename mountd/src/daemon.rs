@@ -296,6 +296,8 @@ fn open_on_network(
     content
         .store()
         .set_remote(home.remote_blocks(), venti::Class::Cached);
+    // New blocks reach other voters before the op naming them is proposed.
+    content.store().set_pusher(home.block_pusher());
     let mut options = VolumeOptions {
         device: home.fossil_device(),
         content: Some(Arc::new(content)),

@@ -11,7 +11,12 @@
 //! - a [`BlockServer`] over the venti store that answers devices of the volume only,
 //!   from blocks held here (`get_local`: never by asking further devices);
 //! - [`PeerBlocks`], venti's [`RemoteBlocks`] hook, fetching missing blocks from the
-//!   volume's other devices with [`BlockClient`].
+//!   volume's other devices with [`BlockClient`];
+//! - [`PeerPusher`], venti's [`BlockPusher`] hook: before fossil proposes an op that
+//!   names new blocks, its `Store::sync` has them pushed to enough other voters that
+//!   every quorum holds one (see [`PeerPusher`]); the block server stores what the
+//!   volume's devices push here, pinned. A background thread retries pushes that
+//!   could not be placed.
 //!
 //! Threads: fossil and the FUSE threads never enter this runtime. They reach the
 //! replica through [`BlockingReplica`] and the block client through
@@ -38,7 +43,7 @@ use net::quic::{Admission, Endpoint, Inbound, Trust, TrustSet};
 use net::replica::{BlockingReplica, Replica, ReplicaOptions, VolumeKeys};
 use paxos::{Config, NodeId, NodeOptions, VolumeId};
 use tokio::sync::mpsc;
-use venti::{Address, RemoteBlocks, Store};
+use venti::{Address, BlockPusher, RemoteBlocks, Store};
 
 use crate::config::{self, Dirs};
 use crate::daemon::DEFAULT_LISTEN;
@@ -94,6 +99,7 @@ pub struct Network {
     device: DeviceId,
     listen: SocketAddr,
     blocks: Arc<PeerBlocks>,
+    pusher: Arc<PeerPusher>,
     other: Option<mpsc::Receiver<Inbound>>,
 }
 
@@ -165,7 +171,8 @@ impl Network {
                 && policy_trust.admit(device) == Admission::Member
         };
         // The server reads with `get_local`: it never relays a miss to other devices.
-        let server = Arc::new(BlockServer::new(store, Arc::new(policy)));
+        let server =
+            Arc::new(BlockServer::new(store.clone(), Arc::new(policy)).accepting_pushes(store));
         let (other_tx, other_rx) = mpsc::channel(OTHER_FRAMES_QUEUED_MAX);
         let dispatch = Dispatch {
             paxos: Some(router),
@@ -186,6 +193,16 @@ impl Network {
             endpoint: endpoint.clone(),
         });
         let blocking = BlockingReplica::new(replica.clone())?;
+        let pusher = Arc::new(PeerPusher {
+            client: BlockClient::new(endpoint.clone()),
+            runtime: runtime.handle().clone(),
+            volume: plan.volume,
+            nodes: nodes.clone(),
+            node: plan.node,
+            replica: blocking.clone(),
+            slow: Arc::new(parking_lot::Mutex::new(BTreeMap::new())),
+            stopped: AtomicBool::new(false),
+        });
         tracing::info!(%listen, node = %plan.node, volume = plan.volume.0, "network up");
         Ok(Network {
             runtime: Some(runtime),
@@ -199,6 +216,7 @@ impl Network {
             device,
             listen,
             blocks,
+            pusher,
             other: Some(other_rx),
         })
     }
@@ -229,6 +247,11 @@ impl Network {
         self.blocks.clone()
     }
 
+    /// venti's hook that places this device's new blocks on other voters.
+    pub fn block_pusher(&self) -> Arc<dyn BlockPusher> {
+        self.pusher.clone()
+    }
+
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
@@ -250,6 +273,8 @@ impl Network {
         let Some(runtime) = self.runtime.take() else {
             return;
         };
+        // A store that outlives the network keeps its pushes queued instead.
+        self.pusher.stopped.store(true, Ordering::SeqCst);
         let replica = self.replica.clone();
         let endpoint = self.endpoint.clone();
         runtime.block_on(async move {
@@ -374,6 +399,320 @@ impl RemoteBlocks for PeerBlocks {
             }
         }
         Ok(found)
+    }
+}
+
+/// How long one push may wait for enough voters to hold it.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(3);
+/// The same when no voter has been heard from lately (offline: a commit cannot
+/// happen either, and the background retry places the blocks once they are back).
+const PUSH_TIMEOUT_UNHEARD: Duration = Duration::from_millis(300);
+/// A voter silent this long counts as unheard.
+const HEARD_RECENTLY_MS: u64 = 3_000;
+/// Without an answer from the voters asked, ask one more after this long.
+const PUSH_HEDGE: Duration = Duration::from_millis(750);
+/// A voter that failed or was outrun on a push goes last for this long.
+const SLOW_FOR: Duration = Duration::from_secs(10);
+/// Pushes of one sync in flight at once (each up to `PUSH_SEALED_BYTES_MAX`).
+const PUSHES_IN_FLIGHT: usize = 4;
+/// How often the background thread retries blocks no push has placed yet.
+const PUSH_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// venti's [`BlockPusher`]: places blocks written here on enough other voters that
+/// every quorum of the volume includes a device holding them, before fossil proposes
+/// the op naming them.
+///
+/// With `n` voters and quorums of `q` (the smaller of the two phases'), a voter's
+/// write needs `n − q` other holders, and at least one when there is another voter
+/// (with two voters both hold it, as commit needs both); a writer that is not a
+/// voter needs `n − q + 1`. Witnesses hold sealed entries only and are never asked.
+/// Voters heard from most recently are asked first, `needed` at once; a failure or
+/// [`PUSH_HEDGE`] without an answer brings in the next; a push is placed when
+/// `needed` of them answered that it is durable there. A push not placed within
+/// [`PUSH_TIMEOUT`] stops this round: its blocks and the ones after it are returned
+/// to venti's queue (retried at the next sync and every [`PUSH_RETRY_INTERVAL`]).
+pub struct PeerPusher {
+    client: BlockClient,
+    runtime: tokio::runtime::Handle,
+    volume: VolumeId,
+    nodes: Arc<NodeTable>,
+    node: NodeId,
+    replica: BlockingReplica,
+    /// Voters that failed or were outrun lately, until when they go last.
+    slow: Arc<parking_lot::Mutex<BTreeMap<DeviceId, Instant>>>,
+    /// The network is stopping: push nothing more.
+    stopped: AtomicBool,
+}
+
+impl std::fmt::Debug for PeerPusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerPusher")
+            .field("volume", &self.volume)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who to push to, and how many of them must hold a push.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushTargets {
+    /// Other voters (no witnesses), best first.
+    pub candidates: Vec<DeviceId>,
+    pub needed: usize,
+    /// Some candidate was heard from lately.
+    pub any_heard: bool,
+}
+
+/// Holders besides the writer that every quorum of `config` must meet.
+pub fn holders_needed(config: &Config, writer: NodeId) -> usize {
+    let voters = config.voters.len();
+    let quorum = usize::from(config.phase1_quorum.min(config.phase2_quorum));
+    if !config.voters.contains(&writer) {
+        return (voters + 1).saturating_sub(quorum);
+    }
+    let needed = voters.saturating_sub(quorum);
+    if voters >= 2 { needed.max(1) } else { needed }
+}
+
+/// The voters to push to, best first: not slow lately, then heard from most recently;
+/// and how many must hold each push.
+fn push_targets(
+    config: &Config,
+    heard_ms_ago: &BTreeMap<NodeId, Option<u64>>,
+    writer: NodeId,
+    device_of: impl Fn(NodeId) -> Option<DeviceId>,
+    is_slow: impl Fn(&DeviceId) -> bool,
+) -> PushTargets {
+    let mut ranked: Vec<(bool, u64, DeviceId)> = config
+        .voters
+        .iter()
+        .filter(|node| **node != writer && !config.witnesses.contains(node))
+        .filter_map(|node| {
+            let device = device_of(*node)?;
+            let heard = heard_ms_ago
+                .get(node)
+                .copied()
+                .flatten()
+                .unwrap_or(u64::MAX);
+            Some((is_slow(&device), heard, device))
+        })
+        .collect();
+    ranked.sort();
+    let any_heard = ranked
+        .iter()
+        .any(|(_, heard, _)| *heard <= HEARD_RECENTLY_MS);
+    let candidates: Vec<DeviceId> = ranked.into_iter().map(|(_, _, device)| device).collect();
+    let needed = holders_needed(config, writer).min(candidates.len());
+    PushTargets {
+        candidates,
+        needed,
+        any_heard,
+    }
+}
+
+impl PeerPusher {
+    fn targets(&self) -> venti::Result<PushTargets> {
+        let status = self
+            .replica
+            .status()
+            .map_err(|error| venti::Error::Remote {
+                address: Address([0; 32]),
+                detail: format!("replica status: {error}"),
+            })?;
+        let now = Instant::now();
+        let slow = {
+            let mut slow = self.slow.lock();
+            slow.retain(|_, until| *until > now);
+            slow.clone()
+        };
+        Ok(push_targets(
+            &status.config,
+            &status.heard_ms_ago,
+            self.node,
+            |node| self.nodes.device(node),
+            |device| slow.contains_key(device),
+        ))
+    }
+}
+
+/// One push placed on `targets.needed` of its candidates before `deadline`, or why
+/// not. Candidates that fail or are outrun are marked slow.
+async fn place(
+    client: BlockClient,
+    slow: Arc<parking_lot::Mutex<BTreeMap<DeviceId, Instant>>>,
+    body: Arc<Vec<u8>>,
+    targets: Arc<PushTargets>,
+    deadline: tokio::time::Instant,
+) -> std::result::Result<(), String> {
+    let mark_slow = |device: DeviceId| {
+        slow.lock().insert(device, Instant::now() + SLOW_FOR);
+    };
+    let mut running = tokio::task::JoinSet::new();
+    let mut asked: Vec<DeviceId> = Vec::new();
+    let start = |running: &mut tokio::task::JoinSet<_>, asked: &mut Vec<DeviceId>| {
+        let Some(peer) = targets.candidates.get(asked.len()).copied() else {
+            return;
+        };
+        asked.push(peer);
+        let (client, body) = (client.clone(), body.clone());
+        running.spawn(async move { (peer, client.push_to(peer, &body).await) });
+    };
+    for _ in 0..targets.needed {
+        start(&mut running, &mut asked);
+    }
+    let mut held: Vec<DeviceId> = Vec::new();
+    let mut hedge = tokio::time::Instant::now() + PUSH_HEDGE;
+    let mut last_error = String::from("no voter to push to");
+    loop {
+        tokio::select! {
+            joined = running.join_next() => match joined {
+                None => return Err(last_error),
+                Some(Ok((peer, Ok(())))) => {
+                    held.push(peer);
+                    if held.len() >= targets.needed {
+                        // Those still running were outrun: ask the faster first next time.
+                        for peer in asked.iter().filter(|peer| !held.contains(peer)) {
+                            mark_slow(*peer);
+                        }
+                        return Ok(());
+                    }
+                }
+                Some(Ok((peer, Err(error)))) => {
+                    tracing::debug!(%peer, %error, "block push failed; asking the next voter");
+                    mark_slow(peer);
+                    last_error = format!("{peer}: {error}");
+                    start(&mut running, &mut asked);
+                }
+                Some(Err(error)) => last_error = error.to_string(),
+            },
+            () = tokio::time::sleep_until(hedge), if asked.len() < targets.candidates.len() => {
+                start(&mut running, &mut asked);
+                hedge = tokio::time::Instant::now() + PUSH_HEDGE;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                for peer in asked.iter().filter(|peer| !held.contains(peer)) {
+                    mark_slow(*peer);
+                }
+                return Err(format!(
+                    "held by {} of the {} voter(s) needed in time (last failure: {last_error})",
+                    held.len(),
+                    targets.needed
+                ));
+            }
+        }
+    }
+}
+
+impl BlockPusher for PeerPusher {
+    fn push(&self, store: &Store, addresses: &[Address]) -> venti::Result<Vec<Address>> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Ok(addresses.to_vec());
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(venti::Error::Remote {
+                address: addresses.first().copied().unwrap_or(Address([0; 32])),
+                detail: "block push from inside the network runtime".into(),
+            });
+        }
+        let targets = Arc::new(self.targets()?);
+        if targets.needed == 0 {
+            return Ok(Vec::new());
+        }
+        let timeout = if targets.any_heard {
+            PUSH_TIMEOUT
+        } else {
+            PUSH_TIMEOUT_UNHEARD
+        };
+        let started = Instant::now();
+        type Placed = (Vec<Address>, std::result::Result<(), String>);
+        let left = self.runtime.block_on(async {
+            let mut in_flight: tokio::task::JoinSet<Placed> = tokio::task::JoinSet::new();
+            let mut failed = false;
+            let mut left: Vec<Address> = Vec::new();
+            let mut rest = addresses.iter();
+            loop {
+                // One push's worth of blocks still held here (read on this thread, not
+                // on a runtime worker).
+                let mut batch: Vec<(Address, Vec<u8>)> = Vec::new();
+                let mut batch_bytes = 0usize;
+                let mut exhausted = true;
+                for address in rest.by_ref() {
+                    if failed {
+                        left.push(*address);
+                        continue;
+                    }
+                    match store.get_local(address) {
+                        Ok(bytes) => {
+                            batch_bytes += bytes.len();
+                            batch.push((*address, bytes));
+                        }
+                        // Gone here (a rolled-back put, removed): nothing to place.
+                        Err(venti::Error::NotFound { .. }) => {}
+                        Err(error) => {
+                            tracing::warn!(%address, %error, "reading a block to push failed");
+                            left.push(*address);
+                        }
+                    }
+                    if batch.len() >= net::blocks::PUSH_BLOCKS_MAX
+                        || batch_bytes + venti::seal::SEALED_BYTES_MAX
+                            > net::blocks::PUSH_SEALED_BYTES_MAX
+                    {
+                        exhausted = false;
+                        break;
+                    }
+                }
+                if !batch.is_empty() {
+                    let batch_addresses: Vec<Address> = batch.iter().map(|(a, _)| *a).collect();
+                    let blocks: Vec<(Address, &[u8])> =
+                        batch.iter().map(|(a, b)| (*a, b.as_slice())).collect();
+                    match net::blocks::encode_push(self.volume, &blocks) {
+                        Ok(body) => {
+                            let placed = place(
+                                self.client.clone(),
+                                self.slow.clone(),
+                                Arc::new(body),
+                                targets.clone(),
+                                tokio::time::Instant::now() + timeout,
+                            );
+                            in_flight.spawn(async move { (batch_addresses, placed.await) });
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "encoding a block push failed");
+                            left.extend(batch_addresses);
+                        }
+                    }
+                }
+                while in_flight.len() >= PUSHES_IN_FLIGHT || (exhausted && !in_flight.is_empty()) {
+                    match in_flight.join_next().await {
+                        Some(Ok((_, Ok(())))) | None => {}
+                        Some(Ok((batch_addresses, Err(error)))) => {
+                            tracing::info!(
+                                blocks = batch_addresses.len(),
+                                %error,
+                                "blocks not placed on other voters; kept queued"
+                            );
+                            // The voters are not answering: stop this round.
+                            failed = true;
+                            left.extend(batch_addresses);
+                        }
+                        Some(Err(error)) => {
+                            tracing::warn!(%error, "a block push task failed");
+                            failed = true;
+                        }
+                    }
+                }
+                if exhausted {
+                    return left;
+                }
+            }
+        });
+        tracing::debug!(
+            blocks = addresses.len(),
+            left = left.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "block push"
+        );
+        Ok(left)
     }
 }
 
@@ -529,6 +868,11 @@ impl Home {
         self.network.lock().as_ref().map(|n| n.remote_blocks())
     }
 
+    /// venti's hook that places new blocks on other voters before their op is proposed.
+    pub fn block_pusher(&self) -> Option<Arc<dyn BlockPusher>> {
+        self.network.lock().as_ref().map(|n| n.block_pusher())
+    }
+
     /// Joins are answered from now on: they grant the new device access in `volume`
     /// (weak: a stopping daemon lets go of it).
     pub fn serve(&self, volume: Weak<Volume>) {
@@ -559,6 +903,24 @@ impl Home {
                 }
             })
             .map_err(|e| Error::Startup(format!("cannot start the announce thread: {e}")))?;
+        let venti = self.venti.clone();
+        let stopping = self.stopping.clone();
+        std::thread::Builder::new()
+            .name("kith-push".into())
+            .spawn(move || {
+                while !stopping.load(Ordering::SeqCst) {
+                    if venti.push_stats().unpushed_blocks > 0
+                        && let Err(error) = venti.push_unpushed()
+                    {
+                        tracing::warn!(%error, "retrying block pushes failed");
+                    }
+                    let deadline = Instant::now() + PUSH_RETRY_INTERVAL;
+                    while Instant::now() < deadline && !stopping.load(Ordering::SeqCst) {
+                        std::thread::sleep(STOP_POLL);
+                    }
+                }
+            })
+            .map_err(|e| Error::Startup(format!("cannot start the push thread: {e}")))?;
         Ok(())
     }
 
@@ -843,6 +1205,82 @@ mod tests {
         if let Some(first) = first_loopback {
             assert!(reachable[first..].iter().all(|a| a.ip().is_loopback()));
         }
+    }
+
+    fn config(voters: &[u64], witnesses: &[u64]) -> Config {
+        Config::majority(
+            paxos::ConfigId(1),
+            voters.iter().map(|n| NodeId(*n)),
+            witnesses.iter().map(|n| NodeId(*n)),
+            [],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn every_quorum_without_the_writer_meets_a_holder() {
+        // (voters, holders besides the writer): n − q, at least one with another voter.
+        for (voters, needed) in [(1, 0), (2, 1), (3, 1), (4, 1), (5, 2), (6, 2), (7, 3)] {
+            let all: Vec<u64> = (1..=voters).collect();
+            let config = config(&all, &[]);
+            assert_eq!(
+                holders_needed(&config, NodeId(1)),
+                needed,
+                "{voters} voters"
+            );
+            // Brute force: every quorum of the others contains one of `needed` holders.
+            let quorum = usize::from(config.phase2_quorum);
+            let others = voters as usize - 1;
+            let survivors_without_holder = others - needed;
+            assert!(
+                survivors_without_holder < quorum || voters == 1,
+                "{voters} voters: {survivors_without_holder} non-holders form a quorum of {quorum}"
+            );
+        }
+        // A writer that does not vote (a learner): every quorum needs a holder.
+        assert_eq!(holders_needed(&config(&[1, 2, 3], &[]), NodeId(9)), 2);
+    }
+
+    #[test]
+    fn pushes_go_to_other_voters_heard_lately_first_never_to_witnesses() {
+        let ids: Vec<DeviceIdentity> = (0..4).map(|_| DeviceIdentity::generate()).collect();
+        let device_of = |node: NodeId| ids.get(node.0 as usize - 1).map(|id| id.device_id());
+        let config = config(&[1, 2, 3, 4], &[4]);
+        let heard: BTreeMap<NodeId, Option<u64>> = [
+            (NodeId(2), Some(9_000)),
+            (NodeId(3), Some(20)),
+            (NodeId(4), Some(1)),
+        ]
+        .into();
+        let targets = push_targets(&config, &heard, NodeId(1), device_of, |_| false);
+        assert_eq!(
+            targets.candidates,
+            vec![ids[2].device_id(), ids[1].device_id()],
+            "heard lately first; no witness; not the writer"
+        );
+        assert_eq!(targets.needed, 1);
+        assert!(targets.any_heard);
+        // A voter that was slow lately goes last, whatever was heard.
+        let slow = ids[2].device_id();
+        let targets = push_targets(&config, &heard, NodeId(1), device_of, |d| *d == slow);
+        assert_eq!(
+            targets.candidates,
+            vec![ids[1].device_id(), ids[2].device_id()]
+        );
+        // Nobody heard lately; a voter the node table does not know is left out, and
+        // `needed` never exceeds the candidates.
+        let silent: BTreeMap<NodeId, Option<u64>> = [(NodeId(2), None)].into();
+        let config = config_of_five();
+        let targets = push_targets(&config, &silent, NodeId(1), device_of, |_| false);
+        assert!(!targets.any_heard);
+        assert_eq!(targets.candidates.len(), 3);
+        assert_eq!(targets.needed, 2);
+        let targets = push_targets(&config, &silent, NodeId(1), |_| None, |_| false);
+        assert_eq!((targets.candidates.len(), targets.needed), (0, 0));
+    }
+
+    fn config_of_five() -> Config {
+        config(&[1, 2, 3, 4, 5], &[])
     }
 
     #[test]

@@ -1,11 +1,28 @@
 //! Block exchange: a device asks the devices of a volume for a sealed block by
-//! `(volume, address)` and keeps it only if it hashes to that address.
+//! `(volume, address)` and keeps it only if it hashes to that address; and a writer
+//! *pushes* its new blocks to other devices before it proposes the op naming them, so
+//! that an acknowledged write survives the loss of its writer.
 //!
 //! ```text
 //! request  (Kind::BLOCK_REQUEST)  = volume u128 (little-endian) ‖ address [32]
 //! response (Kind::BLOCK_RESPONSE) = status u8 ‖ sealed block (status FOUND only)
 //! status: 0 FOUND, 1 NOT_FOUND, 2 REFUSED (the server's policy says no)
+//!
+//! push     (Kind::BLOCK_PUSH)     = volume u128 ‖ count u16
+//!                                   ‖ (address [32] ‖ len u32 ‖ sealed [len])*count
+//! answer   (Kind::BLOCK_RESPONSE) = status u8: 0 STORED (every block of the push is
+//!                                   durable here), 2 REFUSED (policy)
 //! ```
+//!
+//! A push is answered only after the receiving store has made its blocks durable
+//! (`Store::sync_local`). The receiver accepts pushes only from devices its
+//! [`BlockPolicy::may_push`] allows, decodes the whole body first (at most
+//! [`PUSH_BLOCKS_MAX`] blocks, each at most venti's largest sealed block, at most
+//! [`PUSH_SEALED_BYTES_MAX`] sealed bytes in all) and checks every block against its
+//! address; a push with any bad block is refused with an `ERROR` frame and nothing of
+//! it is stored. Pushed blocks are stored *pinned*: they are the group's redundancy
+//! copy and must survive cache eviction. At most [`PUSHES_IN_FLIGHT_MAX`] pushes are
+//! stored at once.
 //!
 //! Trust nobody's bytes (invariant 2): the client hashes every block it receives and
 //! refuses one that does not match ([`Error::BlockMismatch`]), then asks the next
@@ -23,7 +40,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use paxos::VolumeId;
 use tokio::sync::Semaphore;
-use venti::{Address, BlockStore};
+use venti::{Address, BlockStore, Store};
 
 use crate::error::{Error, Result};
 use crate::frame::Kind;
@@ -39,10 +56,25 @@ const _: () = assert!(venti::seal::SEALED_BYTES_MAX < u32::MAX as usize);
 pub const FETCHES_IN_FLIGHT_DEFAULT: usize = 8;
 /// Store reads one server runs at once.
 pub const SERVES_IN_FLIGHT_MAX: usize = 16;
+/// Sealed bytes one push carries at most (a client packs batches up to this).
+pub const PUSH_SEALED_BYTES_MAX: usize = 4 << 20;
+/// Blocks one push carries at most.
+pub const PUSH_BLOCKS_MAX: usize = 1024;
+/// Bytes of a push body before its blocks, and per block besides its bytes.
+const PUSH_HEAD_BYTES: usize = 16 + 2;
+const PUSH_BLOCK_HEAD_BYTES: usize = Address::LEN + 4;
+/// Largest push body.
+pub const PUSH_BODY_BYTES_MAX: u32 =
+    (PUSH_HEAD_BYTES + PUSH_BLOCKS_MAX * PUSH_BLOCK_HEAD_BYTES + PUSH_SEALED_BYTES_MAX) as u32;
+const _: () = assert!(venti::seal::SEALED_BYTES_MAX <= PUSH_SEALED_BYTES_MAX);
+const _: () = assert!(PUSH_BLOCKS_MAX <= u16::MAX as usize);
+/// Pushes one server stores at once (each holds up to a push body in memory).
+pub const PUSHES_IN_FLIGHT_MAX: usize = 4;
 
 const STATUS_FOUND: u8 = 0;
 const STATUS_NOT_FOUND: u8 = 1;
 const STATUS_REFUSED: u8 = 2;
+const STATUS_STORED: u8 = 0;
 
 /// The body of a request for `address` of `volume`.
 pub fn encode_request(volume: VolumeId, address: &Address) -> [u8; REQUEST_BYTES] {
@@ -72,10 +104,115 @@ pub fn decode_request(body: &[u8]) -> Result<(VolumeId, Address)> {
     Ok((VolumeId(volume), address))
 }
 
-/// Which devices may fetch which volumes' blocks from this device.
+/// The body of a push of `blocks` for `volume`. Errors if the blocks do not fit one
+/// push ([`push_batches`] cuts a list into pushes that do).
+pub fn encode_push(volume: VolumeId, blocks: &[(Address, &[u8])]) -> Result<Vec<u8>> {
+    let sealed_bytes: usize = blocks.iter().map(|(_, bytes)| bytes.len()).sum();
+    if blocks.len() > PUSH_BLOCKS_MAX
+        || sealed_bytes > PUSH_SEALED_BYTES_MAX
+        || blocks
+            .iter()
+            .any(|(_, bytes)| bytes.len() > venti::seal::SEALED_BYTES_MAX)
+    {
+        return Err(Error::malformed("block push", "over the push bounds"));
+    }
+    let mut out =
+        Vec::with_capacity(PUSH_HEAD_BYTES + blocks.len() * PUSH_BLOCK_HEAD_BYTES + sealed_bytes);
+    out.extend_from_slice(&volume.0.to_le_bytes());
+    out.extend_from_slice(&(blocks.len() as u16).to_le_bytes());
+    for (address, bytes) in blocks {
+        out.extend_from_slice(address.as_bytes());
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+    Ok(out)
+}
+
+/// A decoded push: every block hashes to its address.
+#[derive(Debug)]
+pub struct Push<'a> {
+    pub volume: VolumeId,
+    pub blocks: Vec<(Address, &'a [u8])>,
+}
+
+/// Decodes a push body, refusing it whole if it is malformed, over a bound, or holds a
+/// block whose bytes do not hash to its address.
+pub fn decode_push(body: &[u8]) -> Result<Push<'_>> {
+    let too_short = || Error::malformed("block push", "truncated");
+    let volume = body.get(..16).ok_or_else(too_short)?;
+    let volume = VolumeId(u128::from_le_bytes(
+        volume.try_into().map_err(|_| too_short())?,
+    ));
+    let count = body.get(16..18).ok_or_else(too_short)?;
+    let count = usize::from(u16::from_le_bytes(
+        count.try_into().map_err(|_| too_short())?,
+    ));
+    if count == 0 || count > PUSH_BLOCKS_MAX {
+        return Err(Error::malformed("block push", "block count out of bounds"));
+    }
+    let mut rest = body.get(PUSH_HEAD_BYTES..).ok_or_else(too_short)?;
+    let mut blocks = Vec::with_capacity(count);
+    let mut sealed_bytes = 0usize;
+    for _ in 0..count {
+        let (head, tail) = rest
+            .split_at_checked(PUSH_BLOCK_HEAD_BYTES)
+            .ok_or_else(too_short)?;
+        let (address, len) = head.split_at(Address::LEN);
+        let address = Address(address.try_into().map_err(|_| too_short())?);
+        let len = u32::from_le_bytes(len.try_into().map_err(|_| too_short())?) as usize;
+        if len > venti::seal::SEALED_BYTES_MAX {
+            return Err(Error::malformed("block push", "block over venti's largest"));
+        }
+        sealed_bytes += len;
+        if sealed_bytes > PUSH_SEALED_BYTES_MAX {
+            return Err(Error::malformed("block push", "over the push's byte bound"));
+        }
+        let (bytes, tail) = tail.split_at_checked(len).ok_or_else(too_short)?;
+        if Address::of(bytes) != address {
+            return Err(Error::malformed(
+                "block push",
+                "a block does not hash to its address",
+            ));
+        }
+        blocks.push((address, bytes));
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return Err(Error::malformed("block push", "bytes after the last block"));
+    }
+    Ok(Push { volume, blocks })
+}
+
+/// Cuts `sizes` (bytes of each block, in order) into consecutive ranges that each fit
+/// one push.
+pub fn push_batches(sizes: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut batches = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (index, size) in sizes.iter().enumerate() {
+        if index > start
+            && (bytes + size > PUSH_SEALED_BYTES_MAX || index - start == PUSH_BLOCKS_MAX)
+        {
+            batches.push(start..index);
+            (start, bytes) = (index, 0);
+        }
+        bytes += size;
+    }
+    if start < sizes.len() {
+        batches.push(start..sizes.len());
+    }
+    batches
+}
+
+/// Which devices may fetch which volumes' blocks from this device, and push theirs.
 pub trait BlockPolicy: Send + Sync + 'static {
     /// Whether `device` (authenticated) may fetch blocks of `volume`.
     fn may_fetch(&self, device: &DeviceId, volume: VolumeId) -> bool;
+
+    /// Whether `device` may have this device store blocks of `volume` for it (pinned:
+    /// they take disk space until the namespace drops them). The devices that may fetch.
+    fn may_push(&self, device: &DeviceId, volume: VolumeId) -> bool {
+        self.may_fetch(device, volume)
+    }
 }
 
 impl<F> BlockPolicy for F
@@ -87,11 +224,14 @@ where
     }
 }
 
-/// Serves block requests from a store to the devices the policy allows.
+/// Serves block requests from a store to the devices the policy allows, and (with
+/// [`BlockServer::accepting_pushes`]) stores what they push.
 pub struct BlockServer {
     store: Arc<dyn BlockStore>,
     policy: Arc<dyn BlockPolicy>,
     reads: Arc<Semaphore>,
+    pushes: Option<Arc<Store>>,
+    push_slots: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for BlockServer {
@@ -108,7 +248,16 @@ impl BlockServer {
             store,
             policy,
             reads: Arc::new(Semaphore::new(SERVES_IN_FLIGHT_MAX)),
+            pushes: None,
+            push_slots: Arc::new(Semaphore::new(PUSHES_IN_FLIGHT_MAX)),
         }
+    }
+
+    /// Accept [`Kind::BLOCK_PUSH`] from the devices the policy allows into `store`
+    /// (without this, pushes are refused).
+    pub fn accepting_pushes(mut self, store: Arc<Store>) -> BlockServer {
+        self.pushes = Some(store);
+        self
     }
 
     /// Answers one inbound [`Kind::BLOCK_REQUEST`] on a task of the current tokio
@@ -125,6 +274,10 @@ impl BlockServer {
             tracing::debug!(%peer, "block request sent as a message; dropped");
             return;
         };
+        if frame.kind == Kind::BLOCK_PUSH && admission == Admission::Member {
+            self.store_push(peer, frame.body, responder);
+            return;
+        }
         if frame.kind != Kind::BLOCK_REQUEST || admission != Admission::Member {
             responder.refuse("not a block request from a member");
             return;
@@ -151,6 +304,57 @@ impl BlockServer {
             answer(responder, read.unwrap_or(Err(())), &peer, &address);
         });
     }
+}
+
+impl BlockServer {
+    /// Checks and stores one push on a blocking thread, then answers.
+    fn store_push(&self, peer: DeviceId, body: Vec<u8>, responder: Responder) {
+        let Some(store) = self.pushes.clone() else {
+            responder.refuse("this device takes no pushed blocks");
+            return;
+        };
+        // The policy needs only the volume; the blocks are checked off the runtime.
+        let Some(volume) = body
+            .get(..16)
+            .and_then(|volume| <[u8; 16]>::try_from(volume).ok())
+            .map(|volume| VolumeId(u128::from_le_bytes(volume)))
+        else {
+            responder.refuse("malformed block push: truncated");
+            return;
+        };
+        if !self.policy.may_push(&peer, volume) {
+            tracing::debug!(%peer, volume = volume.0, "block push refused by policy");
+            responder.respond(Kind::BLOCK_RESPONSE, vec![STATUS_REFUSED]);
+            return;
+        }
+        let slots = self.push_slots.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = slots.acquire_owned().await else {
+                return;
+            };
+            let stored = tokio::task::spawn_blocking(move || store_pushed(&store, &body)).await;
+            match stored {
+                Ok(Ok(())) => responder.respond(Kind::BLOCK_RESPONSE, vec![STATUS_STORED]),
+                Ok(Err(error)) => {
+                    tracing::warn!(%peer, %error, "block push refused");
+                    responder.refuse(&error);
+                }
+                Err(_) => responder.refuse("store error"),
+            }
+        });
+    }
+}
+
+/// Decodes a push (every block checked against its address before any is stored),
+/// stores its blocks pinned and makes them durable.
+fn store_pushed(store: &Store, body: &[u8]) -> std::result::Result<(), String> {
+    let push = decode_push(body).map_err(|error| error.to_string())?;
+    for (address, bytes) in &push.blocks {
+        store
+            .put_verified(address, bytes, venti::Class::Pinned)
+            .map_err(|error| error.to_string())?;
+    }
+    store.sync_local().map_err(|error| error.to_string())
 }
 
 /// The response body for `address` from `store`; `Err` on a local store fault.
@@ -250,6 +454,27 @@ impl BlockClient {
                 volume: volume.0,
             }),
             _ => Err(Error::malformed("block response", "bad status")),
+        }
+    }
+
+    /// Sends one push (a body from [`encode_push`]) to `peer`; `Ok` once `peer` holds
+    /// every block of it durably.
+    pub async fn push_to(&self, peer: DeviceId, body: &[u8]) -> Result<()> {
+        let answer = self.endpoint.request(peer, Kind::BLOCK_PUSH, body).await?;
+        if answer.kind != Kind::BLOCK_RESPONSE {
+            return Err(Error::malformed("block push answer", "wrong frame kind"));
+        }
+        match answer.body.as_slice() {
+            [STATUS_STORED] => Ok(()),
+            [STATUS_REFUSED] => Err(Error::BlockRefused {
+                peer: peer.fingerprint(),
+                volume: body
+                    .get(..16)
+                    .and_then(|volume| <[u8; 16]>::try_from(volume).ok())
+                    .map(u128::from_le_bytes)
+                    .unwrap_or_default(),
+            }),
+            _ => Err(Error::malformed("block push answer", "bad status")),
         }
     }
 

@@ -49,6 +49,8 @@ impl Kind {
     /// the server has checked the client's key). Body = admission granted
     /// (1 member, 2 pairing only).
     pub const WELCOME: Kind = Kind(8);
+    /// Blocks pushed to a device for it to hold (answered with `BLOCK_RESPONSE`).
+    pub const BLOCK_PUSH: Kind = Kind(9);
 
     /// Kind from its byte, if this build knows it.
     pub fn from_u8(byte: u8) -> Option<Kind> {
@@ -72,6 +74,7 @@ impl Kind {
             6 => Some(1 << 10),
             7 => Some(1 << 20),
             8 => Some(16),
+            9 => Some(crate::blocks::PUSH_BODY_BYTES_MAX),
             _ => None,
         }
     }

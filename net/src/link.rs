@@ -194,7 +194,7 @@ impl PaxosRouter {
 pub struct Dispatch {
     /// Receives [`Kind::PAXOS`] frames.
     pub paxos: Option<Arc<PaxosRouter>>,
-    /// Receives [`Kind::BLOCK_REQUEST`] frames.
+    /// Receives [`Kind::BLOCK_REQUEST`] and [`Kind::BLOCK_PUSH`] frames.
     pub blocks: Option<Arc<BlockServer>>,
     /// Receives every other frame; without it (or when it is full) requests are
     /// refused and messages dropped.
@@ -216,7 +216,7 @@ impl Dispatch {
         let kind = inbound.frame.kind;
         match (kind, &self.paxos, &self.blocks) {
             (Kind::PAXOS, Some(paxos), _) => paxos.route(inbound),
-            (Kind::BLOCK_REQUEST, _, Some(blocks)) => blocks.serve(inbound),
+            (Kind::BLOCK_REQUEST | Kind::BLOCK_PUSH, _, Some(blocks)) => blocks.serve(inbound),
             _ => {
                 let unhandled = match &self.other {
                     Some(other) => match other.try_send(inbound) {

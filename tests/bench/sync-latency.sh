@@ -33,7 +33,9 @@
 # "complete" ends when the successful check has finished (for Kith the read includes
 # fetching the blocks from A, so this is when the content has been read on B);
 # "poll_start" is when that check started, as syncthing-latency.sh stamps it (compare
-# this one with its figures).
+# this one with its figures). new4k and big also report "fsync": how long the writer's
+# fsync call took (it includes handing the new blocks to another voter), and
+# "write_fsync" the whole create + write + fsync.
 #   new4k      create s-R.bin, 4 KiB random                 -> B reads it, bytes equal
 #   big        create big-R.bin, -b MB random, 1 MiB writes -> B's copy has the sha256
 #   edit1      overwrite 1 byte in the middle of big-0.bin  -> B's copy has the new sha256
@@ -135,14 +137,22 @@ def log(*a):
     print("#", *a, file=sys.stderr, flush=True)
 
 
+last_fsync = [0.0, 0.0]
+
+
 def write_fsync(path, data):
+    opened = mono()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         mv, off = memoryview(data), 0
         while off < len(data):
             off += os.write(fd, mv[off:off + (1 << 20)])
+        started = mono()
         os.fsync(fd)
-        return mono()
+        done = mono()
+        last_fsync[0] = done - started
+        last_fsync[1] = done - opened
+        return done
     finally:
         os.close(fd)
 
@@ -194,8 +204,11 @@ def poll(check, t0):
 figures = {}
 
 
-def record(scen, rep, times):
-    for metric, seconds in (("complete", times and times[1]), ("poll_start", times and times[0])):
+def record(scen, rep, times, fsync=None):
+    metrics = [("complete", times and times[1]), ("poll_start", times and times[0])]
+    if fsync is not None:
+        metrics += [("fsync", fsync[0]), ("write_fsync", fsync[1])]
+    for metric, seconds in metrics:
         figures.setdefault((scen, metric), []).append(seconds)
         shown = "timeout" if seconds is None else f"{seconds:.4f}"
         log(f"kith {scen} {metric} rep {rep}: {shown}")
@@ -214,7 +227,8 @@ for rep in range(REPS):
         if scen == "new4k":
             data = os.urandom(4096)
             t0 = write_fsync(os.path.join(A, name), data)
-            record(scen, rep, poll(lambda: read_or_none(os.path.join(B, name)) == data, t0))
+            record(scen, rep, poll(lambda: read_or_none(os.path.join(B, name)) == data, t0),
+                   list(last_fsync))
         elif scen == "big":
             data = bytearray(os.urandom(BIG))
             path = f"big-{rep}.bin"
@@ -224,7 +238,8 @@ for rep in range(REPS):
             t0 = write_fsync(os.path.join(A, path), data)
             record(scen, rep, poll(lambda: os.path.exists(os.path.join(B, path))
                                    and os.stat(os.path.join(B, path)).st_size == BIG
-                                   and sha(os.path.join(B, path)) == digest, t0))
+                                   and sha(os.path.join(B, path)) == digest, t0),
+                   list(last_fsync))
         elif scen == "edit1":
             if big0 is None:
                 log("edit1 needs big first; skipped")
@@ -279,8 +294,10 @@ for rep in range(REPS):
         settle()
 
 summary = []
-for scen, metric in [(s, m) for s in SCEN for m in ("complete", "poll_start")]:
+for scen, metric in [(s, m) for s in SCEN for m in ("complete", "poll_start", "fsync", "write_fsync")]:
     values = figures.get((scen, metric), [])
+    if not values:
+        continue
     ok = [v for v in values if v is not None]
     timeouts = len(values) - len(ok)
     if ok:

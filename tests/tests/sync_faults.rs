@@ -87,11 +87,10 @@ fn killing_the_leader_loses_no_acknowledged_write() -> anyhow::Result<()> {
 }
 
 /// The stronger promise (DESIGN.md, consistency): a write acknowledged on the leader
-/// opens with its content on the survivors while the leader is dead. Today the leader
-/// acknowledges a write whose blocks only it holds, so the survivors answer EIO for
-/// its content until it comes back.
+/// opens with its content on the survivors while the leader is dead and never comes
+/// back: its blocks were pushed to another voter before the op naming them was
+/// proposed, so every quorum of survivors holds them.
 #[test]
-#[ignore = "known: blocks of an acknowledged write are not on a quorum before fsync returns"]
 fn acknowledged_content_opens_on_the_survivors_of_a_killed_leader() -> anyhow::Result<()> {
     if skip_without_fuse("acknowledged_content_opens_on_the_survivors_of_a_killed_leader") {
         return Ok(());

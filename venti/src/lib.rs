@@ -57,7 +57,7 @@ mod write_queue;
 pub use address::Address;
 pub use block_ref::{BlockRef, Kind};
 pub use error::{Error, Result};
-pub use remote::{RemoteBlocks, RemoteStats};
+pub use remote::{BlockPusher, PushStats, RemoteBlocks, RemoteStats};
 pub use store::{Store, StoreOptions};
 
 /// Which promise a device made about a block.

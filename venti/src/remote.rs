@@ -14,6 +14,20 @@
 //! the *leader* of a [`Flight`] and fetches; the others wait for its outcome, then
 //! read the block from the local store. A flight whose leader only prefetched (and did
 //! not get the block) tells waiters to fetch it themselves.
+//!
+//! Pushing, the other direction: with [`Store::set_pusher`](crate::Store::set_pusher),
+//! the store remembers the address of every block *written here* in the pinned class
+//! (`put_sealed_here`, `put_sealed_owned`: sealed in this process; not blocks fetched
+//! or received through `put`, and not duplicates of a block already pinned here).
+//! [`Store::sync`](crate::Store::sync), after making them durable locally, hands them
+//! to the [`BlockPusher`], which returns once enough other devices hold them durably.
+//! Those it could not place stay queued (in memory) for the next sync or
+//! [`Store::push_unpushed`](crate::Store::push_unpushed); `sync` still returns `Ok`
+//! then: the blocks are durable here, and the caller's own rule decides what an
+//! unplaced push means (fossil proposes anyway: the op is queued durably, and a
+//! device that cannot reach the others cannot commit it either). One push runs at a
+//! time, so a sync never returns while blocks put before it are still on their way in
+//! another thread's push.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::{Address, Class, Error, Result};
+use crate::{Address, Class, Error, Result, Store};
 
 /// Sealed blocks held by other devices.
 ///
@@ -42,6 +56,110 @@ pub trait RemoteBlocks: Send + Sync {
         }
         Ok(found)
     }
+}
+
+/// Places blocks written on this device on other devices (the daemon implements it
+/// over the network; venti knows no peers).
+pub trait BlockPusher: Send + Sync {
+    /// Have enough other devices hold `addresses` durably; read their bytes with
+    /// [`Store::get_local`] (an address not held here any more needs no push). Returns
+    /// the addresses *not* placed, to be retried later; `Err` means none were.
+    fn push(&self, store: &Store, addresses: &[Address]) -> Result<Vec<Address>>;
+}
+
+/// Push counters for `kith status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PushStats {
+    /// Blocks written here that no push has placed yet.
+    pub unpushed_blocks: u64,
+    /// Blocks placed on other devices since the store was opened.
+    pub pushed_blocks: u64,
+}
+
+/// The pusher, the queue of blocks it has not placed, and the lock that makes pushes
+/// run one at a time.
+#[derive(Default)]
+pub(crate) struct Pushes {
+    pusher: parking_lot::RwLock<Option<Arc<dyn BlockPusher>>>,
+    /// Whether puts are noted (a pusher is set): without one the queue would only grow.
+    enabled: std::sync::atomic::AtomicBool,
+    unpushed: Mutex<Vec<Address>>,
+    running: Mutex<()>,
+    pushed_blocks: AtomicU64,
+}
+
+impl Pushes {
+    pub fn set(&self, pusher: Option<Arc<dyn BlockPusher>>) {
+        self.enabled.store(pusher.is_some(), Ordering::SeqCst);
+        *self.pusher.write() = pusher;
+    }
+
+    /// A block was appended here: queue it if it is this device's own pinned data.
+    pub fn note_put(&self, address: &Address, class: Class, origin: Origin) {
+        if origin == Origin::Here && class == Class::Pinned && self.enabled.load(Ordering::Relaxed)
+        {
+            self.unpushed.lock().push(*address);
+        }
+    }
+
+    /// Queue addresses again (kept across a restart by the caller, for example).
+    pub fn queue(&self, addresses: &[Address]) {
+        if self.enabled.load(Ordering::Relaxed) {
+            self.unpushed.lock().extend_from_slice(addresses);
+        }
+    }
+
+    /// Push what is queued; what the pusher could not place goes back in the queue.
+    /// Returns how many blocks stay queued.
+    pub fn push(&self, store: &Store) -> Result<usize> {
+        let Some(pusher) = self.pusher.read().clone() else {
+            return Ok(0);
+        };
+        let _running = self.running.lock();
+        let mut batch = std::mem::take(&mut *self.unpushed.lock());
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        batch.sort_unstable();
+        batch.dedup();
+        let left = match pusher.push(store, &batch) {
+            Ok(left) => left,
+            Err(error) => {
+                tracing::debug!(%error, blocks = batch.len(), "push failed; blocks stay queued");
+                batch.clone()
+            }
+        };
+        self.pushed_blocks.fetch_add(
+            batch.len().saturating_sub(left.len()) as u64,
+            Ordering::Relaxed,
+        );
+        let mut unpushed = self.unpushed.lock();
+        unpushed.extend_from_slice(&left);
+        Ok(unpushed.len())
+    }
+
+    pub fn stats(&self) -> PushStats {
+        PushStats {
+            unpushed_blocks: self.unpushed.lock().len() as u64,
+            pushed_blocks: self.pushed_blocks.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl std::fmt::Debug for Pushes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pushes")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the bytes of a put come from: sealed in this process (this device's data,
+/// to be pushed) or from elsewhere (fetched, received, read back: not pushed again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Here,
+    Elsewhere,
 }
 
 /// Fetch counters for `kith status`; cheap to read (no sync, no index query).

@@ -39,6 +39,11 @@
 //! an on-demand device that only reads stays within its budget without a sync per
 //! block. [`Store::get_local`] never asks the remote (serving others must not).
 //!
+//! Push: with [`Store::set_pusher`], blocks sealed here and stored pinned are queued,
+//! and [`Store::sync`] hands them to the pusher once they are durable, so that other
+//! devices hold them before the caller proposes an op naming them (see
+//! [`crate::remote`]). [`Store::sync_local`] only makes puts durable.
+//!
 //! Known limits: the index is the only record of `remove` and of a downgrade from
 //! pinned to cached, so rebuilding the index from the arenas brings back removed
 //! blocks that compaction has not yet erased and re-pins downgraded ones — both err on
@@ -59,7 +64,10 @@ use crate::arena::{
 };
 use crate::backend::{Backend, BackendFile};
 use crate::index::{self, Index, IndexState, Location, Meta, Reader, Upsert};
-use crate::remote::{Flights, Joined, Lead, Outcome, Remote, RemoteBlocks, RemoteStats};
+use crate::remote::{
+    BlockPusher, Flights, Joined, Lead, Origin, Outcome, PushStats, Pushes, Remote, RemoteBlocks,
+    RemoteStats,
+};
 use crate::write_queue::{WriteJob, WriteQueue};
 use crate::{Address, BlockStore, Class, Error, PUT_HEADROOM_BYTES, PutTicket, Result};
 
@@ -157,6 +165,7 @@ pub struct Store {
     open_report: Vec<Error>,
     remote: RwLock<Option<Remote>>,
     flights: Flights,
+    pushes: Pushes,
 }
 
 #[derive(Debug)]
@@ -249,6 +258,7 @@ impl Store {
             open_report: report,
             remote: RwLock::new(None),
             flights: Flights::default(),
+            pushes: Pushes::default(),
         })
     }
 
@@ -284,13 +294,26 @@ impl Store {
     /// Store `sealed` under `address`. Written when this returns `Ok`; durable after
     /// the next [`Store::sync`].
     pub fn put(&self, address: &Address, sealed: &[u8], class: Class) -> Result<()> {
-        self.put_checked(address, sealed, class, self.options.verify_puts)
+        self.put_checked(
+            address,
+            sealed,
+            class,
+            self.options.verify_puts,
+            Origin::Elsewhere,
+        )
     }
 
     /// [`Store::put`] without re-hashing: for blocks sealed in this process, whose
     /// address was computed from these bytes.
     pub fn put_sealed_here(&self, address: &Address, sealed: &[u8], class: Class) -> Result<()> {
-        self.put_checked(address, sealed, class, false)
+        self.put_checked(address, sealed, class, false, Origin::Here)
+    }
+
+    /// [`Store::put`] of bytes from elsewhere that the caller has just hashed and found
+    /// equal to `address` (a block another device pushed here): not hashed again, and
+    /// never pushed on by this device.
+    pub fn put_verified(&self, address: &Address, sealed: &[u8], class: Class) -> Result<()> {
+        self.put_checked(address, sealed, class, false, Origin::Elsewhere)
     }
 
     /// [`Store::put_sealed_here`] of `buffer[PUT_HEADROOM_BYTES..]`, without copying it
@@ -303,7 +326,7 @@ impl Store {
         buffer: &mut Vec<u8>,
         class: Class,
     ) -> Result<PutTicket> {
-        self.put_buffer(address, buffer, class, Write::Queued)
+        self.put_buffer(address, buffer, class, Write::Queued, Origin::Here)
     }
 
     fn put_buffer(
@@ -312,6 +335,7 @@ impl Store {
         buffer: &mut Vec<u8>,
         class: Class,
         write: Write,
+        origin: Origin,
     ) -> Result<PutTicket> {
         let sealed_bytes = buffer
             .len()
@@ -351,11 +375,16 @@ impl Store {
                     .cached_bytes
                     .saturating_sub(u64::from(location.length));
                 let buffer = std::mem::take(buffer);
-                self.append(&mut writer, address, buffer, Class::Pinned, seq, write)
+                let ticket =
+                    self.append(&mut writer, address, buffer, Class::Pinned, seq, write)?;
+                self.pushes.note_put(address, Class::Pinned, origin);
+                Ok(ticket)
             }
             None => {
                 let buffer = std::mem::take(buffer);
-                self.append(&mut writer, address, buffer, class, seq, write)
+                let ticket = self.append(&mut writer, address, buffer, class, seq, write)?;
+                self.pushes.note_put(address, class, origin);
+                Ok(ticket)
             }
         }
     }
@@ -387,6 +416,7 @@ impl Store {
         sealed: &[u8],
         class: Class,
         verify: bool,
+        origin: Origin,
     ) -> Result<()> {
         if sealed.len() > RECORD_PAYLOAD_BYTES_MAX as usize {
             return Err(Error::TooLarge {
@@ -402,7 +432,7 @@ impl Store {
         buffer.reserve(PUT_HEADROOM_BYTES + sealed.len());
         buffer.resize(PUT_HEADROOM_BYTES, 0);
         buffer.extend_from_slice(sealed);
-        let ticket = self.put_buffer(address, &mut buffer, class, Write::DirectWhenIdle)?;
+        let ticket = self.put_buffer(address, &mut buffer, class, Write::DirectWhenIdle, origin)?;
         self.wait_puts(ticket, ticket)
     }
 
@@ -535,7 +565,7 @@ impl Store {
                 actual,
             });
         }
-        self.put_checked(address, bytes, remote.class, false)?;
+        self.put_checked(address, bytes, remote.class, false, Origin::Elsewhere)?;
         self.flights.fetched_blocks.fetch_add(1, Ordering::Relaxed);
         self.flights
             .fetched_bytes
@@ -599,10 +629,41 @@ impl Store {
         Ok(self.locate(address)?.map(|location| location.class))
     }
 
-    /// Make every earlier put durable.
+    /// Make every earlier put durable, then (with a pusher set) have other devices
+    /// hold this device's new blocks; see [`crate::remote`]. Blocks the pusher could
+    /// not place stay queued and do not make this fail.
     pub fn sync(&self) -> Result<()> {
+        self.sync_local()?;
+        self.pushes.push(self)?;
+        Ok(())
+    }
+
+    /// Make every earlier put durable, without pushing.
+    pub fn sync_local(&self) -> Result<()> {
         let mut writer = self.writer.lock();
         self.sync_locked(&mut writer)
+    }
+
+    /// Hand this device's new blocks to `pusher` at every sync (none: stop noting and
+    /// pushing them). See [`crate::remote`].
+    pub fn set_pusher(&self, pusher: Option<Arc<dyn BlockPusher>>) {
+        self.pushes.set(pusher);
+    }
+
+    /// Push the queued blocks now (a background retry); returns how many stay queued.
+    pub fn push_unpushed(&self) -> Result<usize> {
+        self.pushes.push(self)
+    }
+
+    /// Queue `addresses` for the next push (for example those a previous run could
+    /// not place); ignored without a pusher.
+    pub fn queue_push(&self, addresses: &[Address]) {
+        self.pushes.queue(addresses);
+    }
+
+    /// Push counters; cheap.
+    pub fn push_stats(&self) -> PushStats {
+        self.pushes.stats()
     }
 
     /// Change a stored block's class. Pinning a cached block writes a new record (so a

@@ -1,7 +1,9 @@
 //! A store that fetches what it misses from other devices (`Store::set_remote`): the
 //! fetched block is verified, stored in the remote's class and served; lies are
 //! refused; concurrent misses fetch once; a tree is read through a remote in batches;
-//! fetched cached blocks stay within the cache budget.
+//! fetched cached blocks stay within the cache budget. A store with a pusher hands
+//! the blocks written here (and only those) to it at sync, once they are durable, and
+//! keeps what it could not place for the next sync.
 
 mod common;
 
@@ -15,7 +17,7 @@ use common::{TestBackend, TestResult, block, bytes, for_each_backend, small_opti
 use parking_lot::{Condvar, Mutex};
 use venti::keys::EpochKeys;
 use venti::tree::{TreeReader, TreeWriter};
-use venti::{Address, Class, Error, RemoteBlocks, Store, StoreOptions};
+use venti::{Address, BlockPusher, Class, Error, RemoteBlocks, Store, StoreOptions};
 
 /// Another device: serves what its own store holds, counting requests.
 struct Device {
@@ -502,5 +504,211 @@ fn fetching_past_the_budget_evicts_without_waiting_for_a_sync() -> TestResult {
         .filter(|(address, _)| store.contains(address).unwrap_or(false))
         .count();
     assert!(held <= 17, "{held} blocks held over a 16-block budget");
+    Ok(())
+}
+
+/// Another device that takes pushed blocks into its own store while `accepting`, and
+/// records what each push asked for.
+struct Receiver {
+    store: Store,
+    accepting: std::sync::atomic::AtomicBool,
+    pushes: Mutex<Vec<Vec<Address>>>,
+}
+
+impl Receiver {
+    fn new(backend: &TestBackend) -> TestResult<Arc<Receiver>> {
+        Ok(Arc::new(Receiver {
+            store: backend.open(small_options())?,
+            accepting: std::sync::atomic::AtomicBool::new(true),
+            pushes: Mutex::new(Vec::new()),
+        }))
+    }
+
+    fn pushed(&self) -> Vec<Address> {
+        let mut all: Vec<Address> = self.pushes.lock().iter().flatten().copied().collect();
+        all.sort_unstable();
+        all
+    }
+}
+
+impl BlockPusher for Receiver {
+    fn push(&self, store: &Store, addresses: &[Address]) -> venti::Result<Vec<Address>> {
+        self.pushes.lock().push(addresses.to_vec());
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Ok(addresses.to_vec());
+        }
+        for address in addresses {
+            // What the pusher is handed is durable on the writer already: it survives
+            // a crash there (read it back from a reopened copy of the writer's files
+            // is what `sync_local` promises; here: it is readable and held).
+            let bytes = store.get_local(address)?;
+            self.store.put(address, &bytes, Class::Pinned)?;
+        }
+        self.store.sync_local()?;
+        Ok(Vec::new())
+    }
+}
+
+fn sorted(mut addresses: Vec<Address>) -> Vec<Address> {
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses
+}
+
+#[test]
+fn blocks_written_here_are_pushed_at_sync_and_fetched_or_received_ones_are_not() -> TestResult {
+    for_each_backend(|backend| {
+        let other = TestBackend::new(common::Kind::Memory)?;
+        let receiver = Receiver::new(&other)?;
+        let fetched: Vec<_> = (100..103u64).map(|n| block(n, 2000)).collect();
+        let (_device_backend, device) = device_with(&fetched)?;
+        let store = backend.open(small_options())?;
+        store.set_remote(Some(device.clone()), Class::Pinned);
+        store.set_pusher(Some(receiver.clone()));
+
+        // This device's data: a tree written here, pinned, and a block sealed here.
+        let keys = EpochKeys::derive(&[5; 32], &[6; 16], 0);
+        let content = bytes(9, 300_000);
+        let mut writer = TreeWriter::new(&store, &keys, Class::Pinned);
+        writer.write(&content)?;
+        let root = writer.finish()?;
+        let (own, own_bytes) = block(7, 1500);
+        store.put_sealed_here(&own, &own_bytes, Class::Pinned)?;
+        // Not this device's: fetched (even pinned, as on a full copy), received
+        // through `put` (another device's push), and cached blocks sealed here.
+        for (address, _) in &fetched {
+            store.get(address)?;
+        }
+        let (received, received_bytes) = block(8, 1500);
+        store.put(&received, &received_bytes, Class::Pinned)?;
+        let (scratch, scratch_bytes) = block(11, 1500);
+        store.put_sealed_here(&scratch, &scratch_bytes, Class::Cached)?;
+        assert_eq!(
+            store.push_stats().unpushed_blocks as usize,
+            tree_blocks(&store, &keys, &root)? + 1
+        );
+        assert!(receiver.pushed().is_empty(), "pushed before any sync");
+
+        store.sync()?;
+        let mut expected = tree_addresses(&store, &keys, &root)?;
+        expected.push(own);
+        assert_eq!(receiver.pushed(), sorted(expected.clone()));
+        for address in &expected {
+            assert!(receiver.store.contains(address)?);
+        }
+        for address in fetched.iter().map(|(a, _)| a).chain([&received, &scratch]) {
+            assert!(!receiver.pushed().contains(address), "{address} pushed");
+        }
+        let stats = store.push_stats();
+        assert_eq!(
+            (stats.unpushed_blocks, stats.pushed_blocks),
+            (0, expected.len() as u64)
+        );
+
+        // Writing the same data again stores nothing new: nothing more to push.
+        let pushes = receiver.pushes.lock().len();
+        store.put_sealed_here(&own, &own_bytes, Class::Pinned)?;
+        store.sync()?;
+        assert_eq!(receiver.pushes.lock().len(), pushes);
+        // The reader of the other device opens what it holds.
+        let remote_reader = TreeReader::new(&receiver.store, &keys);
+        assert_eq!(
+            remote_reader.read_range(&root, 0, content.len() as u64)?,
+            content
+        );
+        Ok(())
+    })
+}
+
+fn tree_addresses(
+    store: &Store,
+    keys: &EpochKeys,
+    root: &venti::BlockRef,
+) -> TestResult<Vec<Address>> {
+    let mut live = std::collections::HashSet::new();
+    venti::gc::mark_tree(&TreeReader::new(store, keys), root, &mut live)?;
+    Ok(live.into_iter().collect())
+}
+
+fn tree_blocks(store: &Store, keys: &EpochKeys, root: &venti::BlockRef) -> TestResult<usize> {
+    Ok(tree_addresses(store, keys, root)?.len())
+}
+
+#[test]
+fn blocks_a_push_could_not_place_stay_queued_and_go_with_the_next_sync() -> TestResult {
+    let backend = TestBackend::new(common::Kind::Memory)?;
+    let other = TestBackend::new(common::Kind::Memory)?;
+    let receiver = Receiver::new(&other)?;
+    let store = backend.open(small_options())?;
+    store.set_pusher(Some(receiver.clone()));
+    receiver.accepting.store(false, Ordering::SeqCst);
+    let first: Vec<_> = (0..3u64).map(|n| block(n, 1000)).collect();
+    for (address, data) in &first {
+        store.put_sealed_here(address, data, Class::Pinned)?;
+    }
+    // Peers away: the sync still succeeds (durable here) and the blocks stay queued.
+    store.sync()?;
+    assert_eq!(store.push_stats().unpushed_blocks, 3);
+    assert_eq!(store.push_stats().pushed_blocks, 0);
+    for (address, _) in &first {
+        assert!(store.contains(address)?);
+        assert!(!receiver.store.contains(address)?);
+    }
+
+    // Back: the next sync pushes the old ones with the new one, once each.
+    receiver.accepting.store(true, Ordering::SeqCst);
+    let (late, late_bytes) = block(9, 1000);
+    store.put_sealed_here(&late, &late_bytes, Class::Pinned)?;
+    store.sync()?;
+    let last = receiver.pushes.lock().last().cloned().unwrap_or_default();
+    let mut expected: Vec<Address> = first.iter().map(|(a, _)| *a).collect();
+    expected.push(late);
+    assert_eq!(sorted(last), sorted(expected.clone()));
+    for address in &expected {
+        assert!(receiver.store.contains(address)?);
+    }
+    assert_eq!(store.push_stats().unpushed_blocks, 0);
+    assert_eq!(store.push_stats().pushed_blocks, 4);
+
+    // A background retry pushes without a local sync; queued addresses from a previous
+    // run go too; a block no longer held here is dropped by the pusher, not retried.
+    receiver.accepting.store(false, Ordering::SeqCst);
+    let (queued, queued_bytes) = block(20, 1000);
+    store.put_sealed_here(&queued, &queued_bytes, Class::Pinned)?;
+    store.sync()?;
+    assert_eq!(store.push_stats().unpushed_blocks, 1);
+    receiver.accepting.store(true, Ordering::SeqCst);
+    assert_eq!(store.push_unpushed()?, 0);
+    assert!(receiver.store.contains(&queued)?);
+    store.queue_push(&[late]);
+    assert_eq!(store.push_unpushed()?, 0);
+    Ok(())
+}
+
+#[test]
+fn without_a_pusher_nothing_is_queued_and_sync_pushes_nothing() -> TestResult {
+    let backend = TestBackend::new(common::Kind::Memory)?;
+    let store = backend.open(small_options())?;
+    let (address, data) = block(1, 1000);
+    store.put_sealed_here(&address, &data, Class::Pinned)?;
+    store.sync()?;
+    store.queue_push(&[address]);
+    assert_eq!(store.push_stats().unpushed_blocks, 0);
+    assert_eq!(store.push_unpushed()?, 0);
+    // Set later: blocks written before are not queued; new ones are.
+    let other = TestBackend::new(common::Kind::Memory)?;
+    let receiver = Receiver::new(&other)?;
+    store.set_pusher(Some(receiver.clone()));
+    let (new, new_data) = block(2, 1000);
+    store.put_sealed_here(&new, &new_data, Class::Pinned)?;
+    store.sync()?;
+    assert_eq!(receiver.pushed(), vec![new]);
+    // Unset: nothing more is queued or pushed.
+    store.set_pusher(None);
+    let (after, after_data) = block(3, 1000);
+    store.put_sealed_here(&after, &after_data, Class::Pinned)?;
+    store.sync()?;
+    assert_eq!(receiver.pushed(), vec![new]);
+    assert_eq!(store.push_stats().unpushed_blocks, 0);
     Ok(())
 }
