@@ -34,8 +34,13 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECTIONS_MAX: usize = 16;
 /// Unread request bytes discarded before closing, at most.
 const DRAIN_BYTES_MAX: u64 = 64 * 1024;
-/// `verify` and `unmount` may take long; the client waits this long for an answer.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// `verify` and `unmount` may take long; the client waits this long for their answer.
+const CLIENT_TIMEOUT_LONG: Duration = Duration::from_secs(3600);
+/// Every other request is answered at once by a daemon that is alive; one that does
+/// not answer in this time is treated as gone (it may be wedged while dying).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `is_alive` waits for a ping's answer.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -98,13 +103,21 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Send one request and return the body of an `ok` answer.
 pub fn call(socket: &Path, request: &Request) -> Result<String> {
+    let timeout = match request {
+        Request::Verify | Request::Unmount => CLIENT_TIMEOUT_LONG,
+        _ => CLIENT_TIMEOUT,
+    };
+    call_within(socket, request, timeout)
+}
+
+fn call_within(socket: &Path, request: &Request, timeout: Duration) -> Result<String> {
     let control_error = |detail: String| Error::Control {
         socket: socket.to_owned(),
         detail,
     };
     let mut stream = UnixStream::connect(socket).map_err(|e| control_error(e.to_string()))?;
     stream
-        .set_read_timeout(Some(CLIENT_TIMEOUT))
+        .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
         .and_then(|()| stream.write_all(request.to_line().as_bytes()))
         .map_err(|e| control_error(e.to_string()))?;
@@ -127,9 +140,10 @@ pub fn call(socket: &Path, request: &Request) -> Result<String> {
     }
 }
 
-/// Whether a daemon answers on `socket`.
+/// Whether a daemon answers on `socket`. A socket that accepts but never answers
+/// belongs to a daemon that is dying or wedged: not alive.
 pub fn is_alive(socket: &Path) -> bool {
-    UnixStream::connect(socket).is_ok()
+    call_within(socket, &Request::Ping, PING_TIMEOUT).is_ok()
 }
 
 /// A bound control socket; serving starts with [`Server::spawn`].
@@ -346,6 +360,11 @@ mod tests {
 
         // A second server on a live socket is refused; a stale file is replaced.
         assert!(Server::bind(&socket).is_err());
+        assert!(is_alive(&socket));
+        // A socket that accepts but never answers (a wedged daemon) is not alive.
+        let wedged = dir.path().join("wedged.sock");
+        let _listening = UnixListener::bind(&wedged)?;
+        assert!(!is_alive(&wedged));
         let stale = dir.path().join("stale.sock");
         drop(UnixListener::bind(&stale)?);
         assert!(Server::bind(&stale).is_ok());

@@ -299,14 +299,25 @@ fn unmount(dirs: &Dirs, dir: &Path) -> Result<()> {
             return Ok(());
         }
     }
-    // No live daemon serves it: a mount left behind by a daemon that died.
+    // No live daemon serves it: a mount left behind by a daemon that died, or one that
+    // is wedged while dying. Aborting the connection first frees programs blocked on it
+    // and lets such a daemon finish; the detach then removes the mount.
     match mounts::mounted_at(dir) {
         Some(entry) if entry.is_kith() => {
+            let aborted = mounts::abort_connection(dir);
             detach(dir)?;
-            println!(
-                "kith: detached {} (its daemon was no longer running)",
-                dir.display()
-            );
+            match aborted {
+                Ok(()) => println!(
+                    "kith: detached {} (its daemon was no longer running; \
+                     its FUSE connection was aborted)",
+                    dir.display()
+                ),
+                Err(error) => println!(
+                    "kith: detached {} (its daemon was no longer running; \
+                     aborting its FUSE connection failed: {error})",
+                    dir.display()
+                ),
+            }
             Ok(())
         }
         _ => Err(Error::NotAKithMount {

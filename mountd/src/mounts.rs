@@ -13,6 +13,9 @@ pub struct MountEntry {
     pub mount_point: PathBuf,
     pub fs_type: String,
     pub source: String,
+    /// The superblock's device number; for a FUSE mount it names the connection in
+    /// `/sys/fs/fuse/connections`.
+    pub device: Option<(u32, u32)>,
 }
 
 impl MountEntry {
@@ -41,7 +44,12 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
             let (before, after) = line.split_once(" - ")?;
-            let mount_point = before.split(' ').nth(4)?;
+            let mut fields = before.split(' ');
+            let device = fields.nth(2).and_then(|field| {
+                let (major, minor) = field.split_once(':')?;
+                Some((major.parse().ok()?, minor.parse().ok()?))
+            });
+            let mount_point = fields.nth(1)?;
             let mut after = after.split(' ');
             let fs_type = after.next()?;
             let source = after.next()?;
@@ -49,6 +57,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
                 mount_point: PathBuf::from(unescape(mount_point)),
                 fs_type: unescape(fs_type),
                 source: unescape(source),
+                device,
             })
         })
         .collect()
@@ -86,6 +95,18 @@ pub fn check_mount_point(path: &Path) -> Result<()> {
         path: path.to_owned(),
         problem,
     };
+    // The mount table first: a mount whose daemon is wedged would hang a stat.
+    if let Some(entry) = mounted_at(path) {
+        let what = if entry.is_kith() {
+            format!(
+                "is already mounted by kith (if its daemon has stopped, run `kith unmount {}`)",
+                path.display()
+            )
+        } else {
+            format!("is already a mount point ({})", entry.fs_type)
+        };
+        return Err(problem(what));
+    }
     match std::fs::metadata(path) {
         Ok(meta) if !meta.is_dir() => return Err(problem("is not a directory".into())),
         Ok(_) => {}
@@ -101,14 +122,6 @@ pub fn check_mount_point(path: &Path) -> Result<()> {
             )));
         }
         Err(error) => return Err(problem(error.to_string())),
-    }
-    if let Some(entry) = mounted_at(path) {
-        let what = if entry.is_kith() {
-            "is already mounted by kith".to_owned()
-        } else {
-            format!("is already a mount point ({})", entry.fs_type)
-        };
-        return Err(problem(what));
     }
     Ok(())
 }
@@ -142,6 +155,37 @@ pub fn unmount(path: &Path, lazy: bool) -> std::io::Result<()> {
         "fusermount3 -u failed: {}",
         stderr.trim()
     )))
+}
+
+/// The FUSE connections' control directory (the `fusectl` filesystem).
+const FUSE_CONNECTIONS: &str = "/sys/fs/fuse/connections";
+
+/// Abort the FUSE connection of the mount at `path`: every request waiting on its
+/// daemon fails at once and the daemon's /dev/fuse descriptor stops blocking.
+///
+/// This is how a mount whose daemon died but cannot finish dying is freed: a daemon
+/// killed while one of its threads waits in the kernel (for example an invalidation
+/// waiting for a directory lock that a request to this same daemon holds) keeps
+/// /dev/fuse open, and programs using the mount hang until the connection is aborted.
+/// Mounts `fusectl` if it is not mounted and we are root.
+pub fn abort_connection(path: &Path) -> std::io::Result<()> {
+    let entry = mounted_at(path).ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let (major, minor) = entry
+        .device
+        .ok_or_else(|| std::io::Error::other("the mount table gives no device number"))?;
+    // The kernel names connections by its internal dev_t: major << 20 | minor.
+    let connection = Path::new(FUSE_CONNECTIONS).join(((major << 20) | minor).to_string());
+    if !connection.exists() && nix::unistd::geteuid().is_root() {
+        // Already mounted elsewhere, or not at all: mount it here and look again.
+        let _ = nix::mount::mount(
+            Some("fusectl"),
+            FUSE_CONNECTIONS,
+            Some("fusectl"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
+    }
+    std::fs::write(connection.join("abort"), b"1")
 }
 
 /// Explain a failed FUSE mount in one line.
@@ -189,6 +233,7 @@ garbage line\n";
         assert_eq!(entries[1].mount_point, PathBuf::from("/tmp/with space"));
         assert_eq!(entries[1].source, "kith");
         assert!(entries[1].is_kith());
+        assert_eq!(entries[1].device, Some((0, 50)));
     }
 
     #[test]
