@@ -12,9 +12,11 @@
 //! its end. A full stage is written with one direct write — no page-cache copy, no
 //! dirty pages for the kernel to track and write back — and the stage moves on to the
 //! next `STAGE_BYTES`. When someone waits (a `sync`, a reader of a queued block, the
-//! tree writer's `finish`), the stage is *flushed*: its aligned part goes out direct,
-//! the unaligned tail (under `DIRECT_ALIGN_BYTES`) through the page cache with
-//! `write_at`, and the stage keeps that partial block at its front, so the next direct
+//! tree writer's `finish`), the stage is *flushed*: its aligned part goes out direct
+//! (if it is at least `FLUSH_DIRECT_BYTES_MIN`; less, as a small file leaves, goes
+//! through the page cache with the rest), the unaligned tail (under
+//! `DIRECT_ALIGN_BYTES`) through the page cache with `write_at`, and the stage keeps
+//! that partial block at its front, so the next direct
 //! write covers it again. The file therefore always ends exactly at the last record
 //! written — the arena format does not change and nothing is padded — and a block is
 //! only ever rewritten with the bytes it already holds, so a crash during a rewrite
@@ -59,6 +61,8 @@ pub const WRITE_QUEUE_BYTES_MAX: usize = 8 << 20;
 /// Bytes of the staging buffer: appends reach a direct-capable file in writes of this
 /// size (and smaller ones only when someone waits).
 pub const STAGE_BYTES: usize = 4 << 20;
+/// A flush writes its aligned part direct only from this size on (see [`Flush`]).
+const FLUSH_DIRECT_BYTES_MIN: u64 = 1 << 20;
 
 const _: () =
     assert!(STAGE_BYTES.is_multiple_of(DIRECT_ALIGN_BYTES) && STAGE_BYTES >= DIRECT_ALIGN_BYTES);
@@ -494,7 +498,11 @@ fn write_job(stage: &mut Stage, job: &WriteJob, hint: &mut Option<(u32, u64, u64
 /// How a flush writes the stage's unwritten bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Flush {
-    /// Whole aligned blocks direct, the unaligned tail through the page cache.
+    /// Whole aligned blocks direct when at least `FLUSH_DIRECT_BYTES_MIN` of them are
+    /// unwritten, the rest through the page cache. (A small flush — a small file's
+    /// `finish` — would otherwise wait for the device where a buffered write does not;
+    /// the stage moves past what it wrote either way, so nothing is written twice but
+    /// the last partial block.)
     Direct,
     /// All through the page cache (a single small record: one `write_at`, no wait for
     /// the device).
@@ -670,7 +678,9 @@ impl Stage {
         let aligned = window.filled - window.filled % DIRECT_ALIGN_BYTES;
         if window.unwritten_from < end {
             let mut from = window.unwritten_from;
-            if flush == Flush::Direct && window.base + aligned as u64 > from {
+            if flush == Flush::Direct
+                && window.base + aligned as u64 >= from + FLUSH_DIRECT_BYTES_MIN
+            {
                 // Rewrites `base..unwritten_from` (under one block) with the bytes it
                 // already holds.
                 window
