@@ -44,6 +44,7 @@ const DEFAULT_CONFIG: &str = "\
 # entry_ttl_ms = 1000                    # how long the kernel caches names
 # keyring = \"encrypted\"                # or \"unencrypted\" (servers, tests; flagged by status)
 # listen = \"0.0.0.0:7420\"               # where the daemon listens for its devices (QUIC)
+# keep = \"on-demand\"                   # or \"full\": hold every block the volume refers to
 ";
 
 /// The directories of one Kith installation.
@@ -149,6 +150,37 @@ pub struct Config {
     pub keyring: Option<KeyringMode>,
     /// Where the daemon listens for its devices; `None`: the daemon's default.
     pub listen: Option<SocketAddr>,
+    /// What this device keeps of the volume's content.
+    pub keep: Keep,
+}
+
+/// What a device keeps of its volume's content (`keep` in the configuration).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Keep {
+    /// Blocks other devices wrote are fetched when read and cached within a byte
+    /// budget (evicted least-hit first).
+    #[default]
+    OnDemand,
+    /// A full copy: a background task fetches every block the namespace refers to,
+    /// and fetched blocks are pinned (never evicted).
+    Full,
+}
+
+impl Keep {
+    pub fn parse(text: &str) -> Option<Keep> {
+        match text {
+            "on-demand" => Some(Keep::OnDemand),
+            "full" => Some(Keep::Full),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Keep::OnDemand => "on-demand",
+            Keep::Full => "full",
+        }
+    }
 }
 
 impl Default for Config {
@@ -165,6 +197,7 @@ impl Default for Config {
             entry_ttl: Duration::from_secs(1),
             keyring: None,
             listen: None,
+            keep: Keep::OnDemand,
         }
     }
 }
@@ -239,6 +272,12 @@ impl Config {
                         .and_then(|text| text.parse::<SocketAddr>().ok())
                         .ok_or_else(|| "`listen` must be \"ADDRESS:PORT\"".to_owned())?;
                     config.listen = Some(value);
+                }
+                "keep" => {
+                    config.keep = item
+                        .as_str()
+                        .and_then(Keep::parse)
+                        .ok_or_else(|| "`keep` must be \"on-demand\" or \"full\"".to_owned())?;
                 }
                 other => return Err(format!("unknown key `{other}`")),
             }
@@ -409,8 +448,19 @@ pub(crate) mod tests {
                 entry_ttl: Duration::from_millis(250),
                 keyring: None,
                 listen: None,
+                keep: Keep::OnDemand,
             })
         );
+        assert_eq!(
+            Config::parse("keep = \"full\"").map(|c| c.keep),
+            Ok(Keep::Full)
+        );
+        assert_eq!(
+            Config::parse("keep = \"on-demand\"").map(|c| c.keep),
+            Ok(Keep::OnDemand)
+        );
+        assert!(Config::parse("keep = \"all\"").is_err_and(|e| e.contains("keep")));
+        assert!(Config::parse("keep = 1").is_err());
         let config = Config::parse("keyring = \"unencrypted\"\nlisten = \"127.0.0.1:7421\"\n");
         assert_eq!(
             config.map(|c| (c.keyring, c.listen)),

@@ -293,11 +293,22 @@ fn open_on_network(
         content.store().clone(),
         role,
     )?);
+    // A full copy pins what it fetches; on demand, fetched blocks are a cache.
+    let fetched_class = match config.keep {
+        config::Keep::Full => venti::Class::Pinned,
+        config::Keep::OnDemand => venti::Class::Cached,
+    };
     content
         .store()
-        .set_remote(home.remote_blocks(), venti::Class::Cached);
+        .set_remote(home.remote_blocks(), fetched_class);
     // New blocks reach other voters before the op naming them is proposed.
     content.store().set_pusher(home.block_pusher());
+    if role == HomeRole::Daemon
+        && let Err(error) = home.start_content_walk(content.keys().clone(), config.keep)
+    {
+        home.stop();
+        return Err(error);
+    }
     let mut options = VolumeOptions {
         device: home.fossil_device(),
         content: Some(Arc::new(content)),

@@ -9,6 +9,9 @@
 use std::net::SocketAddr;
 
 use paxos::{Config, NodeId};
+
+use crate::config::Keep;
+use crate::sync::ContentProgress;
 use serde_json::{Value, json};
 
 /// One device of the volume.
@@ -35,6 +38,10 @@ pub struct SyncReport {
     pub queued: usize,
     pub fetches_in_flight: u64,
     pub fetched_bytes: u64,
+    /// Blocks written here that no other voter holds yet (pushes not placed).
+    pub unpushed_blocks: u64,
+    /// What the background content walk last found.
+    pub content: ContentProgress,
     pub devices: Vec<DeviceReport>,
 }
 
@@ -62,6 +69,30 @@ impl SyncReport {
             .iter()
             .find(|d| d.node == leader)
             .map(|d| d.fingerprint.as_str())
+    }
+
+    /// What this device holds of the volume's content, and what a full copy is doing.
+    fn content_line(&self) -> String {
+        let content = &self.content;
+        let keep = match content.keep {
+            Keep::Full => "full copy",
+            Keep::OnDemand => "on demand",
+        };
+        if !content.walked {
+            return format!("content: {keep}, not counted yet\n");
+        }
+        let held = content
+            .referenced_bytes
+            .saturating_sub(content.missing_bytes);
+        let state = match (content.keep, content.missing_bytes, content.fetching) {
+            (Keep::Full, 0, _) => ", complete".to_owned(),
+            (Keep::Full, _, true) => ", fetching".to_owned(),
+            (_, missing, _) => format!(", {missing} bytes to fetch"),
+        };
+        format!(
+            "content: {keep}, {held} of {} bytes held here{state}\n",
+            content.referenced_bytes
+        )
     }
 
     /// Votes needed to commit, of the voters.
@@ -97,11 +128,16 @@ impl SyncReport {
                 "applied_end": self.applied_end,
                 "behind": self.behind(),
                 "queued": self.queued,
-                // Blocks are fetched on demand: nothing waits in a queue to be fetched
-                // beyond the fetches running now.
-                "bytes_to_fetch": 0,
+                // Content bytes the namespace refers to that this device does not
+                // hold, as of the last background walk (0 before the first).
+                "bytes_to_fetch": self.content.missing_bytes,
+                "content_bytes": self.content.referenced_bytes,
+                "content_walked": self.content.walked,
+                "keep": self.content.keep.as_str(),
+                "full_copy_fetching": self.content.fetching,
                 "fetches_in_flight": self.fetches_in_flight,
                 "fetched_bytes": self.fetched_bytes,
+                "unpushed_blocks": self.unpushed_blocks,
                 "leader": self.leader_fingerprint(),
                 "quorum": quorum,
                 "voters": voters,
@@ -115,7 +151,8 @@ impl SyncReport {
         let (quorum, voters) = self.quorum();
         let mut text = format!(
             "listen: {}\nkeyring: {}\nlog: committed to {}, applied to {} ({} behind), {} op(s) queued\n\
-             quorum: {quorum} of {voters} voter(s), leader {}\nfetching: {} block(s) now, {} bytes fetched\ndevices:\n",
+             quorum: {quorum} of {voters} voter(s), leader {}\nfetching: {} block(s) now, {} bytes fetched\n\
+             {}{}devices:\n",
             self.listen,
             if self.keyring_encrypted {
                 "encrypted"
@@ -129,6 +166,15 @@ impl SyncReport {
             self.leader_fingerprint().unwrap_or("unknown"),
             self.fetches_in_flight,
             self.fetched_bytes,
+            self.content_line(),
+            if self.unpushed_blocks > 0 {
+                format!(
+                    "pushing: {} block(s) written here not yet held by another voter\n",
+                    self.unpushed_blocks
+                )
+            } else {
+                String::new()
+            },
         );
         for d in &self.devices {
             let state = if d.this {
@@ -183,6 +229,14 @@ mod tests {
             queued: 2,
             fetches_in_flight: 1,
             fetched_bytes: 4096,
+            unpushed_blocks: 0,
+            content: ContentProgress {
+                keep: Keep::OnDemand,
+                walked: true,
+                referenced_bytes: 10_000,
+                missing_bytes: 2_500,
+                fetching: false,
+            },
             devices: vec![
                 device(1, "laptop", true, true),
                 device(2, "desktop", true, false),
@@ -202,7 +256,10 @@ mod tests {
         assert_eq!(volume["applied_end"], 37);
         assert_eq!(volume["behind"], 3);
         assert_eq!(volume["queued"], 2);
-        assert_eq!(volume["bytes_to_fetch"], 0);
+        assert_eq!(volume["bytes_to_fetch"], 2_500);
+        assert_eq!(volume["content_bytes"], 10_000);
+        assert_eq!(volume["keep"], "on-demand");
+        assert_eq!(volume["unpushed_blocks"], 0);
         assert_eq!(volume["leader"], "fpr-2");
         assert_eq!(volume["quorum"], 2);
         let devices = value["devices"].as_array().unwrap();
@@ -220,6 +277,40 @@ mod tests {
         let line = value.to_string();
         assert!(!line.contains('\n'));
         assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), value);
+    }
+
+    #[test]
+    fn the_text_shows_what_is_held_what_is_left_to_fetch_and_unplaced_pushes() {
+        let mut report = report();
+        let text = report.to_text();
+        assert!(
+            text.contains("content: on demand, 7500 of 10000 bytes held here, 2500 bytes to fetch"),
+            "{text}"
+        );
+        assert!(!text.contains("pushing:"), "{text}");
+        report.unpushed_blocks = 3;
+        report.content.keep = Keep::Full;
+        report.content.fetching = true;
+        let text = report.to_text();
+        assert!(
+            text.contains("full copy, 7500 of 10000 bytes held here, fetching"),
+            "{text}"
+        );
+        assert!(text.contains("pushing: 3 block(s)"), "{text}");
+        report.content.missing_bytes = 0;
+        report.content.fetching = false;
+        assert!(
+            report
+                .to_text()
+                .contains("10000 of 10000 bytes held here, complete")
+        );
+        report.content.walked = false;
+        assert!(
+            report
+                .to_text()
+                .contains("content: full copy, not counted yet")
+        );
+        assert_eq!(report.to_json()["volume"]["full_copy_fetching"], false);
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! one. Frames that are neither Paxos nor block requests (pairing, chain updates) go
 //! to a plain thread, so their handler may call the volume and the replica.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,9 +43,11 @@ use net::quic::{Admission, Endpoint, Inbound, Trust, TrustSet};
 use net::replica::{BlockingReplica, Replica, ReplicaOptions, VolumeKeys};
 use paxos::{Config, NodeId, NodeOptions, VolumeId};
 use tokio::sync::mpsc;
-use venti::{Address, BlockPusher, RemoteBlocks, Store};
+use venti::keys::EpochKeys;
+use venti::tree::TreeReader;
+use venti::{Address, BlockPusher, BlockRef, RemoteBlocks, Store};
 
-use crate::config::{self, Dirs};
+use crate::config::{self, Dirs, Keep};
 use crate::daemon::DEFAULT_LISTEN;
 use crate::error::{Error, Result};
 use crate::join::{self, Inviter, JoinOutcome};
@@ -191,6 +193,7 @@ impl Network {
             nodes: nodes.clone(),
             this_device: device,
             endpoint: endpoint.clone(),
+            stopped: Arc::new(AtomicBool::new(false)),
         });
         let blocking = BlockingReplica::new(replica.clone())?;
         let pusher = Arc::new(PeerPusher {
@@ -275,6 +278,7 @@ impl Network {
         };
         // A store that outlives the network keeps its pushes queued instead.
         self.pusher.stopped.store(true, Ordering::SeqCst);
+        self.blocks.stopped.store(true, Ordering::SeqCst);
         let replica = self.replica.clone();
         let endpoint = self.endpoint.clone();
         runtime.block_on(async move {
@@ -322,6 +326,8 @@ pub struct PeerBlocks {
     nodes: Arc<NodeTable>,
     this_device: DeviceId,
     endpoint: Endpoint,
+    /// The network is stopping: fetch nothing more.
+    stopped: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for PeerBlocks {
@@ -356,6 +362,12 @@ impl PeerBlocks {
             return Err(venti::Error::Remote {
                 address: *address,
                 detail: "block fetch from inside the network runtime".into(),
+            });
+        }
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(venti::Error::Remote {
+                address: *address,
+                detail: "the network is stopped".into(),
             });
         }
         Ok(self.runtime.block_on(future))
@@ -716,6 +728,159 @@ impl BlockPusher for PeerPusher {
     }
 }
 
+/// How often the content walk runs when nothing is left to fetch (or on demand).
+const CONTENT_WALK_INTERVAL: Duration = Duration::from_secs(10);
+/// How soon a full copy that is still missing blocks walks again.
+const CONTENT_FETCH_RETRY: Duration = Duration::from_secs(2);
+/// Leaves fetched in one batch by a full copy.
+const CONTENT_FETCH_BATCH: usize = 64;
+
+/// What the background content walk last found, for `kith status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContentProgress {
+    pub keep: Keep,
+    /// Whether a walk has finished yet (before: the byte counts mean nothing).
+    pub walked: bool,
+    /// Content bytes of the distinct file trees the namespace refers to (the lengths
+    /// their roots declare: plaintext, before compression and sealing).
+    pub referenced_bytes: u64,
+    /// Of those, bytes under blocks this device does not hold.
+    pub missing_bytes: u64,
+    /// A full copy is fetching now.
+    pub fetching: bool,
+}
+
+/// The result of one walk over the namespace's content.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContentCount {
+    pub referenced_bytes: u64,
+    pub missing_bytes: u64,
+}
+
+/// A [`venti::BlockStore`] that reads only what the store holds (a walk that counts
+/// must not fetch).
+struct LocalOnly<'s>(&'s Store);
+
+impl venti::BlockStore for LocalOnly<'_> {
+    fn put(&self, address: &Address, sealed: &[u8], class: venti::Class) -> venti::Result<()> {
+        self.0.put(address, sealed, class)
+    }
+
+    fn get(&self, address: &Address) -> venti::Result<Vec<u8>> {
+        self.0.get_local(address)
+    }
+
+    fn contains(&self, address: &Address) -> venti::Result<bool> {
+        self.0.contains(address)
+    }
+}
+
+/// Walks the trees under `roots` (each distinct block once). Counting (`fetch`
+/// false): a block not held here adds its subtree's declared length to the missing
+/// bytes and is not descended (what is under it cannot be seen without fetching it).
+/// Fetching: a block not held here is fetched (leaves in batches, through the store's
+/// remote) and descended, so afterwards every block is held unless a fetch failed.
+/// Stops early, with what it has, when `stop` is set.
+pub fn walk_content(
+    store: &Store,
+    keys: &EpochKeys,
+    roots: &[BlockRef],
+    fetch: bool,
+    stop: &AtomicBool,
+) -> ContentCount {
+    let local = LocalOnly(store);
+    let reader_store: &dyn venti::BlockStore = if fetch { store } else { &local };
+    let reader = TreeReader::new(reader_store, keys);
+    let mut count = ContentCount::default();
+    let mut seen: HashSet<Address> = HashSet::new();
+    let mut seen_roots: HashSet<Address> = HashSet::new();
+    for root in roots {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if !seen_roots.insert(root.address) {
+            continue;
+        }
+        count.referenced_bytes += root.length;
+        let mut batch: Vec<Address> = Vec::new();
+        let walked = reader.walk(root, |block| {
+            if stop.load(Ordering::Relaxed) || !seen.insert(block.address) {
+                return Ok(false);
+            }
+            if store.contains(&block.address)? {
+                return Ok(true);
+            }
+            if !fetch {
+                count.missing_bytes += block.length;
+                return Ok(false);
+            }
+            batch.push(block.address);
+            if batch.len() >= CONTENT_FETCH_BATCH {
+                store.prefetch(&batch)?;
+                batch.clear();
+            }
+            // A pointer block is read (fetched alone if the batch did not bring it)
+            // when the walk descends into it.
+            Ok(true)
+        });
+        let fetched = if fetch && !batch.is_empty() {
+            store.prefetch(&batch)
+        } else {
+            Ok(())
+        };
+        if let Err(error) = walked.and(fetched) {
+            // Counting: a held pointer block that cannot be read is damaged here;
+            // fetching: a block no device sent. The next walk tries again.
+            tracing::debug!(root = %root.address, %error, "content walk: a tree was not walked whole");
+            seen.remove(&root.address);
+        }
+    }
+    count
+}
+
+fn content_walk_loop(
+    store: &Store,
+    keys: &EpochKeys,
+    keep: Keep,
+    volume: &parking_lot::Mutex<Weak<Volume>>,
+    stopping: &AtomicBool,
+    progress: &parking_lot::Mutex<ContentProgress>,
+) {
+    while !stopping.load(Ordering::SeqCst) {
+        // The volume only for the roots: a walk never keeps it from closing.
+        let upgraded = volume.lock().upgrade();
+        let roots = upgraded.map(|volume| volume.live_roots());
+        let mut wait = CONTENT_WALK_INTERVAL;
+        match roots {
+            None => wait = STOP_POLL,
+            Some(Err(error)) => tracing::warn!(%error, "content walk: no roots"),
+            Some(Ok(roots)) => {
+                let mut missing = progress.lock().missing_bytes;
+                if keep == Keep::Full && (missing > 0 || !progress.lock().walked) {
+                    progress.lock().fetching = true;
+                    walk_content(store, keys, &roots, true, stopping);
+                }
+                let count = walk_content(store, keys, &roots, false, stopping);
+                missing = count.missing_bytes;
+                {
+                    let mut progress = progress.lock();
+                    progress.walked = true;
+                    progress.fetching = false;
+                    progress.referenced_bytes = count.referenced_bytes;
+                    progress.missing_bytes = missing;
+                }
+                if keep == Keep::Full && missing > 0 {
+                    wait = CONTENT_FETCH_RETRY;
+                }
+            }
+        }
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline && !stopping.load(Ordering::SeqCst) {
+            std::thread::sleep(STOP_POLL);
+        }
+    }
+}
+
 /// Announcements of the user chain and the volume's devices go to every other device
 /// this often (and at once after a join), so a device that was away learns newcomers.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(10);
@@ -747,6 +912,7 @@ pub struct Home {
     venti: Arc<Store>,
     devices: Arc<Devices>,
     stopping: Arc<AtomicBool>,
+    content: Arc<parking_lot::Mutex<ContentProgress>>,
 }
 
 /// What pairing, announcements and status share: the membership and the network's
@@ -836,6 +1002,7 @@ impl Home {
             venti: venti_store,
             devices,
             stopping: Arc::new(AtomicBool::new(false)),
+            content: Arc::new(parking_lot::Mutex::new(ContentProgress::default())),
         };
         if role == HomeRole::Daemon
             && let Err(error) = home.spawn_threads()
@@ -871,6 +1038,26 @@ impl Home {
     /// venti's hook that places new blocks on other voters before their op is proposed.
     pub fn block_pusher(&self) -> Option<Arc<dyn BlockPusher>> {
         self.network.lock().as_ref().map(|n| n.block_pusher())
+    }
+
+    /// Walks the volume's content in the background (`kith status`'s bytes to fetch),
+    /// and with `keep = "full"` fetches every block it refers to; see [`walk_content`].
+    /// Fetched blocks go to the class `keep` says (set the store's remote to match).
+    pub fn start_content_walk(&self, keys: EpochKeys, keep: Keep) -> Result<()> {
+        self.content.lock().keep = keep;
+        let (venti, devices, stopping, progress) = (
+            self.venti.clone(),
+            self.devices.clone(),
+            self.stopping.clone(),
+            self.content.clone(),
+        );
+        std::thread::Builder::new()
+            .name("kith-content".into())
+            .spawn(move || {
+                content_walk_loop(&venti, &keys, keep, &devices.volume, &stopping, &progress)
+            })
+            .map_err(|e| Error::Startup(format!("cannot start the content thread: {e}")))?;
+        Ok(())
     }
 
     /// Joins are answered from now on: they grant the new device access in `volume`
@@ -1020,6 +1207,8 @@ impl Home {
             queued: sync.pending,
             fetches_in_flight: remote.fetches_in_flight,
             fetched_bytes: remote.fetched_bytes,
+            unpushed_blocks: self.venti.push_stats().unpushed_blocks,
+            content: *self.content.lock(),
             devices,
         })
     }
@@ -1277,6 +1466,105 @@ mod tests {
         assert_eq!(targets.needed, 2);
         let targets = push_targets(&config, &silent, NodeId(1), |_| None, |_| false);
         assert_eq!((targets.candidates.len(), targets.needed), (0, 0));
+    }
+
+    /// A store in a fresh temporary directory.
+    fn store_in(dir: &Path) -> Arc<Store> {
+        let backend = venti::backend::FileBackend::new(dir).unwrap();
+        Arc::new(Store::open(Arc::new(backend), venti::StoreOptions::default()).unwrap())
+    }
+
+    fn write_tree(store: &Store, keys: &EpochKeys, len: usize, seed: u8) -> BlockRef {
+        let content: Vec<u8> = (0..len)
+            .map(|n| (n as u8).wrapping_mul(31) ^ seed ^ (n >> 11) as u8)
+            .collect();
+        let mut writer = venti::tree::TreeWriter::new(store, keys, venti::Class::Pinned);
+        writer.write(&content).unwrap();
+        writer.finish().unwrap()
+    }
+
+    /// Another device's store as a remote.
+    struct Other(Arc<Store>);
+
+    impl RemoteBlocks for Other {
+        fn fetch(&self, address: &Address) -> venti::Result<Option<Vec<u8>>> {
+            match self.0.get_local(address) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(venti::Error::NotFound { .. }) => Ok(None),
+                Err(error) => Err(error),
+            }
+        }
+    }
+
+    #[test]
+    fn the_content_walk_counts_what_is_not_held_and_a_full_copy_fetches_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = EpochKeys::derive(&[4; 32], &[2; 16], 0);
+        let writer = store_in(&dir.path().join("writer"));
+        let big = write_tree(&writer, &keys, 3_000_000, 1);
+        let small = write_tree(&writer, &keys, 100_000, 2);
+        writer.sync().unwrap();
+        // The same tree twice counts once.
+        let roots = [big, small, big];
+        let stop = AtomicBool::new(false);
+
+        let copy = store_in(&dir.path().join("copy"));
+        let counted = walk_content(&copy, &keys, &roots, false, &stop);
+        assert_eq!(counted.referenced_bytes, 3_100_000);
+        assert_eq!(
+            counted.missing_bytes, 3_100_000,
+            "nothing held: every root is missing"
+        );
+        // Counting never fetches.
+        copy.set_remote(Some(Arc::new(Other(writer.clone()))), venti::Class::Pinned);
+        assert_eq!(walk_content(&copy, &keys, &roots, false, &stop), counted);
+        assert_eq!(copy.stats().unwrap().blocks, 0);
+
+        // Holding the small tree's blocks and the big tree's root: only what is under
+        // the big root and not held is missing (its leaves), not the small tree.
+        let mut small_blocks = HashSet::new();
+        venti::gc::mark_tree(
+            &TreeReader::new(writer.as_ref(), &keys),
+            &small,
+            &mut small_blocks,
+        )
+        .unwrap();
+        for address in small_blocks.iter().chain([&big.address]) {
+            copy.put(
+                address,
+                &writer.get_local(address).unwrap(),
+                venti::Class::Cached,
+            )
+            .unwrap();
+        }
+        let partial = walk_content(&copy, &keys, &roots, false, &stop);
+        assert_eq!(partial.referenced_bytes, 3_100_000);
+        assert!(
+            partial.missing_bytes > 0 && partial.missing_bytes <= 3_000_000,
+            "{partial:?}"
+        );
+
+        // A full copy fetches everything (pinned), after which nothing is missing.
+        walk_content(&copy, &keys, &roots, true, &stop);
+        let complete = walk_content(&copy, &keys, &roots, false, &stop);
+        assert_eq!(complete.missing_bytes, 0, "{complete:?}");
+        let mut all = HashSet::new();
+        for root in &roots {
+            venti::gc::mark_tree(&TreeReader::new(writer.as_ref(), &keys), root, &mut all).unwrap();
+        }
+        for address in &all {
+            assert!(copy.contains(address).unwrap());
+        }
+        let fetched = all.difference(&small_blocks).filter(|a| **a != big.address);
+        for address in fetched {
+            assert_eq!(copy.class(address).unwrap(), Some(venti::Class::Pinned));
+        }
+        // A stop request ends a walk at once.
+        stop.store(true, Ordering::SeqCst);
+        assert_eq!(
+            walk_content(&copy, &keys, &roots, false, &stop),
+            ContentCount::default()
+        );
     }
 
     fn config_of_five() -> Config {

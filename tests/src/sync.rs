@@ -42,6 +42,14 @@ impl Kith {
         Ok(code)
     }
 
+    /// Writes this installation's `config.toml` (before its first mount or join).
+    pub fn set_config(&self, text: &str) -> anyhow::Result<()> {
+        let dir = self.root().join("config/kith");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("config.toml"), text)?;
+        Ok(())
+    }
+
     /// `kith device join CODE` on this (fresh) store.
     pub fn device_join(&self, code: &str) -> anyhow::Result<String> {
         self.ok(["device", "join", code])
@@ -127,17 +135,7 @@ pub fn cluster(n: usize) -> anyhow::Result<Vec<Kith>> {
         .context("mounting the first device")?;
     devices.push(first);
     for index in 1..n {
-        let device = join_with_retries(&devices[0], index)?;
-        // A joined device's first mount waits for the volume's genesis; on a loaded
-        // machine that wait has run out (said on stdout; a second mount is tried).
-        if let Err(error) = device.mount_listening() {
-            println!("device {index}: first mount failed, retrying: {error:#}");
-            device.detach_dead_mount();
-            device
-                .mount_listening()
-                .with_context(|| format!("mounting device {index}"))?;
-        }
-        devices.push(device);
+        devices.push(join_and_mount(&devices[0], index, |_| Ok(()))?);
     }
     for (index, device) in devices.iter().enumerate() {
         wait_until(
@@ -153,14 +151,39 @@ pub fn cluster(n: usize) -> anyhow::Result<Vec<Kith>> {
     Ok(devices)
 }
 
+/// A fresh device (`prepare`d first, e.g. its configuration) joined through
+/// `inviter` and mounted listening on loopback.
+pub fn join_and_mount(
+    inviter: &Kith,
+    index: usize,
+    prepare: impl Fn(&Kith) -> anyhow::Result<()>,
+) -> anyhow::Result<Kith> {
+    let device = join_with_retries(inviter, index, prepare)?;
+    // A joined device's first mount waits for the volume's genesis; on a loaded
+    // machine that wait has run out (said on stdout; a second mount is tried).
+    if let Err(error) = device.mount_listening() {
+        println!("device {index}: first mount failed, retrying: {error:#}");
+        device.detach_dead_mount();
+        device
+            .mount_listening()
+            .with_context(|| format!("mounting device {index}"))?;
+    }
+    Ok(device)
+}
+
 /// A fresh device joined through `inviter`. A failed join is retried on a fresh store
 /// with a fresh code, as a user would, and said on stdout (pairing has failed with
 /// "connection lost" now and then; the sync tests are about what comes after).
-fn join_with_retries(inviter: &Kith, index: usize) -> anyhow::Result<Kith> {
+fn join_with_retries(
+    inviter: &Kith,
+    index: usize,
+    prepare: impl Fn(&Kith) -> anyhow::Result<()>,
+) -> anyhow::Result<Kith> {
     const ATTEMPTS: usize = 3;
     let mut attempt = 1;
     loop {
         let device = Kith::new()?;
+        prepare(&device)?;
         let code = inviter.device_add()?;
         match device.device_join(&code) {
             Ok(_) => return Ok(device),
@@ -244,6 +267,64 @@ fn signal(pid: u32, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
     let raw = i32::try_from(pid)?;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal)?;
     Ok(())
+}
+
+/// Bytes of an arena file's header and of a record's header (venti's formats).
+const ARENA_HEADER_BYTES: usize = 32;
+const RECORD_HEADER_BYTES: usize = 56;
+
+/// The records of one arena file: (offset, payload length, address).
+fn arena_records(bytes: &[u8]) -> Vec<(usize, usize, [u8; 32])> {
+    let mut records = Vec::new();
+    let mut at = ARENA_HEADER_BYTES;
+    while let Some(header) = bytes.get(at..at + RECORD_HEADER_BYTES) {
+        if &header[..4] != b"KVRC" {
+            break;
+        }
+        let length = u32::from_le_bytes([header[8], header[9], header[10], header[11]]) as usize;
+        let mut address = [0u8; 32];
+        address.copy_from_slice(&header[16..48]);
+        records.push((at, length, address));
+        at += RECORD_HEADER_BYTES + length;
+    }
+    records
+}
+
+/// Flips one payload byte of every record of the block at `offset` in `arena`, in
+/// every store of `stores` (unmounted): every copy of that block is damaged. Returns
+/// how many copies were damaged.
+pub fn damage_every_copy(arena: &Path, offset: u64, stores: &[PathBuf]) -> anyhow::Result<usize> {
+    let bytes = std::fs::read(arena)?;
+    let offset = usize::try_from(offset)?;
+    let (_, _, address) = arena_records(&bytes)
+        .into_iter()
+        .find(|(at, length, _)| (*at..*at + RECORD_HEADER_BYTES + length).contains(&offset))
+        .context("no record at the damaged offset")?;
+    let mut damaged = 0;
+    for store in stores {
+        let arenas = std::fs::read_dir(store.join("blocks"))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "kva"));
+        for path in arenas {
+            let mut bytes = std::fs::read(&path)?;
+            let mut changed = false;
+            for (at, length, _) in arena_records(&bytes)
+                .into_iter()
+                .filter(|(_, _, a)| *a == address)
+            {
+                if let Some(byte) = bytes.get_mut(at + RECORD_HEADER_BYTES + length / 2) {
+                    *byte ^= 0x5a;
+                    changed = true;
+                    damaged += 1;
+                }
+            }
+            if changed {
+                std::fs::write(&path, &bytes)?;
+                std::fs::File::open(&path)?.sync_all()?;
+            }
+        }
+    }
+    Ok(damaged)
 }
 
 /// Resident memory of `pid` in KiB (VmRSS).
@@ -408,6 +489,16 @@ pub struct VolumeStatus {
     pub behind: u64,
     pub queued: u64,
     pub leader: Option<String>,
+    /// Content bytes the namespace refers to that the device does not hold.
+    pub bytes_to_fetch: u64,
+    /// Content bytes the namespace refers to (as of the device's last content walk).
+    pub content_bytes: u64,
+    /// Whether the device has counted its content yet.
+    pub content_walked: bool,
+    /// "full" or "on-demand".
+    pub keep: String,
+    /// Blocks written there that no other voter holds yet.
+    pub unpushed_blocks: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -456,6 +547,11 @@ impl SyncStatus {
                     .get("leader")
                     .and_then(json::Value::as_str)
                     .map(str::to_owned),
+                bytes_to_fetch: number("bytes_to_fetch"),
+                content_bytes: number("content_bytes"),
+                content_walked: volume.get("content_walked") == Some(&json::Value::Bool(true)),
+                keep: text_of(volume, "keep"),
+                unpushed_blocks: number("unpushed_blocks"),
             },
             devices,
         })
