@@ -11,11 +11,12 @@
 //! machine), the cores each kept busy, and the file store's final sync; also tree
 //! ingest into a bare record sink written buffered and with `O_DIRECT` (what the page
 //! cache costs the store) and into the file store with its direct path turned off
-//! (`tree_file_store_buffered`). `KITH_BENCH_DIR` puts the stores on a given disk (the
+//! (`tree_file_store_buffered`), and with segment-parallel chunk-and-seal
+//! (`tree_file_store_segments`). `KITH_BENCH_DIR` puts the stores on a given disk (the
 //! default temp directory must not be a tmpfs for the direct path to be measured).
 //! The ratio of two MB/CPU-s figures bounds the ratio of their wall-clock figures on a
-//! quiet machine: `chunk_seal_2core` (the real block format on two independent halves) is
-//! the ceiling for tree ingest on two cores.
+//! quiet machine: `chunk_seal_2core` (the real block format on two independent
+//! halves) is the ceiling for tree ingest on two cores.
 
 use std::collections::{HashMap, HashSet};
 use std::hint::black_box;
@@ -37,6 +38,8 @@ use venti::{Address, BlockStore, Class, Kind, Store, StoreOptions};
 const BLOCK_BYTES: usize = 64 * 1024;
 /// Pieces the benchmark feeds the tree writer, like a file copy loop would.
 const WRITE_PIECE_BYTES: usize = 1 << 20;
+/// Segment size of `tree_file_store_segments` (segment-parallel chunk-and-seal).
+const SEGMENT_BYTES: usize = 4 << 20;
 
 fn corpus_bytes() -> usize {
     let mib = std::env::var("KITH_BENCH_MIB")
@@ -554,7 +557,7 @@ fn cpu_report() {
     let bytes = corpus_bytes();
     let data = random(bytes, 3);
     let sync_seconds = Mutex::new(Vec::new());
-    let runs: [(&str, &dyn Fn()); 11] = [
+    let runs: [(&str, &dyn Fn()); 12] = [
         ("bare_1core", &|| {
             black_box(bare_pipeline(&keys, &chunker, &data));
         }),
@@ -623,10 +626,13 @@ fn cpu_report() {
         }),
         ("tree_sink_direct", &|| tree_into_sink(&keys, &data, true)),
         ("tree_file_store_buffered", &|| {
-            tree_into_file_store(&keys, &data, false, None)
+            tree_into_file_store(&keys, &data, false, None, None)
         }),
         ("tree_file_store", &|| {
-            tree_into_file_store(&keys, &data, true, Some(&sync_seconds))
+            tree_into_file_store(&keys, &data, true, None, Some(&sync_seconds))
+        }),
+        ("tree_file_store_segments", &|| {
+            tree_into_file_store(&keys, &data, true, Some(SEGMENT_BYTES), None)
         }),
     ];
     println!(
@@ -673,6 +679,7 @@ fn tree_into_file_store(
     keys: &EpochKeys,
     data: &[u8],
     direct_io: bool,
+    segment_bytes: Option<usize>,
     sync_seconds: Option<&Mutex<Vec<f64>>>,
 ) {
     let dir = match bench_dir() {
@@ -682,6 +689,9 @@ fn tree_into_file_store(
     let backend = ok(FileBackend::new(dir.path())).with_direct_io(direct_io);
     let store = ok(Store::open(Arc::new(backend), StoreOptions::default()));
     let mut writer = TreeWriter::new(&store, keys, Class::Pinned);
+    if let Some(segment_bytes) = segment_bytes {
+        writer = writer.with_segments(segment_bytes);
+    }
     for piece in data.chunks(WRITE_PIECE_BYTES) {
         ok(writer.write(piece));
     }

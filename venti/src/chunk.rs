@@ -267,6 +267,11 @@ impl StreamChunker {
         }
     }
 
+    /// The chunker this stream cuts with.
+    pub fn chunker(&self) -> &Chunker {
+        &self.chunker
+    }
+
     /// Bytes pushed but not yet emitted.
     pub fn held_bytes(&self) -> usize {
         self.held.len() - self.start

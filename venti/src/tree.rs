@@ -31,6 +31,12 @@
 //! `spare_buffer`) instead of being allocated per chunk, and at most
 //! `IN_FLIGHT_PER_THREAD × threads` chunks are being sealed at once.
 //!
+//! With [`TreeWriter::with_segments`] the calling thread neither chunks nor copies
+//! chunks: whole segments go to the threads, each chunks and seals its own, and the
+//! caller stitches them at the first chunk start a segment shares with the true chunk
+//! sequence (`Segments`). The tree is the same either way (tested on random and
+//! adversarial content).
+//!
 //! [`TreeReader`] reads any byte range by opening only the blocks that cover it (asking
 //! the store to [`prefetch`](BlockStore::prefetch) a pointer block's covering children
 //! together, so a remote-backed store fetches them in one batch), and
@@ -43,7 +49,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::chunk::{Chunker, StreamChunker};
+use crate::chunk::{CHUNK_BYTES_MAX, Chunker, StreamChunker};
 use crate::error::BlockFault;
 use crate::keys::EpochKeys;
 use crate::seal::{self, CONTENT_BYTES_MAX, IN_PLACE_OFFSET_BYTES, Sealer};
@@ -100,6 +106,8 @@ const _: () =
 pub struct TreeWriter<'s> {
     chunker: StreamChunker,
     builder: Builder<'s>,
+    /// Segment-parallel mode ([`TreeWriter::with_segments`]).
+    segments: Option<Segments>,
 }
 
 impl<'s> TreeWriter<'s> {
@@ -110,6 +118,7 @@ impl<'s> TreeWriter<'s> {
         TreeWriter {
             chunker: StreamChunker::new(Chunker::new(keys)),
             builder: Builder::new(store, Arc::new(keys.clone()), class, threads),
+            segments: None,
         }
     }
 
@@ -126,21 +135,67 @@ impl<'s> TreeWriter<'s> {
         self
     }
 
+    /// Segment-parallel chunk-and-seal: the content is handed to the sealing threads
+    /// in segments of `segment_bytes`, each thread chunks *and* seals its own segment
+    /// (so the calling thread neither chunks nor copies chunks), and the calling
+    /// thread stitches the segments together at the first chunk start a segment shares
+    /// with the true chunk sequence (see [`Chunker::chunk_lengths_parallel`]); the few
+    /// chunks before it are cut and sealed on the calling thread. The tree is the same
+    /// as without segments. Ignored with fewer than two threads.
+    pub fn with_segments(mut self, segment_bytes: usize) -> TreeWriter<'s> {
+        if self.builder.threads >= 2 {
+            let segment_bytes = segment_bytes.max(CHUNK_BYTES_MAX);
+            self.segments = Some(Segments::new(segment_bytes));
+        }
+        self
+    }
+
     /// Append bytes to the content.
-    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        let TreeWriter { chunker, builder } = self;
+    pub fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
+        let TreeWriter {
+            chunker,
+            builder,
+            segments,
+        } = self;
+        if let Some(segments) = segments {
+            while !bytes.is_empty() {
+                let take = (segments.segment_bytes - segments.filling.len()).min(bytes.len());
+                let (now, rest) = bytes.split_at(take);
+                segments.filling.extend_from_slice(now);
+                bytes = rest;
+                if segments.filling.len() == segments.segment_bytes {
+                    segments.dispatch(builder, chunker.chunker(), false)?;
+                }
+            }
+            return Ok(());
+        }
         chunker.push(bytes, |chunk| builder.add_chunk(chunk))
     }
 
     /// Content bytes written so far.
     pub fn length(&self) -> u64 {
-        self.builder.length + self.chunker.held_bytes() as u64
+        let segmented = self.segments.as_ref().map_or(0, Segments::unchunked_bytes);
+        self.builder.length + self.chunker.held_bytes() as u64 + segmented
     }
 
     /// Seal what remains, wait for every block to be in the store, and return the
     /// root ref (of the single leaf for content of one chunk).
     pub fn finish(mut self) -> Result<BlockRef> {
-        let TreeWriter { chunker, builder } = &mut self;
+        let TreeWriter {
+            chunker,
+            builder,
+            segments,
+        } = &mut self;
+        if let Some(mut segments) = segments.take() {
+            if segments.next_index == 0 {
+                // Content under one segment: the plain path, no speculation.
+                let content = std::mem::take(&mut segments.filling);
+                chunker.push(&content, |chunk| builder.add_chunk(chunk))?;
+            } else {
+                segments.dispatch(builder, chunker.chunker(), true)?;
+                segments.drain(builder, chunker.chunker())?;
+            }
+        }
         chunker.finish(|chunk| builder.add_chunk(chunk))?;
         builder.finish()
     }
@@ -257,6 +312,31 @@ impl<'s> Builder<'s> {
             }
         }
         self.submit(data)
+    }
+
+    /// Seal one chunk on this thread and put it as the next leaf (segment mode: the
+    /// chunks where a segment joins the true chunk sequence).
+    fn add_inline(&mut self, chunk: &[u8]) -> Result<()> {
+        self.length += chunk.len() as u64;
+        self.chunks += 1;
+        let data = self.buffer_with(chunk);
+        let block_ref = self.seal_and_put(self.leaf_kind, data)?;
+        self.push_ref(0, block_ref)
+    }
+
+    /// Put a leaf a segment worker sealed, as the next leaf.
+    fn add_sealed(&mut self, candidate: Candidate) -> Result<()> {
+        self.length += candidate.length as u64;
+        self.chunks += 1;
+        self.put(&candidate.block_ref.address, candidate.sealed)?;
+        self.push_ref(0, candidate.block_ref)
+    }
+
+    /// Keep a buffer for reuse.
+    fn recycle(&mut self, buffer: Vec<u8>) {
+        if buffer.capacity() > 0 && self.free_buffers.len() < FREE_BUFFERS_MAX {
+            self.free_buffers.push(buffer);
+        }
     }
 
     /// A buffer holding `content` at `CONTENT_OFFSET_BYTES`, reusing one the store is
@@ -732,6 +812,349 @@ fn covering_children(children: &[BlockRef], start: u64, end: u64) -> &[BlockRef]
     children.get(first..last).unwrap_or_default()
 }
 
+/// Segments in flight per sealing thread in segment mode.
+const SEGMENTS_IN_FLIGHT_PER_THREAD: u64 = 2;
+
+/// Segment mode of a [`TreeWriter`]: content goes to the sealing threads in segments;
+/// each thread chunks its segment as if a chunk started at the segment's start and
+/// seals every chunk of that chain that the segment holds whole (a chunk needs
+/// `CHUNK_BYTES_MAX` bytes in view, or the end of the content, for its cut to be
+/// final). The calling thread merges segments in order: from the true position (the
+/// end of the last leaf put) it cuts and seals chunks itself until it reaches a start
+/// on the segment's chain, then takes the segment's sealed chunks from there on. A cut
+/// depends only on the bytes from its chunk's start, so those are the true chunks.
+/// Speculative chunks before the meeting point are dropped (about a chunk per segment;
+/// content without cut points, such as zeros, never meets a chain and is cut on the
+/// calling thread).
+struct Segments {
+    segment_bytes: usize,
+    /// The segment being filled by `write`.
+    filling: Vec<u8>,
+    /// Content offset of `filling[0]`.
+    filling_start: u64,
+    /// Index of the next segment to dispatch, and of the next to merge.
+    next_index: u64,
+    next_merge: u64,
+    pool: Option<SegmentPool>,
+    /// Segments sealed out of order, waiting for their predecessors.
+    reorder: std::collections::BTreeMap<u64, SegmentDone>,
+    /// Content offset up to which leaves are put (the true chunk sequence's position).
+    position: u64,
+    /// Content from `position` to the start of the next segment to merge.
+    held: Vec<u8>,
+    spare_segments: Vec<Vec<u8>>,
+}
+
+impl Segments {
+    fn new(segment_bytes: usize) -> Segments {
+        Segments {
+            segment_bytes,
+            filling: Vec::with_capacity(segment_bytes),
+            filling_start: 0,
+            next_index: 0,
+            next_merge: 0,
+            pool: None,
+            reorder: std::collections::BTreeMap::new(),
+            position: 0,
+            held: Vec::new(),
+            spare_segments: Vec::new(),
+        }
+    }
+
+    /// Content written but not yet put as leaves.
+    fn unchunked_bytes(&self) -> u64 {
+        (self.filling_start + self.filling.len() as u64).saturating_sub(self.position)
+    }
+
+    /// Hand the filled segment (`last`: the content's final one) to the pool, first
+    /// merging finished segments while too many are in flight.
+    fn dispatch(&mut self, builder: &mut Builder<'_>, chunker: &Chunker, last: bool) -> Result<()> {
+        if self.pool.is_none() {
+            self.pool = Some(SegmentPool::start(
+                builder.threads,
+                Arc::clone(&builder.keys),
+                builder.leaf_kind,
+                chunker.clone(),
+            )?);
+        }
+        let in_flight_max = builder.threads as u64 * SEGMENTS_IN_FLIGHT_PER_THREAD;
+        while self.next_index - self.next_merge >= in_flight_max {
+            self.receive(builder, chunker)?;
+        }
+        let next = self.spare_segments.pop().unwrap_or_default();
+        let bytes = std::mem::replace(&mut self.filling, next);
+        self.filling.clear();
+        self.filling.reserve(self.segment_bytes);
+        let start = self.filling_start;
+        self.filling_start += bytes.len() as u64;
+        // Buffers for the segment's sealed chunks, so workers rarely allocate.
+        let mut buffers = Vec::new();
+        while buffers.len() < self.segment_bytes / CHUNK_BYTES_MIN_HINT {
+            match builder
+                .free_buffers
+                .pop()
+                .or_else(|| builder.store.spare_buffer())
+            {
+                Some(buffer) => buffers.push(buffer),
+                None => break,
+            }
+        }
+        let pool = self.pool.as_ref().ok_or_else(pool_stopped)?;
+        pool.jobs
+            .as_ref()
+            .ok_or_else(pool_stopped)?
+            .send(SegmentJob {
+                index: self.next_index,
+                start,
+                bytes,
+                last,
+                buffers,
+            })
+            .map_err(|_| pool_stopped())?;
+        self.next_index += 1;
+        Ok(())
+    }
+
+    /// Merge every segment still in flight.
+    fn drain(&mut self, builder: &mut Builder<'_>, chunker: &Chunker) -> Result<()> {
+        while self.next_merge < self.next_index {
+            self.receive(builder, chunker)?;
+        }
+        self.pool = None;
+        if !self.held.is_empty() {
+            // The last segment was merged with `last` set: nothing can be left.
+            return Err(Error::Malformed {
+                what: "segment merge",
+                detail: format!("{} bytes left unchunked", self.held.len()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Take one finished segment from the pool and merge every segment now in order.
+    fn receive(&mut self, builder: &mut Builder<'_>, chunker: &Chunker) -> Result<()> {
+        let pool = self.pool.as_ref().ok_or_else(pool_stopped)?;
+        let done = pool.results.recv().map_err(|_| pool_stopped())??;
+        self.reorder.insert(done.index, done);
+        while let Some(done) = self.reorder.remove(&self.next_merge) {
+            self.merge(done, builder, chunker)?;
+            self.next_merge += 1;
+        }
+        Ok(())
+    }
+
+    /// Continue the true chunk sequence through segment `done` (see the type comment).
+    /// On entry `held` is the content from `position` to the segment's start.
+    fn merge(
+        &mut self,
+        done: SegmentDone,
+        builder: &mut Builder<'_>,
+        chunker: &Chunker,
+    ) -> Result<()> {
+        let SegmentDone {
+            start,
+            bytes,
+            mut chunks,
+            chain_end,
+            last,
+            ..
+        } = done;
+        let bytes_max = chunker.bytes_max();
+        // `held[from..]` is the content from `position` to `start + appended`.
+        let mut from = 0;
+        let mut appended = 0;
+        loop {
+            if self.position >= start {
+                let at = chunks.binary_search_by_key(&self.position, |chunk| chunk.start);
+                if at.is_ok() || self.position == chain_end {
+                    let at = at.unwrap_or(chunks.len());
+                    let adopted = chunks.split_off(at);
+                    for dropped in chunks.drain(..) {
+                        builder.recycle(dropped.sealed);
+                    }
+                    for candidate in adopted {
+                        builder.add_sealed(candidate)?;
+                    }
+                    self.position = chain_end;
+                    self.held.clear();
+                    let rest = usize::try_from(chain_end - start)
+                        .ok()
+                        .and_then(|offset| bytes.get(offset..))
+                        .unwrap_or_default();
+                    self.held.extend_from_slice(rest);
+                    self.spare_segments.push(bytes);
+                    return Ok(());
+                }
+            }
+            // Cut at `position` with as much content in view as a cut can use.
+            while self.held.len() - from < bytes_max && appended < bytes.len() {
+                let take = (bytes_max - (self.held.len() - from)).min(bytes.len() - appended);
+                self.held
+                    .extend_from_slice(bytes.get(appended..appended + take).unwrap_or_default());
+                appended += take;
+            }
+            let window = self.held.get(from..).unwrap_or_default();
+            let final_cut = window.len() >= bytes_max || (last && appended == bytes.len());
+            if window.is_empty() || !final_cut {
+                break;
+            }
+            let length = chunker.cut(window).max(1);
+            builder.add_inline(window.get(..length).unwrap_or_default())?;
+            from += length;
+            self.position += length as u64;
+        }
+        // The rest of the segment waits for the next one.
+        self.held.drain(..from.min(self.held.len()));
+        self.held
+            .extend_from_slice(bytes.get(appended..).unwrap_or_default());
+        for dropped in chunks {
+            builder.recycle(dropped.sealed);
+        }
+        self.spare_segments.push(bytes);
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Segments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segments")
+            .field("segment_bytes", &self.segment_bytes)
+            .field("position", &self.position)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Buffers handed out with a segment: one per expected chunk at the minimum size would
+/// be too many to keep; this many bytes of segment per buffer.
+const CHUNK_BYTES_MIN_HINT: usize = 64 * 1024;
+
+struct SegmentJob {
+    index: u64,
+    start: u64,
+    bytes: Vec<u8>,
+    last: bool,
+    buffers: Vec<Vec<u8>>,
+}
+
+/// A chunk a segment worker cut and sealed.
+struct Candidate {
+    /// Content offset of the chunk.
+    start: u64,
+    length: usize,
+    block_ref: BlockRef,
+    /// Headroom, then the sealed block.
+    sealed: Vec<u8>,
+}
+
+struct SegmentDone {
+    index: u64,
+    start: u64,
+    bytes: Vec<u8>,
+    /// The segment's chain: consecutive chunks from `start`.
+    chunks: Vec<Candidate>,
+    /// Where the chain's next chunk would start.
+    chain_end: u64,
+    last: bool,
+}
+
+/// Chunk and seal one segment (see [`Segments`]).
+fn seal_segment(
+    chunker: &Chunker,
+    keys: &EpochKeys,
+    kind: Kind,
+    sealer: &mut Sealer,
+    mut job: SegmentJob,
+) -> Result<SegmentDone> {
+    let bytes_max = chunker.bytes_max();
+    let mut chunks = Vec::new();
+    let mut offset = 0;
+    while let Some(rest) = job.bytes.get(offset..).filter(|rest| !rest.is_empty()) {
+        if rest.len() < bytes_max && !job.last {
+            break;
+        }
+        let length = chunker.cut(rest).max(1);
+        let chunk = rest.get(..length).unwrap_or_default();
+        let mut buffer = job.buffers.pop().unwrap_or_default();
+        buffer.clear();
+        buffer.reserve(CONTENT_OFFSET_BYTES + length + length / 8 + 64);
+        buffer.resize(CONTENT_OFFSET_BYTES, 0);
+        buffer.extend_from_slice(chunk);
+        let block_ref = sealer.seal_in_place_at(keys, kind, &mut buffer, PUT_HEADROOM_BYTES)?;
+        chunks.push(Candidate {
+            start: job.start + offset as u64,
+            length,
+            block_ref,
+            sealed: buffer,
+        });
+        offset += length;
+    }
+    Ok(SegmentDone {
+        index: job.index,
+        start: job.start,
+        chain_end: job.start + offset as u64,
+        bytes: job.bytes,
+        chunks,
+        last: job.last,
+    })
+}
+
+/// The segment workers of one writer.
+struct SegmentPool {
+    /// `None` only while dropping: closing it stops the workers.
+    jobs: Option<Sender<SegmentJob>>,
+    results: Receiver<Result<SegmentDone>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl SegmentPool {
+    fn start(
+        threads: usize,
+        keys: Arc<EpochKeys>,
+        kind: Kind,
+        chunker: Chunker,
+    ) -> Result<SegmentPool> {
+        let in_flight = threads * SEGMENTS_IN_FLIGHT_PER_THREAD as usize;
+        let (jobs, job_queue) = crossbeam_channel::bounded::<SegmentJob>(in_flight);
+        // Never full: at most `in_flight` segments are out, so shutdown cannot deadlock.
+        let (result_sender, results) = crossbeam_channel::bounded(in_flight + threads);
+        let workers = (0..threads)
+            .map(|_| {
+                let job_queue = job_queue.clone();
+                let result_sender = result_sender.clone();
+                let keys = Arc::clone(&keys);
+                let chunker = chunker.clone();
+                std::thread::Builder::new()
+                    .name("venti-segment".into())
+                    .spawn(move || {
+                        let mut sealer = Sealer::new();
+                        for job in job_queue {
+                            let result = seal_segment(&chunker, &keys, kind, &mut sealer, job);
+                            if result_sender.send(result).is_err() {
+                                return;
+                            }
+                        }
+                    })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(SegmentPool {
+            jobs: Some(jobs),
+            results,
+            workers,
+        })
+    }
+}
+
+impl Drop for SegmentPool {
+    fn drop(&mut self) {
+        self.jobs = None;
+        // Drain results so no worker blocks on a full channel, then join.
+        while self.results.try_recv().is_ok() {}
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
 /// The sealing threads of one writer.
 struct SealPool {
     /// `None` only while dropping: closing it stops the workers.
@@ -923,6 +1346,59 @@ mod tests {
         assert_eq!(reader.read_all(&root).unwrap(), data);
         let sealed = store.get(&root.address).unwrap();
         assert!(seal::open(&keys, &root, &sealed, Kind::Pointer).is_ok());
+    }
+
+    fn write_segmented(store: &MemoryStore, data: &[u8], piece: usize, segment: usize) -> BlockRef {
+        let keys = keys();
+        let mut writer = TreeWriter::new(store, &keys, Class::Pinned)
+            .with_threads(2)
+            .with_segments(segment);
+        for chunk in data.chunks(piece.max(1)) {
+            writer.write(chunk).unwrap();
+        }
+        writer.finish().unwrap()
+    }
+
+    /// Inputs that stress segment stitching: no cut points, a repeated pattern, zero
+    /// runs with random islands, random.
+    fn adversarial(kind: u8, bytes: usize, seed: u64) -> Vec<u8> {
+        match kind % 4 {
+            0 => vec![0u8; bytes],
+            1 => random(5003, seed).into_iter().cycle().take(bytes).collect(),
+            2 => {
+                let islands = random(bytes, seed);
+                (0..bytes)
+                    .map(|at| {
+                        if (at / 90_000) % 3 == 1 {
+                            islands[at]
+                        } else {
+                            0
+                        }
+                    })
+                    .collect()
+            }
+            _ => random(bytes, seed),
+        }
+    }
+
+    #[test]
+    fn segment_parallel_trees_equal_sequential_ones() {
+        let data = random(12 * 1024 * 1024, 21);
+        let sequential = write_tree(&MemoryStore::default(), &data, 1 << 20, 0);
+        for (piece, segment) in [
+            (1 << 20, 4 << 20),
+            (300_001, 1 << 20),
+            (4093, CHUNK_BYTES_MAX),
+        ] {
+            let store = MemoryStore::default();
+            let root = write_segmented(&store, &data, piece, segment);
+            assert_eq!(root, sequential, "piece {piece}, segment {segment}");
+            let keys = keys();
+            assert_eq!(
+                TreeReader::new(&store, &keys).read_all(&root).unwrap(),
+                data
+            );
+        }
     }
 
     /// Many levels, cheaply: leaves that are only refs (a walk never opens leaves).
@@ -1191,6 +1667,19 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn segment_parallel_matches_sequential_on_adversarial_input(
+            kind in 0u8..4,
+            seed: u64,
+            bytes in prop_oneof![0usize..600_000, 0usize..4_000_000],
+            piece in 1usize..700_000,
+            segment in 1usize..1_500_000,
+        ) {
+            let data = adversarial(kind, bytes, seed);
+            let sequential = write_tree(&MemoryStore::default(), &data, 1 << 20, 0);
+            prop_assert_eq!(write_segmented(&MemoryStore::default(), &data, piece, segment), sequential);
+        }
+
         #[test]
         fn read_range_matches_content(seed: u64, bytes in 0usize..3_000_000, piece in 1usize..400_000) {
             let data = random(bytes, seed);
