@@ -141,9 +141,10 @@ impl<'s> TreeWriter<'s> {
     /// thread stitches the segments together at the first chunk start a segment shares
     /// with the true chunk sequence (see [`Chunker::chunk_lengths_parallel`]); the few
     /// chunks before it are cut and sealed on the calling thread. The tree is the same
-    /// as without segments. Ignored with fewer than two threads.
+    /// as without segments. Ignored with fewer than two threads, or once bytes were
+    /// written.
     pub fn with_segments(mut self, segment_bytes: usize) -> TreeWriter<'s> {
-        if self.builder.threads >= 2 {
+        if self.builder.threads >= 2 && self.length() == 0 {
             let segment_bytes = segment_bytes.max(CHUNK_BYTES_MAX);
             self.segments = Some(Segments::new(segment_bytes));
         }
