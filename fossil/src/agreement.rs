@@ -56,6 +56,12 @@ pub trait Agreement: Send + Sync + std::fmt::Debug {
     fn read_barrier(&self, timeout: Duration) -> Result<Option<Slot>>;
     /// fossil has applied every slot below `end` (progress for status and compaction).
     fn note_applied(&self, end: Slot);
+    /// Whether no other device can get an op committed now (this device is the group's
+    /// only member): everything committed is then this device's own, which the volume
+    /// shows already (committed or pending), so a read barrier has nothing to wait for.
+    fn sole_author(&self) -> bool {
+        false
+    }
     /// The checkpoint the log was truncated behind, if any: `(through, fossil image
     /// root bytes)`; the log continues at `through + 1`.
     fn checkpoint(&self) -> Result<Option<(Slot, Vec<u8>)>>;

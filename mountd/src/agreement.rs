@@ -12,11 +12,13 @@
 //!   the namespace a pure function of the log (invariant 3). They are logged.
 //! - a read barrier that finds no quorum in time is `None` (fossil serves local
 //!   state); every other replica failure is `fossil::Error::Agreement`.
-//! - a read barrier on the only voter (and leader) of the volume is answered here with
-//!   the local commit end, without a round through the replica: nothing commits
-//!   without this device then, so every commit made before the call is below it. That
-//!   is every fresh store until a second device joins, and it keeps lookups of names
-//!   that do not exist (each one asks for a barrier) off the replica's fsyncs.
+//! - on the only member (and leader) of the volume a read barrier is answered here
+//!   with the local commit end, without a round through the replica: nothing commits
+//!   without this device then, so every commit made before the call is below it; and
+//!   `sole_author` tells fossil that all that commits is its own, so it need not wait
+//!   for a barrier at all. That is every fresh store until a second device joins, and
+//!   it keeps lookups of names that do not exist (each one asks for a barrier) off the
+//!   replica's fsyncs and the applier's work.
 
 use std::time::Duration;
 
@@ -105,6 +107,10 @@ impl Agreement for ReplicaAgreement {
 
     fn note_applied(&self, end: Slot) {
         self.replica.note_applied(paxos::Slot(end));
+    }
+
+    fn sole_author(&self) -> bool {
+        self.replica.replica().is_sole_leader()
     }
 
     fn checkpoint(&self) -> fossil::Result<Option<(Slot, Vec<u8>)>> {
@@ -333,6 +339,7 @@ mod tests {
         wait_for_leadership(a);
         let ids = a.propose_many(vec![b"one".to_vec()]).unwrap();
         let slot = a.wait_committed(ids[0], WAIT).unwrap().expect("committed");
+        assert!(a.sole_author());
         alone.runtime.block_on(a.replica().replica().close());
         let barrier = a
             .read_barrier(WAIT)
@@ -345,6 +352,7 @@ mod tests {
         let group = Group::new(&[1, 2, 3], &[1, 2, 3]);
         let b = group.get(2);
         wait_for_leadership(b);
+        assert!(!b.sole_author());
         assert!(b.read_barrier(WAIT).unwrap().is_some());
         group.runtime.block_on(b.replica().replica().close());
         assert!(

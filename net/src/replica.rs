@@ -321,11 +321,12 @@ impl Replica {
         })
     }
 
-    /// Whether this device is the only voter of the configuration in force and its
-    /// leader: then nothing commits without it, so its own commit end is the group's
-    /// and a read barrier needs no round. Updated after a turn's persists and before
-    /// any message of that turn is sent, so another voter can commit nothing before
-    /// this turns false.
+    /// Whether this device is the only member of the configuration in force (the one
+    /// voter, no learners) and its leader: then only its own proposals commit and
+    /// nothing commits without it, so its own commit end is the group's and a read
+    /// barrier needs no round. Updated after a turn's persists and before any message
+    /// of that turn is sent, so another device can commit nothing before this turns
+    /// false.
     pub fn is_sole_leader(&self) -> bool {
         self.sole_leader.load(Ordering::Acquire)
     }
@@ -1293,7 +1294,8 @@ impl Task {
         let config = self.node.config();
         let sole_leader = self.node.is_leader()
             && config.voters.len() == 1
-            && config.voters.contains(&self.node.id());
+            && config.voters.contains(&self.node.id())
+            && config.learners.is_empty();
         self.sole_leader.store(sole_leader, Ordering::Release);
         let mut commit_end = None;
         for effect in turn.effects {

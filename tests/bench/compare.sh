@@ -19,6 +19,7 @@ KITH="${CARGO_TARGET_DIR:-$REPO/target}/release/kith"
 
 rm -rf "$BASE"
 mkdir -p "$BASE/results"
+echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
 MOUNTS=()
 cleanup() {
     for m in "${MOUNTS[@]}"; do
@@ -59,8 +60,10 @@ if command -v securefs >/dev/null; then
 fi
 
 mkdir -p "$BASE/kith/m"
+# A benchmark store: no passphrase to type (kith status flags the mode).
 export HOME="$BASE/kith/home" XDG_DATA_HOME="$BASE/kith/data" \
-    XDG_CONFIG_HOME="$BASE/kith/config" XDG_RUNTIME_DIR="$BASE/kith/run"
+    XDG_CONFIG_HOME="$BASE/kith/config" XDG_RUNTIME_DIR="$BASE/kith/run" \
+    KITH_KEYRING=unencrypted
 "$KITH" mount "$BASE/kith/m"
 MOUNTS+=("$BASE/kith/m")
 run kith "$BASE/kith/m" "$@"
@@ -86,3 +89,4 @@ for name, value in kith.items():
             row += "%12s " % "NA"
     print(row)
 PY
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

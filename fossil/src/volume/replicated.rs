@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 use venti::BlockRef;
 
 use super::{Shared, State};
-use crate::agreement::{Agreement, ProposalId, Slot};
+use crate::agreement::{Agreement, CommittedRun, ProposalId, Slot};
 use crate::apply::{Outcome, apply};
 use crate::checkpoint::Image;
 use crate::op::{Op, OpBody};
@@ -47,6 +47,10 @@ const BARRIER_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 const GENESIS_POLL: Duration = Duration::from_millis(100);
 /// After a failed catch-up the applier waits this long before trying again.
 const APPLIER_RETRY: Duration = Duration::from_millis(200);
+/// Most committed ops kept read ahead of the applied end (see [`CommittedAhead`]).
+const AHEAD_OPS_MAX: usize = 4 * COMMITTED_READ_MAX;
+/// And most bytes of them.
+const AHEAD_BYTES_MAX: usize = 16 << 20;
 /// Most ops handed to the agreement in one call (the replica refuses a call that does
 /// not fit its queue whole; this keeps one call well inside it).
 const PROPOSE_OPS_MAX: usize = 1024;
@@ -104,6 +108,87 @@ pub(super) struct Replica {
     /// does not hold the volume lock. Lock order: `proposing`, then the volume lock;
     /// code already holding the volume lock may only `try_lock` it.
     pub(super) proposing: Arc<Mutex<()>>,
+    ahead: CommittedAhead,
+}
+
+/// Committed ops the applier read from the agreement without the volume lock, for the
+/// next catch-up to apply. Reading verifies every entry (a signature check each),
+/// which under the lock would hold every request up for the whole run. Committed slots
+/// never change, so what is read ahead stays right until it is applied.
+#[derive(Debug, Default)]
+struct CommittedAhead {
+    /// Every committed slot in `from..next` that holds an op is in `ops`, in order.
+    from: Slot,
+    next: Slot,
+    ops: VecDeque<(Slot, Vec<u8>)>,
+    /// Bytes in `ops`.
+    bytes: usize,
+}
+
+impl CommittedAhead {
+    /// Up to `count_max` ops from `from` on, if this run covers `from`.
+    fn run(&self, from: Slot, count_max: usize) -> Option<CommittedRun> {
+        if from < self.from || from >= self.next || count_max == 0 {
+            return None;
+        }
+        let mut ops: Vec<(Slot, Vec<u8>)> = Vec::new();
+        let mut next = self.next;
+        for (slot, bytes) in self.ops.iter().filter(|(slot, _)| *slot >= from) {
+            if ops.len() == count_max {
+                next = *slot;
+                break;
+            }
+            ops.push((*slot, bytes.clone()));
+        }
+        Some(CommittedRun { ops, next })
+    }
+
+    /// Add the run read from `from` if it continues this one (or this one is empty).
+    fn extend(&mut self, from: Slot, run: CommittedRun) {
+        let run_bytes: usize = run.ops.iter().map(|(_, bytes)| bytes.len()).sum();
+        if run.next <= from
+            || self.ops.len() + run.ops.len() > AHEAD_OPS_MAX
+            || self.bytes + run_bytes > AHEAD_BYTES_MAX
+        {
+            return;
+        }
+        if self.next <= self.from || self.ops.is_empty() && from != self.next {
+            self.from = from;
+            self.ops.clear();
+            self.bytes = 0;
+        } else if from != self.next {
+            return;
+        }
+        self.ops.extend(run.ops);
+        self.bytes += run_bytes;
+        self.next = run.next;
+    }
+
+    /// Drop what is applied (everything below `end`).
+    fn forget_below(&mut self, end: Slot) {
+        while let Some((slot, bytes)) = self.ops.front() {
+            if *slot >= end {
+                break;
+            }
+            self.bytes -= bytes.len();
+            self.ops.pop_front();
+        }
+        self.from = self.from.max(end);
+        if self.from >= self.next {
+            self.ops.clear();
+            self.bytes = 0;
+            self.next = self.from;
+        }
+    }
+
+    /// Where reading ahead goes on, for a volume applied through `applied_end`.
+    fn read_from(&self, applied_end: Slot) -> Slot {
+        if self.from <= applied_end && self.next > applied_end {
+            self.next
+        } else {
+            applied_end
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -159,6 +244,7 @@ impl Replica {
             genesis_wait,
             invalidations: Vec::new(),
             proposing: Arc::new(Mutex::new(())),
+            ahead: CommittedAhead::default(),
         }
     }
 
@@ -200,7 +286,17 @@ impl Replica {
         }
     }
 
+    /// Up to `count_max` committed ops from `from` on: read ahead, or from the
+    /// agreement.
+    fn committed(&self, from: Slot, count_max: usize) -> Result<CommittedRun> {
+        match self.ahead.run(from, count_max) {
+            Some(run) => Ok(run),
+            None => self.agreement.committed(from, count_max),
+        }
+    }
+
     fn set_applied_end(&mut self, end: Slot) {
+        self.ahead.forget_below(end);
         self.committed_prefix = 0;
         self.verified_end = end;
         self.deferred_since = None;
@@ -228,7 +324,7 @@ impl State {
         {
             self.install_checkpoint(&root)?;
         }
-        self.apply_committed_run()?;
+        self.apply_committed_run(Slot::MAX)?;
         for (id, bytes) in agreement.pending()? {
             let op = match Op::decode(&bytes) {
                 Ok(op) => op,
@@ -300,7 +396,7 @@ impl State {
                     )?;
                 }
             }
-            self.apply_committed_run()?;
+            self.apply_committed_run(Slot::MAX)?;
             if self.ns.inode(InodeNo::ROOT)?.is_some() {
                 return Ok(());
             }
@@ -360,9 +456,9 @@ impl State {
     /// Apply, with the pending layer rolled back, every committed slot up to the
     /// agreement's commit end, and commit the database. Own ops leave the pending
     /// queue; what remote ops (and own ops that resolved otherwise) touched is noted.
-    fn apply_committed_run(&mut self) -> Result<()> {
+    fn apply_committed_run(&mut self, end_max: Slot) -> Result<()> {
         let agreement = Arc::clone(&self.replica()?.agreement);
-        let end = agreement.commit_end();
+        let end = agreement.commit_end().min(end_max);
         let mut next = self.replica()?.applied_end;
         if end <= next {
             return Ok(());
@@ -377,7 +473,7 @@ impl State {
         let mut own_committed: Vec<(Op, Outcome)> = Vec::new();
         let mut remote: Vec<Invalidation> = Vec::new();
         while next < end {
-            let run = match agreement.committed(next, COMMITTED_READ_MAX) {
+            let run = match self.replica()?.committed(next, COMMITTED_READ_MAX) {
                 Ok(run) => run,
                 Err(error) => match agreement.checkpoint()? {
                     Some((through, root)) if through >= next => {
@@ -461,9 +557,7 @@ impl State {
         let replica = self.replica()?;
         let mut from = replica.verified_end;
         while from < end {
-            let Ok(run) = replica
-                .agreement
-                .committed(from, COMMITTED_READ_MAX.min((end - from) as usize))
+            let Ok(run) = replica.committed(from, COMMITTED_READ_MAX.min((end - from) as usize))
             else {
                 return Ok(false);
             };
@@ -557,10 +651,15 @@ impl State {
     /// `commit_interval_ms` or `commit_ops_max` ops, or when `force`d): the database
     /// commit, and a roll back and apply again when later ops are still pending, are
     /// paid once per group, not once per op.
-    pub(super) fn catch_up(&mut self, force: bool) -> Result<()> {
+    ///
+    /// Only slots below `end_max` are taken (the applier stops where it read ahead).
+    pub(super) fn catch_up(&mut self, force: bool, end_max: Slot) -> Result<()> {
         let (end, applied_end) = {
             let replica = self.replica()?;
-            (replica.agreement.commit_end(), replica.applied_end)
+            (
+                replica.agreement.commit_end().min(end_max),
+                replica.applied_end,
+            )
         };
         if end <= applied_end {
             return Ok(());
@@ -579,7 +678,7 @@ impl State {
                 return self.promote_pending();
             }
         }
-        let applied = self.apply_committed_run();
+        let applied = self.apply_committed_run(end);
         // Whether or not that worked, the pending layer goes back on top.
         let reapplied = self.reapply_pending();
         applied.and(reapplied)
@@ -808,6 +907,11 @@ fn touched(op: &Op, outcome: &Outcome, out: &mut Vec<Invalidation>) {
 /// invalidation issued from inside a request can deadlock on the locks that request
 /// holds.
 pub(super) fn catch_up(shared: &Shared, force: bool, hook_thread: HookThread) -> Result<()> {
+    catch_up_to(shared, force, hook_thread, Slot::MAX)
+}
+
+/// [`catch_up`] of the slots below `end_max` only.
+fn catch_up_to(shared: &Shared, force: bool, hook_thread: HookThread, end_max: Slot) -> Result<()> {
     // Catch-ups that run the hook here are serialized through delivery, so when one
     // returns, whatever an earlier one applied has been told to the hook too.
     let _delivering = match (&shared.sync, hook_thread) {
@@ -816,7 +920,7 @@ pub(super) fn catch_up(shared: &Shared, force: bool, hook_thread: HookThread) ->
     };
     let (result, changes) = {
         let mut state = shared.state.lock();
-        let result = state.catch_up(force);
+        let result = state.catch_up(force, end_max);
         let changes = match state.replica.as_mut() {
             Some(replica) => std::mem::take(&mut replica.invalidations),
             None => Vec::new(),
@@ -893,6 +997,9 @@ pub(super) fn wait_committed(shared: &Shared, last: Option<ProposalId>) {
 
 /// `open`'s barrier: apply everything committed anywhere before now (bounded).
 ///
+/// Nothing to do when this device is the only one that can commit: all that committed
+/// is its own, which the volume shows already.
+///
 /// Offline every barrier would wait its whole timeout, for every open: after one that
 /// found no quorum, opens serve the local state (all there is) without trying again
 /// for [`BARRIER_RETRY_AFTER_FAILURE`].
@@ -900,6 +1007,9 @@ pub(super) fn read_barrier(shared: &Shared) {
     let Some(sync) = &shared.sync else {
         return;
     };
+    if sync.agreement.sole_author() {
+        return;
+    }
     if sync
         .barrier_failed_at
         .lock()
@@ -1010,13 +1120,58 @@ pub(super) fn applier_loop(shared: Weak<Shared>, agreement: Arc<dyn Agreement>, 
             }
         };
         handled = handled.max(end);
+        // Verify what committed without the lock, then apply that much under it.
+        let read_end = if end > sync.applied_end.load(Ordering::Acquire) {
+            read_ahead(&strong, agreement.as_ref())
+        } else {
+            None
+        };
         if end > sync.applied_end.load(Ordering::Acquire)
-            && let Err(error) = catch_up(&strong, false, HookThread::Here)
+            && let Err(error) = catch_up_to(
+                &strong,
+                false,
+                HookThread::Here,
+                read_end.unwrap_or(Slot::MAX),
+            )
         {
             tracing::warn!(%error, "volume: applying commits failed");
             pause(&strong, APPLIER_RETRY);
         }
     }
+}
+
+/// Read (and so verify) what committed without the volume lock, for the catch-up
+/// that follows (see [`CommittedAhead`]), going on while more commits arrive (at most
+/// [`AHEAD_OPS_MAX`] ops); answers where the read-ahead ends, if it covers the
+/// applied end. A failure is left to that catch-up, which reads again under the lock
+/// and handles it.
+fn read_ahead(shared: &Shared, agreement: &dyn Agreement) -> Option<Slot> {
+    let mut covered = None;
+    for _ in 0..AHEAD_OPS_MAX / COMMITTED_READ_MAX {
+        let from = {
+            let mut state = shared.state.lock();
+            let replica = state.replica.as_mut()?;
+            let from = replica.ahead.read_from(replica.applied_end);
+            covered = (from > replica.applied_end).then_some(from);
+            from
+        };
+        if from >= agreement.commit_end() {
+            break;
+        }
+        let Ok(run) = agreement.committed(from, COMMITTED_READ_MAX) else {
+            break;
+        };
+        let mut state = shared.state.lock();
+        let replica = state.replica.as_mut()?;
+        let before = replica.ahead.next;
+        replica.ahead.extend(from, run);
+        if replica.ahead.next == before {
+            // Full, or the applied end moved on meanwhile.
+            break;
+        }
+        covered = Some(replica.ahead.next);
+    }
+    covered
 }
 
 fn pause(shared: &Shared, duration: Duration) {
