@@ -422,7 +422,7 @@ const PUSH_TIMEOUT_UNHEARD: Duration = Duration::from_millis(300);
 /// A voter silent this long counts as unheard.
 const HEARD_RECENTLY_MS: u64 = 3_000;
 /// Without an answer from the voters asked, ask one more after this long.
-const PUSH_HEDGE: Duration = Duration::from_millis(750);
+const PUSH_HEDGE: Duration = Duration::from_millis(1500);
 /// A voter that failed or was outrun on a push goes last for this long.
 const SLOW_FOR: Duration = Duration::from_secs(10);
 /// Pushes of one sync in flight at once (each up to `PUSH_SEALED_BYTES_MAX`).

@@ -2,10 +2,10 @@
 //! refuses it, so a read of that range fails (EIO) and never returns other bytes; every
 //! other range reads right and all devices keep serving.
 //!
-//! Device A writes a large file; its blocks are on A and on the voter A pushed them to
-//! (the holder); the third device (the reader) fetches on demand. A and the holder are
-//! unmounted, one payload byte of the same leaf is flipped in both copies, they are
-//! mounted again, and the reader reads the file: every copy of that block is wrong.
+//! Device A writes a large file; its blocks are on A and on the voter(s) A pushed them
+//! to; the device holding least of them is the reader. All three are unmounted, one
+//! payload byte of the same leaf is flipped in every copy, they are mounted again, and
+//! the reader reads the file: every copy of that block is wrong.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -35,11 +35,12 @@ fn a_block_that_does_not_match_its_address_is_refused() -> anyhow::Result<()> {
         file.write_all_at(&big, 0)?;
         file.sync_all()?;
     }
-    // B and C know the name; one holds the blocks (A pushed them there before its
-    // fsync returned), the other has read nothing and holds none of them.
-    let mut holder = None;
-    let mut reader = None;
-    wait_until(SYNC_TIMEOUT, "the holder and the reader of big.bin", || {
+    // B and C know the name; A pushed the blocks to one of them before its fsync
+    // returned (to both, if the first was slow to answer). The reader is the one that
+    // holds least of them.
+    let mut reader = 1;
+    wait_until(SYNC_TIMEOUT, "b and c have counted big.bin", || {
+        let mut to_fetch = [0u64; 3];
         for index in [1, 2] {
             let device = &devices[index];
             if !fs::metadata(device.path("big.bin")).is_ok_and(|m| m.len() == BIG_BYTES as u64) {
@@ -49,43 +50,55 @@ fn a_block_that_does_not_match_its_address_is_refused() -> anyhow::Result<()> {
             if !status.content_walked || status.content_bytes < BIG_BYTES as u64 {
                 return Ok(false);
             }
-            if status.bytes_to_fetch == 0 {
-                holder = Some(index);
-            } else {
-                ensure!(
-                    status.bytes_to_fetch >= BIG_BYTES as u64,
-                    "device {index} holds part of big.bin: {status:?}"
-                );
-                reader = Some(index);
-            }
+            to_fetch[index] = status.bytes_to_fetch;
         }
-        Ok(holder.is_some() && reader.is_some())
+        ensure!(
+            to_fetch[1] == 0 || to_fetch[2] == 0,
+            "no device holds A's blocks besides A: {to_fetch:?}"
+        );
+        reader = if to_fetch[1] >= to_fetch[2] { 1 } else { 2 };
+        Ok(true)
     })?;
-    let (Some(holder), Some(reader)) = (holder, reader) else {
-        anyhow::bail!("no holder and reader");
-    };
-    let (holder, reader) = (&devices[holder], &devices[reader]);
-
-    a.unmount()?;
-    holder.unmount()?;
-    let (arena, flipped) = damage_a_leaf_of_the_last_file(&a.store())?;
-    let copies = damage_every_copy(&arena, flipped, &[holder.store()])?;
+    let reader = &devices[reader];
     println!(
-        "flipped the byte at {flipped} of {} and {copies} copy on the holder",
+        "reader: device {}",
+        if std::ptr::eq(reader, &devices[1]) {
+            1
+        } else {
+            2
+        }
+    );
+
+    // Every copy of one leaf is damaged, wherever it is: one device at a time (each
+    // comes back on a new port and tells the others, who stayed up, where it is).
+    let all_online = |device: &kith_tests::Kith| {
+        wait_until(SYNC_TIMEOUT, "three devices online", || {
+            Ok(device
+                .sync_status()?
+                .devices
+                .iter()
+                .filter(|d| d.online)
+                .count()
+                == 3)
+        })
+    };
+    a.unmount()?;
+    let (arena, flipped) = damage_a_leaf_of_the_last_file(&a.store())?;
+    a.mount_listening()?;
+    all_online(a)?;
+    let mut copies = 0;
+    for device in &devices[1..] {
+        device.unmount()?;
+        copies += damage_every_copy(&arena, flipped, &[device.store()])?;
+        device.mount_listening()?;
+        all_online(device)?;
+    }
+    println!(
+        "flipped the byte at {flipped} of {} and in {copies} other copies",
         arena.display()
     );
-    ensure!(copies == 1, "the holder had {copies} copies of the block");
-    a.mount_listening()?;
-    holder.mount_listening()?;
-    wait_until(SYNC_TIMEOUT, "three devices online", || {
-        Ok(reader
-            .sync_status()?
-            .devices
-            .iter()
-            .filter(|d| d.online)
-            .count()
-            == 3)
-    })?;
+    ensure!(copies >= 1, "no other device held the block");
+    all_online(reader)?;
 
     let failed = eio_pieces(&reader.path("big.bin"), &big, PIECE_BYTES)?;
     println!("pieces failing with EIO on the reader: {failed:?}");
@@ -101,7 +114,8 @@ fn a_block_that_does_not_match_its_address_is_refused() -> anyhow::Result<()> {
         file.write_all_at(&after, 0)?;
         file.sync_all()?;
     }
-    wait_for_content(&a.path("after.bin"), &after, SYNC_TIMEOUT)?;
-    wait_for_content(&holder.path("after.bin"), &after, SYNC_TIMEOUT)?;
+    for device in &devices {
+        wait_for_content(&device.path("after.bin"), &after, SYNC_TIMEOUT)?;
+    }
     Ok(())
 }
