@@ -150,7 +150,7 @@ impl SyncReport {
     pub fn to_text(&self) -> String {
         let (quorum, voters) = self.quorum();
         let mut text = format!(
-            "listen: {}\nkeyring: {}\nlog: committed to {}, applied to {} ({} behind), {} op(s) queued\n\
+            "listen: {}\nkeyring: {}\nlog: committed to {}, applied to {} ({} behind{}), {} op(s) queued\n\
              quorum: {quorum} of {voters} voter(s), leader {}\nfetching: {} block(s) now, {} bytes fetched\n\
              {}{}devices:\n",
             self.listen,
@@ -162,6 +162,11 @@ impl SyncReport {
             self.commit_end,
             self.applied_end,
             self.behind(),
+            if self.behind() > 0 {
+                ", catching up"
+            } else {
+                ""
+            },
             self.queued,
             self.leader_fingerprint().unwrap_or("unknown"),
             self.fetches_in_flight,
@@ -320,7 +325,7 @@ mod tests {
         assert_eq!(report.to_json()["volume"]["leader"], Value::Null);
         let text = report.to_text();
         assert!(text.contains("leader unknown"), "{text}");
-        assert!(text.contains("3 behind"), "{text}");
+        assert!(text.contains("3 behind, catching up"), "{text}");
         assert!(text.contains("UNENCRYPTED"), "{text}");
         assert!(text.contains("fpr-3 server"), "{text}");
         assert!(

@@ -855,13 +855,13 @@ fn content_walk_loop(
             None => wait = STOP_POLL,
             Some(Err(error)) => tracing::warn!(%error, "content walk: no roots"),
             Some(Ok(roots)) => {
-                let mut missing = progress.lock().missing_bytes;
-                if keep == Keep::Full && (missing > 0 || !progress.lock().walked) {
+                if keep == Keep::Full {
+                    // With everything held this costs what counting does.
                     progress.lock().fetching = true;
                     walk_content(store, keys, &roots, true, stopping);
                 }
                 let count = walk_content(store, keys, &roots, false, stopping);
-                missing = count.missing_bytes;
+                let missing = count.missing_bytes;
                 {
                     let mut progress = progress.lock();
                     progress.walked = true;
