@@ -1033,7 +1033,17 @@ impl Volume {
         if self.shared.sync.is_none() {
             return state.make_durable();
         }
+        // Like the local path, sync the store whatever the flag says: a store that
+        // failed a write (a full disk) says so here, before anything is proposed.
+        let generation = state.content_generation;
         drop(state);
+        self.shared.content.sync()?;
+        {
+            let mut state = self.shared.state.lock();
+            if state.content_generation == generation {
+                state.content_unsynced = false;
+            }
+        }
         replicated::propose(&self.shared)?;
         let last = self.shared.state.lock().last_proposal();
         replicated::wait_committed(&self.shared, last);

@@ -277,7 +277,6 @@ fn a_stopped_device_catches_up() -> anyhow::Result<()> {
 }
 
 #[test]
-#[ignore = "known: an offline rewrite (O_TRUNC, write, fsync) becomes two conflict copies"]
 fn edits_on_both_sides_of_a_partition_keep_both_versions() -> anyhow::Result<()> {
     if skip_without_fuse("edits_on_both_sides_of_a_partition_keep_both_versions") {
         return Ok(());
