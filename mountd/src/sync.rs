@@ -152,10 +152,11 @@ impl Network {
             nodes: nodes.clone(),
         });
         let link = Arc::new(QuicLink::new(endpoint.clone(), plan.volume, nodes.clone()));
+        let unplaced_path = plan.acceptor_path.with_file_name(UNPLACED_FILE);
         let options = ReplicaOptions {
             node: NodeOptions::new(plan.node, plan.volume),
             genesis: plan.genesis,
-            store_path: plan.acceptor_path,
+            store_path: plan.acceptor_path.clone(),
             signing_key: Some(plan.identity.signing_key()),
         };
         let replica = {
@@ -205,6 +206,8 @@ impl Network {
             replica: blocking.clone(),
             slow: Arc::new(parking_lot::Mutex::new(BTreeMap::new())),
             stopped: AtomicBool::new(false),
+            carried: parking_lot::Mutex::new(load_unplaced(&unplaced_path)),
+            unplaced_path,
         });
         tracing::info!(%listen, node = %plan.node, volume = plan.volume.0, "network up");
         Ok(Network {
@@ -414,6 +417,62 @@ impl RemoteBlocks for PeerBlocks {
     }
 }
 
+/// Blocks written here that the last push could not place (their ops may be queued
+/// or committed): 32-byte addresses back to back, replaced atomically after every push
+/// that leaves some, removed after one that leaves none.
+pub const UNPLACED_FILE: &str = "unplaced-pushes";
+/// Largest unplaced-pushes file read back (a million addresses).
+const UNPLACED_FILE_BYTES_MAX: u64 = 32 << 20;
+
+/// The addresses in an unplaced-pushes file (none if it is missing or unreadable: the
+/// blocks are still held here, only their push is lost).
+fn load_unplaced(path: &Path) -> Vec<Address> {
+    let bytes = match std::fs::metadata(path) {
+        Ok(meta) if meta.len() <= UNPLACED_FILE_BYTES_MAX => std::fs::read(path),
+        Ok(meta) => {
+            tracing::warn!(
+                bytes = meta.len(),
+                "unplaced-pushes file too large; ignored"
+            );
+            return Vec::new();
+        }
+        Err(_) => return Vec::new(),
+    };
+    match bytes {
+        Ok(bytes) => bytes
+            .chunks_exact(Address::LEN)
+            .filter_map(|chunk| <[u8; 32]>::try_from(chunk).ok().map(Address))
+            .collect(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the unplaced-pushes file");
+            Vec::new()
+        }
+    }
+}
+
+/// Records `left` as the blocks not placed (durably), or removes the record.
+fn save_unplaced(path: &Path, left: &[Address]) -> std::io::Result<()> {
+    if left.is_empty() {
+        return match std::fs::remove_file(path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        };
+    }
+    let bytes: Vec<u8> = left.iter().flat_map(|a| a.0).collect();
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// How long one push may wait for enough voters to hold it.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(3);
 /// The same when no voter has been heard from lately (offline: a commit cannot
@@ -442,7 +501,8 @@ const PUSH_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// [`PUSH_HEDGE`] without an answer brings in the next; a push is placed when
 /// `needed` of them answered that it is durable there. A push not placed within
 /// [`PUSH_TIMEOUT`] stops this round: its blocks and the ones after it are returned
-/// to venti's queue (retried at the next sync and every [`PUSH_RETRY_INTERVAL`]).
+/// to venti's queue (retried at the next sync and every [`PUSH_RETRY_INTERVAL`]) and
+/// recorded in [`UNPLACED_FILE`] before `push` returns, so a restart pushes them too.
 pub struct PeerPusher {
     client: BlockClient,
     runtime: tokio::runtime::Handle,
@@ -454,6 +514,10 @@ pub struct PeerPusher {
     slow: Arc<parking_lot::Mutex<BTreeMap<DeviceId, Instant>>>,
     /// The network is stopping: push nothing more.
     stopped: AtomicBool,
+    /// Where the blocks a push could not place are kept across restarts, and those
+    /// read from it at start (handed over with the first push).
+    unplaced_path: PathBuf,
+    carried: parking_lot::Mutex<Vec<Address>>,
 }
 
 impl std::fmt::Debug for PeerPusher {
@@ -615,6 +679,17 @@ async fn place(
     }
 }
 
+impl PeerPusher {
+    /// After a push: `left` is every block whose op may be proposed and that no
+    /// voter holds yet (venti hands each push its whole queue, pushes run one at a
+    /// time, and blocks noted since are pushed before their ops are proposed).
+    fn keep_unplaced(&self, left: &[Address]) {
+        if let Err(error) = save_unplaced(&self.unplaced_path, left) {
+            tracing::warn!(%error, blocks = left.len(), "cannot record the unplaced pushes");
+        }
+    }
+}
+
 impl BlockPusher for PeerPusher {
     fn push(&self, store: &Store, addresses: &[Address]) -> venti::Result<Vec<Address>> {
         if self.stopped.load(Ordering::SeqCst) {
@@ -626,8 +701,23 @@ impl BlockPusher for PeerPusher {
                 detail: "block push from inside the network runtime".into(),
             });
         }
-        let targets = Arc::new(self.targets()?);
+        // Blocks a previous run could not place go with the first push.
+        let mut with_carried = addresses.to_vec();
+        with_carried.append(&mut self.carried.lock());
+        with_carried.sort_unstable();
+        with_carried.dedup();
+        let addresses = &with_carried[..];
+        let targets = match self.targets() {
+            Ok(targets) => Arc::new(targets),
+            Err(error) => {
+                // All stay queued, those carried over included.
+                tracing::info!(%error, "no push targets; blocks stay queued");
+                self.keep_unplaced(addresses);
+                return Ok(addresses.to_vec());
+            }
+        };
         if targets.needed == 0 {
+            self.keep_unplaced(&[]);
             return Ok(Vec::new());
         }
         let timeout = if targets.any_heard {
@@ -724,6 +814,7 @@ impl BlockPusher for PeerPusher {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "block push"
         );
+        self.keep_unplaced(&left);
         Ok(left)
     }
 }
@@ -1565,6 +1656,24 @@ mod tests {
             walk_content(&copy, &keys, &roots, false, &stop),
             ContentCount::default()
         );
+    }
+
+    #[test]
+    fn unplaced_pushes_survive_a_restart_and_an_empty_list_removes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(UNPLACED_FILE);
+        assert!(load_unplaced(&path).is_empty());
+        let left = vec![Address::of(b"one"), Address::of(b"two")];
+        save_unplaced(&path, &left).unwrap();
+        assert_eq!(load_unplaced(&path), left);
+        save_unplaced(&path, &left[..1]).unwrap();
+        assert_eq!(load_unplaced(&path), left[..1]);
+        save_unplaced(&path, &[]).unwrap();
+        assert!(!path.exists());
+        save_unplaced(&path, &[]).unwrap();
+        // A torn tail is ignored, never read as an address.
+        std::fs::write(&path, [7u8; 40]).unwrap();
+        assert_eq!(load_unplaced(&path), vec![Address([7; 32])]);
     }
 
     fn config_of_five() -> Config {
