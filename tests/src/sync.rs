@@ -70,23 +70,19 @@ impl Kith {
             .and_then(|pid| pid.trim().parse().ok())
     }
 
-    /// Detaches the mount of a daemon that was killed (its mount point answers
-    /// ENOTCONN until then), so the store can be mounted again. First aborts the FUSE
-    /// connection: a daemon killed while its invalidation thread waits in the kernel for
-    /// a directory lock (held by a request in flight to that very daemon) never closes
-    /// `/dev/fuse`, so the connection, and every program waiting on it, would hang.
-    pub fn detach_dead_mount(&self) {
-        abort_fuse_connection(&self.mnt);
-        let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::process::Command::new("fusermount3")
-            .args(["-u", "-z"])
-            .arg(&self.mnt)
-            .output();
+    /// Detaches the mount of a daemon that was killed, as a user would: `kith unmount`
+    /// finds no daemon answering, aborts the mount's FUSE connection (a daemon killed
+    /// while its invalidation thread waits in the kernel for a directory lock, held by
+    /// a request in flight to that very daemon, never closes `/dev/fuse`) and detaches.
+    pub fn detach_dead_mount(&self) -> anyhow::Result<()> {
+        let said = self.unmount()?;
+        anyhow::ensure!(said.contains("detached"), "kith unmount said {said:?}");
+        Ok(())
     }
 }
 
 /// Aborts the FUSE connection mounted at `mount` (fusectl, mounted if needed; needs
-/// root). Reads the connection number from the mount table: a `stat` of a dead mount
+/// root) and leaves the mount in place, which `kith unmount` would not. Reads the connection number from the mount table: a `stat` of a dead mount
 /// could block.
 pub fn abort_fuse_connection(mount: &Path) {
     let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -163,7 +159,8 @@ pub fn join_and_mount(
     // machine that wait has run out (said on stdout; a second mount is tried).
     if let Err(error) = device.mount_listening() {
         println!("device {index}: first mount failed, retrying: {error:#}");
-        device.detach_dead_mount();
+        // Not necessarily mounted: a failed mount may have left nothing to detach.
+        let _ = device.detach_dead_mount();
         device
             .mount_listening()
             .with_context(|| format!("mounting device {index}"))?;

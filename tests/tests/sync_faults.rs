@@ -180,7 +180,7 @@ fn kill_the_leader_during_writes(check: Survivors) -> anyhow::Result<()> {
     }
 
     // The killed device restarts and catches up.
-    devices[leader].detach_dead_mount();
+    devices[leader].detach_dead_mount()?;
     devices[leader].mount_listening()?;
     let tree = wait_for_same_trees(&mounts(&devices), SYNC_TIMEOUT)?;
     let lost_after_restart = lost(&tree, &on_leader, &on_follower);
@@ -261,7 +261,7 @@ fn a_stopped_device_catches_up() -> anyhow::Result<()> {
 
     // C is killed (SIGKILL) while more happens, then restarted from its store.
     kill_and_wait(devices[2].daemon_pid().context("c pid")?);
-    devices[2].detach_dead_mount();
+    devices[2].detach_dead_mount()?;
     many_operations(&devices[1], "while-killed", count)?;
     devices[2].mount_listening()?;
     let tree = wait_for_same_trees(&mounts(&devices), SYNC_TIMEOUT)?;
