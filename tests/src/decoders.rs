@@ -107,6 +107,7 @@ pub fn targets() -> Vec<Target> {
             net_block_request,
             net_block_request_seeds,
         ),
+        target("net_block_push", net_block_push, net_block_push_seeds),
         // paxos: messages and the acceptor store's records.
         target("paxos_message", paxos_message, paxos_message_seeds),
         target("paxos_entry", paxos_entry, paxos_entry_seeds),
@@ -716,6 +717,37 @@ fn net_block_request_seeds() -> Vec<Vec<u8>> {
         net::blocks::encode_request(paxos::VolumeId(u128::MAX - 5), &venti::Address([7; 32]))
             .to_vec(),
     ]
+}
+
+fn net_block_push(input: &[u8]) -> Result<Verdict, String> {
+    let Ok(push) = net::blocks::decode_push(input) else {
+        return Ok(Verdict::Refused);
+    };
+    if let Some((address, _)) = push
+        .blocks
+        .iter()
+        .find(|(address, bytes)| venti::Address::of(bytes) != *address)
+    {
+        return Err(format!(
+            "block push: accepted a block that does not hash to {}",
+            hex(address.as_bytes())
+        ));
+    }
+    let reencoded = net::blocks::encode_push(push.volume, &push.blocks)
+        .map_err(|error| format!("block push: an accepted push does not re-encode: {error}"))?;
+    round_trip("block push", input, &reencoded)
+}
+
+fn net_block_push_seeds() -> Vec<Vec<u8>> {
+    let blocks: Vec<Vec<u8>> = vec![b"sealed bytes of one block".to_vec(), vec![0xA5; 300]];
+    let addressed: Vec<(venti::Address, &[u8])> = blocks
+        .iter()
+        .map(|bytes| (venti::Address::of(bytes), bytes.as_slice()))
+        .collect();
+    [&addressed[..1], &addressed[..]]
+        .into_iter()
+        .filter_map(|blocks| net::blocks::encode_push(paxos::VolumeId(9), blocks).ok())
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------

@@ -318,6 +318,7 @@ decoder_tests!(
     net_invite_body,
     net_invite_text,
     net_block_request,
+    net_block_push,
     paxos_message,
     paxos_entry,
     paxos_snapshot,
