@@ -102,6 +102,22 @@ fn allow_volume(volume: VolumeId) -> Arc<dyn BlockPolicy> {
     Arc::new(move |_: &DeviceId, asked: VolumeId| asked == volume)
 }
 
+/// Only `allowed`, and only for `volume`.
+fn allow_only(allowed: DeviceId, volume: VolumeId) -> Arc<dyn BlockPolicy> {
+    Arc::new(move |device: &DeviceId, asked: VolumeId| *device == allowed && asked == volume)
+}
+
+/// Three fresh device identities, all members at the transport.
+fn three_devices() -> ([DeviceIdentity; 3], Vec<DeviceId>) {
+    let ids = [
+        DeviceIdentity::generate(),
+        DeviceIdentity::generate(),
+        DeviceIdentity::generate(),
+    ];
+    let members = ids.iter().map(DeviceIdentity::device_id).collect();
+    (ids, members)
+}
+
 /// A store that answers every address with the same wrong bytes (a lying peer).
 struct LyingStore;
 
@@ -178,12 +194,7 @@ async fn the_largest_sealed_block_venti_allows_fits_a_response() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_that_does_not_match_its_address_is_refused_and_the_next_peer_tried() {
-    let ids = [
-        DeviceIdentity::generate(),
-        DeviceIdentity::generate(),
-        DeviceIdentity::generate(),
-    ];
-    let members: Vec<DeviceId> = ids.iter().map(DeviceIdentity::device_id).collect();
+    let (ids, members) = three_devices();
     let [liar_id, honest_id, client_id] = ids;
     let store = memory_store();
     let blocks = put_blocks(&store, 1, 4096, 2);
@@ -232,19 +243,12 @@ async fn a_block_that_does_not_match_its_address_is_refused_and_the_next_peer_tr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_the_policy_refuses_gets_refused() {
-    let ids = [
-        DeviceIdentity::generate(),
-        DeviceIdentity::generate(),
-        DeviceIdentity::generate(),
-    ];
-    let members: Vec<DeviceId> = ids.iter().map(DeviceIdentity::device_id).collect();
+    let (ids, members) = three_devices();
     let [server_id, allowed_id, outsider_id] = ids;
     let allowed_device = allowed_id.device_id();
     // Only `allowed` may fetch, and only VOLUME; `outsider` is a member at the
     // transport (say, a device of another user sharing a different volume).
-    let policy: Arc<dyn BlockPolicy> = Arc::new(move |device: &DeviceId, volume: VolumeId| {
-        *device == allowed_device && volume == VOLUME
-    });
+    let policy = allow_only(allowed_device, VOLUME);
     let store = memory_store();
     let blocks = put_blocks(&store, 1, 4096, 3);
     let server = device(server_id, &members, Some((store, policy)));
@@ -421,17 +425,9 @@ async fn a_push_with_a_block_that_does_not_match_its_address_is_refused_whole() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_from_devices_the_policy_refuses_or_to_a_server_that_takes_none_are_refused() {
-    let ids = [
-        DeviceIdentity::generate(),
-        DeviceIdentity::generate(),
-        DeviceIdentity::generate(),
-    ];
-    let members: Vec<DeviceId> = ids.iter().map(DeviceIdentity::device_id).collect();
+    let (ids, members) = three_devices();
     let [receiver_id, allowed_id, outsider_id] = ids;
-    let allowed_device = allowed_id.device_id();
-    let policy: Arc<dyn BlockPolicy> = Arc::new(move |device: &DeviceId, volume: VolumeId| {
-        *device == allowed_device && volume == VOLUME
-    });
+    let policy = allow_only(allowed_id.device_id(), VOLUME);
     let store = memory_store();
     let receiving = receiver(receiver_id, &members, store.clone(), policy);
     let allowed = device(allowed_id, &members, None);

@@ -98,8 +98,19 @@ fn no_setup(_: &Store) -> TestResult<Promises> {
 
 /// Blocks `from..to` of varied sizes; several cross the 64 KiB arena limit together.
 fn blocks(from: u64, to: u64) -> Vec<(Address, Vec<u8>)> {
+    sized_blocks(from, to, 1000, 3571, 20_000)
+}
+
+/// Blocks `from..to`, block `n` of `base + (n * step) % spread` bytes.
+fn sized_blocks(
+    from: u64,
+    to: u64,
+    base: usize,
+    step: usize,
+    spread: usize,
+) -> Vec<(Address, Vec<u8>)> {
     (from..to)
-        .map(|n| block(n, 1000 + (n as usize * 3571) % 20_000))
+        .map(|n| block(n, base + (n as usize * step) % spread))
         .collect()
 }
 
@@ -148,9 +159,7 @@ fn crash_during_queued_puts_and_syncs_loses_nothing_acknowledged() -> TestResult
 
 /// Blocks `from..to` of 100–300 KB (sealed-chunk sizes): a few make a full stage.
 fn large_blocks(from: u64, to: u64) -> Vec<(Address, Vec<u8>)> {
-    (from..to)
-        .map(|n| block(n, 100_000 + (n as usize * 7919) % 200_000))
-        .collect()
+    sized_blocks(from, to, 100_000, 7919, 200_000)
 }
 
 #[test]
