@@ -16,7 +16,8 @@
 //! default temp directory must not be a tmpfs for the direct path to be measured).
 //! The ratio of two MB/CPU-s figures bounds the ratio of their wall-clock figures on a
 //! quiet machine: `chunk_seal_2core` (the real block format on two independent
-//! halves) is the ceiling for tree ingest on two cores.
+//! halves) is the ceiling for tree ingest on two cores. `KITH_CPU_RUNS` (a comma list
+//! of run names) restricts the report to those runs.
 
 use std::collections::{HashMap, HashSet};
 use std::hint::black_box;
@@ -639,7 +640,14 @@ fn cpu_report() {
         "random {} MiB: wall MB/s, MB per CPU-second (median of 5)",
         bytes >> 20
     );
+    // `KITH_CPU_RUNS=bare_2core,tree_file_store` measures only the runs named.
+    let only = std::env::var("KITH_CPU_RUNS").ok();
     for (name, run) in runs {
+        if let Some(only) = &only
+            && !only.split(',').any(|wanted| wanted == name)
+        {
+            continue;
+        }
         let mut wall = Vec::new();
         let mut cpu = Vec::new();
         for _ in 0..5 {
