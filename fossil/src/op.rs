@@ -462,6 +462,19 @@ impl Op {
                 let gid = r.u32()?;
                 let atime_ns = r.u64()? as i64;
                 let mtime_ns = r.u64()? as i64;
+                // One encoding per op: an absent field is written as zero.
+                let absent_but_set = [
+                    (1, u64::from(perm)),
+                    (2, u64::from(uid)),
+                    (4, u64::from(gid)),
+                    (8, atime_ns as u64),
+                    (16, mtime_ns as u64),
+                ]
+                .into_iter()
+                .any(|(bit, value)| flags & bit == 0 && value != 0);
+                if absent_but_set {
+                    return Err(corrupt("setattr carries a value for an absent field".into()));
+                }
                 OpBody::SetAttr {
                     ino,
                     perm: (flags & 1 != 0).then_some(perm),
@@ -492,6 +505,9 @@ impl Op {
                     return Err(corrupt(format!("unknown rename flags {flags:#x}")));
                 }
                 let replaced = r.u64()?;
+                if flags & 1 == 0 && replaced != 0 {
+                    return Err(corrupt("rename carries an absent replaced inode".into()));
+                }
                 OpBody::Rename {
                     parent,
                     name,
@@ -877,6 +893,18 @@ pub(crate) mod tests {
             let at = at.index(encoded.len());
             encoded[at] ^= xor;
             let _ = Op::decode(&encoded);
+        }
+
+        /// Every device must read the same op from the same bytes, and an op must
+        /// have one encoding: whatever decodes re-encodes to exactly its bytes.
+        #[test]
+        fn whatever_decodes_has_one_encoding(body in body(), at in any::<prop::sample::Index>(), xor in 1u8..) {
+            let mut encoded = Op { author: DeviceId(1), seq: 2, time_ns: 3, body }.encode();
+            let at = at.index(encoded.len());
+            encoded[at] ^= xor;
+            if let Ok(op) = Op::decode(&encoded) {
+                prop_assert_eq!(op.encode(), encoded);
+            }
         }
     }
 

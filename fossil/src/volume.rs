@@ -207,6 +207,9 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// Namespace state key set once a volume has been opened on an agreement.
+const REPLICATED_STATE_KEY: &str = "replicated";
+
 /// A sequential reader gets this much per trip to the store: the tree's pointer
 /// blocks and partly read leaves are opened once per window, not once per FUSE read.
 const READ_AHEAD_BYTES: usize = 4 << 20;
@@ -1556,7 +1559,14 @@ impl State {
     /// consistent with the log, else from the last checkpoint (or the empty volume).
     fn recover(&mut self, ns_path: &Path) -> Result<()> {
         if self.replica.is_some() {
+            self.ns.set_state(REPLICATED_STATE_KEY, 1)?;
             return self.recover_replicated();
+        }
+        // A local log would find the namespace ahead of it and rebuild it from nothing.
+        if self.ns.state(REPLICATED_STATE_KEY)?.is_some() {
+            return Err(Error::Invalid(
+                "a replicated volume: open it with its agreement, not a local log",
+            ));
         }
         let applied_end = self.ns.applied_end()?;
         let has_root = self.ns.inode(InodeNo::ROOT)?.is_some();

@@ -874,3 +874,20 @@ fn a_close_after_writing_reaches_the_other_device_without_an_fsync() {
     }
     assert_eq!(read_path(b, &["closed"]), b"no fsync");
 }
+
+#[test]
+fn a_replicated_volume_refuses_to_open_on_a_local_log() {
+    let devices = Devices::new(1);
+    let volume = devices.open(1);
+    write_file(&volume, InodeNo::ROOT, "kept", b"still here");
+    drop(volume);
+    // A local log would find the namespace ahead of it and rebuild it from nothing.
+    let local = Volume::open(devices.dirs[0].path());
+    assert!(
+        matches!(local, Err(Error::Invalid(_))),
+        "opened: {:?}",
+        local.map(|_| ())
+    );
+    let volume = devices.open(1);
+    assert_eq!(read_path(&volume, &["kept"]), b"still here");
+}
