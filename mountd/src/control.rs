@@ -10,7 +10,7 @@
 //! ```text
 //! client → server   one line, UTF-8, at most REQUEST_BYTES_MAX bytes incl. '\n':
 //!                     ping | status | mountpoint | verify | unmount | snapshot NAME
-//!                     | device-add | status-json
+//!                     | device-add | status-json | witness-add
 //! server → client   "ok\n" or "error MESSAGE\n", then a free-form UTF-8 body,
 //!                   at most RESPONSE_BYTES_MAX bytes; the server closes the connection.
 //! ```
@@ -56,6 +56,8 @@ pub enum Request {
     StatusJson,
     /// `kith device remove WHO`: revoke a device of the user (name or fingerprint).
     DeviceRemove(String),
+    /// A one-time pairing code for a witness (`kith witness add`); body line 1 = the code.
+    WitnessAdd,
 }
 
 impl Request {
@@ -73,6 +75,7 @@ impl Request {
             ("unmount", None) => Ok(Request::Unmount),
             ("device-add", None) => Ok(Request::DeviceAdd),
             ("status-json", None) => Ok(Request::StatusJson),
+            ("witness-add", None) => Ok(Request::WitnessAdd),
             ("snapshot", Some(name)) if !name.is_empty() => Ok(Request::Snapshot(name.into())),
             ("device-remove", Some(who)) if !who.is_empty() => {
                 Ok(Request::DeviceRemove(who.into()))
@@ -92,6 +95,7 @@ impl Request {
             Request::DeviceAdd => "device-add\n".into(),
             Request::StatusJson => "status-json\n".into(),
             Request::DeviceRemove(who) => format!("device-remove {who}\n"),
+            Request::WitnessAdd => "witness-add\n".into(),
         }
     }
 }
@@ -319,6 +323,7 @@ mod tests {
             Request::DeviceAdd,
             Request::StatusJson,
             Request::DeviceRemove("old phone".into()),
+            Request::WitnessAdd,
         ] {
             assert_eq!(Request::parse(&request.to_line()), Ok(request));
         }

@@ -123,6 +123,24 @@ pub fn spawn_background(plan: &MountPlan) -> Result<String> {
             command.env(name, value.as_str());
         }
     }
+    let pid = spawn_reporting(command, log, &log_path, &plan.mount_point)?;
+    Ok(format!(
+        "mounted {} (daemon pid {pid}, log {})",
+        plan.mount_point.display(),
+        log_path.display()
+    ))
+}
+
+/// Starts `command` (a `--foreground --notify-stdout` daemon) in its own process
+/// group with stdin closed, stderr appended to `log` and stdout a pipe, and waits for
+/// its one status line: its pid once it said `ready`, else what it reported. `what`
+/// names the daemon's mount point (or store) in errors.
+pub(crate) fn spawn_reporting(
+    mut command: Command,
+    log: File,
+    log_path: &Path,
+    what: &Path,
+) -> Result<u32> {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -132,7 +150,7 @@ pub fn spawn_background(plan: &MountPlan) -> Result<String> {
         .spawn()
         .map_err(|source| Error::Path {
             what: "start the daemon",
-            path: plan.mount_point.clone(),
+            path: what.to_owned(),
             source,
         })?;
     let stdout = child
@@ -158,12 +176,7 @@ pub fn spawn_background(plan: &MountPlan) -> Result<String> {
     };
     let line = line.trim_end();
     if line == "ready" {
-        return Ok(format!(
-            "mounted {} (daemon pid {}, log {})",
-            plan.mount_point.display(),
-            child.id(),
-            log_path.display()
-        ));
+        return Ok(child.id());
     }
     if let Some(message) = line.strip_prefix("error ") {
         let _ = child.wait();
@@ -174,7 +187,7 @@ pub fn spawn_background(plan: &MountPlan) -> Result<String> {
         .map(|s| s.to_string())
         .unwrap_or_else(|e| e.to_string());
     Err(Error::Startup(format!(
-        "the daemon exited ({status}) before mounting; see {}",
+        "the daemon exited ({status}) before it was ready; see {}",
         log_path.display()
     )))
 }
@@ -284,6 +297,8 @@ fn open_on_network(
     role: HomeRole,
     adjust: impl FnOnce(&mut VolumeOptions),
 ) -> Result<(Arc<Volume>, Arc<Home>)> {
+    // A witness store holds no volume key: it runs with `kith witness run`.
+    crate::witness::refuse_volume(store)?;
     let content = VentiContent::open_dir(store)?;
     let home = Arc::new(Home::start(
         store,
@@ -582,6 +597,7 @@ impl Handler for DaemonHandler {
             }
             Request::Verify => Ok(verify::verify(volume()?.as_ref()).render()),
             Request::DeviceAdd => self.home()?.device_add().map_err(|e| e.to_string()),
+            Request::WitnessAdd => self.home()?.witness_add().map_err(|e| e.to_string()),
             Request::DeviceRemove(who) => {
                 self.home()?.device_remove(&who).map_err(|e| e.to_string())
             }
@@ -758,7 +774,7 @@ fn fuse_config(config: &Config) -> fuser::Config {
     fuse
 }
 
-fn shutdown_signals() -> SigSet {
+pub(crate) fn shutdown_signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);

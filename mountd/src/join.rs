@@ -14,11 +14,18 @@
 //!    propose `AddVoter(node)`, grant the device write access in fossil, and tell the
 //!    other devices ([`crate::membership::Membership::announcement`]).
 //!
+//! Witnesses (`kith witness add` / `kith witness join CODE`): the code is issued for
+//! [`JoinRole::Witness`] and the role is kept with it on the inviter, so the answer to
+//! its redemption is chosen from the code, not from the request: it carries no sealed
+//! secret ([`JoinGrant::Witness`] has no room for one) and the outcome proposes
+//! `AddWitness(node)` and grants nothing in fossil. The joiner refuses an answer of
+//! another role than it asked for (a witness never writes a `volume.key`).
+//!
 //! Joiner (`kith device join CODE`, no daemon): [`join`] creates a fresh device
 //! identity, dials the inviter's addresses pinning its key, sends the request, checks
 //! the answer (the chain verifies, holds this device with its keys and the inviter,
 //! the node table maps the assigned node to this device, the secret opens) and writes
-//! keyring, `volume.key` and membership into the store.
+//! keyring, `volume.key` (devices only) and membership into the store.
 //!
 //! Not here: removing a device ([`Membership::revoke`]), friends.
 
@@ -30,8 +37,8 @@ use net::frame::Kind;
 use net::identity::{DeviceId, DeviceIdentity};
 use net::keyring::Keyring;
 use net::pairing::{
-    JoinAnswer, JoinRequest, PAIRING_TTL_S_DEFAULT, PairingCode, PairingOffers, open_epoch_secret,
-    seal_epoch_secret,
+    JoinAnswer, JoinGrant, JoinRequest, JoinRole, PAIRING_TTL_S_DEFAULT, PairingCode,
+    PairingOffers, open_epoch_secret, seal_epoch_secret,
 };
 use net::quic::{Endpoint, TrustSet};
 use paxos::NodeId;
@@ -74,6 +81,23 @@ pub struct JoinOutcome {
     pub name: String,
     /// Where it said it will listen (may be empty).
     pub addresses: Vec<SocketAddr>,
+    /// A device, or a witness (the code's role).
+    pub role: JoinRole,
+}
+
+impl JoinOutcome {
+    /// The change that makes the new device take part in the volume's group.
+    pub fn membership_change(&self) -> net::replica::MembershipChange {
+        match self.role {
+            JoinRole::Device => net::replica::MembershipChange::AddVoter(self.node),
+            JoinRole::Witness => net::replica::MembershipChange::AddWitness(self.node),
+        }
+    }
+
+    /// Whether it gets write access in fossil (a witness reads and writes nothing).
+    pub fn grants_write(&self) -> bool {
+        self.role == JoinRole::Device
+    }
 }
 
 /// What `kith device join` did.
@@ -85,13 +109,15 @@ pub struct JoinSummary {
     pub user: net::identity::UserId,
     pub inviter: DeviceId,
     pub keyring: KeyringMode,
+    pub role: JoinRole,
 }
 
 impl std::fmt::Display for JoinSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "joined: this device {} ({}) is node {} of the home volume of user {} (added by {}); keyring {}",
+            "joined: this {} {} ({}) is node {} of the home volume of user {} (added by {}); keyring {}",
+            self.role.as_str(),
             self.name,
             self.device,
             self.node.0,
@@ -130,11 +156,24 @@ impl Inviter {
         trust: &TrustSet,
         listen: &[SocketAddr],
     ) -> Result<PairingCode> {
-        self.issue_code_at(membership, trust, listen, now_unix_s())
+        self.issue_code_at(JoinRole::Device, membership, trust, listen, now_unix_s())
+    }
+
+    /// [`issue_code`](Self::issue_code) for a code that adds a `role` (`kith witness
+    /// add`: a witness).
+    pub fn issue_code_as(
+        &mut self,
+        role: JoinRole,
+        membership: &Membership,
+        trust: &TrustSet,
+        listen: &[SocketAddr],
+    ) -> Result<PairingCode> {
+        self.issue_code_at(role, membership, trust, listen, now_unix_s())
     }
 
     fn issue_code_at(
         &mut self,
+        role: JoinRole,
         membership: &Membership,
         trust: &TrustSet,
         listen: &[SocketAddr],
@@ -159,7 +198,11 @@ impl Inviter {
                     .into(),
             ));
         }
-        let code = self.offers.issue(
+        if membership.role != JoinRole::Device {
+            return Err(Error::Join("a witness cannot add devices".into()));
+        }
+        let code = self.offers.issue_as(
+            role,
             membership.chain.user(),
             membership.device(),
             &reachable,
@@ -214,7 +257,7 @@ impl Inviter {
         if !self.offers.any_open(now_unix_s) {
             trust.set_pairing_open(false);
         }
-        let state = outcome?;
+        let (state, role) = outcome?;
         let mut info = membership.info();
         let node = info.next_node();
         info.nodes.push((node, peer));
@@ -227,12 +270,18 @@ impl Inviter {
         if !addresses.is_empty() {
             info.set_addresses(peer, addresses.clone());
         }
-        let sealed_secret = seal_epoch_secret(
-            &request.kem_public,
-            membership.volume,
-            node,
-            membership.epoch_secret(),
-        )?;
+        // The grant follows the code's role: a witness code never seals the secret.
+        let grant = match role {
+            JoinRole::Device => JoinGrant::Device {
+                sealed_secret: seal_epoch_secret(
+                    &request.kem_public,
+                    membership.volume,
+                    node,
+                    membership.epoch_secret()?,
+                )?,
+            },
+            JoinRole::Witness => JoinGrant::Witness,
+        };
         membership.chain = chain;
         membership.nodes = info.nodes.clone();
         membership.addresses = info.addresses.clone();
@@ -241,11 +290,11 @@ impl Inviter {
         trust.set_from_chains([&state]);
         let answer = JoinAnswer {
             node,
-            sealed_secret,
+            grant,
             chain: membership.chain.clone(),
             info,
         };
-        tracing::info!(device = %peer, name = %request.name, %node, "a device joined");
+        tracing::info!(device = %peer, name = %request.name, %node, role = role.as_str(), "a device joined");
         Ok((
             answer.to_bytes(),
             JoinOutcome {
@@ -253,19 +302,22 @@ impl Inviter {
                 node,
                 name: request.name,
                 addresses,
+                role,
             },
         ))
     }
 }
 
-/// `kith device join CODE`: makes `store` (which must be new) a device of the code's
-/// user and a member of its home volume. `listen` is where this device's daemon will
-/// listen, told to the inviter (optional).
+/// `kith device join CODE` (`role` device) or `kith witness join CODE` (`role`
+/// witness): makes `store` (which must be new) a device of the code's user and a
+/// member of its home volume. `listen` is where this device's daemon will listen, told
+/// to the inviter (optional).
 pub fn join(
     store: &Path,
     config: &Config,
     code_text: &str,
     listen: Option<SocketAddr>,
+    role: JoinRole,
 ) -> Result<JoinSummary> {
     let code = PairingCode::parse(code_text)
         .map_err(|error| Error::Join(format!("not a valid pairing code: {error}")))?;
@@ -287,8 +339,8 @@ pub fn join(
         .enable_all()
         .build()
         .map_err(|error| Error::Join(format!("cannot start the network runtime: {error}")))?;
-    let answer = runtime.block_on(request_join(&identity, &code, &name, listen))?;
-    let joined = check_answer(&identity, &code, answer)?;
+    let answer = runtime.block_on(request_join(&identity, &code, &name, listen, role))?;
+    let joined = check_answer(&identity, &code, answer, role)?;
     let node = joined.node;
     let user = joined.chain.user();
     let mut keyring = Keyring::new(identity);
@@ -312,6 +364,7 @@ pub fn join(
         user,
         inviter: code.device,
         keyring: mode,
+        role,
     })
 }
 
@@ -321,6 +374,7 @@ async fn request_join(
     code: &PairingCode,
     name: &str,
     listen: Option<SocketAddr>,
+    role: JoinRole,
 ) -> Result<JoinAnswer> {
     if code.addresses.is_empty() {
         return Err(Error::Join("the pairing code carries no address".into()));
@@ -383,6 +437,7 @@ async fn request_join(
         )));
     };
     let request = JoinRequest {
+        role,
         secret: code.secret,
         kem_public: identity.public().kem_public,
         name: name.to_owned(),
@@ -418,8 +473,16 @@ fn check_answer(
     identity: &DeviceIdentity,
     code: &PairingCode,
     answer: JoinAnswer,
+    role: JoinRole,
 ) -> Result<JoinedVolume> {
     let refuse = |problem: String| Error::Join(format!("the inviting device's answer: {problem}"));
+    if answer.grant.role() != role {
+        return Err(refuse(format!(
+            "it adds a {}, this device asked to join as a {}",
+            answer.grant.role().as_str(),
+            role.as_str()
+        )));
+    }
     if answer.chain.user() != code.user {
         return Err(refuse("the user chain is another user's".into()));
     }
@@ -445,18 +508,18 @@ fn check_answer(
     if answer.info.node_of(&code.device).is_none() {
         return Err(refuse("the node table lacks the inviting device".into()));
     }
-    let epoch_secret = open_epoch_secret(
-        identity,
-        answer.info.volume,
-        answer.node,
-        &answer.sealed_secret,
-    )
-    .map_err(|error| refuse(format!("the volume key does not open: {error}")))?;
+    let epoch_secret = match &answer.grant {
+        JoinGrant::Device { sealed_secret } => Some(Zeroizing::new(
+            *open_epoch_secret(identity, answer.info.volume, answer.node, sealed_secret)
+                .map_err(|error| refuse(format!("the volume key does not open: {error}")))?,
+        )),
+        JoinGrant::Witness => None,
+    };
     Ok(JoinedVolume {
         chain: answer.chain,
         info: answer.info,
         node: answer.node,
-        epoch_secret: Zeroizing::new(*epoch_secret),
+        epoch_secret,
     })
 }
 
@@ -590,10 +653,110 @@ mod tests {
             let (inviter, membership) = &mut *guard;
             Ok(inviter.issue_code(membership, &self.trust, &[addr])?)
         }
+
+        fn witness_code(&self) -> anyhow::Result<PairingCode> {
+            let addr = self.endpoint.local_addr()?;
+            let mut guard = self.state.lock();
+            let (inviter, membership) = &mut *guard;
+            Ok(inviter.issue_code_as(JoinRole::Witness, membership, &self.trust, &[addr])?)
+        }
+    }
+
+    #[test]
+    fn a_witness_joins_without_the_volume_key() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let daemon = InviterDaemon::start(&root.path().join("a"), Inviter::new())?;
+        let code = daemon.witness_code()?;
+        // Joining a witness code as a device: refused, nothing added, code not spent.
+        let error = join_error(&root.path().join("b"), &code.to_text());
+        assert!(error.contains("adds a witness"), "{error}");
+        assert_eq!(daemon.state.lock().1.chain.links().len(), 1);
+
+        let store = root.path().join("w");
+        let summary = join(
+            &store,
+            &unencrypted(),
+            &code.to_text(),
+            None,
+            JoinRole::Witness,
+        )?;
+        assert_eq!((summary.node, summary.role), (NodeId(2), JoinRole::Witness));
+        assert!(summary.to_string().contains("this witness"), "{summary}");
+        let outcome = daemon.outcomes.recv_timeout(Duration::from_secs(5))?;
+        assert_eq!(
+            outcome.membership_change(),
+            net::replica::MembershipChange::AddWitness(NodeId(2))
+        );
+        assert!(!outcome.grants_write());
+        // The witness store: keyring and membership, no volume key.
+        assert!(!store.join(VOLUME_KEY_FILE).exists());
+        let witness = Membership::load(&store)?;
+        assert_eq!(witness.role, JoinRole::Witness);
+        assert!(witness.epoch_secret().is_err());
+        assert_eq!(witness.chain, daemon.state.lock().1.chain);
+        // A witness adds nobody.
+        let mut inviter = Inviter::new();
+        let trust = witness.trust_set()?;
+        let listen: SocketAddr = "127.0.0.1:7000".parse()?;
+        assert!(inviter.issue_code(&witness, &trust, &[listen]).is_err());
+        daemon.runtime.block_on(daemon.endpoint.close());
+        Ok(())
+    }
+
+    #[test]
+    fn the_answer_to_a_witness_code_carries_no_secret() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let daemon = InviterDaemon::start(&root.path().join("a"), Inviter::new())?;
+        let code = daemon.witness_code()?;
+        let mut guard = daemon.state.lock();
+        let (inviter, membership) = &mut *guard;
+        let secret = *membership.epoch_secret()?;
+        let joiner = DeviceIdentity::generate();
+        let user = membership.chain.user();
+        let request = |role| JoinRequest {
+            role,
+            secret: code.secret,
+            kem_public: joiner.public().kem_public,
+            name: "w".into(),
+            proof: joiner.possession_proof(&user, "w"),
+            addresses: Vec::new(),
+        };
+        // Asking a witness code for a device is refused, whatever the joiner claims.
+        let refused = inviter.handle_join(
+            membership,
+            &daemon.store,
+            &daemon.trust,
+            joiner.device_id(),
+            &request(JoinRole::Device).to_bytes(),
+        );
+        assert!(
+            matches!(refused, Err(Error::Network(net::Error::PairingRole { .. }))),
+            "{refused:?}"
+        );
+        let (answer, outcome) = inviter.handle_join(
+            membership,
+            &daemon.store,
+            &daemon.trust,
+            joiner.device_id(),
+            &request(JoinRole::Witness).to_bytes(),
+        )?;
+        assert_eq!(outcome.role, JoinRole::Witness);
+        assert_eq!(JoinAnswer::from_bytes(&answer)?.grant, JoinGrant::Witness);
+        // Nothing in the answer is the secret, in the clear or sealed to the joiner.
+        assert!(!answer.windows(secret.len()).any(|window| window == secret));
+        let node = outcome.node;
+        let volume = membership.volume;
+        for window in answer.windows(net::pairing::SEALED_SECRET_BYTES) {
+            let Ok(sealed) = <[u8; net::pairing::SEALED_SECRET_BYTES]>::try_from(window) else {
+                continue;
+            };
+            assert!(open_epoch_secret(&joiner, volume, node, &sealed).is_err());
+        }
+        Ok(())
     }
 
     fn join_error(store: &Path, code: &str) -> String {
-        match join(store, &unencrypted(), code, None) {
+        match join(store, &unencrypted(), code, None, JoinRole::Device) {
             Ok(summary) => format!("unexpectedly joined: {summary}"),
             Err(error) => error.to_string(),
         }
@@ -607,7 +770,13 @@ mod tests {
         let listen: SocketAddr = "127.0.0.1:7999".parse()?;
 
         let store_b = root.path().join("b");
-        let summary = join(&store_b, &unencrypted(), &code.to_text(), Some(listen))?;
+        let summary = join(
+            &store_b,
+            &unencrypted(),
+            &code.to_text(),
+            Some(listen),
+            JoinRole::Device,
+        )?;
         assert_eq!(summary.node, NodeId(2));
         let outcome = daemon.outcomes.recv_timeout(Duration::from_secs(5))?;
         assert_eq!(outcome.node, NodeId(2));
@@ -696,6 +865,7 @@ mod tests {
             &unencrypted(),
             &code.to_text(),
             None,
+            JoinRole::Device,
         )?;
         assert_eq!(summary.node, NodeId(2));
         daemon.runtime.block_on(daemon.endpoint.close());
@@ -720,10 +890,17 @@ mod tests {
         let mut inviter = Inviter::with_ttl(60);
         let mut guard = daemon.state.lock();
         let membership = &mut guard.1;
-        let issued = inviter.issue_code_at(membership, &daemon.trust, &code.addresses, 1_000)?;
+        let issued = inviter.issue_code_at(
+            JoinRole::Device,
+            membership,
+            &daemon.trust,
+            &code.addresses,
+            1_000,
+        )?;
         let joiner = DeviceIdentity::generate();
         let user = membership.chain.user();
         let request = JoinRequest {
+            role: JoinRole::Device,
             secret: issued.secret,
             kem_public: joiner.public().kem_public,
             name: "late".into(),
@@ -793,6 +970,7 @@ mod tests {
         // A proof made for another user: the chain refuses the link, the code is spent.
         let other_user = net::identity::UserRootKey::generate().user_id();
         let request = JoinRequest {
+            role: JoinRole::Device,
             secret: code.secret,
             kem_public: joiner.public().kem_public,
             name: "x".into(),

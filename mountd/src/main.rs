@@ -11,6 +11,10 @@
 //! kith device join CODE           make a new store a device of the code's user
 //! kith device list                the user's devices
 //! kith device remove WHO          revoke a device (name or fingerprint)
+//! kith witness add                a one-time code for adding a witness (from the daemon)
+//! kith witness join CODE          make a new store a witness of the code's user
+//! kith witness run [--listen A:P] start the witness daemon (no mount, no volume key)
+//! kith witness stop               stop it
 //! ```
 //!
 //! Every command takes `--store PATH` (default: the `store` of config.toml, else
@@ -24,7 +28,8 @@
 //! [`membership`] (keyring, user chain, the volume's group), [`join`] (pairing),
 //! [`sync`] (the network side: QUIC, the replica, block exchange, announcements),
 //! [`agreement`] (fossil's log seam over the replica), [`invalidate`] (remote changes
-//! → kernel caches), [`status`] (`kith status` of a replicated volume), [`demo`].
+//! → kernel caches), [`status`] (`kith status` of a replicated volume), [`demo`],
+//! [`witness`] (the witness daemon).
 //!
 //! Failures print one line, `kith: <what went wrong>`, and exit with status 1.
 
@@ -42,6 +47,7 @@ mod mounts;
 mod status;
 mod sync;
 mod verify;
+mod witness;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -106,6 +112,41 @@ enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// A witness: votes on the volume's sealed log so two devices keep writing while
+    /// one is off; it never holds the volume key or any content.
+    Witness {
+        #[command(subcommand)]
+        command: WitnessCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WitnessCommand {
+    /// Ask the running daemon for a one-time code that adds a witness (line 1).
+    Add,
+    /// Make this new store a witness of the code's user and home volume.
+    Join {
+        /// The code `kith witness add` printed on a device.
+        code: String,
+        /// Where the witness will listen, told to the devices.
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Run the witness daemon for this store (in the background unless --foreground).
+    Run {
+        /// Stay in the foreground and log to stderr; Ctrl-C stops it.
+        #[arg(long)]
+        foreground: bool,
+        /// Internal: report "ready"/"error …" on stdout for the parent.
+        #[arg(long, hide = true)]
+        notify_stdout: bool,
+        /// Where to listen for the devices (QUIC; default: `listen` in config.toml,
+        /// else 0.0.0.0:7420; port 0 picks a free one).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Stop this store's witness daemon.
+    Stop,
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +177,11 @@ fn main() -> ExitCode {
         Command::Mount {
             foreground: true,
             ..
+        } | Command::Witness {
+            command: WitnessCommand::Run {
+                foreground: true,
+                ..
+            }
         }
     );
     init_logging(is_daemon);
@@ -206,6 +252,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Device { command } => device(&dirs, &config, &store, command),
+        Command::Witness { command } => witness_command(dirs, config, store, command),
         Command::Verify => {
             let socket = dirs.socket_for(&config::store_id(&store));
             let rendered = if control::is_alive(&socket) {
@@ -249,7 +296,7 @@ fn device(dirs: &Dirs, config: &Config, store: &Path, command: DeviceCommand) ->
                     store.display()
                 )));
             }
-            let summary = join::join(store, config, &code, listen)?;
+            let summary = join::join(store, config, &code, listen, net::pairing::JoinRole::Device)?;
             println!("kith: {summary}");
             Ok(())
         }
@@ -270,6 +317,59 @@ fn device(dirs: &Dirs, config: &Config, store: &Path, command: DeviceCommand) ->
                 });
             }
             print!("{}", membership::list_devices(store)?);
+            Ok(())
+        }
+    }
+}
+
+/// `kith witness …`.
+fn witness_command(
+    dirs: Dirs,
+    config: Config,
+    store: PathBuf,
+    command: WitnessCommand,
+) -> Result<()> {
+    let socket = dirs.socket_for(&config::store_id(&store));
+    match command {
+        WitnessCommand::Add => {
+            if !control::is_alive(&socket) {
+                return Err(Error::NoDaemon { store });
+            }
+            print!("{}", control::call(&socket, &Request::WitnessAdd)?);
+            Ok(())
+        }
+        WitnessCommand::Join { code, listen } => {
+            if control::is_alive(&socket) {
+                return Err(Error::Join(format!(
+                    "a daemon already serves the store {}",
+                    store.display()
+                )));
+            }
+            let summary = witness::join(&store, &config, &code, listen)?;
+            println!("kith: {summary}");
+            println!("kith: start it with: kith witness run");
+            Ok(())
+        }
+        WitnessCommand::Run {
+            foreground,
+            notify_stdout,
+            listen,
+        } => {
+            let plan = witness::WitnessPlan {
+                dirs,
+                config,
+                store,
+                listen,
+            };
+            if foreground {
+                witness::run_foreground(&plan, notify_stdout)
+            } else {
+                println!("kith: {}", witness::spawn_background(&plan)?);
+                Ok(())
+            }
+        }
+        WitnessCommand::Stop => {
+            print!("kith: {}", witness::stop(&dirs, &store)?);
             Ok(())
         }
     }
@@ -488,6 +588,45 @@ mod tests {
                 command: DeviceCommand::Remove { .. }
             })
         ));
+        assert!(matches!(
+            parse(&[
+                "kith",
+                "witness",
+                "join",
+                "ABCDE",
+                "--listen",
+                "127.0.0.1:7421"
+            ]),
+            Ok(Command::Witness {
+                command: WitnessCommand::Join {
+                    listen: Some(_),
+                    ..
+                }
+            })
+        ));
+        assert!(matches!(
+            parse(&["kith", "witness", "run", "--foreground"]),
+            Ok(Command::Witness {
+                command: WitnessCommand::Run {
+                    foreground: true,
+                    listen: None,
+                    ..
+                }
+            })
+        ));
+        assert!(matches!(
+            parse(&["kith", "witness", "add"]),
+            Ok(Command::Witness {
+                command: WitnessCommand::Add
+            })
+        ));
+        assert!(matches!(
+            parse(&["kith", "witness", "stop"]),
+            Ok(Command::Witness {
+                command: WitnessCommand::Stop
+            })
+        ));
+        assert!(parse(&["kith", "witness", "join"]).is_err());
         assert!(parse(&["kith", "mount"]).is_err());
         let cli = Cli::try_parse_from(["kith", "status", "--store", "/s"]);
         assert!(cli.is_ok_and(|c| c.store == Some(PathBuf::from("/s"))));

@@ -10,8 +10,9 @@
 //!                    (Argon2id) or, when asked explicitly, unencrypted
 //! store/volume.key   fossil's: epoch secret[32] ‖ volume id[16]; the content key every
 //!                    device of the volume shares, and the source of the Paxos entry key
-//! store/membership   "KITHMEMB" ‖ ver u8 (=1) ‖ node u64 ‖ chain_len u32 ‖ user chain
-//!                    ‖ info_len u32 ‖ net::pairing::VolumeInfo ‖ check[32]
+//! store/membership   "KITHMEMB" ‖ ver u8 (=2) ‖ role u8 ‖ node u64 ‖ chain_len u32
+//!                    ‖ user chain ‖ info_len u32 ‖ net::pairing::VolumeInfo ‖ check[32]
+//!                    role: 0 = device, 1 = witness; version 1 had no role byte (a device)
 //!                    check = BLAKE3-derive_key(MEMBERSHIP_CHECK_CONTEXT, everything before)
 //! ```
 //!
@@ -19,9 +20,13 @@
 //! creates a user, this device (node 1) and the home volume (genesis = {1}); a device
 //! that joins gets all three from its inviter ([`crate::join`]).
 //!
+//! A *witness* store (`kith witness join`, [`crate::witness`]) has a keyring and a
+//! membership of role witness and no `volume.key`: it never holds the epoch secret.
+//!
 //! Invariants: the chain verifies and holds this device live; the node table maps this
-//! device to `node`; `volume.key` names the same volume as the membership. A load that
-//! finds otherwise refuses the store rather than guess.
+//! device to `node`; a device's `volume.key` names the same volume as the membership; a
+//! witness store has no `volume.key`. A load that finds otherwise refuses the store
+//! rather than guess.
 //!
 //! The passphrase comes from `KITH_PASSPHRASE`, else a terminal prompt. The daemon is
 //! re-executed by `kith mount`: [`daemon_environment`] gives the passphrase to pass in
@@ -35,7 +40,7 @@ use std::path::{Path, PathBuf};
 use net::identity::{ChainState, DeviceId, DeviceIdentity, LinkBody, UserChain, UserRootKey};
 use net::keyring::{KdfParams, Keyring, Lock, Protection};
 use net::link::NodeTable;
-use net::pairing::{Announcement, VolumeInfo};
+use net::pairing::{Announcement, JoinRole, VolumeInfo};
 use net::quic::TrustSet;
 use paxos::{Config as PaxosConfig, ConfigId, NodeId, VolumeId};
 use zeroize::Zeroizing;
@@ -57,7 +62,9 @@ pub const KEYRING_ENV: &str = "KITH_KEYRING";
 pub const DEVICE_NAME_ENV: &str = "KITH_DEVICE_NAME";
 
 const MEMBERSHIP_MAGIC: &[u8; 8] = b"KITHMEMB";
-const MEMBERSHIP_VERSION: u8 = 1;
+const MEMBERSHIP_VERSION: u8 = 2;
+/// The version before stores had a role (every one a device).
+const MEMBERSHIP_VERSION_DEVICE_ONLY: u8 = 1;
 const MEMBERSHIP_CHECK_CONTEXT: &str = "kith 2026-01-01 membership file v1";
 /// Largest membership file read.
 const MEMBERSHIP_BYTES_MAX: u64 = 4 << 20;
@@ -113,8 +120,11 @@ pub struct Membership {
     pub nodes: Vec<(NodeId, DeviceId)>,
     /// Where devices were last known to listen.
     pub addresses: Vec<(DeviceId, Vec<SocketAddr>)>,
+    /// A device, or a witness (which holds no epoch secret).
+    pub role: JoinRole,
     mode: KeyringMode,
-    epoch_secret: Zeroizing<[u8; EPOCH_SECRET_BYTES]>,
+    /// The volume's epoch secret; `None` exactly for a witness.
+    epoch_secret: Option<Zeroizing<[u8; EPOCH_SECRET_BYTES]>>,
 }
 
 /// A device [`Membership::revoke`] removed from the user.
@@ -199,8 +209,9 @@ impl Membership {
             genesis,
             nodes: vec![(FIRST_NODE, device.id)],
             addresses: Vec::new(),
+            role: JoinRole::Device,
             mode,
-            epoch_secret,
+            epoch_secret: Some(epoch_secret),
         };
         membership.save(store)?;
         tracing::info!(
@@ -211,12 +222,34 @@ impl Membership {
         Ok(membership)
     }
 
-    /// Loads a complete store (keyring, volume key, membership) and checks that they agree.
+    /// Loads a complete store (keyring, volume key, membership) and checks that they
+    /// agree. A witness store has no volume key (and must not have one).
     pub fn load(store: &Path) -> Result<Membership> {
+        let (role, node, chain, info) = read_membership_file(store)?;
+        let epoch_secret = match role {
+            JoinRole::Device => {
+                let (epoch_secret, volume) = read_volume_key(store)?;
+                if volume != info.volume {
+                    return Err(membership_error(
+                        store,
+                        "volume.key belongs to another volume than the membership",
+                    ));
+                }
+                Some(epoch_secret)
+            }
+            JoinRole::Witness => {
+                if store.join(VOLUME_KEY_FILE).exists() {
+                    return Err(membership_error(
+                        store,
+                        "a witness store holds a volume.key: a witness must never hold the \
+                         volume's secret",
+                    ));
+                }
+                None
+            }
+        };
         let mode = stored_mode(store)?;
         let keyring = open_keyring(store, mode)?;
-        let (node, chain, info) = read_membership_file(store)?;
-        let (epoch_secret, volume) = read_volume_key(store)?;
         let membership = Membership {
             keyring,
             chain,
@@ -225,15 +258,10 @@ impl Membership {
             genesis: info.genesis,
             nodes: info.nodes,
             addresses: info.addresses,
+            role,
             mode,
             epoch_secret,
         };
-        if volume != membership.volume {
-            return Err(membership_error(
-                store,
-                "volume.key belongs to another volume than the membership",
-            ));
-        }
         membership.check(store)?;
         Ok(membership)
     }
@@ -244,6 +272,7 @@ impl Membership {
         let mut body = Vec::new();
         body.extend_from_slice(MEMBERSHIP_MAGIC);
         body.push(MEMBERSHIP_VERSION);
+        body.push(role_byte(self.role));
         body.extend_from_slice(&self.node.0.to_le_bytes());
         put_u32_prefixed(&mut body, &self.chain.encode());
         put_u32_prefixed(&mut body, &self.info().to_bytes());
@@ -288,9 +317,17 @@ impl Membership {
         }
     }
 
-    /// The volume key file's epoch secret (the source of every volume subkey).
-    pub(crate) fn epoch_secret(&self) -> &[u8; EPOCH_SECRET_BYTES] {
-        &self.epoch_secret
+    /// The volume key file's epoch secret (the source of every volume subkey). A
+    /// witness has none.
+    pub(crate) fn epoch_secret(&self) -> Result<&[u8; EPOCH_SECRET_BYTES]> {
+        self.epoch_secret
+            .as_deref()
+            .ok_or_else(|| Error::Membership {
+                store: PathBuf::new(),
+                problem: "this store is a witness: it holds no volume key and mounts nothing \
+                          (run it with `kith witness run`)"
+                    .into(),
+            })
     }
 
     /// Brings a running daemon's trust, node table and endpoint addresses up to date
@@ -503,8 +540,9 @@ impl Membership {
         Ok(())
     }
 
-    /// A membership received by `kith device join`: written into `store` (keyring,
-    /// volume key, then the membership file) after the same checks as a load.
+    /// A membership received by `kith device join` (or `kith witness join`, with no
+    /// epoch secret): written into `store` (keyring, a device's volume key, then the
+    /// membership file) after the same checks as a load.
     pub(crate) fn from_join(
         store: &Path,
         keyring: Keyring,
@@ -512,6 +550,10 @@ impl Membership {
         passphrase: Option<&str>,
         answer: JoinedVolume,
     ) -> Result<Membership> {
+        let role = match answer.epoch_secret {
+            Some(_) => JoinRole::Device,
+            None => JoinRole::Witness,
+        };
         let membership = Membership {
             keyring,
             chain: answer.chain,
@@ -520,6 +562,7 @@ impl Membership {
             genesis: answer.info.genesis,
             nodes: answer.info.nodes,
             addresses: answer.info.addresses,
+            role,
             mode,
             epoch_secret: answer.epoch_secret,
         };
@@ -536,10 +579,12 @@ impl Membership {
             }
         };
         membership.keyring.save(&store.join(KEYRING_FILE), lock)?;
-        let mut key = Zeroizing::new([0u8; VOLUME_KEY_BYTES]);
-        key[..EPOCH_SECRET_BYTES].copy_from_slice(membership.epoch_secret.as_ref());
-        key[EPOCH_SECRET_BYTES..].copy_from_slice(&membership.volume.0.to_le_bytes());
-        write_atomically(&store.join(VOLUME_KEY_FILE), key.as_ref())?;
+        if let Some(secret) = &membership.epoch_secret {
+            let mut key = Zeroizing::new([0u8; VOLUME_KEY_BYTES]);
+            key[..EPOCH_SECRET_BYTES].copy_from_slice(secret.as_ref());
+            key[EPOCH_SECRET_BYTES..].copy_from_slice(&membership.volume.0.to_le_bytes());
+            write_atomically(&store.join(VOLUME_KEY_FILE), key.as_ref())?;
+        }
         membership.save(store)?;
         Ok(membership)
     }
@@ -551,7 +596,17 @@ pub(crate) struct JoinedVolume {
     pub chain: UserChain,
     pub info: VolumeInfo,
     pub node: NodeId,
-    pub epoch_secret: Zeroizing<[u8; EPOCH_SECRET_BYTES]>,
+    /// The volume's epoch secret for a device; `None` for a witness.
+    pub epoch_secret: Option<Zeroizing<[u8; EPOCH_SECRET_BYTES]>>,
+}
+
+/// The role of the store's membership (public data, no passphrase needed), or `None`
+/// when the store has no membership yet.
+pub fn store_role(store: &Path) -> Result<Option<JoinRole>> {
+    if !store.join(MEMBERSHIP_FILE).exists() {
+        return Ok(None);
+    }
+    Ok(Some(read_membership_file(store)?.0))
 }
 
 /// Environment for the re-executed background daemon: the passphrase, asked on the
@@ -584,7 +639,7 @@ pub fn daemon_environment(
 /// `kith device list`: the user's devices as the store's membership records them (no
 /// passphrase needed: the membership file holds public data only).
 pub fn list_devices(store: &Path) -> Result<String> {
-    let (node, chain, info) = read_membership_file(store)?;
+    let (_, node, chain, info) = read_membership_file(store)?;
     let state = chain.verify()?;
     let own_device = info.device_of(node);
     let mut out = format!("user {}\n", chain.user());
@@ -706,7 +761,7 @@ fn save_keyring(
     Ok(())
 }
 
-fn read_membership_file(store: &Path) -> Result<(NodeId, UserChain, VolumeInfo)> {
+fn read_membership_file(store: &Path) -> Result<(JoinRole, NodeId, UserChain, VolumeInfo)> {
     let path = store.join(MEMBERSHIP_FILE);
     let mut bytes = Vec::new();
     std::fs::File::open(&path)
@@ -731,9 +786,15 @@ fn read_membership_file(store: &Path) -> Result<(NodeId, UserChain, VolumeInfo)>
     if take(&mut input, MEMBERSHIP_MAGIC.len()) != Some(MEMBERSHIP_MAGIC.as_slice()) {
         return Err(corrupt("is not a membership file"));
     }
-    if take(&mut input, 1) != Some([MEMBERSHIP_VERSION].as_slice()) {
-        return Err(corrupt("has an unsupported version"));
-    }
+    let role = match take(&mut input, 1) {
+        Some([MEMBERSHIP_VERSION_DEVICE_ONLY]) => JoinRole::Device,
+        Some([MEMBERSHIP_VERSION]) => match take(&mut input, 1) {
+            Some([0]) => JoinRole::Device,
+            Some([1]) => JoinRole::Witness,
+            _ => return Err(corrupt("has an unknown role")),
+        },
+        _ => return Err(corrupt("has an unsupported version")),
+    };
     let node = take(&mut input, 8)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
         .map(|b| NodeId(u64::from_le_bytes(b)))
@@ -745,7 +806,7 @@ fn read_membership_file(store: &Path) -> Result<(NodeId, UserChain, VolumeInfo)>
     if !input.is_empty() {
         return Err(corrupt("has trailing bytes"));
     }
-    Ok((node, chain, info))
+    Ok((role, node, chain, info))
 }
 
 /// Reads `volume.key`, creating a fresh random one if there is none.
@@ -830,6 +891,13 @@ fn set_addresses(
     }
 }
 
+fn role_byte(role: JoinRole) -> u8 {
+    match role {
+        JoinRole::Device => 0,
+        JoinRole::Witness => 1,
+    }
+}
+
 fn membership_error(store: &Path, problem: &str) -> Error {
     Error::Membership {
         store: store.to_owned(),
@@ -904,7 +972,7 @@ impl Membership {
         let mut keys = net::replica::StaticKeys::default();
         keys.epochs.insert(
             net::entry::KeyEpoch(0),
-            net::entry::EntryKey::derive(&self.epoch_secret),
+            net::entry::EntryKey::derive(self.epoch_secret()?),
         );
         for (node, device) in &self.nodes {
             if state.is_live(device) {
@@ -967,7 +1035,7 @@ mod tests {
         assert_eq!(loaded.chain, created.chain);
         assert_eq!(loaded.volume, created.volume);
         assert_eq!(loaded.info(), created.info());
-        assert_eq!(loaded.epoch_secret(), created.epoch_secret());
+        assert_eq!(loaded.epoch_secret()?, created.epoch_secret()?);
         // The volume key fossil reads names the same volume.
         let key = std::fs::read(store.join(VOLUME_KEY_FILE))?;
         assert_eq!(key.len(), VOLUME_KEY_BYTES);
@@ -984,7 +1052,7 @@ mod tests {
         old[40] = 9;
         std::fs::write(store.join(VOLUME_KEY_FILE), old)?;
         let created = Membership::load_or_create(&store, &dirs_in(root.path()), &unencrypted())?;
-        assert_eq!(created.epoch_secret(), &[7u8; 32]);
+        assert_eq!(created.epoch_secret()?, &[7u8; 32]);
         assert_eq!(created.volume.0.to_le_bytes().as_slice(), &old[32..]);
         assert_eq!(std::fs::read(store.join(VOLUME_KEY_FILE))?, old);
         Ok(())
@@ -1078,7 +1146,7 @@ mod tests {
                 chain,
                 info,
                 node: NodeId(2),
-                epoch_secret: Zeroizing::new(*a.epoch_secret()),
+                epoch_secret: Some(Zeroizing::new(*a.epoch_secret()?)),
             },
         )?;
         Ok((a, b))
@@ -1183,6 +1251,82 @@ mod tests {
     }
 
     #[test]
+    fn a_witness_store_has_no_volume_key_and_refuses_one() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let (a, _b) = two_devices(root.path())?;
+        let store = root.path().join("witness");
+        let witness = DeviceIdentity::generate();
+        let Some(root_key) = a.keyring.user_root.as_ref() else {
+            anyhow::bail!("no root");
+        };
+        let mut chain = a.chain.clone();
+        chain.append(
+            root_key,
+            LinkBody::AddDevice {
+                device: witness.public(),
+                name: "w".into(),
+                proof: witness.possession_proof(&a.chain.user(), "w"),
+            },
+        )?;
+        let mut info = a.info();
+        info.nodes.push((NodeId(3), witness.device_id()));
+        let joined = Membership::from_join(
+            &store,
+            Keyring::new(witness),
+            KeyringMode::Unencrypted,
+            None,
+            JoinedVolume {
+                chain,
+                info,
+                node: NodeId(3),
+                epoch_secret: None,
+            },
+        )?;
+        assert_eq!(joined.role, JoinRole::Witness);
+        assert!(!store.join(VOLUME_KEY_FILE).exists());
+        assert!(joined.epoch_secret().is_err());
+        assert_eq!(store_role(&store)?, Some(JoinRole::Witness));
+        let loaded = Membership::load(&store)?;
+        assert_eq!((loaded.role, loaded.node), (JoinRole::Witness, NodeId(3)));
+        assert!(
+            loaded
+                .epoch_secret()
+                .err()
+                .is_some_and(|e| e.to_string().contains("kith witness run"))
+        );
+        // A device store says so; a witness store given a volume key is refused.
+        assert_eq!(store_role(&root.path().join("a"))?, Some(JoinRole::Device));
+        assert_eq!(store_role(&root.path().join("nothing"))?, None);
+        std::fs::write(store.join(VOLUME_KEY_FILE), [1u8; VOLUME_KEY_BYTES])?;
+        let error = Membership::load(&store).err().map(|e| e.to_string());
+        assert!(
+            error.as_deref().is_some_and(|e| e.contains("witness")),
+            "{error:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_version_one_membership_file_is_a_device() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let store = root.path().join("store");
+        let created = Membership::load_or_create(&store, &dirs_in(root.path()), &unencrypted())?;
+        // The same file as version 1 wrote it: no role byte.
+        let bytes = std::fs::read(store.join(MEMBERSHIP_FILE))?;
+        let body = &bytes[..bytes.len() - 32];
+        let mut old = body[..8].to_vec();
+        old.push(MEMBERSHIP_VERSION_DEVICE_ONLY);
+        old.extend_from_slice(&body[10..]);
+        let check = blake3::derive_key(MEMBERSHIP_CHECK_CONTEXT, &old);
+        old.extend_from_slice(&check);
+        std::fs::write(store.join(MEMBERSHIP_FILE), &old)?;
+        let loaded = Membership::load(&store)?;
+        assert_eq!(loaded.role, JoinRole::Device);
+        assert_eq!(loaded.info(), created.info());
+        Ok(())
+    }
+
+    #[test]
     fn a_joined_store_can_keep_its_keyring_encrypted() -> anyhow::Result<()> {
         let root = tempfile::tempdir()?;
         let (a, _b) = two_devices(root.path())?;
@@ -1203,11 +1347,12 @@ mod tests {
                 proof: device.possession_proof(&a.chain.user(), "c"),
             },
         )?;
+        let secret = *a.epoch_secret()?;
         let joined = || JoinedVolume {
             chain: chain.clone(),
             info: info.clone(),
             node: NodeId(3),
-            epoch_secret: Zeroizing::new(*a.epoch_secret()),
+            epoch_secret: Some(Zeroizing::new(secret)),
         };
         // Encrypted without a passphrase: refused before anything is written.
         let refused = Membership::from_join(

@@ -5,6 +5,10 @@
 //! (blocks being fetched) into one value; rendering is a pure function of it, so the
 //! format is tested without a daemon. The JSON shape is the one in
 //! `/work/briefs/sync-cli-contract.md`; fields are only ever added.
+//!
+//! A witness daemon (`kith witness run`) reports a [`WitnessReport`]: the same
+//! configuration, leader and device lines, and what it cannot have — no applied end,
+//! no content, no queue (it proposes nothing).
 
 use std::net::SocketAddr;
 
@@ -45,30 +49,74 @@ pub struct SyncReport {
     pub devices: Vec<DeviceReport>,
 }
 
-impl SyncReport {
-    fn role(&self, node: NodeId) -> &'static str {
-        if self.config.witnesses.contains(&node) {
-            "witness"
-        } else if self.config.voters.contains(&node) {
-            "voter"
-        } else if self.config.learners.contains(&node) {
-            "learner"
-        } else {
-            // Paired, but the configuration that adds it is not committed yet.
-            "joining"
-        }
+/// A node's role in `config`, as status shows it.
+fn role_in(config: &Config, node: NodeId) -> &'static str {
+    if config.witnesses.contains(&node) {
+        "witness"
+    } else if config.voters.contains(&node) {
+        "voter"
+    } else if config.learners.contains(&node) {
+        "learner"
+    } else {
+        // Paired, but the configuration that adds it is not committed yet.
+        "joining"
     }
+}
 
+/// The devices as JSON objects.
+fn devices_json(config: &Config, devices: &[DeviceReport]) -> Vec<Value> {
+    devices
+        .iter()
+        .map(|d| {
+            json!({
+                "fingerprint": d.fingerprint,
+                "name": d.name,
+                "node": d.node.0,
+                "role": role_in(config, d.node),
+                "online": d.online,
+                "this": d.this,
+            })
+        })
+        .collect()
+}
+
+/// One line per device: fingerprint, name, role, state.
+fn device_lines(config: &Config, devices: &[DeviceReport]) -> String {
+    let mut text = String::new();
+    for d in devices {
+        let state = if d.this {
+            "this device"
+        } else if d.online {
+            "online"
+        } else {
+            "offline"
+        };
+        text.push_str(&format!(
+            "  {} {:<16} {:<8} {}\n",
+            d.fingerprint,
+            d.name,
+            role_in(config, d.node),
+            state
+        ));
+    }
+    text
+}
+
+fn leader_fingerprint(leader: Option<NodeId>, devices: &[DeviceReport]) -> Option<&str> {
+    let leader = leader?;
+    devices
+        .iter()
+        .find(|d| d.node == leader)
+        .map(|d| d.fingerprint.as_str())
+}
+
+impl SyncReport {
     fn behind(&self) -> u64 {
         self.commit_end.saturating_sub(self.applied_end)
     }
 
     fn leader_fingerprint(&self) -> Option<&str> {
-        let leader = self.leader?;
-        self.devices
-            .iter()
-            .find(|d| d.node == leader)
-            .map(|d| d.fingerprint.as_str())
+        leader_fingerprint(self.leader, &self.devices)
     }
 
     /// What this device holds of the volume's content, and what a full copy is doing.
@@ -105,20 +153,7 @@ impl SyncReport {
 
     /// The contract's JSON object.
     pub fn to_json(&self) -> Value {
-        let devices: Vec<Value> = self
-            .devices
-            .iter()
-            .map(|d| {
-                json!({
-                    "fingerprint": d.fingerprint,
-                    "name": d.name,
-                    "node": d.node.0,
-                    "role": self.role(d.node),
-                    "online": d.online,
-                    "this": d.this,
-                })
-            })
-            .collect();
+        let devices = devices_json(&self.config, &self.devices);
         let (quorum, voters) = self.quorum();
         json!({
             "listen": self.listen.to_string(),
@@ -181,22 +216,72 @@ impl SyncReport {
                 String::new()
             },
         );
-        for d in &self.devices {
-            let state = if d.this {
-                "this device"
-            } else if d.online {
-                "online"
+        text.push_str(&device_lines(&self.config, &self.devices));
+        text
+    }
+}
+
+/// What `kith status` says about a witness daemon.
+#[derive(Clone, Debug)]
+pub struct WitnessReport {
+    pub store: std::path::PathBuf,
+    pub device: String,
+    pub uptime_s: u64,
+    pub listen: SocketAddr,
+    pub keyring_encrypted: bool,
+    /// The configuration in force as this witness knows it.
+    pub config: Config,
+    pub leader: Option<NodeId>,
+    /// Slots committed here (sealed: a witness cannot read them).
+    pub commit_end: u64,
+    pub devices: Vec<DeviceReport>,
+}
+
+impl WitnessReport {
+    /// The same object as a device's, with `role` = `witness` and the volume fields
+    /// a witness has (it applies, queues and holds no content: those are 0).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "role": "witness",
+            "listen": self.listen.to_string(),
+            "keyring": if self.keyring_encrypted { "encrypted" } else { "unencrypted" },
+            "volume": {
+                "commit_end": self.commit_end,
+                "applied_end": 0,
+                "behind": 0,
+                "queued": 0,
+                "bytes_to_fetch": 0,
+                "content_bytes": 0,
+                "unpushed_blocks": 0,
+                "leader": leader_fingerprint(self.leader, &self.devices),
+                "quorum": self.config.phase2_quorum,
+                "voters": self.config.voters.len(),
+            },
+            "devices": devices_json(&self.config, &self.devices),
+        })
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut text = format!(
+            "witness: holds sealed log entries and votes; no volume key, no content, no mount\n\
+             store: {}\ndevice: {}\npid: {}\nuptime: {} s\nlisten: {}\nkeyring: {}\n\
+             log: committed to {} (sealed)\nquorum: {} of {} voter(s), leader {}\ndevices:\n",
+            self.store.display(),
+            self.device,
+            std::process::id(),
+            self.uptime_s,
+            self.listen,
+            if self.keyring_encrypted {
+                "encrypted"
             } else {
-                "offline"
-            };
-            text.push_str(&format!(
-                "  {} {:<16} {:<8} {}\n",
-                d.fingerprint,
-                d.name,
-                self.role(d.node),
-                state
-            ));
-        }
+                "UNENCRYPTED (keys readable by anyone who can read the store)"
+            },
+            self.commit_end,
+            self.config.phase2_quorum,
+            self.config.voters.len(),
+            leader_fingerprint(self.leader, &self.devices).unwrap_or("unknown"),
+        );
+        text.push_str(&device_lines(&self.config, &self.devices));
         text
     }
 }
@@ -316,6 +401,42 @@ mod tests {
                 .contains("content: full copy, not counted yet")
         );
         assert_eq!(report.to_json()["volume"]["full_copy_fetching"], false);
+    }
+
+    #[test]
+    fn a_witness_reports_its_role_the_quorum_and_no_content() {
+        let report = report();
+        let witness = WitnessReport {
+            store: "/srv/kith".into(),
+            device: "fpr-3".into(),
+            uptime_s: 5,
+            listen: report.listen,
+            keyring_encrypted: true,
+            config: report.config.clone(),
+            leader: Some(NodeId(1)),
+            commit_end: 40,
+            devices: report.devices.clone(),
+        };
+        let value = witness.to_json();
+        assert_eq!(value["role"], "witness");
+        assert_eq!(value["keyring"], "encrypted");
+        assert_eq!(value["volume"]["commit_end"], 40);
+        assert_eq!(value["volume"]["queued"], 0);
+        assert_eq!(value["volume"]["quorum"], 2);
+        assert_eq!(value["volume"]["voters"], 3);
+        assert_eq!(value["volume"]["leader"], "fpr-1");
+        assert_eq!(value["devices"][2]["role"], "witness");
+        let text = witness.to_text();
+        assert!(text.starts_with("witness: "), "{text}");
+        assert!(
+            text.contains("quorum: 2 of 3 voter(s), leader fpr-1"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.contains("fpr-2") && l.contains("voter") && l.ends_with("online")),
+            "{text}"
+        );
     }
 
     #[test]

@@ -537,6 +537,8 @@ pub struct PushTargets {
     pub needed: usize,
     /// Some candidate was heard from lately.
     pub any_heard: bool,
+    /// Every candidate failed or was outrun on a push lately.
+    pub all_slow: bool,
 }
 
 /// Holders besides the writer that every quorum of `config` must meet.
@@ -577,12 +579,14 @@ fn push_targets(
     let any_heard = ranked
         .iter()
         .any(|(_, heard, _)| *heard <= HEARD_RECENTLY_MS);
+    let all_slow = !ranked.is_empty() && ranked.iter().all(|(slow, _, _)| *slow);
     let candidates: Vec<DeviceId> = ranked.into_iter().map(|(_, _, device)| device).collect();
     let needed = holders_needed(config, writer).min(candidates.len());
     PushTargets {
         candidates,
         needed,
         any_heard,
+        all_slow,
     }
 }
 
@@ -719,6 +723,14 @@ impl BlockPusher for PeerPusher {
         if targets.needed == 0 {
             self.keep_unplaced(&[]);
             return Ok(Vec::new());
+        }
+        if !targets.any_heard && targets.all_slow {
+            // Every voter that could take them failed a push lately and has not been
+            // heard from since (the other device of two is off, while a witness keeps
+            // the quorum): keep them queued now rather than wait out another push
+            // nobody answers. The retry thread places them once a voter is heard.
+            self.keep_unplaced(addresses);
+            return Ok(addresses.to_vec());
         }
         let timeout = if targets.any_heard {
             PUSH_TIMEOUT
@@ -1050,7 +1062,7 @@ impl Home {
             nodes: membership.nodes.clone(),
             addresses: membership.addresses.clone(),
             epoch: ENTRY_EPOCH,
-            epoch_secret: *membership.epoch_secret(),
+            epoch_secret: *membership.epoch_secret()?,
             listen: listen.unwrap_or(DEFAULT_LISTEN),
             listen_fallback: listen.is_none(),
             acceptor_path: store.join(ACCEPTOR_FILE),
@@ -1264,6 +1276,24 @@ impl Home {
         ))
     }
 
+    /// `kith witness add`: a one-time code that adds a witness (line 1) and what to do
+    /// with it. The code's role is kept here: its answer never carries the volume key.
+    pub fn witness_add(&self) -> Result<String> {
+        let devices = &self.devices;
+        let membership = devices.membership.lock();
+        let code = devices.inviter.lock().issue_code_as(
+            net::pairing::JoinRole::Witness,
+            &membership,
+            &devices.trust,
+            &reachable_addresses(self.listen),
+        )?;
+        let text = code.to_text();
+        Ok(format!(
+            "{text}\non the witness machine, with a fresh store: kith witness join {text}\n\
+             then: kith witness run (valid 10 minutes, once)\n"
+        ))
+    }
+
     /// The sync part of `kith status`.
     pub fn report(&self, sync: fossil::volume::SyncStatus) -> Result<SyncReport> {
         let replica = self.devices.blocking.status()?;
@@ -1391,11 +1421,20 @@ impl Devices {
     }
 
     /// The volume side of a join: write access first (it commits under the current
-    /// configuration, before the new voter is needed for a quorum), then the voter.
+    /// configuration, before the new voter is needed for a quorum), then the voter. A
+    /// witness gets no access, only its vote.
     fn admit_to_volume(&self, outcome: &JoinOutcome) {
+        if outcome.grants_write() && !self.grant_write(outcome) {
+            return;
+        }
+        self.propose_member(outcome);
+    }
+
+    /// Whether the grant was proposed.
+    fn grant_write(&self, outcome: &JoinOutcome) -> bool {
         let Some(volume) = self.volume.lock().upgrade() else {
             tracing::warn!("a device joined while the volume is closed; it is not granted yet");
-            return;
+            return false;
         };
         let granted = u32::try_from(outcome.node.0)
             .ok()
@@ -1407,9 +1446,13 @@ impl Devices {
         drop(volume);
         if let Err(error) = granted {
             tracing::error!(node = %outcome.node, %error, "granting the new device failed");
-            return;
+            return false;
         }
-        let change = net::replica::MembershipChange::AddVoter(outcome.node);
+        true
+    }
+
+    fn propose_member(&self, outcome: &JoinOutcome) {
+        let change = outcome.membership_change();
         for attempt in 0..VOTER_ATTEMPTS_MAX {
             match self.blocking.change_membership(change) {
                 Ok(()) => {
@@ -1553,6 +1596,9 @@ mod tests {
         let config = config_of_five();
         let targets = push_targets(&config, &silent, NodeId(1), device_of, |_| false);
         assert!(!targets.any_heard);
+        assert!(!targets.all_slow);
+        let all = |_: &DeviceId| true;
+        assert!(push_targets(&config, &silent, NodeId(1), device_of, all).all_slow);
         assert_eq!(targets.candidates.len(), 3);
         assert_eq!(targets.needed, 2);
         let targets = push_targets(&config, &silent, NodeId(1), |_| None, |_| false);

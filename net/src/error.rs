@@ -81,6 +81,12 @@ pub enum Error {
     /// Too many pairing codes are outstanding.
     #[error("too many open pairing codes ({open_max} at most)")]
     PairingTooMany { open_max: usize },
+    /// A join request asked for another role than its code was issued for.
+    #[error("this pairing code adds a {code}, not a {asked}")]
+    PairingRole {
+        code: &'static str,
+        asked: &'static str,
+    },
 
     // --- frames and transport ---
     /// A frame header is invalid.

@@ -18,8 +18,11 @@
 //! invite       = ver u8 (=1) ‖ flags u8 (=0) ‖ user[32] ‖ n u8 ‖ addr*n ‖ check[4]
 //!   text: "kith1" ‖ base32 lower case without padding
 //! check        = BLAKE3-derive_key(context, everything before it)[..4]
-//! join request = ver u8 (=1) ‖ secret[16] ‖ kem_public[32] ‖ name_len u16 ‖ name ‖ proof[64] ‖ n u8 ‖ addr*n
-//! join answer  = ver u8 (=1) ‖ node u64 ‖ sealed_secret ‖ chain_len u32 ‖ chain ‖ info_len u32 ‖ volume info
+//! join request = ver u8 (=2) ‖ role u8 ‖ secret[16] ‖ kem_public[32] ‖ name_len u16 ‖ name ‖ proof[64]
+//!                ‖ n u8 ‖ addr*n                       role: 0 = device, 1 = witness
+//! join answer  = ver u8 (=2) ‖ node u64 ‖ grant ‖ chain_len u32 ‖ chain ‖ info_len u32 ‖ volume info
+//!   grant         = 0 ‖ sealed_secret                  (a device)
+//!                 | 1                                  (a witness: no secret, by construction)
 //!   sealed_secret = enc[32] ‖ ciphertext[32] ‖ tag[16]: HPKE base mode (RFC 9180), DHKEM(X25519,
 //!                   HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305, to the joiner's X25519 key,
 //!                   info = "kith/join-secret/v1" ‖ volume u128 ‖ node u64, aad empty
@@ -33,6 +36,13 @@
 //! The join answer travels on the pairing connection (TLS 1.3, both ends authenticated by
 //! device key), and the epoch secret inside it is additionally sealed (HPKE) to the
 //! joiner's X25519 key, so it is readable only by the holder of the key the chain records.
+//!
+//! Roles: the inviter issues a code *for* a role ([`PairingOffers::issue_as`]) and the
+//! role is remembered with the secret, on the inviter. A request must name the same role
+//! (a mismatch is refused before the code is spent), and the answer's grant is chosen
+//! from the code's role, never from the request: a witness code can only ever yield
+//! [`JoinGrant::Witness`], whose encoding has no room for a secret. A witness holds
+//! sealed log entries and votes on them; it never learns the volume's keys.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -62,13 +72,15 @@ pub const PAIRING_SECRET_BYTES: usize = 16;
 
 const CODE_VERSION: u8 = 1;
 const INVITE_VERSION: u8 = 1;
-const JOIN_VERSION: u8 = 1;
+const JOIN_VERSION: u8 = 2;
 const CHECK_BYTES: usize = 4;
 const CODE_CHECK_CONTEXT: &str = "kith 2026-01-01 pairing code checksum v1";
 const INVITE_CHECK_CONTEXT: &str = "kith 2026-01-01 invite checksum v1";
 const SECRET_HASH_CONTEXT: &str = "kith 2026-01-01 pairing secret v1";
 const INVITE_PREFIX: &str = "kith1";
-const ANSWER_VERSION: u8 = 1;
+const ANSWER_VERSION: u8 = 2;
+const GRANT_DEVICE: u8 = 0;
+const GRANT_WITNESS: u8 = 1;
 const INFO_VERSION: u8 = 1;
 const ANNOUNCEMENT_VERSION: u8 = 1;
 const SEAL_INFO_DOMAIN: &[u8] = b"kith/join-secret/v1";
@@ -178,11 +190,49 @@ impl PairingCode {
     }
 }
 
+/// What a pairing code adds to the user and the volume.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum JoinRole {
+    /// A full device: it receives the volume's epoch secret, mounts the volume, votes
+    /// and may lead.
+    #[default]
+    Device,
+    /// A witness: a device identity in the user chain that votes on sealed log entries
+    /// and never receives the epoch secret (it holds ciphertext only).
+    Witness,
+}
+
+impl JoinRole {
+    fn to_byte(self) -> u8 {
+        match self {
+            JoinRole::Device => 0,
+            JoinRole::Witness => 1,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Result<JoinRole> {
+        match byte {
+            0 => Ok(JoinRole::Device),
+            1 => Ok(JoinRole::Witness),
+            _ => Err(Error::malformed("join request", "unknown role")),
+        }
+    }
+
+    /// `device` or `witness`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinRole::Device => "device",
+            JoinRole::Witness => "witness",
+        }
+    }
+}
+
 /// The issuing device's open pairing codes.
 #[derive(Debug, Default)]
 pub struct PairingOffers {
-    /// Hash of the secret → expiry (Unix seconds). Only hashes are kept in memory.
-    open: HashMap<[u8; 32], u64>,
+    /// Hash of the secret → (expiry in Unix seconds, the role the code adds). Only
+    /// hashes are kept in memory.
+    open: HashMap<[u8; 32], (u64, JoinRole)>,
 }
 
 impl PairingOffers {
@@ -190,10 +240,23 @@ impl PairingOffers {
         Self::default()
     }
 
-    /// Makes a new code for `device` of `user`, reachable at `addresses`, valid for
-    /// `ttl_s` from `now_unix_s`.
+    /// Makes a new code adding a device for `device` of `user`, reachable at
+    /// `addresses`, valid for `ttl_s` from `now_unix_s`.
     pub fn issue(
         &mut self,
+        user: UserId,
+        device: DeviceId,
+        addresses: &[SocketAddr],
+        now_unix_s: u64,
+        ttl_s: u64,
+    ) -> Result<PairingCode> {
+        self.issue_as(JoinRole::Device, user, device, addresses, now_unix_s, ttl_s)
+    }
+
+    /// [`issue`](Self::issue) for a code that adds a `role`.
+    pub fn issue_as(
+        &mut self,
+        role: JoinRole,
         user: UserId,
         device: DeviceId,
         addresses: &[SocketAddr],
@@ -216,7 +279,8 @@ impl PairingOffers {
         let mut secret = [0u8; PAIRING_SECRET_BYTES];
         rand::rng().fill_bytes(&mut secret);
         let expires_unix_s = now_unix_s.saturating_add(ttl_s);
-        self.open.insert(secret_hash(&secret), expires_unix_s);
+        self.open
+            .insert(secret_hash(&secret), (expires_unix_s, role));
         Ok(PairingCode {
             user,
             device,
@@ -228,20 +292,29 @@ impl PairingOffers {
 
     /// Consumes `secret` if it is open and not expired. Either way an expired or used
     /// secret never succeeds again.
-    pub fn redeem(&mut self, secret: &PairingSecret, now_unix_s: u64) -> Result<()> {
+    pub fn redeem(&mut self, secret: &PairingSecret, now_unix_s: u64) -> Result<JoinRole> {
         let hash = secret_hash(&secret.0);
-        let expires = self.open.remove(&hash).ok_or(Error::PairingUnknown)?;
+        let (expires, role) = self.open.remove(&hash).ok_or(Error::PairingUnknown)?;
         self.forget_expired(now_unix_s);
         if now_unix_s >= expires {
             return Err(Error::PairingExpired);
         }
-        Ok(())
+        Ok(role)
+    }
+
+    /// The role the open code with `secret` adds, without spending it.
+    pub fn role_of(&self, secret: &PairingSecret) -> Option<JoinRole> {
+        self.open
+            .get(&secret_hash(&secret.0))
+            .map(|(_, role)| *role)
     }
 
     /// The issuing side of a join: consumes the secret in `request` and, if it was
     /// open, records `joiner` (the device authenticated by the connection) in `chain`
     /// with the keys and name it sent. The secret is spent even if the chain then
-    /// refuses the device (e.g. a revoked key).
+    /// refuses the device (e.g. a revoked key); a request for another role than the
+    /// code's is refused without spending it. Answer with the role this returns (the
+    /// code's), never the request's.
     pub fn admit_joiner(
         &mut self,
         joiner: DeviceId,
@@ -249,9 +322,17 @@ impl PairingOffers {
         chain: &mut UserChain,
         root: &UserRootKey,
         now_unix_s: u64,
-    ) -> Result<ChainState> {
-        self.redeem(&request.secret, now_unix_s)?;
-        chain.append(
+    ) -> Result<(ChainState, JoinRole)> {
+        if let Some(role) = self.role_of(&request.secret)
+            && role != request.role
+        {
+            return Err(Error::PairingRole {
+                code: role.as_str(),
+                asked: request.role.as_str(),
+            });
+        }
+        let role = self.redeem(&request.secret, now_unix_s)?;
+        let state = chain.append(
             root,
             LinkBody::AddDevice {
                 device: DevicePublic {
@@ -261,13 +342,14 @@ impl PairingOffers {
                 name: request.name.clone(),
                 proof: request.proof,
             },
-        )
+        )?;
+        Ok((state, role))
     }
 
     /// True while some code can still be redeemed (the transport then admits unknown
     /// devices for pairing requests only).
     pub fn any_open(&self, now_unix_s: u64) -> bool {
-        self.open.values().any(|expires| now_unix_s < *expires)
+        self.open.values().any(|(expires, _)| now_unix_s < *expires)
     }
 
     /// Withdraws every open code.
@@ -276,7 +358,7 @@ impl PairingOffers {
     }
 
     fn forget_expired(&mut self, now_unix_s: u64) {
-        self.open.retain(|_, expires| now_unix_s < *expires);
+        self.open.retain(|_, (expires, _)| now_unix_s < *expires);
     }
 }
 
@@ -284,6 +366,8 @@ impl PairingOffers {
 /// B's signing key is the connection's authenticated peer id, so it is not repeated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JoinRequest {
+    /// What the joiner asks to become; it must be what the code was issued for.
+    pub role: JoinRole,
     pub secret: PairingSecret,
     pub kem_public: [u8; 32],
     pub name: String,
@@ -297,6 +381,7 @@ impl JoinRequest {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Writer::new();
         out.u8(JOIN_VERSION)
+            .u8(self.role.to_byte())
             .put(&self.secret.0)
             .put(&self.kem_public)
             .bytes_u16(self.name.as_bytes())
@@ -314,6 +399,7 @@ impl JoinRequest {
                 version,
             });
         }
+        let role = JoinRole::from_byte(input.u8()?)?;
         let secret = PairingSecret(input.array()?);
         let kem_public = input.array()?;
         let name = input.string(DEVICE_NAME_BYTES_MAX)?;
@@ -321,6 +407,7 @@ impl JoinRequest {
         let addresses = take_addresses(&mut input)?;
         input.finish()?;
         Ok(Self {
+            role,
             secret,
             kem_public,
             name,
@@ -474,14 +561,35 @@ impl VolumeInfo {
     }
 }
 
+/// What a join gives the joiner besides its place in the chain and the group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JoinGrant {
+    /// A device: the volume's epoch secret, sealed to the joiner's X25519 key
+    /// ([`seal_epoch_secret`]).
+    Device {
+        sealed_secret: [u8; SEALED_SECRET_BYTES],
+    },
+    /// A witness: nothing to read the volume with.
+    Witness,
+}
+
+impl JoinGrant {
+    /// The role this grant makes the joiner.
+    pub fn role(&self) -> JoinRole {
+        match self {
+            JoinGrant::Device { .. } => JoinRole::Device,
+            JoinGrant::Witness => JoinRole::Witness,
+        }
+    }
+}
+
 /// What the inviter answers a successful [`JoinRequest`] with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JoinAnswer {
     /// The node id assigned to the joiner in the volume's group.
     pub node: NodeId,
-    /// The volume's epoch secret, sealed to the joiner's X25519 key
-    /// ([`seal_epoch_secret`]).
-    pub sealed_secret: [u8; SEALED_SECRET_BYTES],
+    /// The sealed epoch secret for a device; nothing for a witness.
+    pub grant: JoinGrant,
     /// The user chain, now holding the joiner.
     pub chain: UserChain,
     pub info: VolumeInfo,
@@ -490,10 +598,16 @@ pub struct JoinAnswer {
 impl JoinAnswer {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Writer::new();
-        out.u8(ANSWER_VERSION)
-            .u64(self.node.0)
-            .put(&self.sealed_secret)
-            .bytes_u32(&self.chain.encode())
+        out.u8(ANSWER_VERSION).u64(self.node.0);
+        match &self.grant {
+            JoinGrant::Device { sealed_secret } => {
+                out.u8(GRANT_DEVICE).put(sealed_secret);
+            }
+            JoinGrant::Witness => {
+                out.u8(GRANT_WITNESS);
+            }
+        }
+        out.bytes_u32(&self.chain.encode())
             .bytes_u32(&self.info.to_bytes());
         out.into_bytes()
     }
@@ -509,13 +623,19 @@ impl JoinAnswer {
             });
         }
         let node = NodeId(input.u64()?);
-        let sealed_secret = input.array()?;
+        let grant = match input.u8()? {
+            GRANT_DEVICE => JoinGrant::Device {
+                sealed_secret: input.array()?,
+            },
+            GRANT_WITNESS => JoinGrant::Witness,
+            _ => return Err(Error::malformed("join answer", "unknown grant")),
+        };
         let chain = UserChain::decode(input.bytes_u32(CHAIN_BYTES_MAX)?)?;
         let info = VolumeInfo::from_bytes(input.bytes_u32(VOLUME_INFO_BYTES_MAX)?)?;
         input.finish()?;
         Ok(Self {
             node,
-            sealed_secret,
+            grant,
             chain,
             info,
         })
@@ -800,4 +920,123 @@ fn take_addresses(input: &mut Reader<'_>) -> Result<Vec<SocketAddr>> {
         addresses.push(SocketAddr::new(ip, input.u16()?));
     }
     Ok(addresses)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::identity::DeviceIdentity;
+
+    fn request(
+        role: JoinRole,
+        secret: PairingSecret,
+        joiner: &DeviceIdentity,
+        user: &UserId,
+    ) -> JoinRequest {
+        JoinRequest {
+            role,
+            secret,
+            kem_public: joiner.public().kem_public,
+            name: "witness".into(),
+            proof: joiner.possession_proof(user, "witness"),
+            addresses: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_code_adds_only_the_role_it_was_issued_for() {
+        let root = UserRootKey::generate();
+        let user = root.user_id();
+        let inviter = DeviceIdentity::generate();
+        let mut chain = UserChain::new(user);
+        let mut offers = PairingOffers::new();
+        let code = offers
+            .issue_as(JoinRole::Witness, user, inviter.device_id(), &[], 100, 600)
+            .unwrap();
+        let joiner = DeviceIdentity::generate();
+        // Asking a witness code for a device: refused, the code is not spent.
+        let refused = offers.admit_joiner(
+            joiner.device_id(),
+            &request(JoinRole::Device, code.secret, &joiner, &user),
+            &mut chain,
+            &root,
+            101,
+        );
+        assert!(
+            matches!(
+                refused,
+                Err(Error::PairingRole {
+                    code: "witness",
+                    asked: "device"
+                })
+            ),
+            "{refused:?}"
+        );
+        assert!(chain.links().is_empty());
+        assert_eq!(offers.role_of(&code.secret), Some(JoinRole::Witness));
+        let (state, role) = offers
+            .admit_joiner(
+                joiner.device_id(),
+                &request(JoinRole::Witness, code.secret, &joiner, &user),
+                &mut chain,
+                &root,
+                102,
+            )
+            .unwrap();
+        assert_eq!(role, JoinRole::Witness);
+        assert!(state.is_live(&joiner.device_id()));
+        assert_eq!(offers.role_of(&code.secret), None);
+        // A plain code adds a device.
+        let code = offers
+            .issue(user, inviter.device_id(), &[], 100, 600)
+            .unwrap();
+        assert_eq!(offers.redeem(&code.secret, 101).unwrap(), JoinRole::Device);
+    }
+
+    #[test]
+    fn a_witness_answer_has_no_room_for_a_secret() {
+        let user = UserRootKey::generate().user_id();
+        let info = VolumeInfo {
+            volume: VolumeId(7),
+            genesis: Config::majority(ConfigId(1), [NodeId(1)], [], []).unwrap(),
+            nodes: vec![(NodeId(1), DeviceIdentity::generate().device_id())],
+            addresses: Vec::new(),
+        };
+        let witness = JoinAnswer {
+            node: NodeId(2),
+            grant: JoinGrant::Witness,
+            chain: UserChain::new(user),
+            info: info.clone(),
+        };
+        let device = JoinAnswer {
+            grant: JoinGrant::Device {
+                sealed_secret: [9; SEALED_SECRET_BYTES],
+            },
+            ..witness.clone()
+        };
+        let (witness_bytes, device_bytes) = (witness.to_bytes(), device.to_bytes());
+        assert_eq!(JoinAnswer::from_bytes(&witness_bytes).unwrap(), witness);
+        assert_eq!(JoinAnswer::from_bytes(&device_bytes).unwrap(), device);
+        assert_eq!(
+            device_bytes.len() - witness_bytes.len(),
+            SEALED_SECRET_BYTES
+        );
+        // A witness grant followed by secret bytes is not an answer.
+        let mut smuggled = witness_bytes[..10].to_vec();
+        smuggled.extend_from_slice(&[9; SEALED_SECRET_BYTES]);
+        smuggled.extend_from_slice(&witness_bytes[10..]);
+        assert!(JoinAnswer::from_bytes(&smuggled).is_err());
+        let mut unknown = witness_bytes.clone();
+        unknown[9] = 7;
+        assert!(JoinAnswer::from_bytes(&unknown).is_err());
+        // Requests carry their role; an unknown one is refused.
+        let joiner = DeviceIdentity::generate();
+        let asked = request(JoinRole::Witness, PairingSecret([1; 16]), &joiner, &user);
+        let mut bytes = asked.to_bytes();
+        assert_eq!(JoinRequest::from_bytes(&bytes).unwrap(), asked);
+        bytes[1] = 2;
+        assert!(JoinRequest::from_bytes(&bytes).is_err());
+    }
 }

@@ -505,6 +505,7 @@ fn join_request_round_trip() {
     let device = DeviceIdentity::generate();
     let user = UserRootKey::generate().user_id();
     let request = JoinRequest {
+        role: net::pairing::JoinRole::Device,
         secret: PairingSecret([3; 16]),
         kem_public: device.public().kem_public,
         name: "desktop".into(),
@@ -547,7 +548,9 @@ fn volume_info_answer_and_announcement_round_trip() {
     );
     let answer = JoinAnswer {
         node: NodeId(2),
-        sealed_secret: [5; SEALED_SECRET_BYTES],
+        grant: net::pairing::JoinGrant::Device {
+            sealed_secret: [5; SEALED_SECRET_BYTES],
+        },
         chain: chain.clone(),
         info: info.clone(),
     };
@@ -687,6 +690,7 @@ proptest! {
                                                volume in any::<u128>(), nodes in prop::collection::btree_map(1u64..1000, any::<[u8; 32]>(), 0..20)) {
         let device = DeviceIdentity::generate();
         let request = JoinRequest {
+            role: net::pairing::JoinRole::Witness,
             secret: PairingSecret([1; 16]),
             kem_public: device.public().kem_public,
             proof: device.possession_proof(&net::identity::UserId::from_bytes([2; 32]), &name),

@@ -525,7 +525,7 @@ async fn pairing_over_quic_adds_the_joiner_to_the_chain() {
                 offers.admit_joiner(item.peer, &request, &mut chain, &root, now + 5)
             });
             match outcome {
-                Ok(state) => {
+                Ok((state, _role)) => {
                     a_trust_for_handler.set_from_chains([&state]);
                     a_trust_for_handler.set_pairing_open(offers.any_open(now + 5));
                     responder.respond(Kind::CHAIN, chain.encode());
@@ -556,6 +556,7 @@ async fn pairing_over_quic_adds_the_joiner_to_the_chain() {
         .unwrap();
     assert_eq!(connection.granted_by_peer(), Some(Admission::PairingOnly));
     let join = JoinRequest {
+        role: net::pairing::JoinRole::Device,
         secret: parsed.secret,
         kem_public: b_identity.public().kem_public,
         name: "desktop".into(),

@@ -637,6 +637,7 @@ fn net_join_request_seeds() -> Vec<Vec<u8>> {
     .zip(sample_addresses())
     .map(|(name, addresses)| {
         net::pairing::JoinRequest {
+            role: net::pairing::JoinRole::Device,
             secret: net::pairing::PairingSecret([1; net::pairing::PAIRING_SECRET_BYTES]),
             kem_public: [2; 32],
             name: (*name).to_owned(),

@@ -81,6 +81,66 @@ impl Kith {
     }
 }
 
+/// A witness of one user's home volume, in an installation of its own: paired through
+/// `kith witness add` / `kith witness join`, run with `kith witness run` on loopback.
+/// Dropping it stops its daemon (`kith witness stop`, else SIGKILL).
+#[derive(Debug)]
+pub struct Witness {
+    pub kith: Kith,
+    /// Where it listens (told to the inviter at join, used by every run).
+    pub listen: std::net::SocketAddr,
+}
+
+impl Witness {
+    /// A fresh store made a witness through `inviter` (a mounted device holding the
+    /// user root key), listening on a free loopback port.
+    pub fn join(inviter: &Kith) -> anyhow::Result<Witness> {
+        let code = inviter.ok(["witness", "add"])?;
+        let code = code.lines().next().unwrap_or_default().trim().to_owned();
+        let kith = Kith::new()?;
+        let listen = free_loopback_port()?;
+        kith.ok(["witness", "join", &code, "--listen", &listen.to_string()])
+            .context("kith witness join")?;
+        Ok(Witness { kith, listen })
+    }
+
+    /// `kith witness run --listen …` (background); returns the daemon's pid.
+    pub fn run(&self) -> anyhow::Result<u32> {
+        let out = self
+            .kith
+            .ok(["witness", "run", "--listen", &self.listen.to_string()])?;
+        daemon_pid_in(&out)
+    }
+
+    /// `kith witness stop`.
+    pub fn stop(&self) -> anyhow::Result<String> {
+        self.kith.ok(["witness", "stop"])
+    }
+
+    /// `kith status --json` of the witness, parsed.
+    pub fn status(&self) -> anyhow::Result<SyncStatus> {
+        self.kith.sync_status()
+    }
+}
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        let pid = self.kith.daemon_pid();
+        let _ = self.stop();
+        if let Some(pid) = pid
+            && !crate::wait_gone(pid, Duration::from_secs(5))
+        {
+            crate::kill_and_wait(pid);
+        }
+    }
+}
+
+/// A loopback UDP port free a moment ago.
+pub fn free_loopback_port() -> anyhow::Result<std::net::SocketAddr> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(socket.local_addr()?)
+}
+
 /// Aborts the FUSE connection mounted at `mount` (fusectl, mounted if needed; needs
 /// root) and leaves the mount in place, which `kith unmount` would not. Reads the connection number from the mount table: a `stat` of a dead mount
 /// could block.
