@@ -11,6 +11,9 @@
 //! 3. [`Gc::sweep`] removes the index rows of every block before the fence that is not
 //!    live; [`Gc::finish`] sweeps and then compacts so the dead bytes leave the disk.
 //!
+//! A round may also start from a [`fence`] taken earlier ([`Gc::from_fence`]): then
+//! everything put since that fence survives, which gives young blocks a grace period.
+//!
 //! Every step is crash-safe: the sweep is one index transaction; compaction's steps are
 //! argued in [`Store::compact`].
 
@@ -47,6 +50,15 @@ pub struct GcReport {
     pub compaction: CompactReport,
 }
 
+/// A fence to start a later round with ([`Gc::from_fence`]). Sweeping with a fence
+/// taken a while ago keeps every block put (or put again) since, whatever the mark
+/// says: a grace period for blocks no root names yet, such as blocks another device
+/// pushed here for an operation it has not committed yet. Fences stay valid across
+/// restarts (put sequence numbers are durable and only grow).
+pub fn fence(store: &Store) -> Result<u64> {
+    store.gc_fence()
+}
+
 impl<'a> Gc<'a> {
     /// Start a round: blocks put from now on survive it whatever the mark says.
     pub fn begin(store: &'a Store) -> Result<Gc<'a>> {
@@ -54,6 +66,11 @@ impl<'a> Gc<'a> {
             fence: store.gc_fence()?,
             store,
         })
+    }
+
+    /// A round whose sweep keeps every block put since `fence` was taken ([`fence`]).
+    pub fn from_fence(store: &'a Store, fence: u64) -> Gc<'a> {
+        Gc { store, fence }
     }
 
     /// Remove every block from before [`Gc::begin`] that `is_live` rejects. Returns the
