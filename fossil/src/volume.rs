@@ -1405,8 +1405,45 @@ impl Volume {
     /// Content roots the store must keep: every file of the live namespace, of the
     /// snapshots, and the snapshot images themselves.
     pub fn live_roots(&self) -> Result<Vec<BlockRef>> {
+        self.shared.state.lock().content_roots()
+    }
+
+    /// Every root a GC round whose fence was taken before this call must keep: the
+    /// [`Volume::live_roots`] of a namespace made durable first, plus the checkpoint
+    /// image the log starts from.
+    ///
+    /// Why durable, under one lock: a buffered write whose blocks predate the fence
+    /// belongs to no root until it is flushed; and an op applied but not yet durable
+    /// (a truncate, say) may drop a root that a crash would bring back. Ops after this
+    /// call can only drop roots marked here, or name blocks put after the fence.
+    pub fn gc_roots(&self) -> Result<Vec<BlockRef>> {
         let mut guard = self.shared.state.lock();
         let state = &mut *guard;
+        state.flush_all()?;
+        state.make_durable()?;
+        let mut roots = state.content_roots()?;
+        let checkpoint = match &state.replica {
+            Some(replica) => replica.agreement.checkpoint()?.map(|(_, root)| root),
+            None => match std::fs::read(state.dir.join("checkpoint")) {
+                Ok(root) => Some(root),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+                Err(error) => return Err(error.into()),
+            },
+        };
+        if let Some(root) = checkpoint {
+            roots.push(BlockRef::decode(&root).map_err(|error| Error::Corrupt {
+                what: "checkpoint root",
+                detail: error.to_string(),
+            })?);
+        }
+        Ok(roots)
+    }
+}
+
+impl State {
+    /// See [`Volume::live_roots`].
+    fn content_roots(&mut self) -> Result<Vec<BlockRef>> {
+        let state = self;
         let mut roots = Vec::new();
         for inode in state.ns.all_inodes()? {
             roots.extend(inode.content.roots());
