@@ -51,8 +51,8 @@ use crate::venti_content::VentiContent;
 use crate::*;
 
 mod replicated;
-use replicated::Replica;
-pub use replicated::{Invalidation, SyncStatus};
+pub use replicated::{CHECKPOINT_BYTES_DEFAULT, CHECKPOINT_OPS_DEFAULT, Invalidation, SyncStatus};
+use replicated::{Checkpoints, Replica};
 
 /// Told what other devices changed, after it is applied and the volume lock released:
 /// the daemon invalidates the kernel's caches for these inodes and names. It runs on a
@@ -112,6 +112,12 @@ pub struct VolumeOptions {
     pub dirty_file_bytes_max: usize,
     /// Run the background commit/flush thread.
     pub background: bool,
+    /// Replicated: the background thread checkpoints (and the agreement truncates its
+    /// log) once this many slots were applied since the last checkpoint; 0: never on
+    /// its own.
+    pub checkpoint_ops: u64,
+    /// Replicated: or once this many bytes of committed ops were; 0: no byte bound.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for VolumeOptions {
@@ -131,6 +137,8 @@ impl Default for VolumeOptions {
             idle_flush_ms: 1000,
             dirty_file_bytes_max: 64 << 20,
             background: true,
+            checkpoint_ops: CHECKPOINT_OPS_DEFAULT,
+            checkpoint_bytes: CHECKPOINT_BYTES_DEFAULT,
         }
     }
 }
@@ -152,6 +160,8 @@ impl std::fmt::Debug for VolumeOptions {
             .field("idle_flush_ms", &self.idle_flush_ms)
             .field("dirty_file_bytes_max", &self.dirty_file_bytes_max)
             .field("background", &self.background)
+            .field("checkpoint_ops", &self.checkpoint_ops)
+            .field("checkpoint_bytes", &self.checkpoint_bytes)
             .finish()
     }
 }
@@ -195,6 +205,8 @@ struct SyncShared {
     delivering: Mutex<()>,
     /// The replica's proposal lock (`Replica::proposing`).
     proposing: Arc<Mutex<()>>,
+    /// When to checkpoint on its own (`Replica::checkpoints`).
+    checkpoints: Arc<Checkpoints>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -389,6 +401,11 @@ impl Volume {
                 Duration::from_millis(options.genesis_wait_ms),
                 Duration::from_millis(options.commit_interval_ms),
                 options.commit_ops_max.max(1),
+                Checkpoints::new(
+                    options.checkpoint_ops,
+                    options.checkpoint_bytes,
+                    dir.join("namespace.sqlite"),
+                ),
             )
         });
         let log: Box<dyn Log> = match (options.log, &replica) {
@@ -447,6 +464,7 @@ impl Volume {
             notifier,
             delivering: Mutex::new(()),
             proposing: Arc::clone(&replica.proposing),
+            checkpoints: Arc::clone(&replica.checkpoints),
         });
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -1377,10 +1395,10 @@ impl Volume {
     /// Replicated: the image of the committed layer, handed to the agreement, which
     /// truncates the group log behind it (`Agreement::compact`).
     pub fn checkpoint(&self) -> Result<BlockRef> {
-        let mut state = self.shared.state.lock();
-        if state.replica.is_some() {
-            return state.checkpoint_replicated();
+        if self.shared.sync.is_some() {
+            return replicated::checkpoint(&self.shared);
         }
+        let mut state = self.shared.state.lock();
         state.flush_all()?;
         state.make_durable()?;
         let image = Image::capture(&state.ns)?;
@@ -1515,6 +1533,7 @@ fn background_loop(shared: Weak<Shared>, interval: Duration) {
         if let Err(error) = background_commit(&shared) {
             tracing::warn!(%error, "volume: background commit failed");
         }
+        replicated::checkpoint_if_due(&shared);
     }
 }
 

@@ -34,6 +34,9 @@ const CONFIG_BYTES_MAX: u64 = 64 * 1024;
 const FUSE_THREADS_MAX: i64 = 64;
 const TTL_MS_MAX: i64 = 60_000;
 const DEVICE_ID_BYTES: usize = 16;
+/// Largest accepted `checkpoint_ops` (a longer log than this between checkpoints only
+/// costs memory and catch-up time).
+const CHECKPOINT_OPS_MAX: i64 = 100_000_000;
 
 const DEFAULT_CONFIG: &str = "\
 # Kith configuration. Every key is optional; the values shown are the defaults.
@@ -45,6 +48,7 @@ const DEFAULT_CONFIG: &str = "\
 # keyring = \"encrypted\"                # or \"unencrypted\" (servers, tests; flagged by status)
 # listen = \"0.0.0.0:7420\"               # where the daemon listens for its devices (QUIC)
 # keep = \"on-demand\"                   # or \"full\": hold every block the volume refers to
+# checkpoint_ops = 10000                 # checkpoint (and truncate the log) after this many ops; 0: never
 ";
 
 /// The directories of one Kith installation.
@@ -152,6 +156,9 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// What this device keeps of the volume's content.
     pub keep: Keep,
+    /// Checkpoint the volume and truncate its log after this many ops (0: never);
+    /// `None`: fossil's default.
+    pub checkpoint_ops: Option<u64>,
 }
 
 /// What a device keeps of its volume's content (`keep` in the configuration).
@@ -198,6 +205,7 @@ impl Default for Config {
             keyring: None,
             listen: None,
             keep: Keep::OnDemand,
+            checkpoint_ops: None,
         }
     }
 }
@@ -278,6 +286,10 @@ impl Config {
                         .as_str()
                         .and_then(Keep::parse)
                         .ok_or_else(|| "`keep` must be \"on-demand\" or \"full\"".to_owned())?;
+                }
+                "checkpoint_ops" => {
+                    let ops = bounded_int(item, key, 0, CHECKPOINT_OPS_MAX)?;
+                    config.checkpoint_ops = u64::try_from(ops).ok();
                 }
                 other => return Err(format!("unknown key `{other}`")),
             }
@@ -449,8 +461,14 @@ pub(crate) mod tests {
                 keyring: None,
                 listen: None,
                 keep: Keep::OnDemand,
+                checkpoint_ops: None,
             })
         );
+        assert_eq!(
+            Config::parse("checkpoint_ops = 50").map(|c| c.checkpoint_ops),
+            Ok(Some(50))
+        );
+        assert!(Config::parse("checkpoint_ops = -1").is_err());
         assert_eq!(
             Config::parse("keep = \"full\"").map(|c| c.keep),
             Ok(Keep::Full)

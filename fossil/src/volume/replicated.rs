@@ -19,11 +19,20 @@
 //! `on_remote_change` hook as [`Invalidation`]s: the inodes and names a remote op
 //! touched, and those of this device's own ops whose outcome changed (a pending create
 //! that committed under a conflict name keeps its inode number; only its name moves).
+//!
+//! Checkpoints: once the log since the last checkpoint passes a bound
+//! ([`CHECKPOINT_OPS_DEFAULT`] slots or [`CHECKPOINT_BYTES_DEFAULT`] bytes of ops), the
+//! background thread captures the committed layer into an [`Image`] — read on a second
+//! SQLite connection, whose read transaction sees exactly the committed state (the
+//! pending layer lives in the main connection's open transaction), so no request
+//! waits for the scan — stores it, syncs the store and only then has the agreement
+//! truncate its log behind it (`Agreement::compact`). Each device compacts on its own.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Weak;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +45,7 @@ use super::{Shared, State};
 use crate::agreement::{Agreement, CommittedRun, ProposalId, Slot};
 use crate::apply::{Outcome, apply};
 use crate::checkpoint::Image;
+use crate::namespace::Namespace;
 use crate::op::{Op, OpBody};
 use crate::{Error, InodeNo, Result};
 
@@ -54,6 +64,19 @@ const AHEAD_BYTES_MAX: usize = 16 << 20;
 /// Most ops handed to the agreement in one call (the replica refuses a call that does
 /// not fit its queue whole; this keeps one call well inside it).
 const PROPOSE_OPS_MAX: usize = 1024;
+/// A checkpoint is due once this many slots were applied since the last one. The log
+/// behind a checkpoint costs memory and disk on every device (the agreement keeps
+/// committed entries, sealed and signed, a few hundred bytes each for metadata ops)
+/// and replay time for a device that catches up; a checkpoint costs one scan of the
+/// namespace and the image's new chunks in the store (unchanged stretches of the
+/// image dedupe). At 10,000 slots the log stays at a few MB while a namespace of
+/// 100,000 files is scanned at most once per 10,000 changes.
+pub const CHECKPOINT_OPS_DEFAULT: u64 = 10_000;
+/// Or once this many bytes of committed ops were applied (ops carrying inline content
+/// of up to 4 KiB fill the log faster than their count says).
+pub const CHECKPOINT_BYTES_DEFAULT: u64 = 32 << 20;
+/// After a failed automatic checkpoint, the next attempt waits this long.
+const CHECKPOINT_RETRY: Duration = Duration::from_secs(30);
 
 /// Something the kernel may hold in its caches that a remote change made stale.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -75,6 +98,64 @@ pub struct SyncStatus {
     pub pending: usize,
     /// Of those, ops not proposed yet (until the next commit point).
     pub unproposed: usize,
+}
+
+/// When a replicated volume checkpoints on its own, and where it is with it.
+#[derive(Debug)]
+pub(super) struct Checkpoints {
+    /// A checkpoint is due after this many slots (0: never on its own)...
+    ops_max: u64,
+    /// ...or this many bytes of committed ops (0: no byte bound).
+    bytes_max: u64,
+    /// The namespace database, opened a second time to capture the committed layer.
+    namespace_path: PathBuf,
+    /// The log continues at this slot after the last checkpoint (0: none yet).
+    end: AtomicU64,
+    /// Bytes of committed ops applied since the last checkpoint.
+    bytes: AtomicU64,
+    /// Held while a checkpoint is taken: one at a time.
+    running: Mutex<()>,
+    /// No automatic attempt before this (after a failure).
+    retry_at: Mutex<Option<Instant>>,
+}
+
+impl Checkpoints {
+    pub(super) fn new(ops_max: u64, bytes_max: u64, namespace_path: PathBuf) -> Checkpoints {
+        Checkpoints {
+            ops_max,
+            bytes_max,
+            namespace_path,
+            end: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            running: Mutex::new(()),
+            retry_at: Mutex::new(None),
+        }
+    }
+
+    /// A checkpoint through `end - 1` exists (made here or installed).
+    fn covered(&self, end: Slot) {
+        if self.end.fetch_max(end, Ordering::AcqRel) < end {
+            self.bytes.store(0, Ordering::Release);
+        }
+    }
+
+    fn note_bytes(&self, bytes: usize) {
+        self.bytes
+            .fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::AcqRel);
+    }
+
+    /// Whether the log applied through `applied_end` is long enough to checkpoint.
+    fn due(&self, applied_end: Slot) -> bool {
+        if self.ops_max == 0 {
+            return false;
+        }
+        if self.retry_at.lock().is_some_and(|at| Instant::now() < at) {
+            return false;
+        }
+        let ops = applied_end.saturating_sub(self.end.load(Ordering::Acquire));
+        ops >= self.ops_max
+            || self.bytes_max > 0 && ops > 0 && self.bytes.load(Ordering::Acquire) >= self.bytes_max
+    }
 }
 
 /// The replicated half of a volume's state.
@@ -109,6 +190,7 @@ pub(super) struct Replica {
     /// code already holding the volume lock may only `try_lock` it.
     pub(super) proposing: Arc<Mutex<()>>,
     ahead: CommittedAhead,
+    pub(super) checkpoints: Arc<Checkpoints>,
 }
 
 /// Committed ops the applier read from the agreement without the volume lock, for the
@@ -229,6 +311,7 @@ impl Replica {
         genesis_wait: Duration,
         group_commit: Duration,
         group_commit_ops_max: usize,
+        checkpoints: Checkpoints,
     ) -> Replica {
         Replica {
             agreement,
@@ -245,6 +328,7 @@ impl Replica {
             invalidations: Vec::new(),
             proposing: Arc::new(Mutex::new(())),
             ahead: CommittedAhead::default(),
+            checkpoints: Arc::new(checkpoints),
         }
     }
 
@@ -319,10 +403,13 @@ impl State {
         let applied_end = self.ns.applied_end()?;
         self.replica()?.set_applied_end(applied_end);
         let agreement = Arc::clone(&self.replica()?.agreement);
-        if let Some((through, root)) = agreement.checkpoint()?
-            && applied_end <= through
-        {
-            self.install_checkpoint(&root)?;
+        if let Some((through, root)) = agreement.checkpoint()? {
+            self.replica()?
+                .checkpoints
+                .covered(through.saturating_add(1));
+            if applied_end <= through {
+                self.install_checkpoint(&root)?;
+            }
         }
         self.apply_committed_run(Slot::MAX)?;
         for (id, bytes) in agreement.pending()? {
@@ -426,6 +513,7 @@ impl State {
         self.ns.rollback()?;
         self.ns.load(&image)?;
         self.replica()?.set_applied_end(image.applied_end);
+        self.replica()?.checkpoints.covered(image.applied_end);
         // Own ops the checkpoint covers are committed.
         let applied_seq = self.ns.author(self.device)?.map_or(0, |(seq, _)| seq);
         self.replica()?
@@ -463,8 +551,11 @@ impl State {
         if end <= next {
             return Ok(());
         }
-        // The committed prefix is applied below like any committed op.
+        // The committed prefix is applied below like any committed op (its bytes were
+        // counted when it was verified).
         let replica = self.replica()?;
+        let counted_end = replica.verified_end;
+        let checkpoints = Arc::clone(&replica.checkpoints);
         replica.committed_prefix = 0;
         replica.verified_end = next;
         replica.deferred_since = None;
@@ -495,6 +586,9 @@ impl State {
                 },
             };
             for (slot, bytes) in run.ops {
+                if slot >= counted_end {
+                    checkpoints.note_bytes(bytes.len());
+                }
                 match Op::decode(&bytes) {
                     Ok(op) => {
                         let outcome = apply(&self.ns, slot, &op)?;
@@ -572,6 +666,7 @@ impl State {
                     return Ok(false);
                 }
                 replica.committed_prefix += 1;
+                replica.checkpoints.note_bytes(bytes.len());
             }
             if run.next <= from {
                 break;
@@ -811,27 +906,6 @@ impl State {
                     Proposal::Queued | Proposal::InFlight => None,
                 })
         })
-    }
-
-    /// Checkpoint of the committed layer, handed to the agreement to compact behind.
-    pub(super) fn checkpoint_replicated(&mut self) -> Result<BlockRef> {
-        self.flush_all()?;
-        self.content.sync()?;
-        self.content_unsynced = false;
-        self.propose_batch()?;
-        self.ns.rollback()?;
-        // The committed layer only: the pending layer is rolled back meanwhile.
-        let captured = Image::capture(&self.ns);
-        self.reapply_pending()?;
-        let image = captured?;
-        let root = self.content.write_meta(&image.encode())?;
-        self.content.sync()?;
-        if image.applied_end > 0 {
-            self.replica()?
-                .agreement
-                .compact(image.applied_end - 1, root.encode().to_vec())?;
-        }
-        Ok(root)
     }
 }
 
@@ -1090,6 +1164,105 @@ pub(super) fn background_propose(shared: &Shared) -> Result<()> {
     let flushed = shared.state.lock().flush_idle();
     let proposed = propose(shared);
     flushed.and(proposed)
+}
+
+/// `Volume::checkpoint` on a replicated volume: propose what is queued, apply what
+/// committed, then checkpoint the committed layer (see [`checkpoint_committed`]).
+/// Answers the root of the checkpoint the log is now truncated behind.
+pub(super) fn checkpoint(shared: &Shared) -> Result<BlockRef> {
+    let Some(sync) = &shared.sync else {
+        return Err(Error::Invalid("not a replicated volume"));
+    };
+    shared.state.lock().flush_all()?;
+    propose(shared)?;
+    let last = shared.state.lock().last_proposal();
+    wait_committed(shared, last);
+    catch_up(shared, true, HookThread::Here)?;
+    let _running = sync.checkpoints.running.lock();
+    if let Some(root) = checkpoint_committed(shared)? {
+        return Ok(root);
+    }
+    // Nothing applied past the last checkpoint: that one stands.
+    match sync.agreement.checkpoint()? {
+        Some((_, root)) => BlockRef::decode(&root).map_err(|error| Error::Corrupt {
+            what: "checkpoint root",
+            detail: error.to_string(),
+        }),
+        None => Err(Error::Invalid("nothing applied to checkpoint yet")),
+    }
+}
+
+/// The background thread's check: checkpoint if the log since the last checkpoint
+/// passed its bound. A failure is logged and retried after [`CHECKPOINT_RETRY`].
+pub(super) fn checkpoint_if_due(shared: &Shared) {
+    let Some(sync) = &shared.sync else {
+        return;
+    };
+    if !sync
+        .checkpoints
+        .due(sync.applied_end.load(Ordering::Acquire))
+    {
+        return;
+    }
+    let Some(_running) = sync.checkpoints.running.try_lock() else {
+        return;
+    };
+    let started = Instant::now();
+    match checkpoint_committed(shared) {
+        Ok(Some(_)) => tracing::info!(
+            through = sync
+                .checkpoints
+                .end
+                .load(Ordering::Acquire)
+                .saturating_sub(1),
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "volume: checkpoint taken, log truncated behind it"
+        ),
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(%error, "volume: automatic checkpoint failed; retrying later");
+            *sync.checkpoints.retry_at.lock() = Some(Instant::now() + CHECKPOINT_RETRY);
+        }
+    }
+}
+
+/// Checkpoint the committed layer without the volume lock: capture it from a read
+/// transaction on a second connection to the namespace database (it sees the last
+/// committed state, never the pending layer of the main connection's open
+/// transaction), store the image, make it durable (and placed on other voters: the
+/// store's sync pushes), and only then have the agreement truncate its log behind it.
+/// A crash anywhere in between leaves the old checkpoint and the whole log.
+///
+/// `None` if the committed layer is not past the agreement's checkpoint. The caller
+/// holds `Checkpoints::running`.
+fn checkpoint_committed(shared: &Shared) -> Result<Option<BlockRef>> {
+    let Some(sync) = &shared.sync else {
+        return Err(Error::Invalid("not a replicated volume"));
+    };
+    let image = {
+        let mut reader = Namespace::open(&sync.checkpoints.namespace_path)?;
+        reader.begin()?;
+        let image = Image::capture(&reader);
+        reader.rollback()?;
+        image?
+    };
+    let Some(through) = image.applied_end.checked_sub(1) else {
+        return Ok(None);
+    };
+    if let Some((done, _)) = sync.agreement.checkpoint()? {
+        sync.checkpoints.covered(done.saturating_add(1));
+        if done >= through {
+            return Ok(None);
+        }
+    }
+    let encoded = image.encode();
+    drop(image);
+    let root = shared.content.write_meta(&encoded)?;
+    drop(encoded);
+    shared.content.sync()?;
+    sync.agreement.compact(through, root.encode().to_vec())?;
+    sync.checkpoints.covered(through.saturating_add(1));
+    Ok(Some(root))
 }
 
 /// Applies commits as the agreement reports them, never holding the volume lock
