@@ -117,6 +117,19 @@ pub(super) struct Checkpoints {
     running: Mutex<()>,
     /// No automatic attempt before this (after a failure).
     retry_at: Mutex<Option<Instant>>,
+    /// Test hook: the next checkpoint stops (fails) right after this step, as a
+    /// killed process would.
+    #[cfg(test)]
+    crash_after: Mutex<Option<CheckpointStep>>,
+}
+
+/// The steps of a checkpoint, in order (kill points for the crash test).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CheckpointStep {
+    Captured,
+    ImageWritten,
+    ImageSynced,
+    Compacted,
 }
 
 impl Checkpoints {
@@ -129,6 +142,8 @@ impl Checkpoints {
             bytes: AtomicU64::new(0),
             running: Mutex::new(()),
             retry_at: Mutex::new(None),
+            #[cfg(test)]
+            crash_after: Mutex::new(None),
         }
     }
 
@@ -137,6 +152,22 @@ impl Checkpoints {
         if self.end.fetch_max(end, Ordering::AcqRel) < end {
             self.bytes.store(0, Ordering::Release);
         }
+    }
+
+    /// Test hook: fail here if the test asked to crash after `step`.
+    #[cfg(test)]
+    fn step(&self, step: CheckpointStep) -> Result<()> {
+        if *self.crash_after.lock() == Some(step) {
+            return Err(Error::Io(std::io::Error::other(format!(
+                "injected crash after {step:?}"
+            ))));
+        }
+        Ok(())
+    }
+
+    #[cfg(not(test))]
+    fn step(&self, _step: CheckpointStep) -> Result<()> {
+        Ok(())
     }
 
     fn note_bytes(&self, bytes: usize) {
@@ -1246,6 +1277,7 @@ fn checkpoint_committed(shared: &Shared) -> Result<Option<BlockRef>> {
         reader.rollback()?;
         image?
     };
+    sync.checkpoints.step(CheckpointStep::Captured)?;
     let Some(through) = image.applied_end.checked_sub(1) else {
         return Ok(None);
     };
@@ -1259,8 +1291,11 @@ fn checkpoint_committed(shared: &Shared) -> Result<Option<BlockRef>> {
     drop(image);
     let root = shared.content.write_meta(&encoded)?;
     drop(encoded);
+    sync.checkpoints.step(CheckpointStep::ImageWritten)?;
     shared.content.sync()?;
+    sync.checkpoints.step(CheckpointStep::ImageSynced)?;
     sync.agreement.compact(through, root.encode().to_vec())?;
+    sync.checkpoints.step(CheckpointStep::Compacted)?;
     sync.checkpoints.covered(through.saturating_add(1));
     Ok(Some(root))
 }
@@ -1351,5 +1386,215 @@ fn pause(shared: &Shared, duration: Duration) {
     let mut stop = shared.stop.lock();
     if !*stop {
         shared.wake.wait_for(&mut stop, duration);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::*;
+    use crate::Caller;
+    use crate::agreement::MemGroup;
+    use crate::content::{ContentStore, MemContent};
+    use crate::op::{DeviceId, Rights};
+    use crate::volume::{Volume, VolumeOptions};
+
+    const ME: Caller = Caller {
+        uid: 1000,
+        gid: 1000,
+    };
+    const WAIT: Duration = Duration::from_secs(20);
+
+    /// Devices of one group sharing one content store (standing in for fetching).
+    struct Devices {
+        group: MemGroup,
+        content: Arc<MemContent>,
+        dirs: Vec<tempfile::TempDir>,
+    }
+
+    impl Devices {
+        fn new(count: usize) -> Devices {
+            Devices {
+                group: MemGroup::new(),
+                content: Arc::new(MemContent::new()),
+                dirs: (0..count).map(|_| tempfile::tempdir().unwrap()).collect(),
+            }
+        }
+
+        fn open(&self, device: u32, checkpoint_ops: u64) -> Volume {
+            let content: Arc<dyn ContentStore> = Arc::new(Arc::clone(&self.content));
+            let agreement: Arc<dyn Agreement> = self.group.member(device);
+            let options = VolumeOptions {
+                device: DeviceId(device),
+                content: Some(content),
+                agreement: Some(agreement),
+                create_if_empty: device == 1,
+                commit_wait_ms: 50,
+                commit_interval_ms: 10,
+                checkpoint_ops,
+                ..VolumeOptions::default()
+            };
+            Volume::open_with(self.dirs[device as usize - 1].path(), options).unwrap()
+        }
+
+        /// The slot the group's log is truncated behind, if any.
+        fn compacted_through(&self) -> Option<Slot> {
+            self.group
+                .member(1)
+                .checkpoint()
+                .unwrap()
+                .map(|(through, _)| through)
+        }
+    }
+
+    fn mkdirs(volume: &Volume, names: impl IntoIterator<Item = String>) {
+        for name in names {
+            volume
+                .mkdir(InodeNo::ROOT, OsStr::new(&name), 0o755, ME)
+                .unwrap();
+        }
+        volume.sync_all().unwrap();
+    }
+
+    fn names(volume: &Volume) -> Vec<String> {
+        volume.apply_committed().unwrap();
+        let mut names = Vec::new();
+        let mut cookie = 0;
+        loop {
+            let entries = volume.readdir(InodeNo::ROOT, cookie).unwrap();
+            let Some(last) = entries.last() else {
+                break;
+            };
+            cookie = last.cookie;
+            names.extend(
+                entries
+                    .iter()
+                    .map(|entry| entry.name.to_string_lossy().into_owned())
+                    .filter(|name| !name.starts_with('.')),
+            );
+        }
+        names.sort();
+        names
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn numbered(prefix: &str, count: usize) -> Vec<String> {
+        (0..count).map(|n| format!("{prefix}-{n:04}")).collect()
+    }
+
+    #[test]
+    fn the_log_is_truncated_on_its_own_and_a_late_device_starts_from_the_checkpoint() {
+        let devices = Devices::new(2);
+        let a = devices.open(1, 40);
+        a.grant(DeviceId(2), Rights::Write).unwrap();
+        mkdirs(&a, numbered("first", 100));
+        wait_for("a checkpoint past the first 100 ops", || {
+            devices
+                .compacted_through()
+                .is_some_and(|through| through >= 80)
+        });
+        mkdirs(&a, numbered("second", 100));
+        wait_for("a second checkpoint", || {
+            devices
+                .compacted_through()
+                .is_some_and(|through| through >= 180)
+        });
+        let through = devices.compacted_through().unwrap();
+        assert!(
+            devices.group.member(2).committed(0, 10).is_err(),
+            "the log before the checkpoint is gone"
+        );
+        // Device 2 comes late: the image plus the log after it.
+        let b = devices.open(2, 40);
+        assert!(b.sync_status().applied_end > through);
+        let mut expected = numbered("first", 100);
+        expected.extend(numbered("second", 100));
+        assert_eq!(names(&b), expected);
+        mkdirs(&b, ["from-b".to_owned()]);
+        expected.push("from-b".to_owned());
+        expected.sort();
+        wait_for("a to see b's directory", || names(&a) == expected);
+    }
+
+    #[test]
+    fn a_checkpoint_holds_the_committed_layer_only() {
+        let devices = Devices::new(1);
+        let a = devices.open(1, 0);
+        mkdirs(&a, numbered("committed", 3));
+        // Held: the next op stays pending (shown here, not committed in the group).
+        devices.group.set_held(true);
+        mkdirs(&a, ["pending".to_owned()]);
+        assert!(names(&a).contains(&"pending".to_owned()));
+        let root = a.checkpoint().unwrap();
+        let image = Image::decode(&devices.content.read_meta(&root).unwrap()).unwrap();
+        let in_image: Vec<&[u8]> = image
+            .dirents
+            .iter()
+            .map(|(_, name, _)| name.as_slice())
+            .collect();
+        assert!(in_image.contains(&&b"committed-0001"[..]), "{in_image:?}");
+        assert!(
+            !in_image.contains(&&b"pending"[..]),
+            "pending op in the image"
+        );
+        assert!(
+            names(&a).contains(&"pending".to_owned()),
+            "the pending layer is still shown"
+        );
+        devices.group.set_held(false);
+        wait_for("the pending op to commit", || {
+            a.sync_status().pending == 0 && names(&a).contains(&"pending".to_owned())
+        });
+    }
+
+    #[test]
+    fn a_crash_at_any_point_of_a_checkpoint_keeps_every_committed_op() {
+        let steps = [
+            CheckpointStep::Captured,
+            CheckpointStep::ImageWritten,
+            CheckpointStep::ImageSynced,
+            CheckpointStep::Compacted,
+        ];
+        for step in steps {
+            let devices = Devices::new(1);
+            let a = devices.open(1, 0);
+            let expected = numbered("dir", 30);
+            mkdirs(&a, expected.clone());
+            let checkpoints = Arc::clone(&a.shared.sync.as_ref().unwrap().checkpoints);
+            *checkpoints.crash_after.lock() = Some(step);
+            assert!(
+                a.checkpoint().is_err(),
+                "{step:?}: the crash was not injected"
+            );
+            a.abandon();
+            let compacted = devices.compacted_through().is_some();
+            assert_eq!(compacted, step == CheckpointStep::Compacted, "{step:?}");
+            // The process died there: what it left opens with every committed op...
+            let a = devices.open(1, 0);
+            assert_eq!(names(&a), expected, "{step:?}");
+            a.abandon();
+            // ...even if the database was lost too (rebuilt from the checkpoint, if
+            // the log was truncated, plus the log).
+            for file in [
+                "namespace.sqlite",
+                "namespace.sqlite-wal",
+                "namespace.sqlite-shm",
+            ] {
+                let _ = std::fs::remove_file(devices.dirs[0].path().join(file));
+            }
+            let a = devices.open(1, 0);
+            assert_eq!(names(&a), expected, "{step:?}, database lost");
+            // A later checkpoint goes through.
+            a.checkpoint().unwrap();
+            assert!(devices.compacted_through().is_some(), "{step:?}");
+        }
     }
 }
