@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use common::{TestResult, block, for_each_backend, put_all, small_options};
 use venti::gc::Gc;
-use venti::{Address, BlockStore, Class, Error, StoreOptions};
+use venti::{Address, BlockStore, Class, Error, PUT_HEADROOM_BYTES, StoreOptions};
 
 #[test]
 fn put_get_contains_round_trip_across_arenas() -> TestResult {
@@ -338,6 +338,35 @@ fn the_block_store_trait_moves_blocks() -> TestResult {
         dyn_store.put(&address, &data, Class::Pinned)?;
         assert!(dyn_store.contains(&address)?);
         assert_eq!(dyn_store.get(&address)?, data);
+        Ok(())
+    })
+}
+
+#[test]
+fn an_owned_put_lets_the_caller_reuse_its_buffer_at_once() -> TestResult {
+    for_each_backend(|backend| {
+        let store = backend.open(StoreOptions::default())?;
+        let dyn_store: &dyn BlockStore = &store;
+        let blocks: Vec<_> = (0..48u64).map(|n| block(n, 70_000 + n as usize)).collect();
+        let mut buffer = Vec::new();
+        let mut tickets = Vec::new();
+        for (address, data) in &blocks {
+            buffer.clear();
+            buffer.resize(PUT_HEADROOM_BYTES, 0);
+            buffer.extend_from_slice(data);
+            tickets.push(dyn_store.put_sealed_owned(address, &mut buffer, Class::Pinned)?);
+            // A store may copy (staged) or take (unstaged) the buffer; whatever it
+            // leaves is the caller's, to overwrite before the put completes.
+            buffer.fill(0xEE);
+        }
+        for ticket in tickets {
+            dyn_store.wait_puts(ticket, ticket)?;
+        }
+        store.sync()?;
+        for (address, data) in &blocks {
+            assert_eq!(&store.get(address)?, data);
+        }
+        assert!(store.verify()?.problems.is_empty());
         Ok(())
     })
 }
