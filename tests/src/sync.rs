@@ -207,6 +207,61 @@ pub fn cluster(n: usize) -> anyhow::Result<Vec<Kith>> {
     Ok(devices)
 }
 
+/// [`cluster`] with each device `prepare`d (e.g. its configuration) before its first
+/// mount or join: `prepare(index, device)`.
+pub fn cluster_with(
+    n: usize,
+    prepare: impl Fn(usize, &Kith) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<Kith>> {
+    let mut devices = Vec::with_capacity(n);
+    let first = Kith::new()?;
+    prepare(0, &first)?;
+    first
+        .mount_listening()
+        .context("mounting the first device")?;
+    devices.push(first);
+    for index in 1..n {
+        devices.push(join_and_mount(&devices[0], index, |device| {
+            prepare(index, device)
+        })?);
+    }
+    for (index, device) in devices.iter().enumerate() {
+        wait_until(
+            SYNC_TIMEOUT,
+            &format!("device {index} sees {n} online"),
+            || {
+                let status = device.sync_status()?;
+                Ok(status.devices.iter().filter(|d| d.online).count() == n
+                    && status.volume.behind == 0)
+            },
+        )?;
+    }
+    Ok(devices)
+}
+
+/// What a device's Paxos store (`paxos.sqlite`) holds of the volume's log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AcceptorLog {
+    /// The last slot of the snapshot the log is truncated behind, if any.
+    pub snapshot_through: Option<u64>,
+    /// The first committed slot still stored, if any.
+    pub first_slot: Option<u64>,
+    /// Committed entries stored.
+    pub entries: usize,
+}
+
+/// Reads `device`'s Paxos store (its daemon may be running: SQLite's WAL lets a
+/// second connection read a consistent state).
+pub fn acceptor_log(device: &Kith) -> anyhow::Result<AcceptorLog> {
+    let store = paxos::SqliteStore::open(&device.store().join("paxos.sqlite"))?;
+    let state = paxos::AcceptorStore::load(&store)?;
+    Ok(AcceptorLog {
+        snapshot_through: state.snapshot.map(|snapshot| snapshot.slot.0),
+        first_slot: state.committed.keys().next().map(|slot| slot.0),
+        entries: state.committed.len(),
+    })
+}
+
 /// A fresh device (`prepare`d first, e.g. its configuration) joined through
 /// `inviter` and mounted listening on loopback.
 pub fn join_and_mount(
