@@ -88,11 +88,18 @@ fn a_laptop_with_a_witness_keeps_committing_while_the_desktop_is_off() -> anyhow
                 && status.volume.queued == 0)
         })?;
     }
-    let witness_text = witness.kith.ok(["status"])?;
-    ensure!(
-        witness_text.starts_with("witness: ") && witness_text.contains("quorum: 2 of 3"),
-        "the witness's status: {witness_text}"
-    );
+    // The witness catches up the log to the configuration that holds it.
+    let laptop_end = laptop.sync_status()?.volume.commit_end;
+    wait_until(SYNC_TIMEOUT, "the witness to catch up", || {
+        let text = witness.kith.ok(["status"])?;
+        Ok(text.starts_with("witness: ")
+            && text.contains("quorum: 2 of 3")
+            && witness.status()?.volume.commit_end >= laptop_end)
+    })
+    .with_context(|| {
+        let text = witness.kith.ok(["status"]).unwrap_or_default();
+        format!("the witness's status: {text}")
+    })?;
     write_synced(&laptop.path("before"), b"all three up")?;
     wait_for_content(&desktop.path("before"), b"all three up", SYNC_TIMEOUT)?;
     let witness_seen = witness.status()?.volume.commit_end;
