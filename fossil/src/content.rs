@@ -35,6 +35,36 @@ pub trait ContentStore: Send + Sync + std::fmt::Debug {
     fn read_meta(&self, root: &BlockRef) -> Result<Vec<u8>>;
     /// Everything stored so far survives a power loss.
     fn sync(&self) -> Result<()>;
+    /// A garbage-collection fence: blocks put (or put again) from now on survive every
+    /// round that starts from it ([`ContentStore::collect_garbage`]).
+    fn gc_fence(&self) -> Result<u64> {
+        Err(Error::Invalid("this content store collects no garbage"))
+    }
+    /// Remove every block put before `fence` that no tree under `roots` holds, then
+    /// compact: all storage with dead bytes if `compact_all`, else only where at least
+    /// half is dead.
+    fn collect_garbage(
+        &self,
+        fence: u64,
+        roots: &[BlockRef],
+        compact_all: bool,
+    ) -> Result<Collected> {
+        let _ = (fence, roots, compact_all);
+        Err(Error::Invalid("this content store collects no garbage"))
+    }
+}
+
+/// What a garbage-collection round removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Blocks marked live (reachable from the roots).
+    pub live_blocks: u64,
+    /// Blocks removed.
+    pub swept_blocks: u64,
+    /// Bytes of storage given back to the file system by compaction.
+    pub freed_bytes: u64,
+    /// Damaged records compaction found and dropped (each is logged).
+    pub damaged_records: u64,
 }
 
 /// Streams one file's new content into the store.

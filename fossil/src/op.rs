@@ -473,7 +473,9 @@ impl Op {
                 .into_iter()
                 .any(|(bit, value)| flags & bit == 0 && value != 0);
                 if absent_but_set {
-                    return Err(corrupt("setattr carries a value for an absent field".into()));
+                    return Err(corrupt(
+                        "setattr carries a value for an absent field".into(),
+                    ));
                 }
                 OpBody::SetAttr {
                     ino,

@@ -40,7 +40,7 @@ use venti::BlockRef;
 use crate::agreement::Agreement;
 use crate::apply::{Outcome, apply};
 use crate::checkpoint::Image;
-use crate::content::{ContentStore, ContentWriter, Overlay, read_content};
+use crate::content::{Collected, ContentStore, ContentWriter, Overlay, read_content};
 use crate::log::{FileLog, Log};
 use crate::namespace::{Inode, Namespace};
 use crate::op::{
@@ -1424,6 +1424,22 @@ impl Volume {
     /// snapshots, and the snapshot images themselves.
     pub fn live_roots(&self) -> Result<Vec<BlockRef>> {
         self.shared.state.lock().content_roots()
+    }
+
+    /// A garbage-collection fence: see [`Volume::collect_garbage`].
+    pub fn gc_fence(&self) -> Result<u64> {
+        self.shared.content.gc_fence()
+    }
+
+    /// One garbage-collection round: every block put before `fence` (from
+    /// [`Volume::gc_fence`]) that no file, snapshot or checkpoint holds leaves the
+    /// store. Blocks put since the fence stay, whatever they are: a caller that gives
+    /// them a grace period takes fences early and sweeps with an old one.
+    pub fn collect_garbage(&self, fence: u64, compact_all: bool) -> Result<Collected> {
+        let roots = self.gc_roots()?;
+        self.shared
+            .content
+            .collect_garbage(fence, &roots, compact_all)
     }
 
     /// Every root a GC round whose fence was taken before this call must keep: the

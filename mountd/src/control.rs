@@ -34,7 +34,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECTIONS_MAX: usize = 16;
 /// Unread request bytes discarded before closing, at most.
 const DRAIN_BYTES_MAX: u64 = 64 * 1024;
-/// `verify` and `unmount` may take long; the client waits this long for their answer.
+/// `verify`, `unmount` and `gc` may take long; the client waits this long for their answer.
 const CLIENT_TIMEOUT_LONG: Duration = Duration::from_secs(3600);
 /// Every other request is answered at once by a daemon that is alive; one that does
 /// not answer in this time is treated as gone (it may be wedged while dying).
@@ -58,6 +58,8 @@ pub enum Request {
     DeviceRemove(String),
     /// A one-time pairing code for a witness (`kith witness add`); body line 1 = the code.
     WitnessAdd,
+    /// `kith gc`: a garbage-collection round now.
+    Gc,
 }
 
 impl Request {
@@ -76,6 +78,7 @@ impl Request {
             ("device-add", None) => Ok(Request::DeviceAdd),
             ("status-json", None) => Ok(Request::StatusJson),
             ("witness-add", None) => Ok(Request::WitnessAdd),
+            ("gc", None) => Ok(Request::Gc),
             ("snapshot", Some(name)) if !name.is_empty() => Ok(Request::Snapshot(name.into())),
             ("device-remove", Some(who)) if !who.is_empty() => {
                 Ok(Request::DeviceRemove(who.into()))
@@ -96,6 +99,7 @@ impl Request {
             Request::StatusJson => "status-json\n".into(),
             Request::DeviceRemove(who) => format!("device-remove {who}\n"),
             Request::WitnessAdd => "witness-add\n".into(),
+            Request::Gc => "gc\n".into(),
         }
     }
 }
@@ -108,7 +112,7 @@ pub trait Handler: Send + Sync + 'static {
 /// Send one request and return the body of an `ok` answer.
 pub fn call(socket: &Path, request: &Request) -> Result<String> {
     let timeout = match request {
-        Request::Verify | Request::Unmount => CLIENT_TIMEOUT_LONG,
+        Request::Verify | Request::Unmount | Request::Gc => CLIENT_TIMEOUT_LONG,
         _ => CLIENT_TIMEOUT,
     };
     call_within(socket, request, timeout)
@@ -324,6 +328,7 @@ mod tests {
             Request::StatusJson,
             Request::DeviceRemove("old phone".into()),
             Request::WitnessAdd,
+            Request::Gc,
         ] {
             assert_eq!(Request::parse(&request.to_line()), Ok(request));
         }

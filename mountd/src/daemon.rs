@@ -49,6 +49,7 @@ use crate::config::{self, Config, Dirs};
 use crate::control::{self, Handler, Request};
 use crate::error::{Error, Result};
 use crate::fuse_fs::{CacheTtls, KithFs};
+use crate::gc;
 use crate::invalidate::Invalidations;
 use crate::membership;
 use crate::mounts;
@@ -425,6 +426,17 @@ fn serve_volume(
             .map_err(|e| Error::Startup(format!("cannot start the invalidation thread: {e}")))?;
     }
 
+    // Garbage collection: with other writers, young blocks get a grace period.
+    let shared_with_others: gc::SharedWithOthers = match &home {
+        Some(home) => {
+            let home = Arc::downgrade(home);
+            Box::new(move || home.upgrade().is_none_or(|home| home.has_other_writers()))
+        }
+        None => Box::new(|| false),
+    };
+    let collector = Arc::new(gc::Collector::new(&volume, shared_with_others)?);
+    collector.spawn()?;
+
     let (event_tx, events) = mpsc::channel();
     let session_tx = event_tx.clone();
     std::thread::Builder::new()
@@ -462,6 +474,7 @@ fn serve_volume(
             started: Instant::now(),
             fuse_threads: plan.config.fuse_threads,
         },
+        collector,
     };
     let socket = server.path().to_owned();
     let control = server.spawn(Arc::new(handler))?;
@@ -574,6 +587,7 @@ struct DaemonHandler {
     home: Option<Weak<Home>>,
     events: Mutex<mpsc::Sender<Event>>,
     info: DaemonInfo,
+    collector: Arc<gc::Collector>,
 }
 
 impl Handler for DaemonHandler {
@@ -599,6 +613,11 @@ impl Handler for DaemonHandler {
                 ))
             }
             Request::Verify => Ok(verify::verify(volume()?.as_ref()).render()),
+            Request::Gc => self
+                .collector
+                .collect(true)
+                .map(|outcome| outcome.render())
+                .map_err(|e| e.to_string()),
             Request::DeviceAdd => self.home()?.device_add().map_err(|e| e.to_string()),
             Request::WitnessAdd => self.home()?.witness_add().map_err(|e| e.to_string()),
             Request::DeviceRemove(who) => {

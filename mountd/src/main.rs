@@ -40,6 +40,7 @@ mod daemon;
 mod demo;
 mod error;
 mod fuse_fs;
+mod gc;
 mod invalidate;
 mod join;
 mod membership;
@@ -107,6 +108,8 @@ enum Command {
     Snapshot { name: Option<String> },
     /// Read back every file, directory and link of the store; exit 1 on any problem.
     Verify,
+    /// Free the disk space of deleted files now (the running daemon also does it hourly).
+    Gc,
     /// This user's devices: add one, join as one, list them.
     Device {
         #[command(subcommand)]
@@ -249,6 +252,14 @@ fn run(cli: Cli) -> Result<()> {
                 volume.sync_all()?;
                 println!("snapshot {name} recorded (under .snapshots/{name})");
             }
+            Ok(())
+        }
+        Command::Gc => {
+            let socket = dirs.socket_for(&config::store_id(&store));
+            if !control::is_alive(&socket) {
+                return Err(Error::NoDaemon { store });
+            }
+            print!("{}", control::call(&socket, &Request::Gc)?);
             Ok(())
         }
         Command::Device { command } => device(&dirs, &config, &store, command),

@@ -1130,6 +1130,21 @@ impl Home {
         self.fossil_device
     }
 
+    /// Whether a device other than this one that may write is a member of the volume
+    /// (a voter or learner; witnesses hold no blocks); `true` when the replica cannot
+    /// say.
+    pub fn has_other_writers(&self) -> bool {
+        let me = self.devices.membership.lock().node;
+        match self.blocking_replica().status() {
+            Ok(status) => {
+                let config = &status.config;
+                let writers = config.voters.difference(&config.witnesses);
+                writers.chain(&config.learners).any(|node| *node != me)
+            }
+            Err(_) => true,
+        }
+    }
+
     pub fn blocking_replica(&self) -> BlockingReplica {
         self.devices.blocking.clone()
     }
