@@ -99,6 +99,26 @@ impl Namespace {
         Namespace::init(conn)
     }
 
+    /// A second, read-only connection to the database at `path` (the volume holds
+    /// the first): a read transaction on it sees the last committed state. Its page
+    /// cache is kept small: it serves one sequential scan (a checkpoint's capture), and
+    /// memory it touched stays with the process after it is closed.
+    pub fn open_reader(path: &Path) -> Result<Namespace> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.pragma_update(None, "cache_size", -2048)?;
+        Ok(Namespace {
+            conn,
+            in_transaction: false,
+            rolled_back: false,
+            inode_cache: RefCell::new(HashMap::new()),
+            #[cfg(test)]
+            fail_next_commit: false,
+        })
+    }
+
     pub fn open_in_memory() -> Result<Namespace> {
         Namespace::init(Connection::open_in_memory()?)
     }

@@ -1271,7 +1271,7 @@ fn checkpoint_committed(shared: &Shared) -> Result<Option<BlockRef>> {
         return Err(Error::Invalid("not a replicated volume"));
     };
     let image = {
-        let mut reader = Namespace::open(&sync.checkpoints.namespace_path)?;
+        let mut reader = Namespace::open_reader(&sync.checkpoints.namespace_path)?;
         reader.begin()?;
         let image = Image::capture(&reader);
         reader.rollback()?;
