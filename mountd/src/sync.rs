@@ -187,6 +187,7 @@ impl Network {
             dispatch.spawn(inbound);
         }
         let device = plan.identity.device_id();
+        let blocking = BlockingReplica::new(replica.clone())?;
         let blocks = Arc::new(PeerBlocks {
             client: BlockClient::new(endpoint.clone()),
             runtime: runtime.handle().clone(),
@@ -195,8 +196,9 @@ impl Network {
             this_device: device,
             endpoint: endpoint.clone(),
             stopped: Arc::new(AtomicBool::new(false)),
+            replica: blocking.clone(),
+            witnesses: parking_lot::Mutex::new((None, Vec::new())),
         });
-        let blocking = BlockingReplica::new(replica.clone())?;
         let pusher = Arc::new(PeerPusher {
             client: BlockClient::new(endpoint.clone()),
             runtime: runtime.handle().clone(),
@@ -331,7 +333,14 @@ pub struct PeerBlocks {
     endpoint: Endpoint,
     /// The network is stopping: fetch nothing more.
     stopped: Arc<AtomicBool>,
+    /// For the configuration's witnesses, which hold no blocks and are never asked.
+    replica: BlockingReplica,
+    /// The witnesses' devices, and when they were last read from the replica.
+    witnesses: parking_lot::Mutex<(Option<Instant>, Vec<DeviceId>)>,
 }
+
+/// How long the witnesses a fetch leaves out are taken as known.
+const WITNESSES_FRESH_FOR: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for PeerBlocks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -342,14 +351,38 @@ impl std::fmt::Debug for PeerBlocks {
 }
 
 impl PeerBlocks {
-    /// The other devices of the volume, those connected now first.
+    /// The devices of the configuration's witnesses (read from the replica at most
+    /// every [`WITNESSES_FRESH_FOR`]; the last answer if it cannot be asked).
+    fn witnesses(&self) -> Vec<DeviceId> {
+        let mut cached = self.witnesses.lock();
+        if cached
+            .0
+            .is_some_and(|at| at.elapsed() < WITNESSES_FRESH_FOR)
+        {
+            return cached.1.clone();
+        }
+        if let Ok(status) = self.replica.status() {
+            let devices = status
+                .config
+                .witnesses
+                .iter()
+                .filter_map(|node| self.nodes.device(*node))
+                .collect();
+            *cached = (Some(Instant::now()), devices);
+        }
+        cached.1.clone()
+    }
+
+    /// The other devices of the volume that may hold blocks (no witnesses), those
+    /// connected now first.
     fn peers(&self) -> Vec<DeviceId> {
+        let witnesses = self.witnesses();
         let mut peers: Vec<(bool, DeviceId)> = self
             .nodes
             .pairs()
             .into_iter()
             .map(|(_, device)| device)
-            .filter(|device| *device != self.this_device)
+            .filter(|device| *device != self.this_device && !witnesses.contains(device))
             .map(|device| (self.endpoint.existing_connection(&device).is_none(), device))
             .collect();
         peers.sort();
