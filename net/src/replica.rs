@@ -225,6 +225,35 @@ pub struct Replica {
     killed: Arc<AtomicBool>,
     keys: Arc<dyn VolumeKeysDebug>,
     sole_leader: Arc<AtomicBool>,
+    own_sealed: Arc<OwnSealed>,
+}
+
+/// Hashes of the entries this replica sealed and proposed, by seq, until they are
+/// read back committed: an entry whose bytes hash the same is this device's own, so
+/// its signature need not be verified again (`Entry::open_own`). Bounded: past
+/// `OWN_SEALED_MAX` the oldest are dropped and those entries are verified as usual.
+#[derive(Debug, Default)]
+struct OwnSealed(parking_lot::Mutex<BTreeMap<u64, blake3::Hash>>);
+
+/// Own proposals remembered by [`OwnSealed`] (a hash each).
+const OWN_SEALED_MAX: usize = 1 << 16;
+
+impl OwnSealed {
+    fn remember(&self, seq: u64, sealed: &[u8]) {
+        let mut hashes = self.0.lock();
+        hashes.insert(seq, blake3::hash(sealed));
+        while hashes.len() > OWN_SEALED_MAX {
+            hashes.pop_first();
+        }
+    }
+
+    /// Whether `payload` is exactly what this replica sealed as `seq` (forgets it).
+    fn is_own(&self, seq: u64, payload: &[u8]) -> bool {
+        self.0
+            .lock()
+            .remove(&seq)
+            .is_some_and(|hash| hash == blake3::hash(payload))
+    }
 }
 
 /// `VolumeKeys` plus a `Debug` that reveals nothing.
@@ -263,7 +292,9 @@ impl Replica {
         let (stopped_tx, stopped_rx) = watch::channel(false);
         let killed = Arc::new(AtomicBool::new(false));
         let sole_leader = Arc::new(AtomicBool::new(false));
+        let own_sealed = Arc::new(OwnSealed::default());
         let task = Task {
+            own_sealed: own_sealed.clone(),
             node,
             store,
             link,
@@ -318,6 +349,7 @@ impl Replica {
             killed,
             keys,
             sole_leader,
+            own_sealed,
         })
     }
 
@@ -579,12 +611,20 @@ impl Replica {
     }
 
     fn open_command(&self, command: &RawCommand) -> Result<CommittedOp> {
-        let opened = entry::Entry::open(
-            &command.payload,
-            self.volume,
-            |epoch| self.keys.entry_key(epoch),
-            |author| self.keys.verifying_key(author),
-        )?;
+        let opened = if command.proposer == self.id
+            && self.own_sealed.is_own(command.seq, &command.payload)
+        {
+            entry::Entry::open_own(&command.payload, self.volume, |epoch| {
+                self.keys.entry_key(epoch)
+            })?
+        } else {
+            entry::Entry::open(
+                &command.payload,
+                self.volume,
+                |epoch| self.keys.entry_key(epoch),
+                |author| self.keys.verifying_key(author),
+            )?
+        };
         let header = opened.header;
         if header.kind != EntryKind::Op
             || header.author != command.proposer
@@ -877,6 +917,7 @@ struct Task {
     killed: Arc<AtomicBool>,
     /// See [`Replica::is_sole_leader`].
     sole_leader: Arc<AtomicBool>,
+    own_sealed: Arc<OwnSealed>,
     clock: Instant,
     deadlines: BTreeMap<Timer, u64>,
     last_heard_ms: BTreeMap<NodeId, u64>,
@@ -1178,7 +1219,9 @@ impl Task {
                 author: self.node.id(),
                 seq,
             };
-            sealed.push(entry::Entry::seal(header, op, &key, signing_key)?.into_bytes());
+            let entry = entry::Entry::seal(header, op, &key, signing_key)?.into_bytes();
+            self.own_sealed.remember(seq, &entry);
+            sealed.push(entry);
         }
         let (seqs, fx) = self.node.propose_many(self.now_ms(), sealed)?;
         self.push(fx);
@@ -1399,6 +1442,22 @@ mod tests {
 
     fn ids(v: &[u64]) -> BTreeSet<NodeId> {
         v.iter().map(|i| NodeId(*i)).collect()
+    }
+
+    #[test]
+    fn only_the_exact_bytes_sealed_here_count_as_own_and_only_once() {
+        let own = OwnSealed::default();
+        own.remember(7, b"sealed entry");
+        assert!(!own.is_own(8, b"sealed entry"), "another seq");
+        assert!(!own.is_own(7, b"sealed entrY"), "other bytes");
+        own.remember(7, b"sealed entry");
+        assert!(own.is_own(7, b"sealed entry"));
+        assert!(!own.is_own(7, b"sealed entry"), "forgotten once read");
+        for seq in 0..(OWN_SEALED_MAX as u64 + 10) {
+            own.remember(seq, b"x");
+        }
+        assert_eq!(own.0.lock().len(), OWN_SEALED_MAX);
+        assert!(!own.is_own(0, b"x"), "the oldest went first");
     }
 
     #[test]
