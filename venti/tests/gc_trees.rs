@@ -88,8 +88,15 @@ fn a_round_from_an_earlier_fence_keeps_everything_put_since() -> TestResult {
         let later = Gc::from_fence(&store, fence_after_again).finish(&HashSet::new())?;
         let swept_later: HashSet<Address> = later.swept.iter().copied().collect();
         assert_eq!(swept_later, young_blocks, "the block put again stays");
-        assert_eq!(TreeReader::new(&store, &keys).read_all(&again)?, bytes(9, 300_000));
-        assert!(again_blocks.iter().all(|a| store.contains(a).unwrap_or(false)));
+        assert_eq!(
+            TreeReader::new(&store, &keys).read_all(&again)?,
+            bytes(9, 300_000)
+        );
+        assert!(
+            again_blocks
+                .iter()
+                .all(|a| store.contains(a).unwrap_or(false))
+        );
         Ok(())
     })
 }
