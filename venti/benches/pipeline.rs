@@ -12,8 +12,11 @@
 //! ingest into a bare record sink written buffered and with `O_DIRECT` (what the page
 //! cache costs the store) and into the file store with its direct path turned off
 //! (`tree_file_store_buffered`), and with segment-parallel chunk-and-seal
-//! (`tree_file_store_segments`). `KITH_BENCH_DIR` puts the stores on a given disk (the
-//! default temp directory must not be a tmpfs for the direct path to be measured).
+//! (`tree_file_store_segments`); runs into a store or a sink are timed from the first
+//! write through the final sync, not the creation and deletion of their directory
+//! (as the criterion ingest benches are). `KITH_BENCH_DIR` puts the stores on a given
+//! disk (the default temp directory must not be a tmpfs for the direct path to be
+//! measured).
 //! The ratio of two MB/CPU-s figures bounds the ratio of their wall-clock figures on a
 //! quiet machine: `chunk_seal_2core` (the real block format on two independent
 //! halves) is the ceiling for tree ingest on two cores. `KITH_CPU_RUNS` (a comma list
@@ -558,11 +561,11 @@ fn cpu_report() {
     let bytes = corpus_bytes();
     let data = random(bytes, 3);
     let sync_seconds = Mutex::new(Vec::new());
-    let runs: [(&str, &dyn Fn()); 12] = [
-        ("bare_1core", &|| {
+    let runs: [(&str, &dyn Fn(&Window)); 12] = [
+        ("bare_1core", &|_| {
             black_box(bare_pipeline(&keys, &chunker, &data));
         }),
-        ("chunk_seal_1core", &|| {
+        ("chunk_seal_1core", &|_| {
             let mut sealer = Sealer::new();
             let mut sealed = Vec::new();
             let mut offset = 0;
@@ -572,7 +575,7 @@ fn cpu_report() {
                 black_box(ok(sealer.seal_into(&keys, Kind::Data, chunk, &mut sealed)));
             }
         }),
-        ("chunk_seal_2core", &|| {
+        ("chunk_seal_2core", &|_| {
             // The real block format on two independent halves: the most the tree
             // writer can reach on two cores, with no store and perfect balance.
             let (left, right) = data.split_at(data.len() / 2);
@@ -592,21 +595,21 @@ fn cpu_report() {
                 let _ = other.join();
             });
         }),
-        ("tree_null_store_0threads", &|| {
+        ("tree_null_store_0threads", &|_| {
             let mut writer = TreeWriter::new(&NullStore, &keys, Class::Pinned).with_threads(0);
             for piece in data.chunks(WRITE_PIECE_BYTES) {
                 ok(writer.write(piece));
             }
             black_box(ok(writer.finish()));
         }),
-        ("tree_null_store_2threads", &|| {
+        ("tree_null_store_2threads", &|_| {
             let mut writer = TreeWriter::new(&NullStore, &keys, Class::Pinned).with_threads(2);
             for piece in data.chunks(WRITE_PIECE_BYTES) {
                 ok(writer.write(piece));
             }
             black_box(ok(writer.finish()));
         }),
-        ("bare_2core", &|| {
+        ("bare_2core", &|_| {
             let (left, right) = data.split_at(data.len() / 2);
             std::thread::scope(|scope| {
                 let other = scope.spawn(|| bare_pipeline(&keys, &chunker, left));
@@ -614,7 +617,7 @@ fn cpu_report() {
                 black_box(other.join().unwrap_or_default());
             });
         }),
-        ("tree_memory_2threads", &|| {
+        ("tree_memory_2threads", &|_| {
             let store = MemoryStore::default();
             let mut writer = TreeWriter::new(&store, &keys, Class::Pinned).with_threads(2);
             for piece in data.chunks(WRITE_PIECE_BYTES) {
@@ -622,18 +625,20 @@ fn cpu_report() {
             }
             black_box(ok(writer.finish()));
         }),
-        ("tree_sink_buffered", &|| {
-            tree_into_sink(&keys, &data, false)
+        ("tree_sink_buffered", &|window| {
+            tree_into_sink(&keys, &data, false, window)
         }),
-        ("tree_sink_direct", &|| tree_into_sink(&keys, &data, true)),
-        ("tree_file_store_buffered", &|| {
-            tree_into_file_store(&keys, &data, false, None, None)
+        ("tree_sink_direct", &|window| {
+            tree_into_sink(&keys, &data, true, window)
         }),
-        ("tree_file_store", &|| {
-            tree_into_file_store(&keys, &data, true, None, Some(&sync_seconds))
+        ("tree_file_store_buffered", &|window| {
+            tree_into_file_store(&keys, &data, false, None, None, window)
         }),
-        ("tree_file_store_segments", &|| {
-            tree_into_file_store(&keys, &data, true, Some(SEGMENT_BYTES), None)
+        ("tree_file_store", &|window| {
+            tree_into_file_store(&keys, &data, true, None, Some(&sync_seconds), window)
+        }),
+        ("tree_file_store_segments", &|window| {
+            tree_into_file_store(&keys, &data, true, Some(SEGMENT_BYTES), None, window)
         }),
     ];
     println!(
@@ -651,11 +656,15 @@ fn cpu_report() {
         let mut wall = Vec::new();
         let mut cpu = Vec::new();
         for _ in 0..5 {
-            let cpu_before = cpu_seconds().unwrap_or_default();
-            let started = Instant::now();
-            run();
-            let seconds = started.elapsed().as_secs_f64();
-            let cpu_used = cpu_seconds().unwrap_or_default() - cpu_before;
+            let window = Window::default();
+            let before = Window::now();
+            run(&window);
+            let after = Window::now();
+            let (start, stop) = (window.start.get(), window.stop.get());
+            let ((started, cpu_before), (stopped, cpu_after)) =
+                (start.unwrap_or(before), stop.unwrap_or(after));
+            let seconds = stopped.duration_since(started).as_secs_f64();
+            let cpu_used = cpu_after - cpu_before;
             wall.push(bytes as f64 / seconds / 1e6);
             cpu.push(bytes as f64 / cpu_used.max(0.01) / 1e6);
         }
@@ -679,16 +688,41 @@ fn cpu_report() {
     }
 }
 
+/// The part of a CPU-report run that is measured: the whole run, unless the run marks
+/// its own start and stop (creating and deleting a store's directory is not ingest, as
+/// in the criterion benches, which time only the ingest and its sync).
+#[derive(Default)]
+struct Window {
+    start: std::cell::Cell<Option<(Instant, f64)>>,
+    stop: std::cell::Cell<Option<(Instant, f64)>>,
+}
+
+impl Window {
+    fn now() -> (Instant, f64) {
+        (Instant::now(), cpu_seconds().unwrap_or_default())
+    }
+
+    fn start(&self) {
+        self.start.set(Some(Window::now()));
+    }
+
+    fn stop(&self) {
+        self.stop.set(Some(Window::now()));
+    }
+}
+
 /// Tree ingest of `data` into a file store in a temporary directory of
 /// `KITH_BENCH_DIR` (default: the system temp directory), its arenas written through
 /// the staged `O_DIRECT` path or (`direct_io` false) through the page cache; the final
-/// sync's duration goes to `sync_seconds`.
+/// sync's duration goes to `sync_seconds`. Measured from the first write through the
+/// sync.
 fn tree_into_file_store(
     keys: &EpochKeys,
     data: &[u8],
     direct_io: bool,
     segment_bytes: Option<usize>,
     sync_seconds: Option<&Mutex<Vec<f64>>>,
+    window: &Window,
 ) {
     let dir = match bench_dir() {
         Ok(dir) => dir,
@@ -696,6 +730,7 @@ fn tree_into_file_store(
     };
     let backend = ok(FileBackend::new(dir.path())).with_direct_io(direct_io);
     let store = ok(Store::open(Arc::new(backend), StoreOptions::default()));
+    window.start();
     let mut writer = TreeWriter::new(&store, keys, Class::Pinned);
     if let Some(segment_bytes) = segment_bytes {
         writer = writer.with_segments(segment_bytes);
@@ -706,6 +741,7 @@ fn tree_into_file_store(
     black_box(ok(writer.finish()));
     let started = Instant::now();
     ok(store.sync());
+    window.stop();
     if let Some(Ok(mut seconds)) = sync_seconds.map(Mutex::lock) {
         seconds.push(started.elapsed().as_secs_f64());
     }
@@ -720,8 +756,8 @@ fn bench_dir() -> std::io::Result<tempfile::TempDir> {
 
 /// Tree ingest of `data` into a [`SinkStore`] (buffered or `O_DIRECT`) in a temporary
 /// directory of `KITH_BENCH_DIR` (default: the system temp directory, which must not be
-/// a tmpfs for `O_DIRECT`).
-fn tree_into_sink(keys: &EpochKeys, data: &[u8], direct: bool) {
+/// a tmpfs for `O_DIRECT`). Measured from the first write through the sink's sync.
+fn tree_into_sink(keys: &EpochKeys, data: &[u8], direct: bool, window: &Window) {
     let dir = match bench_dir() {
         Ok(dir) => dir,
         Err(error) => panic!("bench temp dir: {error}"),
@@ -730,6 +766,7 @@ fn tree_into_sink(keys: &EpochKeys, data: &[u8], direct: bool) {
         Ok(sink) => sink,
         Err(error) => panic!("bench sink: {error}"),
     };
+    window.start();
     let mut writer = TreeWriter::new(&sink, keys, Class::Pinned);
     for piece in data.chunks(WRITE_PIECE_BYTES) {
         ok(writer.write(piece));
@@ -738,6 +775,7 @@ fn tree_into_sink(keys: &EpochKeys, data: &[u8], direct: bool) {
     if let Err(error) = sink.finish() {
         panic!("bench sink: {error}");
     }
+    window.stop();
 }
 
 fn report(_: &mut Criterion) {
