@@ -561,7 +561,7 @@ fn cpu_report() {
     let bytes = corpus_bytes();
     let data = random(bytes, 3);
     let sync_seconds = Mutex::new(Vec::new());
-    let runs: [(&str, &dyn Fn(&Window)); 12] = [
+    let runs: [(&str, Run<'_>); 12] = [
         ("bare_1core", &|_| {
             black_box(bare_pipeline(&keys, &chunker, &data));
         }),
@@ -687,6 +687,9 @@ fn cpu_report() {
         }
     }
 }
+
+/// One run of the CPU report.
+type Run<'a> = &'a dyn Fn(&Window);
 
 /// The part of a CPU-report run that is measured: the whole run, unless the run marks
 /// its own start and stop (creating and deleting a store's directory is not ingest, as
