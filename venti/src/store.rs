@@ -2,13 +2,11 @@
 //!
 //! One writer, many readers. Puts take the writer lock, reserve the record's place at
 //! the end of the current arena, note it in an in-memory *pending* map and queue the
-//! record (header and sealed block in one buffer) to the arena writer thread
-//! (`write_queue.rs`): where the file system allows `O_DIRECT` the putter copies it
-//! into a 4 MiB aligned stage that the thread writes direct once full (the caller
-//! keeps its buffer), else the thread takes the buffer and writes it with one
-//! `write_at`; no fsync. No put touches SQLite but for one indexed lookup (is the
-//! address already stored?); rows are committed in one transaction per sync. A
-//! single `put` that finds the writer thread idle makes that write itself. `sync()`
+//! record (header and sealed block in one owned buffer) to the arena writer thread
+//! (`write_queue.rs`), which appends it (gathered into 4 MiB aligned `O_DIRECT`
+//! writes where the file system allows it, else one `write_at` each; no fsync); a
+//! single `put` that finds the writer thread idle makes that write itself. A put
+//! touches SQLite only for one indexed lookup (is the address stored already?). `sync()`
 //! first waits for the queue to be written (the staged tail included), then fsyncs
 //! every arena written since the last sync (and the directory, if an arena was
 //! created) and only then commits all pending rows to the index in one transaction. Readers take no writer lock: they look
@@ -71,7 +69,7 @@ use crate::remote::{
     BlockPusher, Flights, Joined, Lead, Origin, Outcome, PushStats, Pushes, Remote, RemoteBlocks,
     RemoteStats,
 };
-use crate::write_queue::WriteQueue;
+use crate::write_queue::{WriteJob, WriteQueue};
 use crate::{Address, BlockStore, Class, Error, PUT_HEADROOM_BYTES, PutTicket, Result};
 
 /// How many reads may find a block's arena gone (compaction moved it) before giving up.
@@ -377,12 +375,14 @@ impl Store {
                 writer.cached_bytes = writer
                     .cached_bytes
                     .saturating_sub(u64::from(location.length));
+                let buffer = std::mem::take(buffer);
                 let ticket =
                     self.append(&mut writer, address, buffer, Class::Pinned, seq, write)?;
                 self.pushes.note_put(address, Class::Pinned, origin);
                 Ok(ticket)
             }
             None => {
+                let buffer = std::mem::take(buffer);
                 let ticket = self.append(&mut writer, address, buffer, class, seq, write)?;
                 self.pushes.note_put(address, class, origin);
                 Ok(ticket)
@@ -434,7 +434,6 @@ impl Store {
         buffer.resize(PUT_HEADROOM_BYTES, 0);
         buffer.extend_from_slice(sealed);
         let ticket = self.put_buffer(address, &mut buffer, class, Write::DirectWhenIdle, origin)?;
-        self.queue.recycle(buffer);
         self.wait_puts(ticket, ticket)
     }
 
@@ -694,7 +693,7 @@ impl Store {
                 self.append(
                     &mut writer,
                     address,
-                    &mut buffer,
+                    buffer,
                     Class::Pinned,
                     seq,
                     Write::DirectWhenIdle,
@@ -985,13 +984,12 @@ impl Store {
     }
 
     /// Reserve the record's place, fill the header into `buffer`'s headroom, write it
-    /// (see [`Write`]) and note the block as pending. The queue takes `buffer` only
-    /// where it writes records unstaged; otherwise it stays the caller's.
+    /// (see [`Write`]) and note the block as pending.
     fn append(
         &self,
         writer: &mut Writer,
         address: &Address,
-        buffer: &mut Vec<u8>,
+        mut buffer: Vec<u8>,
         class: Class,
         seq: u64,
         write: Write,
@@ -1032,14 +1030,19 @@ impl Store {
         let ticket = if write == Write::DirectWhenIdle && self.queue.is_idle(writer.last_ticket) {
             // Nothing queued and the writer lock held: no other write can be under way,
             // so this one keeps the arena's order. A failure reserves nothing.
-            self.queue.write_now(id, &file, len, buffer)?;
+            self.queue.write_now(id, &file, len, &buffer)?;
+            self.queue.recycle(buffer);
             PutTicket::DONE.0
         } else {
-            // Used up even if the append fails: the queue fails it, and a later
-            // ticket must not share its number.
             let ticket = writer.last_ticket + 1;
+            self.queue.push(WriteJob {
+                ticket,
+                arena: id,
+                file,
+                offset: len,
+                bytes: buffer,
+            })?;
             writer.last_ticket = ticket;
-            self.queue.append(ticket, id, &file, len, buffer)?;
             ticket
         };
         let location = Location {

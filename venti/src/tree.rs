@@ -214,8 +214,7 @@ impl std::io::Write for TreeWriter<'_> {
     }
 }
 
-/// Buffers a writer keeps for reuse when the store leaves them with it, beyond one per
-/// chunk that may be in flight (those may all come back in one burst of puts).
+/// Buffers a writer keeps for reuse when the store leaves them with it.
 const FREE_BUFFERS_MAX: usize = 64;
 /// Where chunk content starts in a buffer: after the store's headroom and the room
 /// sealing in place needs.
@@ -336,14 +335,9 @@ impl<'s> Builder<'s> {
 
     /// Keep a buffer for reuse.
     fn recycle(&mut self, buffer: Vec<u8>) {
-        if buffer.capacity() > 0 && self.free_buffers.len() < self.free_buffers_max() {
+        if buffer.capacity() > 0 && self.free_buffers.len() < FREE_BUFFERS_MAX {
             self.free_buffers.push(buffer);
         }
-    }
-
-    /// See [`FREE_BUFFERS_MAX`].
-    fn free_buffers_max(&self) -> usize {
-        self.threads * IN_FLIGHT_PER_THREAD + FREE_BUFFERS_MAX
     }
 
     /// A buffer holding `content` at `CONTENT_OFFSET_BYTES`, reusing one the store is
@@ -375,7 +369,9 @@ impl<'s> Builder<'s> {
         let ticket = self
             .store
             .put_sealed_owned(address, &mut buffer, self.class)?;
-        self.recycle(buffer);
+        if buffer.capacity() > 0 && self.free_buffers.len() < FREE_BUFFERS_MAX {
+            self.free_buffers.push(buffer);
+        }
         if ticket != PutTicket::DONE {
             self.tickets = Some(match self.tickets {
                 None => (ticket, ticket),

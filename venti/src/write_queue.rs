@@ -1,56 +1,49 @@
-//! The store's arena writer: records reach their arena files in the order queued, and
-//! no thread that chunks or seals waits for the device.
+//! The store's arena writer: one thread that appends queued records to arena files.
 //!
 //! The store decides *where* every record goes (arena and offset) under its writer
-//! lock and hands the record — header and sealed block side by side in one buffer — to
-//! this queue, in ticket order ([`WriteQueue::append`]).
+//! lock and hands the record — header and sealed block already side by side in one
+//! owned buffer — to this queue; the writer thread appends them in the order queued.
+//! So the caller's thread never waits for the kernel, and writes to one arena stay
+//! sequential.
 //!
-//! **Staging** (a file with a direct write path, [`BackendFile::supports_direct`]:
-//! `O_DIRECT`). The putting thread copies the record into the [`Stage`]: a
-//! `STAGE_BYTES` buffer aligned to `DIRECT_ALIGN_BYTES` that mirrors the arena from an
-//! aligned offset (`base`) to its end; the caller keeps its buffer for its next block.
-//! A full stage becomes a job for the writer thread, which writes it with one direct
-//! write (no page-cache copy, no dirty pages for the kernel to write back), while the
-//! putter goes on in a fresh buffer from a small pool. The writer thread therefore
-//! needs almost no CPU — it waits for the device, and its wake-ups are not on anyone's
-//! critical path — and a put waits only when `WRITE_QUEUE_BYTES_MAX` of stages are
-//! queued. When someone waits for a staged record (a `sync`, a reader of a queued
-//! block, the tree writer's `finish`), the waiter *cuts* the stage: the bytes the file
-//! lacks become a job of their own (their aligned part written direct if at least
-//! `FLUSH_DIRECT_BYTES_MIN`, else through the page cache; the unaligned tail, under
-//! `DIRECT_ALIGN_BYTES`, through the page cache with `write_at`), and the stage goes on
-//! in a fresh buffer that starts with that partial block, so the next direct write
-//! covers it again. The file therefore always ends exactly at the last record written
-//! — the arena format does not change and nothing is padded — and a block is only ever
-//! rewritten with the bytes it already holds, so a crash during a rewrite cannot damage
-//! a record that was synced (a torn rewrite leaves old or new bytes, which are equal
-//! there). One thread writes the jobs, in order, so two writes of one block never race.
-//! The tail written through the page cache and the direct writes are coherent on Linux
-//! (see `backend::DiskFile`). When the stage must start over elsewhere (another arena,
-//! after a rollback), it waits until every job is written and reads the partial block
-//! before the new offset back from the file.
-//!
-//! **Unstaged** (no direct path: tmpfs, the memory backend by default): the buffer
-//! itself is queued and the writer thread appends it with one `write_at`, woken once
-//! `WAKE_BYTES` are queued (or someone waits), with a writeback hint every
+//! **Staging.** On a file with a direct write path ([`BackendFile::supports_direct`]:
+//! `O_DIRECT`), records are copied into a [`Stage`]: a `STAGE_BYTES` buffer aligned
+//! to `DIRECT_ALIGN_BYTES` that mirrors the arena from an aligned offset (`base`) to
+//! its end. A full stage is written with one direct write — no page-cache copy, no
+//! dirty pages for the kernel to track and write back — and the stage moves on to the
+//! next `STAGE_BYTES`. When someone waits (a `sync`, a reader of a queued block, the
+//! tree writer's `finish`), the stage is *flushed*: its aligned part goes out direct
+//! (if it is at least `FLUSH_DIRECT_BYTES_MIN`; less, as a small file leaves, goes
+//! through the page cache with the rest), the unaligned tail (under
+//! `DIRECT_ALIGN_BYTES`) through the page cache with `write_at`, and the stage keeps
+//! that partial block at its front, so the next direct
+//! write covers it again. The file therefore always ends exactly at the last record
+//! written — the arena format does not change and nothing is padded — and a block is
+//! only ever rewritten with the bytes it already holds, so a crash during a rewrite
+//! cannot damage a record that was synced (a torn rewrite leaves old or new bytes,
+//! which are equal there). The tail written through the page cache and the direct
+//! writes are coherent on Linux (see `backend::DiskFile`). A file without a direct
+//! path gets one `write_at` per record, as before, with a writeback hint every
 //! `WRITEBACK_HINT_BYTES`.
 //!
-//! Every queued record has a *ticket* (1, 2, … in queue order). The writer thread
-//! publishes `done_through`: every ticket up to it is wholly in the file, or was
-//! skipped. The first write that fails puts the queue in a *failed* state: the first
-//! ticket not wholly written and every later one are skipped (not written) until the
-//! store takes the failure ([`WriteQueue::take_failure`]), rolls back what it had
-//! reserved for them and records the failed range; the stage is then dropped and
-//! rebuilt from the file at the next record. So a failure can never leave a written
-//! record after a missing one, and a waiter on any ticket learns whether its record
-//! reached the file ([`WriteQueue::wait`]).
+//! Every queued record has a *ticket* (1, 2, … in queue order). The thread processes
+//! tickets in order and publishes `done_through`: every ticket up to it is in the file
+//! (a staged record counts once the write holding its last byte returned) or was
+//! skipped. The first write that fails puts the
+//! queue in a *failed* state: that ticket and every later one are skipped (not
+//! written) until the store takes the failure ([`WriteQueue::take_failure`]), rolls back
+//! what it had reserved for them and records the failed range. So a failure can never
+//! leave a written record after a missing one, and a waiter on any ticket learns
+//! whether its record reached the file ([`WriteQueue::wait`]).
 //!
-//! Bounds: at most `WRITE_QUEUE_BYTES_MAX` bytes queued (a put that finds the queue
-//! full waits) plus the stage being filled, at most `SPARE_STAGES_MAX` stage buffers
-//! and `SPARE_BUFFERS_MAX` record buffers kept for reuse, and the outcome of the last
-//! `FAILED_RANGES_MAX` failures remembered (a ticket older than that which was never
-//! waited for is reported as failed, which errs on the safe side). No busy-waiting:
-//! every wait is on a condition variable.
+//! A write of the stage that fails fails the first record it did not complete and
+//! every later one; the stage is dropped and rebuilt from the file at the next record.
+//!
+//! Bounds: at most `WRITE_QUEUE_BYTES_MAX` bytes queued (a queue that is full makes the
+//! caller wait) plus one stage of `STAGE_BYTES`, at most `SPARE_BUFFERS_MAX` written buffers kept for reuse, and the
+//! outcome of the last `FAILED_RANGES_MAX` failures remembered (a ticket older than
+//! that which was never waited for is reported as failed, which errs on the safe side).
+//! No busy-waiting: every wait is on a condition variable.
 
 use std::collections::VecDeque;
 use std::io;
@@ -62,38 +55,32 @@ use parking_lot::{Condvar, Mutex};
 use crate::backend::{BackendFile, DIRECT_ALIGN_BYTES};
 use crate::{Error, Result};
 
-/// Bytes queued before a put waits for the writer thread: four stages, so the putters
-/// go on while the device takes a few milliseconds over a write.
-pub const WRITE_QUEUE_BYTES_MAX: usize = 16 << 20;
-/// Bytes of a staging buffer: appends reach a direct-capable file in writes of this
+/// Bytes queued before a put waits for the writer thread. Two stages' worth: the
+/// sealers go on while the thread waits for a direct write of a full stage.
+pub const WRITE_QUEUE_BYTES_MAX: usize = 8 << 20;
+/// Bytes of the staging buffer: appends reach a direct-capable file in writes of this
 /// size (and smaller ones only when someone waits).
 pub const STAGE_BYTES: usize = 4 << 20;
-/// A cut writes its aligned part direct only from this size on; less (a small file's
-/// `finish`) goes through the page cache and waits for no device. The stage moves
-/// past what was written either way, so nothing is written twice but the last partial
-/// block.
+/// A flush writes its aligned part direct only from this size on (see [`Flush`]).
 const FLUSH_DIRECT_BYTES_MIN: u64 = 1 << 20;
 
 const _: () =
     assert!(STAGE_BYTES.is_multiple_of(DIRECT_ALIGN_BYTES) && STAGE_BYTES >= DIRECT_ALIGN_BYTES);
-const _: () = assert!(WRITE_QUEUE_BYTES_MAX >= STAGE_BYTES);
-/// An idle writer thread is woken once this much unstaged data is queued (or a stage
-/// job is, or someone waits for a ticket, or the queue closes), so it writes records
-/// in batches instead of being woken for every one.
+/// An idle writer thread is woken once this much is queued (or someone waits for a
+/// ticket, or the queue closes), so it writes in batches instead of being woken for
+/// every record.
 pub const WAKE_BYTES: usize = 256 << 10;
-/// Written record buffers kept for reuse by the next puts.
+/// Written buffers kept for reuse by the next puts.
 pub const SPARE_BUFFERS_MAX: usize = 64;
-/// Record buffers smaller than this are not worth keeping.
+/// Buffers smaller than this are not worth keeping.
 const SPARE_BUFFER_BYTES_MIN: usize = 16 << 10;
-/// Stage buffers kept for reuse: as many as can be queued, and the one being filled.
-const SPARE_STAGES_MAX: usize = WRITE_QUEUE_BYTES_MAX / STAGE_BYTES + 1;
 /// Failed ticket ranges remembered for late waiters.
 const FAILED_RANGES_MAX: usize = 256;
-/// After this many bytes appended to one unstaged arena, ask the kernel to start
-/// writing them back, so the next `sync` finds little left to flush.
+/// After this many bytes appended to one arena, ask the kernel to start writing them
+/// back, so the next `sync` finds little left to flush.
 pub const WRITEBACK_HINT_BYTES: u64 = 2 << 20;
 
-/// One record of an unstaged file, its buffer owned by the queue until written.
+/// One record to append.
 pub(crate) struct WriteJob {
     pub ticket: u64,
     pub arena: u32,
@@ -101,81 +88,6 @@ pub(crate) struct WriteJob {
     pub offset: u64,
     /// Record header and payload, contiguous.
     pub bytes: Vec<u8>,
-}
-
-/// What the writer thread writes, in queue order.
-enum Job {
-    /// One record of an unstaged file.
-    Record(WriteJob),
-    /// Bytes of a stage the file lacks.
-    Stage(StageJob),
-    /// Tickets `..=through` that were staged but dropped with the stage (an append
-    /// that failed): they fail, unless an earlier failure skips them anyway.
-    Lost { through: u64, error: StoredError },
-}
-
-/// A stage buffer handed to the writer thread: the arena's bytes `base..base +
-/// filled`, of which `unwritten_from..` are not in the file yet.
-struct StageJob {
-    file: Arc<dyn BackendFile>,
-    buffer: AlignedBuffer,
-    base: u64,
-    filled: usize,
-    unwritten_from: u64,
-    /// Every staged ticket up to this one is wholly in the file once this job is.
-    done_after: u64,
-}
-
-impl Job {
-    /// What the job counts against `WRITE_QUEUE_BYTES_MAX`.
-    fn queued_bytes(&self) -> usize {
-        match self {
-            Job::Record(job) => job.bytes.len(),
-            Job::Stage(_) => STAGE_BYTES,
-            Job::Lost { .. } => 0,
-        }
-    }
-
-    /// Every ticket up to this one is written (or skipped) once the job is.
-    fn done_through(&self) -> u64 {
-        match self {
-            Job::Record(job) => job.ticket,
-            Job::Stage(job) => job.done_after,
-            Job::Lost { through, .. } => *through,
-        }
-    }
-
-    fn write(&self, hint: &mut Option<(u32, u64, u64)>) -> Result<()> {
-        match self {
-            Job::Record(job) => write_record(job, hint),
-            Job::Stage(job) => job.write(),
-            Job::Lost { error, .. } => Err(error.to_error()),
-        }
-    }
-}
-
-impl StageJob {
-    /// The aligned part direct when it is a full stage or at least
-    /// `FLUSH_DIRECT_BYTES_MIN` the file lacks (rewriting the bytes of the first block
-    /// before `unwritten_from` with what they already hold), the rest through the page
-    /// cache.
-    fn write(&self) -> Result<()> {
-        let end = self.base + self.filled as u64;
-        let aligned = self.filled - self.filled % DIRECT_ALIGN_BYTES;
-        let mut from = self.unwritten_from;
-        if self.base + aligned as u64 >= from + FLUSH_DIRECT_BYTES_MIN {
-            self.file
-                .write_direct_at(self.base, &self.buffer.bytes()[..aligned])?;
-            from = self.base + aligned as u64;
-        }
-        if from < end {
-            // `from - base` is within the buffer: base <= unwritten_from <= from < end.
-            let start = (from - self.base) as usize;
-            self.file
-                .write_at(from, &self.buffer.bytes()[start..self.filled])?;
-        }
-        Ok(())
-    }
 }
 
 /// An I/O error kept so every interested caller can get an equivalent one: the OS
@@ -226,18 +138,19 @@ struct FailedRange {
 
 #[derive(Default)]
 struct State {
-    jobs: VecDeque<Job>,
+    jobs: VecDeque<WriteJob>,
     queued_bytes: usize,
-    /// The writer thread holds a job it took from `jobs`.
-    writing: bool,
     /// Every ticket up to this one has been written or skipped.
     done_through: u64,
+    /// Every ticket up to this one has been taken from the queue: written, skipped, or
+    /// staged (`done_through` lags while staged records are not in the file yet).
+    processed_through: u64,
     /// The first failed ticket, until the store takes it.
     failure: Option<Failure>,
     failed_ranges: VecDeque<FailedRange>,
     /// Ranges at or below this were forgotten (see the module comment).
     forgotten_through: u64,
-    /// Write now, however little is queued (someone waits, or a stage job is queued).
+    /// Someone waits for a queued ticket: write now, however little is queued.
     kicked: bool,
     /// No more jobs will come: the thread exits once the queue is empty.
     closed: bool,
@@ -247,15 +160,13 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
-    /// Signalled when a job is queued that should start a batch, a waiter kicks, or
-    /// the queue closes.
+    /// Signalled when enough is queued, a waiter kicks, or the queue closes.
     work: Condvar,
     /// Signalled when a job is done or the thread stops.
     progress: Condvar,
     spare: Mutex<Vec<Vec<u8>>>,
-    spare_stages: Mutex<Vec<AlignedBuffer>>,
-    /// The stage putters fill. Lock order: `stage` before `state`; the writer thread
-    /// never takes `stage`, so a putter may wait for the queue while holding it.
+    /// The thread's staging buffer; `write_now` uses it too (only while the queue is
+    /// idle, so the two never contend).
     stage: Mutex<Stage>,
 }
 
@@ -268,18 +179,17 @@ pub(crate) struct WriteQueue {
 impl WriteQueue {
     /// Start the writer thread; `done_through` starts at `first_ticket - 1`.
     pub fn start(first_ticket: u64) -> Result<(WriteQueue, JoinHandle<()>)> {
-        let before_first = first_ticket.saturating_sub(1);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                done_through: before_first,
-                forgotten_through: before_first,
+                done_through: first_ticket.saturating_sub(1),
+                processed_through: first_ticket.saturating_sub(1),
+                forgotten_through: first_ticket.saturating_sub(1),
                 ..State::default()
             }),
             work: Condvar::new(),
             progress: Condvar::new(),
             spare: Mutex::new(Vec::new()),
-            spare_stages: Mutex::new(Vec::new()),
-            stage: Mutex::new(Stage::new(before_first)),
+            stage: Mutex::new(Stage::new()),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -288,42 +198,24 @@ impl WriteQueue {
         Ok((WriteQueue { shared }, thread))
     }
 
-    /// Queue record `ticket` (tickets in increasing order, under the store's writer
-    /// lock) for `offset` of `arena`: copied into the stage on a direct-capable file
-    /// (`buffer` stays the caller's), else `buffer` is taken. Waits while the queue is
-    /// full. On an error the ticket is failed (its waiters learn it).
-    pub fn append(
-        &self,
-        ticket: u64,
-        arena: u32,
-        file: &Arc<dyn BackendFile>,
-        offset: u64,
-        buffer: &mut Vec<u8>,
-    ) -> Result<()> {
-        let mut stage = self.shared.stage.lock();
-        let staged = if file.supports_direct() {
-            stage
-                .follow(&self.shared, arena, file, offset)
-                .and_then(|()| stage.append(&self.shared, Some(ticket), buffer))
-        } else {
-            // Whatever another file left staged goes first, keeping queue order.
-            stage.leave(&self.shared).and_then(|()| {
-                queue_job(
-                    &self.shared,
-                    Job::Record(WriteJob {
-                        ticket,
-                        arena,
-                        file: Arc::clone(file),
-                        offset,
-                        bytes: std::mem::take(buffer),
-                    }),
-                )
-            })
-        };
-        if let Err(error) = &staged {
-            stage.fail_staged(&self.shared, Some(ticket), error);
+    /// Queue a record; waits while the queue is full.
+    pub fn push(&self, job: WriteJob) -> Result<()> {
+        let mut state = self.shared.state.lock();
+        while !state.jobs.is_empty()
+            && state.queued_bytes + job.bytes.len() > WRITE_QUEUE_BYTES_MAX
+            && !state.stopped
+        {
+            self.shared.progress.wait(&mut state);
         }
-        staged
+        if state.stopped || state.closed {
+            return Err(stopped_error());
+        }
+        state.queued_bytes += job.bytes.len();
+        state.jobs.push_back(job);
+        if state.queued_bytes >= WAKE_BYTES {
+            self.shared.work.notify_one();
+        }
+        Ok(())
     }
 
     /// Every ticket up to this one was written successfully.
@@ -349,12 +241,11 @@ impl WriteQueue {
 
     /// Write one record on the calling thread, now. Only while the queue is idle
     /// (every queued ticket done) and under the store's writer lock, so no other
-    /// append runs. On a direct-capable file the record goes into the stage like a
-    /// queued one (the stage must keep mirroring the arena's end) and then, with
-    /// whatever else the file lacks, through the page cache: the record is in the file
-    /// when this returns, and a single small put costs no synchronous direct write and
-    /// no thread switch. A failure leaves nothing reserved and the stage is rebuilt
-    /// from the file next time.
+    /// append runs. The record goes into the stage like a queued one (the stage must
+    /// keep mirroring the arena's end) and then, with whatever else the file lacks,
+    /// through the page cache: one `write_at`, the record is in the file when this
+    /// returns, and a single small put costs no synchronous direct write. A failure
+    /// leaves nothing reserved and the stage is rebuilt from the file next time.
     pub fn write_now(
         &self,
         arena: u32,
@@ -365,19 +256,14 @@ impl WriteQueue {
         let mut stage = self.shared.stage.lock();
         let result = if file.supports_direct() {
             stage
-                .follow(&self.shared, arena, file, offset)
-                .and_then(|()| stage.append(&self.shared, None, bytes))
-                // A record longer than the stage queued full stages: they go first.
-                .and_then(|()| wait_all_written(&self.shared))
-                .and_then(|()| stage.write_here())
+                .follow(arena, file, offset, Flush::Direct)
+                .and_then(|()| stage.append(None, bytes))
+                .and_then(|()| stage.flush(Flush::Buffered))
         } else {
-            stage
-                .leave(&self.shared)
-                .and_then(|()| wait_all_written(&self.shared))
-                .and_then(|()| file.write_at(offset, bytes))
+            stage.leave().and_then(|()| file.write_at(offset, bytes))
         };
-        if let Err(error) = &result {
-            stage.fail_staged(&self.shared, None, error);
+        if result.is_err() {
+            stage.abandon();
         }
         result
     }
@@ -387,21 +273,8 @@ impl WriteQueue {
         self.shared.state.lock().failure.is_some()
     }
 
-    /// Wait until every ticket up to `ticket` is done, cutting the stage if it holds
-    /// records up to it.
+    /// Wait until every ticket up to `ticket` is done.
     pub fn wait_done(&self, ticket: u64) -> Result<()> {
-        if self.shared.state.lock().done_through >= ticket {
-            return Ok(());
-        }
-        {
-            let mut stage = self.shared.stage.lock();
-            if stage.handed_through < ticket
-                && let Err(error) = stage.cut(&self.shared)
-            {
-                stage.fail_staged(&self.shared, None, &error);
-                return Err(error);
-            }
-        }
         let mut state = self.shared.state.lock();
         if state.done_through < ticket && !state.kicked {
             state.kicked = true;
@@ -442,54 +315,36 @@ impl WriteQueue {
     }
 
     /// After every ticket up to `last_queued` is done: the failure, if any, as
-    /// `(first failed ticket, error)`. The caller (holding the store's writer lock, so
-    /// no one appends) must roll back its reservations for tickets from the first
-    /// failed one through `last_queued`; from now on those are reported failed to
-    /// waiters, new tickets are written again, and the stage starts over from the file.
+    /// `(first failed ticket, error)`. The caller must roll back its reservations for
+    /// tickets from the first failed one through `last_queued`; from now on those are
+    /// reported failed to waiters and new tickets are written again.
     pub fn take_failure(&self, last_queued: u64) -> Result<Option<(u64, Error)>> {
         self.wait_done(last_queued)?;
-        let taken = {
-            let mut state = self.shared.state.lock();
-            match state.failure.take() {
-                None => None,
-                Some(failure) => {
-                    let error = failure.error.to_error();
-                    state.failed_ranges.push_back(FailedRange {
-                        first: failure.ticket,
-                        last: last_queued,
-                        error: failure.error,
-                    });
-                    if state.failed_ranges.len() > FAILED_RANGES_MAX
-                        && let Some(oldest) = state.failed_ranges.pop_front()
-                    {
-                        state.forgotten_through = state.forgotten_through.max(oldest.last);
-                    }
-                    Some((failure.ticket, error))
-                }
-            }
+        let mut state = self.shared.state.lock();
+        let Some(failure) = state.failure.take() else {
+            return Ok(None);
         };
-        if taken.is_some() {
-            // Every staged byte was handed to a (skipped) job above; the window's end
-            // is past what the file holds.
-            self.shared.stage.lock().reset();
+        let error = failure.error.to_error();
+        state.failed_ranges.push_back(FailedRange {
+            first: failure.ticket,
+            last: last_queued,
+            error: failure.error,
+        });
+        if state.failed_ranges.len() > FAILED_RANGES_MAX
+            && let Some(oldest) = state.failed_ranges.pop_front()
+        {
+            state.forgotten_through = state.forgotten_through.max(oldest.last);
         }
-        Ok(taken)
+        Ok(Some((failure.ticket, error)))
     }
 
-    /// A written record buffer to reuse, if one is spare.
+    /// A written buffer to reuse, if one is spare.
     pub fn spare_buffer(&self) -> Option<Vec<u8>> {
         self.shared.spare.lock().pop()
     }
 
-    /// No more jobs: what is staged is queued, the thread writes what is queued and
-    /// exits.
+    /// No more jobs: the thread writes what is queued and exits.
     pub fn close(&self) {
-        {
-            let mut stage = self.shared.stage.lock();
-            if let Err(error) = stage.cut(&self.shared) {
-                stage.fail_staged(&self.shared, None, &error);
-            }
-        }
         self.shared.state.lock().closed = true;
         self.shared.work.notify_all();
     }
@@ -510,51 +365,6 @@ fn stopped_error() -> Error {
     Error::Io(io::Error::other("arena writer thread stopped"))
 }
 
-/// Queue a job, waiting while the queue is full; stage and loss jobs wake the thread
-/// at once, records once `WAKE_BYTES` are queued.
-fn queue_job(shared: &Shared, job: Job) -> Result<()> {
-    let bytes = job.queued_bytes();
-    let mut state = shared.state.lock();
-    while !state.jobs.is_empty()
-        && state.queued_bytes + bytes > WRITE_QUEUE_BYTES_MAX
-        && !state.stopped
-    {
-        shared.progress.wait(&mut state);
-    }
-    if state.stopped || state.closed {
-        return Err(stopped_error());
-    }
-    state.queued_bytes += bytes;
-    if !matches!(job, Job::Record(_)) {
-        state.kicked = true;
-    }
-    state.jobs.push_back(job);
-    if state.kicked || state.queued_bytes >= WAKE_BYTES {
-        shared.work.notify_one();
-    }
-    Ok(())
-}
-
-/// Wait until the writer thread has written (or skipped) every queued job; an error if
-/// a failure is pending (the file may lack bytes of queued records).
-fn wait_all_written(shared: &Shared) -> Result<()> {
-    let mut state = shared.state.lock();
-    if !state.jobs.is_empty() && !state.kicked {
-        state.kicked = true;
-        shared.work.notify_one();
-    }
-    while (!state.jobs.is_empty() || state.writing) && !state.stopped {
-        shared.progress.wait(&mut state);
-    }
-    if let Some(failure) = &state.failure {
-        return Err(failure.error.to_error());
-    }
-    if !state.jobs.is_empty() {
-        return Err(stopped_error());
-    }
-    Ok(())
-}
-
 /// Marks the queue stopped when the thread ends, even by a panic, so no waiter waits
 /// forever.
 struct StopGuard<'a>(&'a Shared);
@@ -566,6 +376,14 @@ impl Drop for StopGuard<'_> {
     }
 }
 
+/// What the writer thread does next.
+enum Action {
+    /// Write (or, after a failure, skip) one queued record.
+    Job { job: WriteJob, skip: bool },
+    /// Someone waits and the queue is empty: write what the stage holds.
+    Flush,
+}
+
 fn run(shared: &Shared) {
     let _guard = StopGuard(shared);
     // Writeback hints of the unstaged path: the arena, where its unhinted bytes start,
@@ -574,19 +392,22 @@ fn run(shared: &Shared) {
     // In a batch: write until the queue is empty.
     let mut batch = false;
     loop {
-        let (job, skip) = {
+        let action = {
             let mut state = shared.state.lock();
             loop {
-                // A batch starts when enough is queued, a stage job is, or someone
-                // waits, and goes on until the queue is empty (so it covers every
-                // waiter's ticket).
+                // A batch starts when enough is queued or someone waits, and goes on
+                // until the queue is empty (so it covers every waiter's ticket).
                 let start = state.queued_bytes >= WAKE_BYTES || state.kicked || state.closed;
                 if batch || start {
                     if let Some(job) = state.jobs.pop_front() {
                         batch = true;
-                        state.writing = true;
                         let skip = state.failure.is_some();
-                        break (job, skip);
+                        break Action::Job { job, skip };
+                    }
+                    if (state.kicked || state.closed)
+                        && state.done_through < state.processed_through
+                    {
+                        break Action::Flush;
                     }
                     batch = false;
                     state.kicked = false;
@@ -597,41 +418,67 @@ fn run(shared: &Shared) {
                 shared.work.wait(&mut state);
             }
         };
-        let result = if skip { Ok(()) } else { job.write(&mut hint) };
-        {
-            let mut state = shared.state.lock();
-            state.writing = false;
-            state.queued_bytes = state.queued_bytes.saturating_sub(job.queued_bytes());
-            if let Err(error) = result
-                && state.failure.is_none()
-            {
-                // Jobs are written in order: everything through `done_through` is in
-                // the file, and the next ticket is the first that may not be.
-                let ticket = state.done_through + 1;
-                state.failure = Some(Failure {
+        let mut stage = shared.stage.lock();
+        let (job, result) = match action {
+            Action::Job { job, skip } => {
+                let result = if skip {
+                    Ok(())
+                } else {
+                    write_job(&mut stage, &job, &mut hint)
+                };
+                (Some(job), result)
+            }
+            Action::Flush => (None, stage.flush(Flush::Direct)),
+        };
+        let failure = match result {
+            Ok(()) => None,
+            Err(error) => {
+                // The first record not wholly written fails, and every one after it.
+                let ticket = stage
+                    .first_unwritten()
+                    .or(job.as_ref().map(|job| job.ticket))
+                    .unwrap_or(0);
+                stage.abandon();
+                Some(Failure {
                     ticket,
                     error: StoredError::of(&error),
-                });
+                })
             }
-            state.done_through = state.done_through.max(job.done_through());
+        };
+        let first_unwritten = stage.first_unwritten();
+        drop(stage);
+        {
+            let mut state = shared.state.lock();
+            if let Some(job) = &job {
+                state.processed_through = job.ticket;
+                state.queued_bytes = state.queued_bytes.saturating_sub(job.bytes.len());
+            }
+            if let Some(failure) = failure
+                && failure.ticket > 0
+                && state.failure.is_none()
+            {
+                state.failure = Some(failure);
+            }
+            state.done_through = match first_unwritten {
+                Some(ticket) => ticket.saturating_sub(1),
+                None => state.processed_through,
+            };
         }
         shared.progress.notify_all();
-        match job {
-            Job::Record(job) => recycle(shared, job.bytes),
-            Job::Stage(job) => {
-                let mut spare = shared.spare_stages.lock();
-                if spare.len() < SPARE_STAGES_MAX {
-                    spare.push(job.buffer);
-                }
-            }
-            Job::Lost { .. } => {}
+        if let Some(job) = job {
+            recycle(shared, job.bytes);
         }
     }
 }
 
-/// Append one unstaged record with one `write_at` (and a writeback hint every
-/// `WRITEBACK_HINT_BYTES`).
-fn write_record(job: &WriteJob, hint: &mut Option<(u32, u64, u64)>) -> Result<()> {
+/// Append one queued record: into the stage on a direct-capable file, else with one
+/// `write_at` (and a writeback hint every `WRITEBACK_HINT_BYTES`).
+fn write_job(stage: &mut Stage, job: &WriteJob, hint: &mut Option<(u32, u64, u64)>) -> Result<()> {
+    if job.file.supports_direct() {
+        stage.follow(job.arena, &job.file, job.offset, Flush::Direct)?;
+        return stage.append(Some(job.ticket), &job.bytes);
+    }
+    stage.leave()?;
     job.file.write_at(job.offset, &job.bytes)?;
     let end = job.offset + job.bytes.len() as u64;
     let from = match *hint {
@@ -646,6 +493,20 @@ fn write_record(job: &WriteJob, hint: &mut Option<(u32, u64, u64)>) -> Result<()
         *hint = Some((job.arena, from, end));
     }
     Ok(())
+}
+
+/// How a flush writes the stage's unwritten bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flush {
+    /// Whole aligned blocks direct when at least `FLUSH_DIRECT_BYTES_MIN` of them are
+    /// unwritten, the rest through the page cache. (A small flush — a small file's
+    /// `finish` — would otherwise wait for the device where a buffered write does not;
+    /// the stage moves past what it wrote either way, so nothing is written twice but
+    /// the last partial block.)
+    Direct,
+    /// All through the page cache (a single small record: one `write_at`, no wait for
+    /// the device).
+    Buffered,
 }
 
 /// `STAGE_BYTES` of memory aligned to `DIRECT_ALIGN_BYTES`, in safe code: an
@@ -673,25 +534,14 @@ impl AlignedBuffer {
     }
 }
 
-/// A stage buffer from the pool, or a new one.
-fn spare_stage(shared: &Shared) -> AlignedBuffer {
-    shared
-        .spare_stages
-        .lock()
-        .pop()
-        .unwrap_or_else(AlignedBuffer::new)
-}
-
 /// The staging buffer (see the module comment): a mirror of one arena's bytes from an
-/// aligned `base` to its end, filled by the putters.
+/// aligned `base` to its end.
 struct Stage {
     buffer: AlignedBuffer,
     window: Option<Window>,
-    /// Staged tickets not yet in a job, with the file offset each record ends at, in
-    /// ticket order.
+    /// Tickets of staged records not wholly in the file yet, with the file offset each
+    /// ends at, in ticket order.
     unwritten: VecDeque<(u64, u64)>,
-    /// Every staged ticket up to this one is in a queued job (or was failed).
-    handed_through: u64,
 }
 
 struct Window {
@@ -701,7 +551,7 @@ struct Window {
     base: u64,
     /// The buffer holds the arena's bytes `base..base + filled`, which end the arena.
     filled: usize,
-    /// From this offset on, the stage's bytes are in no job and not in the file.
+    /// From this offset on, the stage's bytes are not in the file yet.
     unwritten_from: u64,
 }
 
@@ -712,25 +562,23 @@ impl Window {
 }
 
 impl Stage {
-    fn new(handed_through: u64) -> Stage {
+    fn new() -> Stage {
         Stage {
             buffer: AlignedBuffer::new(),
             window: None,
             unwritten: VecDeque::new(),
-            handed_through,
         }
     }
 
     /// Make the window end at `offset` of `arena`, where the next record goes: if it
-    /// does not already, hand what it holds to the writer thread (`leave`) and start a
-    /// new one there, reading back the bytes of the partial block before `offset` once
-    /// every queued job is in the file.
+    /// does not already, write out what it holds (`flush`) and start a new one there,
+    /// reading back the bytes of the partial block before `offset`.
     fn follow(
         &mut self,
-        shared: &Shared,
         arena: u32,
         file: &Arc<dyn BackendFile>,
         offset: u64,
+        flush: Flush,
     ) -> Result<()> {
         if self
             .window
@@ -739,13 +587,12 @@ impl Stage {
         {
             return Ok(());
         }
-        self.leave(shared)?;
+        self.leave_with(flush)?;
         let align = DIRECT_ALIGN_BYTES as u64;
         let base = offset - offset % align;
         // Below DIRECT_ALIGN_BYTES: the cast cannot truncate.
         let filled = (offset - base) as usize;
         if filled > 0 {
-            wait_all_written(shared)?;
             file.read_at(base, &mut self.buffer.bytes_mut()[..filled])?;
         }
         self.window = Some(Window {
@@ -758,55 +605,33 @@ impl Stage {
         Ok(())
     }
 
-    /// Hand what the window holds to the writer thread and drop it (the next record's
-    /// file takes no staging, or is another window).
-    fn leave(&mut self, shared: &Shared) -> Result<()> {
-        self.cut(shared)?;
+    /// Write out what the window holds and drop it (the next record's file takes no
+    /// staging, or is another window).
+    fn leave(&mut self) -> Result<()> {
+        self.leave_with(Flush::Direct)
+    }
+
+    fn leave_with(&mut self, flush: Flush) -> Result<()> {
+        self.flush(flush)?;
         self.window = None;
         Ok(())
     }
 
-    /// Drop the window after a failure was taken: every staged ticket was handed to a
-    /// job already.
-    fn reset(&mut self) {
+    /// Forget the window and its unwritten records (after a failed write: the store
+    /// rolls them back).
+    fn abandon(&mut self) {
         self.window = None;
         self.unwritten.clear();
     }
 
-    /// After a failed append, cut or write: forget the window and its staged records,
-    /// and fail their tickets (and `ticket`, the one being appended) through a job, so
-    /// their waiters learn it and the store rolls them back.
-    fn fail_staged(&mut self, shared: &Shared, ticket: Option<u64>, error: &Error) {
-        let through = ticket
-            .into_iter()
-            .chain(self.unwritten.back().map(|(ticket, _)| *ticket))
-            .max();
-        self.window = None;
-        self.unwritten.clear();
-        if let Some(through) = through
-            && through > self.handed_through
-        {
-            self.handed_through = through;
-            // Refused only when the thread is gone, and then every waiter fails anyway.
-            let _ = queue_job(
-                shared,
-                Job::Lost {
-                    through,
-                    error: StoredError::of(error),
-                },
-            );
-        }
-    }
-
-    /// Copy a record to the end of the window (`ticket`: `None` for a record written
-    /// before anyone asks); each time the buffer fills, queue it as a job and go on in
-    /// a fresh one. The window must end where the record starts (`follow`).
-    fn append(&mut self, shared: &Shared, ticket: Option<u64>, mut bytes: &[u8]) -> Result<()> {
+    /// Copy a record to the end of the window (`ticket`: `None` for a record that is
+    /// flushed before anyone asks); each time the buffer fills, write it direct and
+    /// move on. The window must end where the record starts (`follow`).
+    fn append(&mut self, ticket: Option<u64>, mut bytes: &[u8]) -> Result<()> {
         let Stage {
             buffer,
             window,
             unwritten,
-            handed_through,
         } = self;
         let window = window.as_mut().ok_or_else(|| {
             Error::Io(io::Error::other(
@@ -823,92 +648,67 @@ impl Stage {
             window.filled += take;
             bytes = rest;
             if window.filled == STAGE_BYTES {
-                let end = window.end();
-                while let Some(&(ticket, record_end)) = unwritten.front()
-                    && record_end <= end
+                window.file.write_direct_at(window.base, buffer.bytes())?;
+                window.base += STAGE_BYTES as u64;
+                window.filled = 0;
+                window.unwritten_from = window.base;
+                while unwritten
+                    .front()
+                    .is_some_and(|(_, end)| *end <= window.unwritten_from)
                 {
-                    *handed_through = (*handed_through).max(ticket);
                     unwritten.pop_front();
                 }
-                let full = std::mem::replace(buffer, spare_stage(shared));
-                let job = StageJob {
-                    file: Arc::clone(&window.file),
-                    buffer: full,
-                    base: window.base,
-                    filled: STAGE_BYTES,
-                    unwritten_from: window.unwritten_from,
-                    done_after: *handed_through,
-                };
-                window.base = end;
-                window.filled = 0;
-                window.unwritten_from = end;
-                queue_job(shared, Job::Stage(job))?;
             }
         }
         Ok(())
     }
 
-    /// Hand every byte of the window the file lacks to the writer thread as one job;
-    /// the stage goes on in a fresh buffer holding the last partial block, so the next
-    /// direct write starts aligned.
-    fn cut(&mut self, shared: &Shared) -> Result<()> {
+    /// Write every byte of the window the file lacks (see [`Flush`]), then keep only
+    /// the last partial block in the buffer, so the next direct write starts aligned.
+    fn flush(&mut self, flush: Flush) -> Result<()> {
         let Stage {
             buffer,
             window,
             unwritten,
-            handed_through,
         } = self;
         let Some(window) = window.as_mut() else {
             return Ok(());
         };
-        if let Some((ticket, _)) = unwritten.back() {
-            *handed_through = (*handed_through).max(*ticket);
+        let end = window.end();
+        let aligned = window.filled - window.filled % DIRECT_ALIGN_BYTES;
+        if window.unwritten_from < end {
+            let mut from = window.unwritten_from;
+            if flush == Flush::Direct
+                && window.base + aligned as u64 >= from + FLUSH_DIRECT_BYTES_MIN
+            {
+                // Rewrites `base..unwritten_from` (under one block) with the bytes it
+                // already holds.
+                window
+                    .file
+                    .write_direct_at(window.base, &buffer.bytes()[..aligned])?;
+                from = window.base + aligned as u64;
+            }
+            if from < end {
+                // `from - base` is within the buffer: from >= base, from < end.
+                let start = (from - window.base) as usize;
+                window
+                    .file
+                    .write_at(from, &buffer.bytes()[start..window.filled])?;
+            }
+            window.unwritten_from = end;
         }
         unwritten.clear();
-        if window.unwritten_from >= window.end() {
-            return Ok(());
-        }
-        let aligned = window.filled - window.filled % DIRECT_ALIGN_BYTES;
-        let tail = window.filled - aligned;
-        let mut fresh = spare_stage(shared);
-        fresh.bytes_mut()[..tail].copy_from_slice(&buffer.bytes()[aligned..window.filled]);
-        let job = StageJob {
-            file: Arc::clone(&window.file),
-            buffer: std::mem::replace(buffer, fresh),
-            base: window.base,
-            filled: window.filled,
-            unwritten_from: window.unwritten_from,
-            done_after: *handed_through,
-        };
-        window.base += aligned as u64;
-        window.filled = tail;
-        window.unwritten_from = window.end();
-        queue_job(shared, Job::Stage(job))
-    }
-
-    /// Write every byte of the window the file lacks on the calling thread, through the
-    /// page cache (the writer thread is idle: `write_now`), then keep only the last
-    /// partial block in the buffer.
-    fn write_here(&mut self) -> Result<()> {
-        let Stage { buffer, window, .. } = self;
-        let Some(window) = window.as_mut() else {
-            return Ok(());
-        };
-        if window.unwritten_from < window.end() {
-            // Within the buffer: base <= unwritten_from < end.
-            let start = (window.unwritten_from - window.base) as usize;
-            window
-                .file
-                .write_at(window.unwritten_from, &buffer.bytes()[start..window.filled])?;
-            window.unwritten_from = window.end();
-        }
-        let aligned = window.filled - window.filled % DIRECT_ALIGN_BYTES;
         if aligned > 0 {
             buffer.bytes_mut().copy_within(aligned..window.filled, 0);
             window.base += aligned as u64;
             window.filled -= aligned;
         }
         Ok(())
+    }
+
+    /// The first staged ticket whose record is not wholly in the file.
+    fn first_unwritten(&self) -> Option<u64> {
+        self.unwritten.front().map(|(ticket, _)| *ticket)
     }
 }
 
@@ -976,14 +776,13 @@ mod tests {
                 }
                 Way::Queued | Way::QueuedAndWaited => {
                     last_ticket += 1;
-                    let mut buffer = bytes;
-                    queue.append(
-                        last_ticket,
-                        arena as u32,
-                        &files[arena],
+                    queue.push(WriteJob {
+                        ticket: last_ticket,
+                        arena: arena as u32,
+                        file: Arc::clone(&files[arena]),
                         offset,
-                        &mut buffer,
-                    )?;
+                        bytes,
+                    })?;
                     if matches!(way, Way::QueuedAndWaited) {
                         queue.wait(last_ticket, last_ticket)?;
                         let mut back = vec![0u8; *len];
@@ -1063,7 +862,13 @@ mod tests {
         // Ticket 1 is written (waited for); tickets 2 and 3 only staged.
         let mut offset = 32u64;
         for (ticket, len) in [(1u64, 10_000usize), (2, 20_000), (3, 5000)] {
-            queue.append(ticket, 0, &file, offset, &mut record(ticket as usize, len))?;
+            queue.push(WriteJob {
+                ticket,
+                arena: 0,
+                file: Arc::clone(&file),
+                offset,
+                bytes: record(ticket as usize, len),
+            })?;
             offset += len as u64;
             if ticket == 1 {
                 queue.wait(1, 1)?;
@@ -1079,7 +884,13 @@ mod tests {
         assert_eq!(failure.map(|(first_failed, _)| first_failed), Some(2));
         // Writes work again: the stage is rebuilt from the file where record 2 was.
         memory.fail_writes(false);
-        queue.append(4, 0, &file, 32 + 10_000, &mut record(4, 3000))?;
+        queue.push(WriteJob {
+            ticket: 4,
+            arena: 0,
+            file: Arc::clone(&file),
+            offset: 32 + 10_000,
+            bytes: record(4, 3000),
+        })?;
         queue.wait(4, 4)?;
         let mut back = vec![0u8; 3000];
         file.read_at(32 + 10_000, &mut back)?;
@@ -1087,72 +898,6 @@ mod tests {
         let mut first = vec![0u8; 10_000];
         file.read_at(32, &mut first)?;
         assert!(first == record(1, 10_000));
-        queue.close();
-        let _ = thread.join();
-        Ok(())
-    }
-
-    #[test]
-    fn an_append_that_cannot_stage_fails_its_ticket_instead_of_hanging() -> Result<()> {
-        let memory = MemoryBackend::new(2)?;
-        let first = memory.open("a", true)?;
-        let second = memory.open("b", true)?;
-        first.write_at(0, &[1u8; 32])?;
-        second.write_at(0, &[2u8; 32])?;
-        let (queue, thread) = WriteQueue::start(1)?;
-        queue.append(1, 0, &first, 32, &mut record(1, 9000))?;
-        memory.fail_writes(true);
-        assert!(queue.wait(1, 1).is_err());
-        // A failure is pending (not taken): starting a window in another arena would
-        // read back bytes the file may lack, so the append fails, and so does its
-        // ticket — a waiter learns it instead of waiting for a job that never comes.
-        memory.fail_writes(false);
-        assert!(
-            queue
-                .append(2, 1, &second, 32, &mut record(2, 100))
-                .is_err()
-        );
-        assert!(queue.wait(2, 2).is_err(), "the unstaged ticket is failed");
-        let failure = queue.take_failure(2)?;
-        assert_eq!(failure.map(|(first_failed, _)| first_failed), Some(1));
-        // Afterwards both arenas take records again.
-        queue.append(3, 1, &second, 32, &mut record(3, 100))?;
-        queue.append(4, 0, &first, 32, &mut record(4, 5000))?;
-        queue.wait(3, 4)?;
-        let mut back = vec![0u8; 5000];
-        first.read_at(32, &mut back)?;
-        assert!(back == record(4, 5000));
-        assert_eq!(first.len()?, 32 + 5000, "the failed record left no bytes");
-        queue.close();
-        let _ = thread.join();
-        Ok(())
-    }
-
-    #[test]
-    fn a_staged_record_leaves_the_buffer_with_the_caller_and_an_unstaged_one_takes_it() -> Result<()>
-    {
-        let memory = MemoryBackend::new(3)?;
-        let file = memory.open("a", true)?;
-        let (queue, thread) = WriteQueue::start(1)?;
-        let mut buffer = record(1, 70_000);
-        queue.append(1, 0, &file, 0, &mut buffer)?;
-        assert_eq!(buffer.len(), 70_000, "staged: copied, the caller keeps it");
-        // The caller may overwrite it at once: the queue holds its own copy.
-        buffer.fill(0xEE);
-        queue.wait(1, 1)?;
-        let mut back = vec![0u8; 70_000];
-        file.read_at(0, &mut back)?;
-        assert!(back == record(1, 70_000));
-        memory.set_direct_io(false);
-        let mut buffer = record(2, 70_000);
-        queue.append(2, 0, &file, 70_000, &mut buffer)?;
-        assert!(
-            buffer.is_empty(),
-            "unstaged: the queue writes the buffer itself"
-        );
-        queue.wait(2, 2)?;
-        file.read_at(70_000, &mut back)?;
-        assert!(back == record(2, 70_000));
         queue.close();
         let _ = thread.join();
         Ok(())
