@@ -54,6 +54,57 @@ pub const KEYRING_FILE: &str = "keyring";
 pub const MEMBERSHIP_FILE: &str = "membership";
 /// fossil's volume key file in the store.
 pub const VOLUME_KEY_FILE: &str = "volume.key";
+/// The network's views of the membership that [`Membership::publish`] keeps in step.
+pub(crate) struct NetworkViews<'a> {
+    pub trust: &'a TrustSet,
+    pub nodes: &'a NodeTable,
+    pub endpoint: &'a net::quic::Endpoint,
+}
+
+/// Sends this device's announcement (chain, volume, addresses) to every other device
+/// of the volume.
+pub(crate) fn announce(
+    membership: &parking_lot::Mutex<Membership>,
+    endpoint: &net::quic::Endpoint,
+) {
+    let (bytes, others) = {
+        let membership = membership.lock();
+        let me = membership.device();
+        let others: Vec<DeviceId> = membership
+            .nodes
+            .iter()
+            .map(|(_, device)| *device)
+            .filter(|device| *device != me)
+            .collect();
+        (membership.announcement(), others)
+    };
+    for device in others {
+        endpoint.send_detached(device, net::frame::Kind::CHAIN, bytes.clone());
+    }
+}
+
+/// Takes what device `from` announced ([`Membership::adopt`]) and, when it taught
+/// something, publishes the result to the network's views.
+pub(crate) fn adopt_announcement(
+    membership: &parking_lot::Mutex<Membership>,
+    store: &Path,
+    views: &NetworkViews<'_>,
+    from: DeviceId,
+    bytes: &[u8],
+) {
+    let mut membership = membership.lock();
+    match membership.adopt(store, from, bytes) {
+        Ok(adopted) if adopted.changed() => {
+            tracing::info!(%from, ?adopted, "learned devices from an announcement");
+            if let Err(error) = membership.publish(views.trust, views.nodes, views.endpoint) {
+                tracing::warn!(%error, "cannot apply an announcement");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::debug!(%from, %error, "announcement refused"),
+    }
+}
+
 /// The passphrase of the keyring, for non-interactive use.
 pub const PASSPHRASE_ENV: &str = "KITH_PASSPHRASE";
 /// `unencrypted` stores a new keyring in the clear (servers, tests); `encrypted` insists.

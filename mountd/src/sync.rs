@@ -51,7 +51,7 @@ use crate::config::{self, Dirs, Keep};
 use crate::daemon::DEFAULT_LISTEN;
 use crate::error::{Error, Result};
 use crate::join::{self, Inviter, JoinOutcome};
-use crate::membership::{KeyringMode, Membership};
+use crate::membership::{self, KeyringMode, Membership};
 use crate::status::{DeviceReport, SyncReport};
 
 /// Worker threads of the network runtime.
@@ -1394,21 +1394,7 @@ impl Home {
 impl Devices {
     /// Sends this device's announcement to every other device of the volume.
     fn announce(&self) {
-        let (bytes, others) = {
-            let membership = self.membership.lock();
-            let me = membership.device();
-            let others: Vec<DeviceId> = membership
-                .nodes
-                .iter()
-                .map(|(_, device)| *device)
-                .filter(|device| *device != me)
-                .collect();
-            (membership.announcement(), others)
-        };
-        for device in others {
-            self.endpoint
-                .send_detached(device, Kind::CHAIN, bytes.clone());
-        }
+        membership::announce(&self.membership, &self.endpoint);
     }
 
     /// One pairing request or announcement (on the pairing thread).
@@ -1455,17 +1441,12 @@ impl Devices {
 
     /// Takes another device's announcement: newcomers, revocations, addresses.
     fn adopt(&self, from: DeviceId, bytes: &[u8]) {
-        let mut membership = self.membership.lock();
-        match membership.adopt(&self.store, from, bytes) {
-            Ok(adopted) if adopted.changed() => {
-                tracing::info!(%from, ?adopted, "learned devices from an announcement");
-                if let Err(error) = membership.publish(&self.trust, &self.nodes, &self.endpoint) {
-                    tracing::warn!(%error, "cannot apply an announcement");
-                }
-            }
-            Ok(_) => {}
-            Err(error) => tracing::debug!(%from, %error, "announcement refused"),
-        }
+        let views = membership::NetworkViews {
+            trust: &self.trust,
+            nodes: &self.nodes,
+            endpoint: &self.endpoint,
+        };
+        membership::adopt_announcement(&self.membership, &self.store, &views, from, bytes);
     }
 
     /// The volume side of a join: write access first (it commits under the current

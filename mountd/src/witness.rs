@@ -327,21 +327,7 @@ struct Shared {
 impl Shared {
     /// Sends this witness's view of the user and the volume to every device.
     fn announce(&self) {
-        let (bytes, others) = {
-            let membership = self.membership.lock();
-            let me = membership.device();
-            let others: Vec<DeviceId> = membership
-                .nodes
-                .iter()
-                .map(|(_, device)| *device)
-                .filter(|device| *device != me)
-                .collect();
-            (membership.announcement(), others)
-        };
-        for device in others {
-            self.endpoint
-                .send_detached(device, Kind::CHAIN, bytes.clone());
-        }
+        membership::announce(&self.membership, &self.endpoint);
     }
 
     /// One frame that is not Paxos: a device's announcement is adopted; every request
@@ -369,17 +355,12 @@ impl Shared {
     }
 
     fn adopt(&self, from: DeviceId, bytes: &[u8]) {
-        let mut membership = self.membership.lock();
-        match membership.adopt(&self.store, from, bytes) {
-            Ok(adopted) if adopted.changed() => {
-                tracing::info!(%from, ?adopted, "learned devices from an announcement");
-                if let Err(error) = membership.publish(&self.trust, &self.nodes, &self.endpoint) {
-                    tracing::warn!(%error, "cannot apply an announcement");
-                }
-            }
-            Ok(_) => {}
-            Err(error) => tracing::debug!(%from, %error, "announcement refused"),
-        }
+        let views = membership::NetworkViews {
+            trust: &self.trust,
+            nodes: &self.nodes,
+            endpoint: &self.endpoint,
+        };
+        membership::adopt_announcement(&self.membership, &self.store, &views, from, bytes);
     }
 
     fn report(&self) -> Result<WitnessReport> {
