@@ -93,27 +93,8 @@ pub fn spawn_background(plan: &MountPlan) -> Result<String> {
     mounts::check_mount_point(&plan.mount_point)?;
     plan.dirs.ensure_initialized()?;
     let log_path = plan.dirs.log_for(&plan.store_id());
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|source| Error::Path {
-            what: "open the log",
-            path: log_path.clone(),
-            source,
-        })?;
-    let exe = std::env::current_exe().map_err(|source| Error::Path {
-        what: "find the kith executable",
-        path: PathBuf::from("/proc/self/exe"),
-        source,
-    })?;
-    let mut command = Command::new(exe);
-    command
-        .arg("--store")
-        .arg(&plan.store)
-        .arg("mount")
-        .arg("--foreground")
-        .arg("--notify-stdout");
+    let mut command = kith_command(&plan.store)?;
+    command.args(["mount", "--foreground", "--notify-stdout"]);
     if let Some(listen) = plan.listen {
         command.arg("--listen").arg(listen.to_string());
     }
@@ -124,7 +105,7 @@ pub fn spawn_background(plan: &MountPlan) -> Result<String> {
             command.env(name, value.as_str());
         }
     }
-    let pid = spawn_reporting(command, log, &log_path, &plan.mount_point)?;
+    let pid = spawn_reporting(command, &log_path, &plan.mount_point)?;
     Ok(format!(
         "mounted {} (daemon pid {pid}, log {})",
         plan.mount_point.display(),
@@ -132,16 +113,32 @@ pub fn spawn_background(plan: &MountPlan) -> Result<String> {
     ))
 }
 
+/// This `kith` executable with `--store STORE`: how a daemon re-executes itself.
+pub(crate) fn kith_command(store: &Path) -> Result<Command> {
+    let exe = std::env::current_exe().map_err(|source| Error::Path {
+        what: "find the kith executable",
+        path: PathBuf::from("/proc/self/exe"),
+        source,
+    })?;
+    let mut command = Command::new(exe);
+    command.arg("--store").arg(store);
+    Ok(command)
+}
+
 /// Starts `command` (a `--foreground --notify-stdout` daemon) in its own process
-/// group with stdin closed, stderr appended to `log` and stdout a pipe, and waits for
-/// its one status line: its pid once it said `ready`, else what it reported. `what`
-/// names the daemon's mount point (or store) in errors.
-pub(crate) fn spawn_reporting(
-    mut command: Command,
-    log: File,
-    log_path: &Path,
-    what: &Path,
-) -> Result<u32> {
+/// group with stdin closed, stderr appended to `log_path` and stdout a pipe, and waits
+/// for its one status line: its pid once it said `ready`, else what it reported.
+/// `what` names the daemon's mount point (or store) in errors.
+pub(crate) fn spawn_reporting(mut command: Command, log_path: &Path, what: &Path) -> Result<u32> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(|source| Error::Path {
+            what: "open the log",
+            path: log_path.to_owned(),
+            source,
+        })?;
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

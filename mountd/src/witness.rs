@@ -32,7 +32,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -122,34 +121,15 @@ pub fn spawn_background(plan: &WitnessPlan) -> Result<String> {
     plan.dirs.ensure_initialized()?;
     let store_id = config::store_id(&plan.store);
     let log_path = plan.dirs.log_for(&store_id);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|source| Error::Path {
-            what: "open the log",
-            path: log_path.clone(),
-            source,
-        })?;
-    let exe = std::env::current_exe().map_err(|source| Error::Path {
-        what: "find the kith executable",
-        path: PathBuf::from("/proc/self/exe"),
-        source,
-    })?;
-    let mut command = Command::new(exe);
-    command.arg("--store").arg(&plan.store).args([
-        "witness",
-        "run",
-        "--foreground",
-        "--notify-stdout",
-    ]);
+    let mut command = daemon::kith_command(&plan.store)?;
+    command.args(["witness", "run", "--foreground", "--notify-stdout"]);
     if let Some(listen) = plan.listen {
         command.arg("--listen").arg(listen.to_string());
     }
     for (name, value) in membership::daemon_environment(&plan.store, &plan.config)? {
         command.env(name, value.as_str());
     }
-    let pid = daemon::spawn_reporting(command, log, &log_path, &plan.store)?;
+    let pid = daemon::spawn_reporting(command, &log_path, &plan.store)?;
     Ok(format!(
         "witness running for the store {} (daemon pid {pid}, log {})",
         plan.store.display(),
