@@ -1436,6 +1436,13 @@ impl Volume {
     /// store. Blocks put since the fence stay, whatever they are: a caller that gives
     /// them a grace period takes fences early and sweeps with an old one.
     pub fn collect_garbage(&self, fence: u64, compact_all: bool) -> Result<Collected> {
+        // A checkpoint stores its image before the agreement names it: a round in
+        // between would sweep the image. Rounds and checkpoints take turns.
+        let _no_checkpoint = self
+            .shared
+            .sync
+            .as_ref()
+            .map(|sync| sync.checkpoints.exclusive());
         let roots = self.gc_roots()?;
         self.shared
             .content

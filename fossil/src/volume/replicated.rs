@@ -147,6 +147,11 @@ impl Checkpoints {
         }
     }
 
+    /// No checkpoint runs while the guard lives (GC rounds take turns with them).
+    pub(super) fn exclusive(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.running.lock()
+    }
+
     /// A checkpoint through `end - 1` exists (made here or installed).
     fn covered(&self, end: Slot) {
         if self.end.fetch_max(end, Ordering::AcqRel) < end {
