@@ -109,14 +109,7 @@ impl Namespace {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.pragma_update(None, "cache_size", -2048)?;
-        Ok(Namespace {
-            conn,
-            in_transaction: false,
-            rolled_back: false,
-            inode_cache: RefCell::new(HashMap::new()),
-            #[cfg(test)]
-            fail_next_commit: false,
-        })
+        Ok(Namespace::over(conn))
     }
 
     pub fn open_in_memory() -> Result<Namespace> {
@@ -129,14 +122,18 @@ impl Namespace {
         conn.pragma_update(None, "cache_size", -32768)?;
         conn.execute_batch(SCHEMA)?;
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Namespace {
+        Ok(Namespace::over(conn))
+    }
+
+    fn over(conn: Connection) -> Namespace {
+        Namespace {
             conn,
             in_transaction: false,
             rolled_back: false,
             inode_cache: RefCell::new(HashMap::new()),
             #[cfg(test)]
             fail_next_commit: false,
-        })
+        }
     }
 
     /// Start a transaction if none is open. Changes become visible to this connection

@@ -1,7 +1,7 @@
 //! Adding a device to the user and the home volume: both sides of pairing.
 //!
 //! Inviter (a running daemon holding the user root key):
-//! 1. `kith device add` → [`Inviter::issue_code`]: a one-time code (10 minutes) naming
+//! 1. `kith device add` → [`Inviter::issue_code_as`]: a one-time code (10 minutes) naming
 //!    this device, its user and its listen addresses; while a code is open the
 //!    [`TrustSet`] admits unknown devices as `PairingOnly` (they may send
 //!    [`Kind::PAIR`] requests and nothing else).
@@ -147,20 +147,10 @@ impl Inviter {
         }
     }
 
-    /// `kith device add`: a new one-time code reachable at `listen` (the daemon's
-    /// reachable QUIC addresses), and pairing admission opened in `trust`. Only the
-    /// device holding the user root key can add devices.
-    pub fn issue_code(
-        &mut self,
-        membership: &Membership,
-        trust: &TrustSet,
-        listen: &[SocketAddr],
-    ) -> Result<PairingCode> {
-        self.issue_code_at(JoinRole::Device, membership, trust, listen, now_unix_s())
-    }
-
-    /// [`issue_code`](Self::issue_code) for a code that adds a `role` (`kith witness
-    /// add`: a witness).
+    /// `kith device add` / `kith witness add`: a new one-time code that adds a `role`,
+    /// reachable at `listen` (the daemon's reachable QUIC addresses), and pairing
+    /// admission opened in `trust`. Only the device holding the user root key can add
+    /// devices.
     pub fn issue_code_as(
         &mut self,
         role: JoinRole,
@@ -651,7 +641,7 @@ mod tests {
             let addr = self.endpoint.local_addr()?;
             let mut guard = self.state.lock();
             let (inviter, membership) = &mut *guard;
-            Ok(inviter.issue_code(membership, &self.trust, &[addr])?)
+            Ok(inviter.issue_code_as(JoinRole::Device, membership, &self.trust, &[addr])?)
         }
 
         fn witness_code(&self) -> anyhow::Result<PairingCode> {
@@ -698,7 +688,11 @@ mod tests {
         let mut inviter = Inviter::new();
         let trust = witness.trust_set()?;
         let listen: SocketAddr = "127.0.0.1:7000".parse()?;
-        assert!(inviter.issue_code(&witness, &trust, &[listen]).is_err());
+        assert!(
+            inviter
+                .issue_code_as(JoinRole::Device, &witness, &trust, &[listen])
+                .is_err()
+        );
         daemon.runtime.block_on(daemon.endpoint.close());
         Ok(())
     }

@@ -1308,16 +1308,22 @@ impl Home {
         ))
     }
 
-    /// `kith device add`: a one-time code (line 1) and what to do with it.
-    pub fn device_add(&self) -> Result<String> {
+    /// A one-time pairing code that adds a `role`, as text.
+    fn pairing_code(&self, role: net::pairing::JoinRole) -> Result<String> {
         let devices = &self.devices;
         let membership = devices.membership.lock();
-        let code = devices.inviter.lock().issue_code(
+        let code = devices.inviter.lock().issue_code_as(
+            role,
             &membership,
             &devices.trust,
             &reachable_addresses(self.listen),
         )?;
-        let text = code.to_text();
+        Ok(code.to_text())
+    }
+
+    /// `kith device add`: a one-time code (line 1) and what to do with it.
+    pub fn device_add(&self) -> Result<String> {
+        let text = self.pairing_code(net::pairing::JoinRole::Device)?;
         Ok(format!(
             "{text}\non the new device, with a fresh store: kith device join {text}\n\
              (valid 10 minutes, once)\n"
@@ -1327,15 +1333,7 @@ impl Home {
     /// `kith witness add`: a one-time code that adds a witness (line 1) and what to do
     /// with it. The code's role is kept here: its answer never carries the volume key.
     pub fn witness_add(&self) -> Result<String> {
-        let devices = &self.devices;
-        let membership = devices.membership.lock();
-        let code = devices.inviter.lock().issue_code_as(
-            net::pairing::JoinRole::Witness,
-            &membership,
-            &devices.trust,
-            &reachable_addresses(self.listen),
-        )?;
-        let text = code.to_text();
+        let text = self.pairing_code(net::pairing::JoinRole::Witness)?;
         Ok(format!(
             "{text}\non the witness machine, with a fresh store: kith witness join {text}\n\
              then: kith witness run (valid 10 minutes, once)\n"

@@ -184,27 +184,7 @@ fn daemon_pid_in(out: &str) -> anyhow::Result<u32> {
 /// join through it; all are mounted and listening on loopback, and each lists all
 /// `n` devices online with nothing left to apply.
 pub fn cluster(n: usize) -> anyhow::Result<Vec<Kith>> {
-    let mut devices = Vec::with_capacity(n);
-    let first = Kith::new()?;
-    first
-        .mount_listening()
-        .context("mounting the first device")?;
-    devices.push(first);
-    for index in 1..n {
-        devices.push(join_and_mount(&devices[0], index, |_| Ok(()))?);
-    }
-    for (index, device) in devices.iter().enumerate() {
-        wait_until(
-            SYNC_TIMEOUT,
-            &format!("device {index} sees {n} online"),
-            || {
-                let status = device.sync_status()?;
-                Ok(status.devices.iter().filter(|d| d.online).count() == n
-                    && status.volume.behind == 0)
-            },
-        )?;
-    }
-    Ok(devices)
+    cluster_with(n, |_, _| Ok(()))
 }
 
 /// [`cluster`] with each device `prepare`d (e.g. its configuration) before its first
