@@ -9,12 +9,15 @@
 //! Format (little-endian): `"KITHCKP" ‖ version u8 ‖ applied_end u64`, then five
 //! sections, each `count u64` followed by records: inodes, dirents, xattrs, authors,
 //! snapshots. Decoding is bounded by the input: a count can never promise more records
-//! than the remaining bytes could hold.
+//! than the remaining bytes could hold, and an image decodes only in its one canonical
+//! form: every section strictly in key order (so no duplicates) and every entry name
+//! valid, as `capture` writes it. A checkpoint arrives from another device; a
+//! non-canonical one would load into a namespace that no device's log produced.
 
 use crate::namespace::{DirentRow, Inode, Namespace, XattrRow};
 use crate::op::{
     DeviceId, NAME_BYTES_MAX, Reader, Rights, XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX,
-    kind_from_byte, kind_to_byte, put_bytes, put_u16, put_u32, put_u64,
+    kind_from_byte, kind_to_byte, name_is_valid, put_bytes, put_u16, put_u32, put_u64,
 };
 use crate::{Error, InodeNo, Result};
 
@@ -194,7 +197,43 @@ impl Image {
                 .push((r.bytes(NAME_BYTES_MAX)?, r.u64()?, r.u64()? as i64));
         }
         r.finish()?;
+        image.check_canonical().map_err(corrupt)?;
         Ok(image)
+    }
+
+    /// The order `capture` writes (SQLite's `ORDER BY` on integer and blob keys is
+    /// Rust's order on `u64` below 2^63 and on byte strings), strictly, and valid names.
+    fn check_canonical(&self) -> std::result::Result<(), String> {
+        fn strictly_increasing<K: Ord>(keys: impl Iterator<Item = K>) -> bool {
+            let mut previous = None;
+            keys.into_iter().all(|key| {
+                let ok = previous.as_ref().is_none_or(|before| *before < key);
+                previous = Some(key);
+                ok
+            })
+        }
+        if self.inodes.iter().any(|inode| inode.ino.0 > i64::MAX as u64) {
+            return Err("an inode number above 2^63".into());
+        }
+        if !strictly_increasing(self.inodes.iter().map(|inode| inode.ino)) {
+            return Err("inodes out of order or repeated".into());
+        }
+        if !strictly_increasing(self.dirents.iter().map(|(parent, name, _)| (*parent, name))) {
+            return Err("entries out of order or repeated".into());
+        }
+        if let Some((_, name, _)) = self.dirents.iter().find(|(_, name, _)| !name_is_valid(name)) {
+            return Err(format!("invalid entry name {:?}", String::from_utf8_lossy(name)));
+        }
+        if !strictly_increasing(self.xattrs.iter().map(|(ino, name, _)| (*ino, name))) {
+            return Err("xattrs out of order or repeated".into());
+        }
+        if !strictly_increasing(self.authors.iter().map(|(device, _, _)| *device)) {
+            return Err("authors out of order or repeated".into());
+        }
+        if !strictly_increasing(self.snapshots.iter().map(|(name, _, _)| name)) {
+            return Err("snapshots out of order or repeated".into());
+        }
+        Ok(())
     }
 }
 
