@@ -212,7 +212,11 @@ impl Image {
                 ok
             })
         }
-        if self.inodes.iter().any(|inode| inode.ino.0 > i64::MAX as u64) {
+        if self
+            .inodes
+            .iter()
+            .any(|inode| inode.ino.0 > i64::MAX as u64)
+        {
             return Err("an inode number above 2^63".into());
         }
         if !strictly_increasing(self.inodes.iter().map(|inode| inode.ino)) {
@@ -221,8 +225,15 @@ impl Image {
         if !strictly_increasing(self.dirents.iter().map(|(parent, name, _)| (*parent, name))) {
             return Err("entries out of order or repeated".into());
         }
-        if let Some((_, name, _)) = self.dirents.iter().find(|(_, name, _)| !name_is_valid(name)) {
-            return Err(format!("invalid entry name {:?}", String::from_utf8_lossy(name)));
+        if let Some((_, name, _)) = self
+            .dirents
+            .iter()
+            .find(|(_, name, _)| !name_is_valid(name))
+        {
+            return Err(format!(
+                "invalid entry name {:?}",
+                String::from_utf8_lossy(name)
+            ));
         }
         if !strictly_increasing(self.xattrs.iter().map(|(ino, name, _)| (*ino, name))) {
             return Err("xattrs out of order or repeated".into());
