@@ -84,6 +84,9 @@ pub(crate) struct Pushes {
     /// Whether puts are noted (a pusher is set): without one the queue would only grow.
     enabled: std::sync::atomic::AtomicBool,
     unpushed: Mutex<Vec<Address>>,
+    /// Blocks taken out of `unpushed` by the push under way: still unpushed for
+    /// `stats`. Changed only while `unpushed` is locked, so the two add up.
+    in_flight: AtomicU64,
     running: Mutex<()>,
     pushed_blocks: AtomicU64,
 }
@@ -116,7 +119,12 @@ impl Pushes {
             return Ok(0);
         };
         let _running = self.running.lock();
-        let mut batch = std::mem::take(&mut *self.unpushed.lock());
+        let mut batch = {
+            let mut unpushed = self.unpushed.lock();
+            self.in_flight
+                .store(unpushed.len() as u64, Ordering::Relaxed);
+            std::mem::take(&mut *unpushed)
+        };
         if batch.is_empty() {
             return Ok(0);
         }
@@ -135,12 +143,14 @@ impl Pushes {
         );
         let mut unpushed = self.unpushed.lock();
         unpushed.extend_from_slice(&left);
+        self.in_flight.store(0, Ordering::Relaxed);
         Ok(unpushed.len())
     }
 
     pub fn stats(&self) -> PushStats {
+        let unpushed = self.unpushed.lock();
         PushStats {
-            unpushed_blocks: self.unpushed.lock().len() as u64,
+            unpushed_blocks: unpushed.len() as u64 + self.in_flight.load(Ordering::Relaxed),
             pushed_blocks: self.pushed_blocks.load(Ordering::Relaxed),
         }
     }

@@ -685,6 +685,46 @@ fn blocks_a_push_could_not_place_stay_queued_and_go_with_the_next_sync() -> Test
     Ok(())
 }
 
+/// A pusher that holds every push until the test lets it go.
+struct HeldPusher {
+    entered: std::sync::mpsc::SyncSender<()>,
+    release: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl BlockPusher for HeldPusher {
+    fn push(&self, _store: &Store, _addresses: &[Address]) -> venti::Result<Vec<Address>> {
+        let _ = self.entered.send(());
+        let _ = self.release.lock().recv();
+        Ok(Vec::new())
+    }
+}
+
+#[test]
+fn blocks_being_pushed_still_count_as_unpushed() -> TestResult {
+    let backend = TestBackend::new(common::Kind::Memory)?;
+    let store = Arc::new(backend.open(small_options())?);
+    let (entered, pushing) = std::sync::mpsc::sync_channel(1);
+    let (release, held) = std::sync::mpsc::sync_channel(1);
+    store.set_pusher(Some(Arc::new(HeldPusher {
+        entered,
+        release: Mutex::new(held),
+    })));
+    for n in 0..3u64 {
+        let (address, data) = block(n, 1000);
+        store.put_sealed_here(&address, &data, Class::Pinned)?;
+    }
+    let pushing_store = Arc::clone(&store);
+    let push = thread::spawn(move || pushing_store.push_unpushed());
+    pushing.recv_timeout(Duration::from_secs(10))?;
+    // The push holds the batch: status must not say all is placed.
+    assert_eq!(store.push_stats().unpushed_blocks, 3);
+    release.send(())?;
+    assert_eq!(push.join().map_err(|_| "push thread panicked")??, 0);
+    assert_eq!(store.push_stats().unpushed_blocks, 0);
+    assert_eq!(store.push_stats().pushed_blocks, 3);
+    Ok(())
+}
+
 #[test]
 fn without_a_pusher_nothing_is_queued_and_sync_pushes_nothing() -> TestResult {
     let backend = TestBackend::new(common::Kind::Memory)?;
