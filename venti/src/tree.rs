@@ -37,6 +37,10 @@
 //! sequence (`Segments`). The tree is the same either way (tested on random and
 //! adversarial content).
 //!
+//! [`TreeEditor`] makes the tree of edited content from the old tree, re-chunking only
+//! around the changed ranges and resealing only the pointer blocks on changed paths;
+//! its root is the one a writer pass over the new content gives (see `edit`).
+//!
 //! [`TreeReader`] reads any byte range by opening only the blocks that cover it (asking
 //! the store to [`prefetch`](BlockStore::prefetch) a pointer block's covering children
 //! together, so a remote-backed store fetches them in one batch), and
@@ -57,6 +61,9 @@ use crate::{
     Address, BlockRef, BlockStore, Class, Error, Kind, PUT_HEADROOM_BYTES, PutTicket, Result,
 };
 
+mod edit;
+pub use edit::{EditOutcome, EditStats, TreeEditor};
+
 /// A pointer block ends at a child whose key's low bits are zero with this odds.
 pub const FANOUT_BOUNDARY_ONE_IN: u32 = 128;
 /// No content-defined boundary before this many children.
@@ -76,6 +83,39 @@ pub const READ_PREALLOC_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 const POINTER_FORMAT: u8 = 1;
 const POINTER_HEADER_BYTES: usize = 4;
+
+/// How pointer blocks group their children: Kith's is [`FANOUT`]; tests use small
+/// ones to build deep trees from little content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fanout {
+    min: usize,
+    max: usize,
+    boundary_one_in: u32,
+}
+
+const FANOUT: Fanout = Fanout {
+    min: FANOUT_MIN,
+    max: FANOUT_MAX,
+    boundary_one_in: FANOUT_BOUNDARY_ONE_IN,
+};
+
+impl Fanout {
+    /// Whether a pointer block holding `count` children, the last being `last`, ends
+    /// there. The decision depends only on the block's own children, so a pointer
+    /// block that is not the last of its level is a function of its children alone.
+    fn closes(&self, count: usize, last: &BlockRef) -> bool {
+        count >= self.max || (count >= self.min && self.is_boundary(last))
+    }
+
+    /// A content-defined pointer-block boundary: the key is a PRF of the child's
+    /// content, so boundaries follow content and are unknown to anyone without the
+    /// keys.
+    fn is_boundary(&self, block_ref: &BlockRef) -> bool {
+        let mut low = [0u8; 4];
+        low.copy_from_slice(&block_ref.key[..4]);
+        u32::from_le_bytes(low) % self.boundary_one_in == 0
+    }
+}
 
 const _: () = assert!(FANOUT_BOUNDARY_ONE_IN.is_power_of_two());
 const _: () = assert!(2 <= FANOUT_MIN && FANOUT_MIN < FANOUT_MAX);
@@ -132,6 +172,14 @@ impl<'s> TreeWriter<'s> {
     /// Leaves of another kind (fossil writes checkpoints as `Kind::Meta` trees).
     pub fn with_leaf_kind(mut self, kind: Kind) -> TreeWriter<'s> {
         self.builder.leaf_kind = kind;
+        self
+    }
+
+    /// Test shapes: other chunk sizes and fan-out, for deep trees from little content.
+    #[cfg(test)]
+    fn with_shape(mut self, chunker: Chunker, fanout: Fanout) -> TreeWriter<'s> {
+        self.chunker = StreamChunker::new(chunker);
+        self.builder.fanout = fanout;
         self
     }
 
@@ -247,6 +295,7 @@ struct Builder<'s> {
     levels: Vec<Vec<BlockRef>>,
     length: u64,
     chunks: u64,
+    fanout: Fanout,
 }
 
 impl std::fmt::Debug for Builder<'_> {
@@ -284,6 +333,7 @@ impl<'s> Builder<'s> {
             levels: Vec::new(),
             length: 0,
             chunks: 0,
+            fanout: FANOUT,
         }
     }
 
@@ -444,7 +494,7 @@ impl<'s> Builder<'s> {
         let pending = &mut self.levels[level];
         pending.push(block_ref);
         let count = pending.len();
-        if count >= FANOUT_MAX || (count >= FANOUT_MIN && is_boundary(&block_ref)) {
+        if self.fanout.closes(count, &block_ref) {
             self.close_level(level)?;
         }
         Ok(())
@@ -473,10 +523,16 @@ impl<'s> Builder<'s> {
 
     fn finish(&mut self) -> Result<BlockRef> {
         let root = self.finish_tree()?;
-        if let Some((first, last)) = self.tickets {
+        self.wait_puts()?;
+        Ok(root)
+    }
+
+    /// Wait until the store holds every block this builder put.
+    fn wait_puts(&mut self) -> Result<()> {
+        if let Some((first, last)) = self.tickets.take() {
             self.store.wait_puts(first, last)?;
         }
-        Ok(root)
+        Ok(())
     }
 
     fn finish_tree(&mut self) -> Result<BlockRef> {
@@ -509,14 +565,6 @@ impl<'s> Builder<'s> {
             }
         }
     }
-}
-
-/// A content-defined pointer-block boundary: the key is a PRF of the child's content,
-/// so boundaries follow content and are unknown to anyone without the keys.
-fn is_boundary(block_ref: &BlockRef) -> bool {
-    let mut low = [0u8; 4];
-    low.copy_from_slice(&block_ref.key[..4]);
-    u32::from_le_bytes(low) % FANOUT_BOUNDARY_ONE_IN == 0
 }
 
 fn pool_stopped() -> Error {
