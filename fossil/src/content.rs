@@ -30,6 +30,23 @@ pub trait ContentStore: Send + Sync + std::fmt::Debug {
     }
     /// Up to `len` bytes of the content under `root` from `offset` (shorter at the end).
     fn read(&self, root: &BlockRef, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// The root of new content of `new_len` bytes that differs from the tree under
+    /// `base` only inside `changed` (ranges `[start, end)`) and from `base.length` on,
+    /// doing work around the changes only; `read_new(offset, len)` gives exactly `len`
+    /// bytes of the new content. The root is the one [`ContentStore::writer`] would
+    /// give for the same bytes. `None` when this store cannot edit `base` in place (a
+    /// tree of another key epoch, or a store without trees): the caller writes the
+    /// content anew.
+    fn edit(
+        &self,
+        base: &BlockRef,
+        new_len: u64,
+        changed: &[(u64, u64)],
+        read_new: &mut dyn FnMut(u64, usize) -> Result<Vec<u8>>,
+    ) -> Result<Option<BlockRef>> {
+        let _ = (base, new_len, changed, read_new);
+        Ok(None)
+    }
     /// Store a metadata blob (a checkpoint image).
     fn write_meta(&self, bytes: &[u8]) -> Result<BlockRef>;
     fn read_meta(&self, root: &BlockRef) -> Result<Vec<u8>>;

@@ -78,9 +78,10 @@ pub enum Rights {
 }
 
 /// A file's content: inline bytes, the root of a venti hash tree, or byte ranges of
-/// several trees in order (an edit of a large file stores only the edited bytes and
-/// refers to the rest of the old tree). Bytes past the content's length up to the file
-/// size read as zeros (a sparse tail).
+/// several trees in order (older versions stored an edit's bytes apart as slices; they
+/// are still read, and the file's next write makes them one tree again — edits are
+/// now tree edits). Bytes past the content's length up to the file size read as zeros
+/// (a sparse tail).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Content {
     Inline(Vec<u8>),

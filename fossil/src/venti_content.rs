@@ -217,6 +217,21 @@ impl ContentStore for VentiContent {
         )
     }
 
+    fn edit(
+        &self,
+        base: &BlockRef,
+        new_len: u64,
+        changed: &[(u64, u64)],
+        read_new: &mut dyn FnMut(u64, usize) -> Result<Vec<u8>>,
+    ) -> Result<Option<BlockRef>> {
+        // A tree of another epoch answers OtherEpoch: rewritten under these keys.
+        let editor = venti::tree::TreeEditor::new(self.store.as_ref(), &self.keys, Class::Pinned);
+        Ok(match editor.edit(base, new_len, changed, read_new)? {
+            venti::tree::EditOutcome::Edited { root, .. } => Some(root),
+            venti::tree::EditOutcome::OtherEpoch { .. } => None,
+        })
+    }
+
     fn write_meta(&self, bytes: &[u8]) -> Result<BlockRef> {
         let mut writer = TreeWriter::new(self.store.as_ref(), &self.keys, Class::Pinned)
             .with_leaf_kind(Kind::Meta);

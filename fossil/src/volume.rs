@@ -44,8 +44,8 @@ use crate::content::{Collected, ContentStore, ContentWriter, Overlay, read_conte
 use crate::log::{FileLog, Log};
 use crate::namespace::{Inode, Namespace};
 use crate::op::{
-    Content, DeviceId, INLINE_BYTES_MAX, NAME_BYTES_MAX, Op, OpBody, Rights, SLICES_MAX,
-    SYMLINK_BYTES_MAX, Slice, XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX, name_is_valid,
+    Content, DeviceId, INLINE_BYTES_MAX, NAME_BYTES_MAX, Op, OpBody, Rights, SYMLINK_BYTES_MAX,
+    XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX, name_is_valid,
 };
 use crate::venti_content::VentiContent;
 use crate::*;
@@ -2453,8 +2453,8 @@ fn materialize(store: &dyn ContentStore, dirty: &mut Dirty) -> Result<(Content, 
     if overlay.is_clean() && overlay.base_valid == overlay.base.len() {
         return Ok((overlay.base.clone(), overlay.size));
     }
-    if let Some(content) = splice(store, overlay, content_len)? {
-        return Ok((content, overlay.size));
+    if let Some(root) = edit_tree(store, overlay, content_len)? {
+        return Ok((Content::Tree(root), overlay.size));
     }
     if content_len <= REWRITE_IN_MEMORY_BYTES_MAX as u64 {
         let bytes = overlay.read(0, content_len as usize, &mut read_base)?;
@@ -2514,187 +2514,40 @@ fn read_parallel(
     Ok(out)
 }
 
-/// An edit of a large file: the untouched ranges stay slices of the old trees and only
-/// the edited bytes are chunked and stored. `None` when that is not worth it (mostly
-/// new bytes, or too many slices): the caller rewrites the whole content.
-fn splice(
+/// An edit of a file stored as a tree: the tree editor re-chunks only around the
+/// changed ranges and seals only the leaves and pointer blocks that change; the root
+/// is the one a full rewrite would give. `None` when that is not the way: the base is
+/// not a tree (inline, or slices from older stores, which the full rewrite turns into
+/// a tree once), most of the content is new (the full rewrite seals on several
+/// threads), or the store cannot edit the base (another key epoch).
+fn edit_tree(
     store: &dyn ContentStore,
     overlay: &Overlay,
     content_len: u64,
-) -> Result<Option<Content>> {
-    let base_slices = match &overlay.base {
-        Content::Inline(_) => return Ok(None),
-        Content::Tree(root) => vec![Slice {
-            root: *root,
-            offset: 0,
-            len: root.length,
-        }],
-        Content::Slices(slices) => slices.clone(),
+) -> Result<Option<BlockRef>> {
+    let Content::Tree(base) = &overlay.base else {
+        return Ok(None);
     };
-    // Segments of [0, content_len): (start, end, clean). A gap between dirty pieces is
-    // clean up to `base_valid`; past it the file reads zeros that must be stored.
-    let clean_end = overlay.base_valid.min(content_len);
-    let mut segments = Vec::new();
-    let push_gap = |segments: &mut Vec<(u64, u64, bool)>, from: u64, to: u64| {
-        let middle = to.min(clean_end).max(from);
-        segments.push((from, middle, true));
-        segments.push((middle, to, false));
-    };
-    let mut at = 0u64;
-    for (start, end) in overlay.dirty_ranges() {
-        if start >= content_len {
-            break;
-        }
-        let start = start.max(at);
-        if start > at {
-            push_gap(&mut segments, at, start);
-        }
-        let end = end.min(content_len).max(start);
-        segments.push((start, end, false));
-        at = at.max(end);
+    // Changed: the dirty pieces, and past `base_valid` (a truncate hid the base's
+    // tail; what is there now reads as zeros or pieces).
+    let mut changed: Vec<(u64, u64)> = overlay
+        .dirty_ranges()
+        .into_iter()
+        .map(|(start, end)| (start, end.min(content_len)))
+        .filter(|(start, end)| start < end)
+        .collect();
+    if overlay.base_valid < content_len {
+        changed.push((overlay.base_valid, content_len));
     }
-    if at < content_len {
-        push_gap(&mut segments, at, content_len);
-    }
-    segments.retain(|(start, end, _)| end > start);
-    let clean_bytes: u64 = segments
-        .iter()
-        .filter(|(_, _, clean)| *clean)
-        .map(|(start, end, _)| end - start)
-        .sum();
-    if clean_bytes < content_len / 2 {
+    let changed_bytes: u64 = changed.iter().map(|(start, end)| end - start).sum();
+    if changed_bytes > content_len / 2 {
         return Ok(None);
     }
-    let slice_count: usize = segments
-        .iter()
-        .map(|&(start, end, clean)| {
-            if clean {
-                sub_slices(&base_slices, start, end).len()
-            } else {
-                1
-            }
-        })
-        .sum();
-    if slice_count > SLICES_MAX {
-        return Ok(None);
-    }
-    let base = overlay.base.clone();
-    let mut read_base = |at: u64, len: usize| read_content(store, &base, at, len);
-    let new_bytes_total: u64 = segments
-        .iter()
-        .filter(|(_, _, clean)| !*clean)
-        .map(|(start, end, _)| end - start)
-        .sum();
-    if new_bytes_total <= REWRITE_IN_MEMORY_BYTES_MAX as u64 {
-        let mut new_bytes = Vec::with_capacity(new_bytes_total as usize);
-        let mut new_offsets = Vec::new();
-        for &(start, end, clean) in &segments {
-            if !clean {
-                new_offsets.push(new_bytes.len() as u64);
-                new_bytes.extend(overlay.read(start, (end - start) as usize, &mut read_base)?);
-            }
-        }
-        let new_root = if new_bytes.is_empty() {
-            None
-        } else {
-            Some(store.write_all(&new_bytes)?)
-        };
-        return Ok(Some(assemble_slices(
-            &segments,
-            &base_slices,
-            new_root,
-            new_offsets,
-            slice_count,
-        )?));
-    }
-    let mut writer = None;
-    let mut new_offsets = Vec::new();
-    let mut new_len = 0u64;
-    for &(start, end, clean) in &segments {
-        if clean {
-            continue;
-        }
-        let writer = match &mut writer {
-            Some(writer) => writer,
-            None => writer.insert(store.writer()?),
-        };
-        new_offsets.push(new_len);
-        let mut at = start;
-        while at < end {
-            let piece = (end - at).min(COPY_BYTES as u64) as usize;
-            let bytes = overlay.read(at, piece, &mut read_base)?;
-            writer.write(&bytes)?;
-            at += piece as u64;
-        }
-        new_len += end - start;
-    }
-    let new_root = writer.map(|writer| writer.finish()).transpose()?;
-    Ok(Some(assemble_slices(
-        &segments,
-        &base_slices,
-        new_root,
-        new_offsets,
-        slice_count,
-    )?))
-}
-
-/// The content of spliced segments: clean ones as slices of the base, new ones as
-/// slices of `new_root` at `new_offsets` (one per new segment, in order).
-fn assemble_slices(
-    segments: &[(u64, u64, bool)],
-    base_slices: &[Slice],
-    new_root: Option<BlockRef>,
-    new_offsets: Vec<u64>,
-    slice_count: usize,
-) -> Result<Content> {
-    let mut slices: Vec<Slice> = Vec::with_capacity(slice_count);
-    let mut new_offsets = new_offsets.into_iter();
-    for &(start, end, clean) in segments {
-        let pieces = if clean {
-            sub_slices(base_slices, start, end)
-        } else {
-            match (new_root, new_offsets.next()) {
-                (Some(root), Some(offset)) => vec![Slice {
-                    root,
-                    offset,
-                    len: end - start,
-                }],
-                _ => return Err(Error::Invalid("splice lost its new bytes")),
-            }
-        };
-        for piece in pieces {
-            match slices.last_mut() {
-                Some(last) if last.root == piece.root && last.offset + last.len == piece.offset => {
-                    last.len += piece.len
-                }
-                _ => slices.push(piece),
-            }
-        }
-    }
-    Ok(match slices.as_slice() {
-        [only] if only.offset == 0 && only.len == only.root.length => Content::Tree(only.root),
-        _ => Content::Slices(slices),
+    let base_content = overlay.base.clone();
+    let mut read_base = |at: u64, len: usize| read_content(store, &base_content, at, len);
+    store.edit(base, content_len, &changed, &mut |at, len| {
+        overlay.read(at, len, &mut read_base)
     })
-}
-
-/// The slices covering `[start, end)` of the content made of `slices`.
-fn sub_slices(slices: &[Slice], start: u64, end: u64) -> Vec<Slice> {
-    let mut out = Vec::new();
-    let mut slice_start = 0u64;
-    for slice in slices {
-        let slice_end = slice_start + slice.len;
-        if slice_end > start && slice_start < end {
-            let from = start.max(slice_start) - slice_start;
-            let to = end.min(slice_end) - slice_start;
-            out.push(Slice {
-                root: slice.root,
-                offset: slice.offset + from,
-                len: to - from,
-            });
-        }
-        slice_start = slice_end;
-    }
-    out
 }
 
 /// Read `[offset, offset + len)` of a file whose stored content may be shorter than its

@@ -829,64 +829,235 @@ fn read_ahead_serves_sequential_and_random_reads_and_sees_rewrites() {
     assert!(read_sequentially(&volume) == data);
 }
 
+/// A venti content store that counts how content reaches it: whole (a writer, or
+/// `write_all`) or as edits.
+#[derive(Debug)]
+struct CountingContent {
+    venti: Arc<VentiContent>,
+    whole_bytes: std::sync::atomic::AtomicU64,
+    edits: std::sync::atomic::AtomicU64,
+}
+
+impl CountingContent {
+    fn whole_bytes(&self) -> u64 {
+        self.whole_bytes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn edits(&self) -> u64 {
+        self.edits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+struct CountingWriter {
+    inner: Box<dyn ContentWriter>,
+    whole_bytes: Arc<CountingContent>,
+}
+
+impl ContentWriter for CountingWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.whole_bytes
+            .whole_bytes
+            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        self.inner.write(bytes)
+    }
+
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn finish(self: Box<Self>) -> Result<BlockRef> {
+        self.inner.finish()
+    }
+}
+
+impl ContentStore for Arc<CountingContent> {
+    fn writer(&self) -> Result<Box<dyn ContentWriter>> {
+        Ok(Box::new(CountingWriter {
+            inner: self.venti.writer()?,
+            whole_bytes: Arc::clone(self),
+        }))
+    }
+
+    fn write_all(&self, bytes: &[u8]) -> Result<BlockRef> {
+        self.whole_bytes
+            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        self.venti.write_all(bytes)
+    }
+
+    fn edit(
+        &self,
+        base: &BlockRef,
+        new_len: u64,
+        changed: &[(u64, u64)],
+        read_new: &mut dyn FnMut(u64, usize) -> Result<Vec<u8>>,
+    ) -> Result<Option<BlockRef>> {
+        self.edits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.venti.edit(base, new_len, changed, read_new)
+    }
+
+    fn read(&self, root: &BlockRef, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.venti.read(root, offset, len)
+    }
+
+    fn write_meta(&self, bytes: &[u8]) -> Result<BlockRef> {
+        self.venti.write_meta(bytes)
+    }
+
+    fn read_meta(&self, root: &BlockRef) -> Result<Vec<u8>> {
+        self.venti.read_meta(root)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.venti.sync()
+    }
+}
+
+/// A volume on a real venti store in `dir`, and that store (to count its blocks and
+/// how content reached it).
+fn venti_volume(dir: &Path) -> (Volume, Arc<CountingContent>) {
+    let counting = Arc::new(CountingContent {
+        venti: Arc::new(VentiContent::open_dir(dir).unwrap()),
+        whole_bytes: Default::default(),
+        edits: Default::default(),
+    });
+    let content: Arc<dyn ContentStore> = Arc::new(Arc::clone(&counting));
+    let options = VolumeOptions {
+        content: Some(content),
+        background: false,
+        ..VolumeOptions::default()
+    };
+    (Volume::open_with(dir, options).unwrap(), counting)
+}
+
+fn content_of(volume: &Volume, ino: InodeNo) -> Content {
+    let state = volume.shared.state.lock();
+    state.ns.inode(ino).unwrap().unwrap().content
+}
+
+fn stored_blocks(content: &CountingContent) -> u64 {
+    content.venti.store().stats().unwrap().blocks
+}
+
 #[test]
-fn small_edits_of_a_large_file_store_only_the_edited_bytes() {
-    let fixture = Fixture::new();
-    let volume = fixture.open();
-    let mut data = vec![0u8; 3_000_000];
-    rand::RngCore::fill_bytes(
-        &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5),
-        &mut data,
-    );
+fn small_edits_of_a_large_file_store_only_the_edited_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (volume, venti) = venti_volume(dir.path());
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
+    let mut data = vec![0u8; 32 << 20];
+    rand::RngCore::fill_bytes(&mut rng, &mut data);
     let ino = create_with(&volume, InodeNo::ROOT, "db", &data);
-    let edits: Vec<(u64, &[u8])> = (0..200u64)
-        .map(|index| ((index * 14_983) % 2_999_000, &b"page"[..]))
-        .collect();
-    for (round, (offset, bytes)) in edits.iter().enumerate() {
+    volume.fsync(ino, true).unwrap();
+    let whole_bytes = venti.whole_bytes();
+    let mut added_max = 0;
+    for round in 0..200 {
+        let offset = rand::Rng::random_range(&mut rng, 0..data.len() - 4096);
+        let len = rand::Rng::random_range(&mut rng, 1..4096);
+        let mut bytes = vec![0u8; len];
+        rand::RngCore::fill_bytes(&mut rng, &mut bytes);
+        let before = stored_blocks(&venti);
         let handle = volume.open_file(ino).unwrap();
-        volume.write(ino, handle, *offset, bytes).unwrap();
+        volume.write(ino, handle, offset as u64, &bytes).unwrap();
         volume.fsync(ino, true).unwrap();
         volume.release(ino, handle).unwrap();
-        data[*offset as usize..*offset as usize + bytes.len()].copy_from_slice(bytes);
-        let state = volume.shared.state.lock();
-        let content = state.ns.inode(ino).unwrap().unwrap().content;
-        drop(state);
-        match &content {
-            // The edit is stored on its own; the rest refers to the old tree.
-            Content::Slices(slices) => {
-                assert!(slices.len() <= SLICES_MAX);
-                assert!(
-                    slices.iter().any(|slice| slice.root.length <= 4096),
-                    "round {round}: edit stored alone"
-                );
-            }
-            // Too many slices: rewritten as one tree.
-            Content::Tree(root) => assert_eq!(root.length, data.len() as u64),
-            Content::Inline(_) => panic!("a large file went inline"),
+        data[offset..offset + len].copy_from_slice(&bytes);
+        // One or two leaves (an edit may straddle a cut, or move one), and one
+        // pointer block per level (two levels at 32 MiB), two where a boundary moved.
+        let added = stored_blocks(&venti) - before;
+        assert!(added <= 8, "round {round}: {added} blocks for {len} bytes");
+        added_max = added_max.max(added);
+        let content = content_of(&volume, ino);
+        assert!(
+            matches!(&content, Content::Tree(root) if root.length == data.len() as u64),
+            "round {round}: {content:?}"
+        );
+        if round % 50 == 0 {
+            assert!(read_all(&volume, ino) == data, "round {round}");
         }
     }
+    assert!(added_max >= 2, "edits stored nothing new");
+    // Every flush was an edit: no content went to the store whole.
+    assert_eq!(venti.edits(), 200);
+    assert_eq!(venti.whole_bytes(), whole_bytes);
     assert!(read_all(&volume, ino) == data);
     drop(volume);
-    let volume = fixture.open();
+    let (volume, _venti) = venti_volume(dir.path());
     assert!(read_all(&volume, ino) == data);
-    // Truncating and appending keep working over slices.
+    // Truncating and appending are edits at the end.
     volume
         .setattr(
             ino,
             &SetAttr {
-                size: Some(2_000_000),
+                size: Some(20_000_000),
                 ..SetAttr::default()
             },
             None,
         )
         .unwrap();
     let handle = volume.open_file(ino).unwrap();
-    volume.write(ino, handle, 2_500_000, b"tail").unwrap();
+    volume.write(ino, handle, 25_000_000, b"tail").unwrap();
     volume.release(ino, handle).unwrap();
-    data.truncate(2_000_000);
-    data.resize(2_500_000, 0);
+    data.truncate(20_000_000);
+    data.resize(25_000_000, 0);
     data.extend_from_slice(b"tail");
     assert!(read_all(&volume, ino) == data);
+}
+
+#[test]
+fn an_edited_tree_is_the_tree_a_rewrite_makes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (volume, venti) = venti_volume(dir.path());
+    let mut data = vec![0u8; 12_000_000];
+    rand::RngCore::fill_bytes(
+        &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(9),
+        &mut data,
+    );
+    let ino = create_with(&volume, InodeNo::ROOT, "big", &data);
+    let handle = volume.open_file(ino).unwrap();
+    // 5 MB rewritten backwards (nothing streams), then a zeroed range and a truncate
+    // into the last leaves.
+    for index in (0..50usize).rev() {
+        let offset = 3_000_000 + index * 100_000;
+        let piece = vec![index as u8; 100_000];
+        volume.write(ino, handle, offset as u64, &piece).unwrap();
+        data[offset..offset + 100_000].copy_from_slice(&piece);
+    }
+    volume
+        .fallocate(
+            ino,
+            9_000_000,
+            70_000,
+            FallocateMode {
+                punch_hole: true,
+                keep_size: true,
+                zero_range: false,
+            },
+        )
+        .unwrap();
+    data[9_000_000..9_070_000].fill(0);
+    volume.release(ino, handle).unwrap();
+    volume
+        .setattr(
+            ino,
+            &SetAttr {
+                size: Some(11_900_000),
+                ..SetAttr::default()
+            },
+            None,
+        )
+        .unwrap();
+    data.truncate(11_900_000);
+    let content = content_of(&volume, ino);
+    let Content::Tree(root) = content else {
+        panic!("{content:?}")
+    };
+    assert!(read_all(&volume, ino) == data);
+    assert!(
+        venti.edits() >= 2,
+        "the writes, the hole and the truncate were edits"
+    );
+    // The same bytes written from scratch (streamed through a tree writer).
+    let copy = create_with(&volume, InodeNo::ROOT, "copy", &data);
+    assert_eq!(content_of(&volume, copy), Content::Tree(root));
 }
 
 #[test]
@@ -942,41 +1113,6 @@ fn a_write_buffer_over_its_budget_becomes_a_write_op_before_close() {
             .enumerate()
             .all(|(index, chunk)| chunk.iter().all(|&b| b == index as u8 + 1))
     );
-}
-
-#[test]
-fn a_large_edit_is_spliced_through_a_streaming_writer() {
-    let fixture = Fixture::new();
-    let volume = fixture.open();
-    let mut data = vec![0u8; 12_000_000];
-    rand::RngCore::fill_bytes(
-        &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(9),
-        &mut data,
-    );
-    let ino = create_with(&volume, InodeNo::ROOT, "big", &data);
-    let handle = volume.open_file(ino).unwrap();
-    // 5 MB rewritten backwards (nothing streams), past the in-memory splice limit.
-    for index in (0..50usize).rev() {
-        let offset = 3_000_000 + index * 100_000;
-        let piece = vec![index as u8; 100_000];
-        volume.write(ino, handle, offset as u64, &piece).unwrap();
-        data[offset..offset + 100_000].copy_from_slice(&piece);
-    }
-    volume.release(ino, handle).unwrap();
-    let content = volume
-        .shared
-        .state
-        .lock()
-        .ns
-        .inode(ino)
-        .unwrap()
-        .unwrap()
-        .content;
-    assert!(
-        matches!(&content, Content::Slices(slices) if slices.len() == 3),
-        "{content:?}"
-    );
-    assert!(read_all(&volume, ino) == data);
 }
 
 /// Content in memory whose "disk" fills on demand: while `full`, storing fails with
