@@ -715,7 +715,19 @@ impl Node {
             applied_seqs: snapshot.applied_seqs.clone(),
         };
         self.snapshot = Some(snapshot.clone());
-        Ok(vec![Effect::Persist(DurableWrite::Snapshot(snapshot))])
+        let mut fx = vec![Effect::Persist(DurableWrite::Snapshot(snapshot.clone()))];
+        // A witness applies nothing, so it never has a snapshot of its own: it truncates
+        // its log behind the ones the voters that apply send it (`on_snapshot`).
+        if !self.config.witnesses.contains(&self.id()) {
+            let witnesses: Vec<NodeId> = self.config.witnesses.iter().copied().collect();
+            for witness in witnesses {
+                let body = Body::SnapshotData {
+                    snapshot: snapshot.clone(),
+                };
+                self.send(witness, body, &mut fx);
+            }
+        }
+        Ok(fx)
     }
 }
 

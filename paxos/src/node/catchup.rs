@@ -204,7 +204,8 @@ impl Node {
         }
     }
 
-    /// A snapshot arrives because the slots we asked for were compacted.
+    /// A snapshot arrives because the slots we asked for were compacted, or — to a
+    /// witness — because a voter compacted its log.
     pub(super) fn on_snapshot(
         &mut self,
         now_ms: u64,
@@ -212,10 +213,11 @@ impl Node {
         snapshot: Snapshot,
         fx: &mut Vec<Effect>,
     ) {
-        if !self.trusted_source(from)
-            || snapshot.slot < self.commit_index
-            || snapshot.config.id < self.config.id
-        {
+        if !self.trusted_source(from) || snapshot.config.id < self.config.id {
+            return;
+        }
+        if snapshot.slot < self.commit_index {
+            self.compact_behind_peer_snapshot(now_ms, snapshot, fx);
             return;
         }
         if self.lead.is_some() {
@@ -237,6 +239,35 @@ impl Node {
         if self.commit_index < self.known_decided {
             self.fetch_sent_ms = None;
             self.request_fetch(now_ms, from, fx);
+        }
+    }
+
+    /// A witness truncates its log behind a snapshot of slots it has committed itself.
+    ///
+    /// It holds no state machine, so the snapshot's opaque state (the voter's sealed
+    /// checkpoint) is kept as it came, to be served to lagging nodes as the voter
+    /// would serve it. Everything else of the snapshot (chain, configuration, applied
+    /// seqs) is recomputed from this node's own log, and only a snapshot whose chain
+    /// hash equals this log's at its slot is taken: it describes exactly the history
+    /// this node committed. Nodes that apply the log compact behind their own state.
+    fn compact_behind_peer_snapshot(
+        &mut self,
+        now_ms: u64,
+        snapshot: Snapshot,
+        fx: &mut Vec<Effect>,
+    ) {
+        if !self.config.witnesses.contains(&self.id()) || snapshot.slot < self.base.next {
+            return;
+        }
+        let same_history = self
+            .log
+            .get(&snapshot.slot)
+            .is_some_and(|record| record.chain == snapshot.chain);
+        if !same_history {
+            return;
+        }
+        if let Ok(compacted) = self.compact(now_ms, snapshot.slot, snapshot.state) {
+            fx.extend(compacted);
         }
     }
 

@@ -999,6 +999,95 @@ fn compaction_and_snapshot_catch_up() {
 }
 
 #[test]
+fn a_witness_truncates_behind_a_voters_snapshot_and_serves_it_to_a_lagging_device() {
+    let genesis = Config::majority(ConfigId(1), [n(1), n(2), n(3)], [n(3)], []).unwrap();
+    let mut net = Net::new(genesis, &[]);
+    net.down.insert(n(2));
+    net.advance(10_000);
+    assert_eq!(net.leader(), Some(n(1)));
+    for i in 0..10u8 {
+        net.propose(1, &[i]);
+    }
+    net.advance(500);
+    let through = Slot(net.nodes[&n(1)].commit_index().0 - 1);
+    let witness_end = net.nodes[&n(3)].commit_index();
+    assert!(
+        witness_end > through,
+        "the witness committed past the snapshot"
+    );
+
+    // A snapshot whose history differs from the witness's log is not taken.
+    let mut forged = net.nodes.get(&n(1)).unwrap().clone();
+    let fx = forged.compact(net.now, through, b"state".to_vec()).unwrap();
+    let Some(Effect::Send { msg, .. }) = fx.iter().find(|e| matches!(e, Effect::Send { .. }))
+    else {
+        panic!("compaction tells the witness: {fx:?}");
+    };
+    let mut wrong = msg.clone();
+    if let Body::SnapshotData { snapshot } = &mut wrong.body {
+        snapshot.chain = ChainHash::default();
+    }
+    let fx = net
+        .nodes
+        .get_mut(&n(3))
+        .unwrap()
+        .handle_message(net.now, n(1), wrong);
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(net.nodes[&n(3)].log_start(), Slot(0));
+
+    // The voter compacts; the witness truncates behind the same slot and keeps the
+    // voter's state, durably.
+    let fx = net
+        .nodes
+        .get_mut(&n(1))
+        .unwrap()
+        .compact(net.now, through, b"state".to_vec())
+        .unwrap();
+    assert!(matches!(fx[0], Effect::Persist(DurableWrite::Snapshot(_))));
+    net.run_effects(n(1), fx);
+    net.deliver_all();
+    let witness = &net.nodes[&n(3)];
+    assert_eq!(witness.log_start(), through.next());
+    assert_eq!(witness.commit_index(), witness_end, "nothing uncommitted");
+    let stored = net.stores[&n(3)].load().unwrap();
+    let snapshot = stored.snapshot.expect("the witness stored the snapshot");
+    assert_eq!(
+        (snapshot.slot, snapshot.state),
+        (through, b"state".to_vec())
+    );
+    assert!(stored.committed.keys().all(|slot| *slot > through));
+    // An older snapshot changes nothing.
+    let again = env(
+        ConfigId(1),
+        ballot(1, 1),
+        Body::SnapshotData {
+            snapshot: Snapshot {
+                slot: Slot(2),
+                ..net.nodes[&n(1)].snapshot.clone().unwrap()
+            },
+        },
+    );
+    assert!(
+        net.nodes
+            .get_mut(&n(3))
+            .unwrap()
+            .handle_message(net.now, n(1), again)
+            .is_empty()
+    );
+
+    // Device 1 goes away, device 2 comes back: the witness's snapshot and log are
+    // all it can catch up from, and then it leads with the witness.
+    net.down.insert(n(1));
+    net.down.remove(&n(2));
+    net.advance(10_000);
+    assert_eq!(net.leader(), Some(n(2)));
+    assert_eq!(net.nodes[&n(2)].log_start(), through.next());
+    net.propose(2, b"after");
+    net.advance(500);
+    assert_eq!(net.applied_payloads(2).last(), Some(&b"after".to_vec()));
+}
+
+#[test]
 fn recovery_restores_promise_accepts_and_log() {
     let mut net = Net::new(config3(), &[]);
     net.advance(3_000);
