@@ -316,8 +316,13 @@ fn open_on_network(
         .set_remote(home.remote_blocks(), fetched_class);
     // New blocks reach other voters before the op naming them is proposed.
     content.store().set_pusher(home.block_pusher());
+    // Key rotations read from the log reach the content store's keys.
+    if let Err(error) = home.attach_content(&content) {
+        home.stop();
+        return Err(error);
+    }
     if role == HomeRole::Daemon
-        && let Err(error) = home.start_content_walk(content.keys().clone(), config.keep)
+        && let Err(error) = home.start_content_walk(content.clone(), config.keep)
     {
         home.stop();
         return Err(error);

@@ -33,6 +33,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fossil::venti_content::EpochSecrets;
+use net::entry::KeyEpoch;
 use net::frame::Kind;
 use net::identity::{DeviceId, DeviceIdentity};
 use net::keyring::Keyring;
@@ -42,7 +44,6 @@ use net::pairing::{
 };
 use net::quic::{Endpoint, TrustSet};
 use paxos::NodeId;
-use zeroize::Zeroizing;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -260,16 +261,29 @@ impl Inviter {
         if !addresses.is_empty() {
             info.set_addresses(peer, addresses.clone());
         }
-        // The grant follows the code's role: a witness code never seals the secret.
+        // The grant follows the code's role: a witness code never seals a secret. A
+        // device gets every epoch held here (`volume.key` as it is now: rotations add
+        // to it while the daemon runs), so it reads content of any epoch and a
+        // checkpoint sealed under the newest.
         let grant = match role {
-            JoinRole::Device => JoinGrant::Device {
-                sealed_secret: seal_epoch_secret(
-                    &request.kem_public,
-                    membership.volume,
-                    node,
-                    membership.epoch_secret()?,
-                )?,
-            },
+            JoinRole::Device => {
+                let held = membership::read_volume_key(store)?;
+                let secrets = held
+                    .iter()
+                    .map(|(epoch, secret)| {
+                        let epoch = KeyEpoch(u64::from(epoch));
+                        seal_epoch_secret(
+                            &request.kem_public,
+                            membership.volume,
+                            node,
+                            epoch,
+                            secret,
+                        )
+                        .map(|sealed| (epoch, sealed))
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                JoinGrant::Device { secrets }
+            }
             JoinRole::Witness => JoinGrant::Witness,
         };
         membership.chain = chain;
@@ -498,18 +512,41 @@ fn check_answer(
     if answer.info.node_of(&code.device).is_none() {
         return Err(refuse("the node table lacks the inviting device".into()));
     }
-    let epoch_secret = match &answer.grant {
-        JoinGrant::Device { sealed_secret } => Some(Zeroizing::new(
-            *open_epoch_secret(identity, answer.info.volume, answer.node, sealed_secret)
-                .map_err(|error| refuse(format!("the volume key does not open: {error}")))?,
-        )),
+    let epoch_secrets = match &answer.grant {
+        JoinGrant::Device { secrets } => {
+            let mut held: Option<EpochSecrets> = None;
+            for (epoch, sealed) in secrets {
+                let secret =
+                    open_epoch_secret(identity, answer.info.volume, answer.node, *epoch, sealed)
+                        .map_err(|error| {
+                            refuse(format!("the volume key of {epoch} does not open: {error}"))
+                        })?;
+                let epoch = u32::try_from(epoch.0)
+                    .map_err(|_| refuse(format!("key epoch {epoch} is out of range")))?;
+                match &mut held {
+                    None => {
+                        held = Some(EpochSecrets::new(
+                            answer.info.volume.0.to_le_bytes(),
+                            epoch,
+                            &secret,
+                        ));
+                    }
+                    Some(held) => {
+                        held.insert(epoch, &secret).map_err(|error| {
+                            refuse(format!("the volume keys do not add up: {error}"))
+                        })?;
+                    }
+                }
+            }
+            Some(held.ok_or_else(|| refuse("the answer carries no volume key".into()))?)
+        }
         JoinGrant::Witness => None,
     };
     Ok(JoinedVolume {
         chain: answer.chain,
         info: answer.info,
         node: answer.node,
-        epoch_secret,
+        epoch_secrets,
     })
 }
 
@@ -682,7 +719,7 @@ mod tests {
         assert!(!store.join(VOLUME_KEY_FILE).exists());
         let witness = Membership::load(&store)?;
         assert_eq!(witness.role, JoinRole::Witness);
-        assert!(witness.epoch_secret().is_err());
+        assert!(witness.epoch_secrets().is_err());
         assert_eq!(witness.chain, daemon.state.lock().1.chain);
         // A witness adds nobody.
         let mut inviter = Inviter::new();
@@ -704,7 +741,7 @@ mod tests {
         let code = daemon.witness_code()?;
         let mut guard = daemon.state.lock();
         let (inviter, membership) = &mut *guard;
-        let secret = *membership.epoch_secret()?;
+        let secret = *membership.epoch_secrets()?.newest().1;
         let joiner = DeviceIdentity::generate();
         let user = membership.chain.user();
         let request = |role| JoinRequest {
@@ -744,7 +781,7 @@ mod tests {
             let Ok(sealed) = <[u8; net::pairing::SEALED_SECRET_BYTES]>::try_from(window) else {
                 continue;
             };
-            assert!(open_epoch_secret(&joiner, volume, node, &sealed).is_err());
+            assert!(open_epoch_secret(&joiner, volume, node, KeyEpoch(0), &sealed).is_err());
         }
         Ok(())
     }

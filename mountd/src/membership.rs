@@ -8,8 +8,9 @@
 //! store/keyring      net::keyring: this device's keys, and the user root key on the
 //!                    device that created the user; sealed under a passphrase
 //!                    (Argon2id) or, when asked explicitly, unencrypted
-//! store/volume.key   fossil's: epoch secret[32] ‖ volume id[16]; the content key every
-//!                    device of the volume shares, and the source of the Paxos entry key
+//! store/volume.key   fossil's `EpochSecrets` (its one reader and writer): the volume id
+//!                    and every epoch secret this device was given; the content keys and
+//!                    the Paxos entry keys come from them
 //! store/membership   "KITHMEMB" ‖ ver u8 (=2) ‖ role u8 ‖ node u64 ‖ chain_len u32
 //!                    ‖ user chain ‖ info_len u32 ‖ net::pairing::VolumeInfo ‖ check[32]
 //!                    role: 0 = device, 1 = witness; version 1 had no role byte (a device)
@@ -37,6 +38,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use fossil::venti_content::EpochSecrets;
 use net::identity::{ChainState, DeviceId, DeviceIdentity, LinkBody, UserChain, UserRootKey};
 use net::keyring::{KdfParams, Keyring, Lock, Protection};
 use net::link::NodeTable;
@@ -119,9 +121,6 @@ const MEMBERSHIP_VERSION_DEVICE_ONLY: u8 = 1;
 const MEMBERSHIP_CHECK_CONTEXT: &str = "kith 2026-01-01 membership file v1";
 /// Largest membership file read.
 const MEMBERSHIP_BYTES_MAX: u64 = 4 << 20;
-const EPOCH_SECRET_BYTES: usize = 32;
-const VOLUME_ID_BYTES: usize = 16;
-const VOLUME_KEY_BYTES: usize = EPOCH_SECRET_BYTES + VOLUME_ID_BYTES;
 /// The genesis configuration's number (the first ballot epoch).
 const GENESIS_CONFIG: ConfigId = ConfigId(1);
 /// The device that creates a volume is its node 1.
@@ -174,8 +173,9 @@ pub struct Membership {
     /// A device, or a witness (which holds no epoch secret).
     pub role: JoinRole,
     mode: KeyringMode,
-    /// The volume's epoch secret; `None` exactly for a witness.
-    epoch_secret: Option<Zeroizing<[u8; EPOCH_SECRET_BYTES]>>,
+    /// The volume's epoch secrets as of loading (`volume.key` is the truth: rotations
+    /// add to it while the daemon runs); `None` exactly for a witness.
+    epoch_secrets: Option<EpochSecrets>,
 }
 
 /// A device [`Membership::revoke`] removed from the user.
@@ -236,7 +236,8 @@ impl Membership {
         let Some(root) = keyring.user_root.as_ref() else {
             return Err(membership_error(store, "no user root key"));
         };
-        let (epoch_secret, volume) = read_or_create_volume_key(store)?;
+        let epoch_secrets = read_or_create_volume_key(store)?;
+        let volume = volume_of(&epoch_secrets);
         let device = keyring.device.public();
         let name = device_name();
         let mut chain = UserChain::new(root.user_id());
@@ -262,7 +263,7 @@ impl Membership {
             addresses: Vec::new(),
             role: JoinRole::Device,
             mode,
-            epoch_secret: Some(epoch_secret),
+            epoch_secrets: Some(epoch_secrets),
         };
         membership.save(store)?;
         tracing::info!(
@@ -277,16 +278,16 @@ impl Membership {
     /// agree. A witness store has no volume key (and must not have one).
     pub fn load(store: &Path) -> Result<Membership> {
         let (role, node, chain, info) = read_membership_file(store)?;
-        let epoch_secret = match role {
+        let epoch_secrets = match role {
             JoinRole::Device => {
-                let (epoch_secret, volume) = read_volume_key(store)?;
-                if volume != info.volume {
+                let epoch_secrets = read_volume_key(store)?;
+                if volume_of(&epoch_secrets) != info.volume {
                     return Err(membership_error(
                         store,
                         "volume.key belongs to another volume than the membership",
                     ));
                 }
-                Some(epoch_secret)
+                Some(epoch_secrets)
             }
             JoinRole::Witness => {
                 if store.join(VOLUME_KEY_FILE).exists() {
@@ -311,7 +312,7 @@ impl Membership {
             addresses: info.addresses,
             role,
             mode,
-            epoch_secret,
+            epoch_secrets,
         };
         membership.check(store)?;
         Ok(membership)
@@ -368,11 +369,11 @@ impl Membership {
         }
     }
 
-    /// The volume key file's epoch secret (the source of every volume subkey). A
-    /// witness has none.
-    pub(crate) fn epoch_secret(&self) -> Result<&[u8; EPOCH_SECRET_BYTES]> {
-        self.epoch_secret
-            .as_deref()
+    /// The volume key file's epoch secrets as loaded (the source of every volume
+    /// subkey). A witness has none.
+    pub(crate) fn epoch_secrets(&self) -> Result<&EpochSecrets> {
+        self.epoch_secrets
+            .as_ref()
             .ok_or_else(|| Error::Membership {
                 store: PathBuf::new(),
                 problem: "this store is a witness: it holds no volume key and mounts nothing \
@@ -601,7 +602,7 @@ impl Membership {
         passphrase: Option<&str>,
         answer: JoinedVolume,
     ) -> Result<Membership> {
-        let role = match answer.epoch_secret {
+        let role = match answer.epoch_secrets {
             Some(_) => JoinRole::Device,
             None => JoinRole::Witness,
         };
@@ -615,7 +616,7 @@ impl Membership {
             addresses: answer.info.addresses,
             role,
             mode,
-            epoch_secret: answer.epoch_secret,
+            epoch_secrets: answer.epoch_secrets,
         };
         membership.check(store)?;
         create_private_dir(store)?;
@@ -630,11 +631,14 @@ impl Membership {
             }
         };
         membership.keyring.save(&store.join(KEYRING_FILE), lock)?;
-        if let Some(secret) = &membership.epoch_secret {
-            let mut key = Zeroizing::new([0u8; VOLUME_KEY_BYTES]);
-            key[..EPOCH_SECRET_BYTES].copy_from_slice(secret.as_ref());
-            key[EPOCH_SECRET_BYTES..].copy_from_slice(&membership.volume.0.to_le_bytes());
-            write_atomically(&store.join(VOLUME_KEY_FILE), key.as_ref())?;
+        if let Some(secrets) = &membership.epoch_secrets {
+            if volume_of(secrets) != membership.volume {
+                return Err(membership_error(
+                    store,
+                    "the epoch secrets name another volume",
+                ));
+            }
+            write_volume_key(store, secrets)?;
         }
         membership.save(store)?;
         Ok(membership)
@@ -647,8 +651,8 @@ pub(crate) struct JoinedVolume {
     pub chain: UserChain,
     pub info: VolumeInfo,
     pub node: NodeId,
-    /// The volume's epoch secret for a device; `None` for a witness.
-    pub epoch_secret: Option<Zeroizing<[u8; EPOCH_SECRET_BYTES]>>,
+    /// Every epoch secret of the volume for a device; `None` for a witness.
+    pub epoch_secrets: Option<EpochSecrets>,
 }
 
 /// The role of the store's membership (public data, no passphrase needed), or `None`
@@ -861,46 +865,34 @@ fn read_membership_file(store: &Path) -> Result<(JoinRole, NodeId, UserChain, Vo
 }
 
 /// Reads `volume.key`, creating a fresh random one if there is none.
-fn read_or_create_volume_key(
-    store: &Path,
-) -> Result<(Zeroizing<[u8; EPOCH_SECRET_BYTES]>, VolumeId)> {
+fn read_or_create_volume_key(store: &Path) -> Result<EpochSecrets> {
     let path = store.join(VOLUME_KEY_FILE);
-    if !path.exists() {
-        let mut fresh = Zeroizing::new([0u8; VOLUME_KEY_BYTES]);
-        rand::RngCore::fill_bytes(&mut rand::rng(), fresh.as_mut());
-        write_atomically(&path, fresh.as_ref())?;
-    }
-    read_volume_key(store)
+    EpochSecrets::read_or_create(&path).map_err(|error| volume_key_error(store, &error))
 }
 
-fn read_volume_key(store: &Path) -> Result<(Zeroizing<[u8; EPOCH_SECRET_BYTES]>, VolumeId)> {
-    let path = store.join(VOLUME_KEY_FILE);
-    let mut bytes = Zeroizing::new(Vec::with_capacity(VOLUME_KEY_BYTES + 1));
-    std::fs::File::open(&path)
-        .and_then(|file| {
-            file.take(VOLUME_KEY_BYTES as u64 + 1)
-                .read_to_end(&mut bytes)
-        })
-        .map_err(|source| Error::Path {
-            what: "read the volume key",
-            path: path.clone(),
-            source,
-        })?;
-    let (Some(secret), Some(id), VOLUME_KEY_BYTES) = (
-        bytes.get(..EPOCH_SECRET_BYTES),
-        bytes.get(EPOCH_SECRET_BYTES..VOLUME_KEY_BYTES),
-        bytes.len(),
-    ) else {
-        return Err(membership_error(
-            store,
-            "volume.key is damaged (wrong length)",
-        ));
-    };
-    let mut epoch_secret = Zeroizing::new([0u8; EPOCH_SECRET_BYTES]);
-    epoch_secret.copy_from_slice(secret);
-    let mut id_bytes = [0u8; VOLUME_ID_BYTES];
-    id_bytes.copy_from_slice(id);
-    Ok((epoch_secret, VolumeId(u128::from_le_bytes(id_bytes))))
+/// Reads `volume.key` (fossil's format, any version).
+pub(crate) fn read_volume_key(store: &Path) -> Result<EpochSecrets> {
+    match EpochSecrets::read(&store.join(VOLUME_KEY_FILE)) {
+        Ok(Some(secrets)) => Ok(secrets),
+        Ok(None) => Err(membership_error(store, "volume.key is missing")),
+        Err(error) => Err(volume_key_error(store, &error)),
+    }
+}
+
+/// Writes `volume.key` atomically (mode 0600).
+pub(crate) fn write_volume_key(store: &Path, secrets: &EpochSecrets) -> Result<()> {
+    secrets
+        .write(&store.join(VOLUME_KEY_FILE))
+        .map_err(|error| volume_key_error(store, &error))
+}
+
+fn volume_key_error(store: &Path, error: &fossil::Error) -> Error {
+    membership_error(store, &format!("volume.key: {error}"))
+}
+
+/// The volume a key file belongs to.
+pub(crate) fn volume_of(secrets: &EpochSecrets) -> VolumeId {
+    VolumeId(u128::from_le_bytes(secrets.volume_id()))
 }
 
 /// This device's name: `KITH_DEVICE_NAME`, else the host name, cut to the chain's bound.
@@ -1021,10 +1013,12 @@ impl Membership {
     pub fn static_keys(&self) -> Result<net::replica::StaticKeys> {
         let state = self.chain_state()?;
         let mut keys = net::replica::StaticKeys::default();
-        keys.epochs.insert(
-            net::entry::KeyEpoch(0),
-            net::entry::EntryKey::derive(self.epoch_secret()?),
-        );
+        for (epoch, secret) in self.epoch_secrets()?.iter() {
+            keys.epochs.insert(
+                net::entry::KeyEpoch(u64::from(epoch)),
+                net::entry::EntryKey::derive(secret),
+            );
+        }
         for (node, device) in &self.nodes {
             if state.is_live(device) {
                 keys.authors.insert(*node, device.verifying_key()?);
@@ -1086,11 +1080,11 @@ mod tests {
         assert_eq!(loaded.chain, created.chain);
         assert_eq!(loaded.volume, created.volume);
         assert_eq!(loaded.info(), created.info());
-        assert_eq!(loaded.epoch_secret()?, created.epoch_secret()?);
+        assert_eq!(loaded.epoch_secrets()?, created.epoch_secrets()?);
         // The volume key fossil reads names the same volume.
-        let key = std::fs::read(store.join(VOLUME_KEY_FILE))?;
-        assert_eq!(key.len(), VOLUME_KEY_BYTES);
-        assert_eq!(u128::from_le_bytes(key[32..].try_into()?), loaded.volume.0);
+        let key = EpochSecrets::read(&store.join(VOLUME_KEY_FILE))?.expect("volume.key");
+        assert_eq!(volume_of(&key), loaded.volume);
+        assert_eq!(key.newest().0, 0);
         Ok(())
     }
 
@@ -1099,11 +1093,11 @@ mod tests {
         let root = tempfile::tempdir()?;
         let store = root.path().join("store");
         std::fs::create_dir_all(&store)?;
-        let mut old = [7u8; VOLUME_KEY_BYTES];
+        let mut old = [7u8; 48];
         old[40] = 9;
         std::fs::write(store.join(VOLUME_KEY_FILE), old)?;
         let created = Membership::load_or_create(&store, &dirs_in(root.path()), &unencrypted())?;
-        assert_eq!(created.epoch_secret()?, &[7u8; 32]);
+        assert_eq!(created.epoch_secrets()?.get(0), Some(&[7u8; 32]));
         assert_eq!(created.volume.0.to_le_bytes().as_slice(), &old[32..]);
         assert_eq!(std::fs::read(store.join(VOLUME_KEY_FILE))?, old);
         Ok(())
@@ -1129,7 +1123,7 @@ mod tests {
         assert!(Membership::load(&store).is_err());
         std::fs::write(&path, &good)?;
         // A volume key of another volume.
-        std::fs::write(store.join(VOLUME_KEY_FILE), [1u8; VOLUME_KEY_BYTES])?;
+        std::fs::write(store.join(VOLUME_KEY_FILE), [1u8; 48])?;
         let error = Membership::load(&store).err().map(|e| e.to_string());
         assert!(
             error
@@ -1197,7 +1191,7 @@ mod tests {
                 chain,
                 info,
                 node: NodeId(2),
-                epoch_secret: Some(Zeroizing::new(*a.epoch_secret()?)),
+                epoch_secrets: Some(a.epoch_secrets()?.clone()),
             },
         )?;
         Ok((a, b))
@@ -1330,25 +1324,25 @@ mod tests {
                 chain,
                 info,
                 node: NodeId(3),
-                epoch_secret: None,
+                epoch_secrets: None,
             },
         )?;
         assert_eq!(joined.role, JoinRole::Witness);
         assert!(!store.join(VOLUME_KEY_FILE).exists());
-        assert!(joined.epoch_secret().is_err());
+        assert!(joined.epoch_secrets().is_err());
         assert_eq!(store_role(&store)?, Some(JoinRole::Witness));
         let loaded = Membership::load(&store)?;
         assert_eq!((loaded.role, loaded.node), (JoinRole::Witness, NodeId(3)));
         assert!(
             loaded
-                .epoch_secret()
+                .epoch_secrets()
                 .err()
                 .is_some_and(|e| e.to_string().contains("kith witness run"))
         );
         // A device store says so; a witness store given a volume key is refused.
         assert_eq!(store_role(&root.path().join("a"))?, Some(JoinRole::Device));
         assert_eq!(store_role(&root.path().join("nothing"))?, None);
-        std::fs::write(store.join(VOLUME_KEY_FILE), [1u8; VOLUME_KEY_BYTES])?;
+        std::fs::write(store.join(VOLUME_KEY_FILE), [1u8; 48])?;
         let error = Membership::load(&store).err().map(|e| e.to_string());
         assert!(
             error.as_deref().is_some_and(|e| e.contains("witness")),
@@ -1398,12 +1392,12 @@ mod tests {
                 proof: device.possession_proof(&a.chain.user(), "c"),
             },
         )?;
-        let secret = *a.epoch_secret()?;
+        let secrets = a.epoch_secrets()?.clone();
         let joined = || JoinedVolume {
             chain: chain.clone(),
             info: info.clone(),
             node: NodeId(3),
-            epoch_secret: Some(Zeroizing::new(secret)),
+            epoch_secrets: Some(secrets.clone()),
         };
         // Encrypted without a passphrase: refused before anything is written.
         let refused = Membership::from_join(

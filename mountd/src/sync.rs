@@ -33,11 +33,12 @@ use std::time::{Duration, Instant};
 
 use fossil::Volume;
 
-use ed25519_dalek::VerifyingKey;
+use fossil::venti_content::{EpochSecrets, VentiContent};
 use net::blocks::{BlockClient, BlockServer};
-use net::entry::{EntryKey, KeyEpoch};
+use net::entry::{KeyEpoch, KeyRotation};
 use net::frame::Kind;
 use net::identity::{ChainState, DeviceId, DeviceIdentity};
+use net::keyring::{KeepEpoch, VolumeKeyring};
 use net::link::{Dispatch, NodeTable, PaxosRouter, QuicLink};
 use net::quic::{Admission, Endpoint, Inbound, Trust, TrustSet};
 use net::replica::{BlockingReplica, Replica, ReplicaOptions, VolumeKeys};
@@ -64,7 +65,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 pub const ACCEPTOR_FILE: &str = "paxos.sqlite";
 
 /// Everything the network needs to start, resolved from the store's membership.
-#[derive(Debug)]
 pub struct NetworkPlan<'a> {
     pub identity: &'a DeviceIdentity,
     /// The user's chain, verified.
@@ -74,14 +74,27 @@ pub struct NetworkPlan<'a> {
     pub genesis: Config,
     pub nodes: Vec<(NodeId, DeviceId)>,
     pub addresses: Vec<(DeviceId, Vec<SocketAddr>)>,
-    /// The volume's current epoch and its secret (entry keys derive from it).
-    pub epoch: KeyEpoch,
-    pub epoch_secret: [u8; 32],
+    /// Every epoch secret this device holds (entry keys derive from them; the newest
+    /// seals).
+    pub epoch_secrets: EpochSecrets,
+    /// Makes an epoch learned from a key rotation durable (see [`EpochSink`]).
+    pub keep_epoch: KeepEpoch,
     pub listen: SocketAddr,
     /// When `listen` is taken, listen on a free port of the same address instead
     /// (the default port, with several daemons on one machine).
     pub listen_fallback: bool,
     pub acceptor_path: PathBuf,
+}
+
+impl std::fmt::Debug for NetworkPlan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkPlan")
+            .field("volume", &self.volume)
+            .field("node", &self.node)
+            .field("epoch_secrets", &self.epoch_secrets)
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Handles inbound frames that are neither Paxos nor block requests, on a plain
@@ -102,6 +115,7 @@ pub struct Network {
     listen: SocketAddr,
     blocks: Arc<PeerBlocks>,
     pusher: Arc<PeerPusher>,
+    keyring: Arc<VolumeKeyring>,
     other: Option<mpsc::Receiver<Inbound>>,
 }
 
@@ -147,10 +161,15 @@ impl Network {
             }
         }
         let listen = endpoint.local_addr()?;
-        let keys: Arc<dyn VolumeKeys> = Arc::new(NodeKeys {
-            epochs: [(plan.epoch, EntryKey::derive(&plan.epoch_secret))].into(),
-            nodes: nodes.clone(),
-        });
+        let keyring = Arc::new(node_keyring(
+            plan.volume,
+            plan.node,
+            plan.identity,
+            &plan.epoch_secrets,
+            plan.keep_epoch,
+            nodes.clone(),
+        ));
+        let keys: Arc<dyn VolumeKeys> = keyring.clone();
         let link = Arc::new(QuicLink::new(endpoint.clone(), plan.volume, nodes.clone()));
         let unplaced_path = plan.acceptor_path.with_file_name(UNPLACED_FILE);
         let options = ReplicaOptions {
@@ -225,6 +244,7 @@ impl Network {
             listen,
             blocks,
             pusher,
+            keyring,
             other: Some(other_rx),
         })
     }
@@ -248,6 +268,11 @@ impl Network {
     /// The replica for fossil's agreement (blocking calls from plain threads).
     pub fn blocking_replica(&self) -> BlockingReplica {
         self.blocking.clone()
+    }
+
+    /// The volume's entry keys (every epoch held here).
+    pub fn keyring(&self) -> Arc<VolumeKeyring> {
+        self.keyring.clone()
     }
 
     /// venti's hook for blocks this device does not hold.
@@ -300,26 +325,68 @@ impl Network {
     }
 }
 
-/// Entry keys of the volume's epochs; authors are the devices the node table names
-/// or named. A device revoked later still verifies the entries it authored while it
-/// was a member (the Paxos membership, not this check, stops its new ones), so every
-/// device applies the same log whatever it has heard of the revocation.
-struct NodeKeys {
-    epochs: BTreeMap<KeyEpoch, EntryKey>,
+/// The replica's keys: the entry key of every epoch in `secrets`; authors are the
+/// devices the node table names or named. A device revoked later still verifies the
+/// entries it authored while it was a member (the Paxos membership, not this check,
+/// stops its new ones), so every device applies the same log whatever it has heard of
+/// the revocation.
+fn node_keyring(
+    volume: VolumeId,
+    node: NodeId,
+    identity: &DeviceIdentity,
+    secrets: &EpochSecrets,
+    keep: KeepEpoch,
     nodes: Arc<NodeTable>,
+) -> VolumeKeyring {
+    VolumeKeyring::new(
+        volume,
+        node,
+        identity,
+        secrets
+            .iter()
+            .map(|(epoch, secret)| (KeyEpoch(u64::from(epoch)), zeroize::Zeroizing::new(*secret))),
+        keep,
+        Box::new(move |author| nodes.author(author)?.verifying_key().ok()),
+    )
 }
 
-impl VolumeKeys for NodeKeys {
-    fn sealing_key(&self) -> Option<(KeyEpoch, EntryKey)> {
-        self.epochs.last_key_value().map(|(e, k)| (*e, k.clone()))
+/// Where an epoch learned from a key rotation goes: first `volume.key` (read, extended,
+/// written atomically: durable before the replica reads past the rotation), then the
+/// content store's keys, so new blocks are sealed with it from then on. A crash in
+/// between is harmless: the store reopens with the file's epochs, and the rotation,
+/// read again, finds its epoch held.
+#[derive(Clone)]
+struct EpochSink {
+    store: PathBuf,
+    /// The volume's content, once attached ([`Home::attach_content`]).
+    content: Arc<parking_lot::Mutex<Option<VentiContent>>>,
+}
+
+impl EpochSink {
+    fn keep(&self, epoch: KeyEpoch, secret: &[u8; 32]) -> std::result::Result<(), String> {
+        let epoch = u32::try_from(epoch.0).map_err(|_| format!("epoch {epoch} out of range"))?;
+        // One writer of the file at a time: the content lock serializes them.
+        let content = self.content.lock();
+        let mut held = membership::read_volume_key(&self.store).map_err(|e| e.to_string())?;
+        if held.insert(epoch, secret).map_err(|e| e.to_string())? {
+            membership::write_volume_key(&self.store, &held).map_err(|e| e.to_string())?;
+        }
+        if let Some(content) = content.as_ref() {
+            content.add_epoch(EpochKeys::derive(secret, &held.volume_id(), epoch));
+        }
+        Ok(())
     }
 
-    fn entry_key(&self, epoch: KeyEpoch) -> Option<EntryKey> {
-        self.epochs.get(&epoch).cloned()
-    }
-
-    fn verifying_key(&self, author: NodeId) -> Option<VerifyingKey> {
-        self.nodes.author(author)?.verifying_key().ok()
+    /// Gives `content` every epoch the file holds (one may have been learned before
+    /// the content was attached) and keeps it for later rotations.
+    fn attach(&self, content: VentiContent) -> Result<()> {
+        let mut slot = self.content.lock();
+        let held = membership::read_volume_key(&self.store)?;
+        for (epoch, secret) in held.iter() {
+            content.add_epoch(EpochKeys::derive(secret, &held.volume_id(), epoch));
+        }
+        *slot = Some(content);
+        Ok(())
     }
 }
 
@@ -919,14 +986,13 @@ impl venti::BlockStore for LocalOnly<'_> {
 /// Stops early, with what it has, when `stop` is set.
 pub fn walk_content(
     store: &Store,
-    keys: &EpochKeys,
+    keys: &dyn Fn(u32) -> Option<Arc<EpochKeys>>,
     roots: &[BlockRef],
     fetch: bool,
     stop: &AtomicBool,
 ) -> ContentCount {
     let local = LocalOnly(store);
     let reader_store: &dyn venti::BlockStore = if fetch { store } else { &local };
-    let reader = TreeReader::new(reader_store, keys);
     let mut count = ContentCount::default();
     let mut seen: HashSet<Address> = HashSet::new();
     let mut seen_roots: HashSet<Address> = HashSet::new();
@@ -938,6 +1004,12 @@ pub fn walk_content(
             continue;
         }
         count.referenced_bytes += root.length;
+        // Each tree is of one epoch: its root's.
+        let Some(epoch_keys) = keys(root.epoch) else {
+            tracing::debug!(root = %root.address, epoch = root.epoch, "content walk: a tree of a key epoch not held here");
+            continue;
+        };
+        let reader = TreeReader::new(reader_store, &epoch_keys);
         let mut batch: Vec<Address> = Vec::new();
         let walked = reader.walk(root, |block| {
             if stop.load(Ordering::Relaxed) || !seen.insert(block.address) {
@@ -976,7 +1048,7 @@ pub fn walk_content(
 
 fn content_walk_loop(
     store: &Store,
-    keys: &EpochKeys,
+    keys: &dyn Fn(u32) -> Option<Arc<EpochKeys>>,
     keep: Keep,
     volume: &parking_lot::Mutex<Weak<Volume>>,
     stopping: &AtomicBool,
@@ -1025,8 +1097,8 @@ const VOTER_ATTEMPTS_MAX: u32 = 20;
 const VOTER_RETRY: Duration = Duration::from_millis(250);
 /// How often a sleeping announcer looks for a stop.
 const STOP_POLL: Duration = Duration::from_millis(100);
-/// The key epoch of the volume's entries (one epoch until keys rotate).
-const ENTRY_EPOCH: KeyEpoch = KeyEpoch(0);
+/// How long `kith device remove` waits for the key rotation to commit.
+const ROTATION_WAIT: Duration = Duration::from_secs(10);
 
 /// What a [`Home`] is started for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1049,6 +1121,10 @@ pub struct Home {
     devices: Arc<Devices>,
     stopping: Arc<AtomicBool>,
     content: Arc<parking_lot::Mutex<ContentProgress>>,
+    epoch_sink: EpochSink,
+    keyring: Arc<VolumeKeyring>,
+    /// One device removal (and its key rotation) at a time.
+    removing: parking_lot::Mutex<()>,
 }
 
 /// What pairing, announcements and status share: the membership and the network's
@@ -1086,6 +1162,11 @@ impl Home {
         role: HomeRole,
     ) -> Result<Home> {
         let mut membership = Membership::load_or_create(store, dirs, config)?;
+        let epoch_sink = EpochSink {
+            store: store.to_owned(),
+            content: Arc::new(parking_lot::Mutex::new(None)),
+        };
+        let sink = epoch_sink.clone();
         let plan = NetworkPlan {
             identity: &membership.keyring.device,
             chain: membership.chain_state()?,
@@ -1094,8 +1175,12 @@ impl Home {
             genesis: membership.genesis.clone(),
             nodes: membership.nodes.clone(),
             addresses: membership.addresses.clone(),
-            epoch: ENTRY_EPOCH,
-            epoch_secret: *membership.epoch_secret()?,
+            // `volume.key` as it is now (the membership's copy is as of loading).
+            epoch_secrets: {
+                membership.epoch_secrets()?;
+                membership::read_volume_key(store)?
+            },
+            keep_epoch: Box::new(move |epoch, secret| sink.keep(epoch, secret)),
             listen: listen.unwrap_or(DEFAULT_LISTEN),
             listen_fallback: listen.is_none(),
             acceptor_path: store.join(ACCEPTOR_FILE),
@@ -1119,6 +1204,7 @@ impl Home {
             }
         };
         let keyring_mode = membership.keyring_mode();
+        let keyring = network.keyring();
         let devices = Arc::new(Devices {
             store: store.to_owned(),
             membership: parking_lot::Mutex::new(membership),
@@ -1139,6 +1225,9 @@ impl Home {
             devices,
             stopping: Arc::new(AtomicBool::new(false)),
             content: Arc::new(parking_lot::Mutex::new(ContentProgress::default())),
+            epoch_sink,
+            keyring,
+            removing: parking_lot::Mutex::new(()),
         };
         if role == HomeRole::Daemon
             && let Err(error) = home.spawn_threads()
@@ -1194,7 +1283,7 @@ impl Home {
     /// Walks the volume's content in the background (`kith status`'s bytes to fetch),
     /// and with `keep = "full"` fetches every block it refers to; see [`walk_content`].
     /// Fetched blocks go to the class `keep` says (set the store's remote to match).
-    pub fn start_content_walk(&self, keys: EpochKeys, keep: Keep) -> Result<()> {
+    pub fn start_content_walk(&self, content: VentiContent, keep: Keep) -> Result<()> {
         self.content.lock().keep = keep;
         let (venti, devices, stopping, progress) = (
             self.venti.clone(),
@@ -1205,10 +1294,17 @@ impl Home {
         std::thread::Builder::new()
             .name("kith-content".into())
             .spawn(move || {
+                let keys = |epoch| content.epoch_keys(epoch).ok();
                 content_walk_loop(&venti, &keys, keep, &devices.volume, &stopping, &progress)
             })
             .map_err(|e| Error::Startup(format!("cannot start the content thread: {e}")))?;
         Ok(())
+    }
+
+    /// The volume's content store learns every key epoch this device learns (from now
+    /// on, and those already in `volume.key`): new blocks are sealed with the newest.
+    pub fn attach_content(&self, content: &VentiContent) -> Result<()> {
+        self.epoch_sink.attach(content.clone())
     }
 
     /// Joins are answered from now on: they grant the new device access in `volume`
@@ -1269,9 +1365,11 @@ impl Home {
     /// The revocation happens whether or not the vote could be removed.
     pub fn device_remove(&self, who: &str) -> Result<String> {
         const REMOVE_VOTE_WAIT: Duration = Duration::from_secs(5);
+        let _one_removal_at_a_time = self.removing.lock();
         let devices = &self.devices;
         let target = devices.membership.lock().revocable(&devices.store, who)?;
         let mut vote = String::new();
+        let mut rotation = String::new();
         if let Some(node) = target.node {
             let change = net::replica::MembershipChange::Remove(node);
             let proposed = devices.blocking.change_membership(change);
@@ -1294,6 +1392,12 @@ impl Home {
                 ),
                 Err(error) => format!("its vote (node {}) could not be removed: {error}\n", node.0),
             };
+            // What the device holds stays readable to it; what is written from now on
+            // is sealed under an epoch it never gets.
+            rotation = match self.rotate_keys(node) {
+                Ok(message) => message,
+                Err(error) => format!("the volume key was not rotated: {error}\n"),
+            };
         }
         let revoked = {
             let mut membership = devices.membership.lock();
@@ -1303,9 +1407,68 @@ impl Home {
         };
         devices.announce();
         Ok(format!(
-            "removed {} ({})\n{vote}",
+            "removed {} ({})\n{vote}{rotation}",
             revoked.name, revoked.device
         ))
+    }
+
+    /// Proposes a new key epoch whose secret is sealed to every device that keeps
+    /// reading the volume (voters and learners of the configuration, never witnesses,
+    /// never `removed`), and waits up to `ROTATION_WAIT` for it to commit. Every
+    /// device (this one included) takes its share when it reads the entry.
+    fn rotate_keys(&self, removed: NodeId) -> Result<String> {
+        let devices = &self.devices;
+        let config = devices.blocking.status()?.config;
+        let recipients: Vec<(NodeId, [u8; 32])> = {
+            let membership = devices.membership.lock();
+            let state = membership.chain_state()?;
+            config
+                .voters
+                .difference(&config.witnesses)
+                .chain(config.learners.iter())
+                .filter(|node| **node != removed)
+                .filter_map(|node| {
+                    let (_, device) = membership.nodes.iter().find(|(n, _)| n == node)?;
+                    let live = state.devices.get(device)?;
+                    Some((*node, live.kem_public))
+                })
+                .collect()
+        };
+        let newest = self
+            .keyring
+            .newest_epoch()
+            .ok_or(Error::Startup("this device holds no key epoch".into()))?;
+        let next = KeyEpoch(newest.0.saturating_add(1));
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rng(), secret.as_mut());
+        let rotation = KeyRotation::seal(self.volume_id(), next, &secret, &recipients)?;
+        let id = devices.blocking.propose_rotation(&rotation)?;
+        let shared = recipients.len();
+        let deadline = Instant::now() + ROTATION_WAIT;
+        Ok(match devices.blocking.wait_committed(id, ROTATION_WAIT)? {
+            Some(slot) => {
+                tracing::info!(epoch = %next, %slot, shared, "key rotation committed");
+                // This device takes its share when its volume reads the entry (at
+                // once: it applies what commits); from then on what it writes is
+                // sealed under the new epoch.
+                while self.keyring.newest_epoch() < Some(next) && Instant::now() < deadline {
+                    std::thread::sleep(STOP_POLL);
+                }
+                format!(
+                    "new key epoch {} (slot {}), sealed to {shared} device(s)\n",
+                    next.0, slot.0
+                )
+            }
+            None => format!(
+                "new key epoch {} proposed (sealed to {shared} device(s)); it commits once a \
+                 quorum is reachable\n",
+                next.0
+            ),
+        })
+    }
+
+    fn volume_id(&self) -> VolumeId {
+        self.devices.membership.lock().volume
     }
 
     /// A one-time pairing code that adds a `role`, as text.
@@ -1638,6 +1801,11 @@ mod tests {
         Arc::new(Store::open(Arc::new(backend), venti::StoreOptions::default()).unwrap())
     }
 
+    fn by_epoch(keys: &EpochKeys) -> impl Fn(u32) -> Option<Arc<EpochKeys>> + use<> {
+        let keys = Arc::new(keys.clone());
+        move |epoch| (epoch == keys.epoch()).then(|| keys.clone())
+    }
+
     fn write_tree(store: &Store, keys: &EpochKeys, len: usize, seed: u8) -> BlockRef {
         let content: Vec<u8> = (0..len)
             .map(|n| (n as u8).wrapping_mul(31) ^ seed ^ (n >> 11) as u8)
@@ -1673,7 +1841,7 @@ mod tests {
         let stop = AtomicBool::new(false);
 
         let copy = store_in(&dir.path().join("copy"));
-        let counted = walk_content(&copy, &keys, &roots, false, &stop);
+        let counted = walk_content(&copy, &by_epoch(&keys), &roots, false, &stop);
         assert_eq!(counted.referenced_bytes, 3_100_000);
         assert_eq!(
             counted.missing_bytes, 3_100_000,
@@ -1681,7 +1849,10 @@ mod tests {
         );
         // Counting never fetches.
         copy.set_remote(Some(Arc::new(Other(writer.clone()))), venti::Class::Pinned);
-        assert_eq!(walk_content(&copy, &keys, &roots, false, &stop), counted);
+        assert_eq!(
+            walk_content(&copy, &by_epoch(&keys), &roots, false, &stop),
+            counted
+        );
         assert_eq!(copy.stats().unwrap().blocks, 0);
 
         // Holding the small tree's blocks and the big tree's root: only what is under
@@ -1701,7 +1872,7 @@ mod tests {
             )
             .unwrap();
         }
-        let partial = walk_content(&copy, &keys, &roots, false, &stop);
+        let partial = walk_content(&copy, &by_epoch(&keys), &roots, false, &stop);
         assert_eq!(partial.referenced_bytes, 3_100_000);
         assert!(
             partial.missing_bytes > 0 && partial.missing_bytes <= 3_000_000,
@@ -1709,8 +1880,8 @@ mod tests {
         );
 
         // A full copy fetches everything (pinned), after which nothing is missing.
-        walk_content(&copy, &keys, &roots, true, &stop);
-        let complete = walk_content(&copy, &keys, &roots, false, &stop);
+        walk_content(&copy, &by_epoch(&keys), &roots, true, &stop);
+        let complete = walk_content(&copy, &by_epoch(&keys), &roots, false, &stop);
         assert_eq!(complete.missing_bytes, 0, "{complete:?}");
         let mut all = HashSet::new();
         for root in &roots {
@@ -1726,7 +1897,7 @@ mod tests {
         // A stop request ends a walk at once.
         stop.store(true, Ordering::SeqCst);
         assert_eq!(
-            walk_content(&copy, &keys, &roots, false, &stop),
+            walk_content(&copy, &by_epoch(&keys), &roots, false, &stop),
             ContentCount::default()
         );
     }
@@ -1760,10 +1931,14 @@ mod tests {
             (NodeId(1), alice.device_id()),
             (NodeId(2), bob.device_id()),
         ]));
-        let keys = NodeKeys {
-            epochs: [(ENTRY_EPOCH, EntryKey::derive(&[3; 32]))].into(),
-            nodes: nodes.clone(),
-        };
+        let keys = node_keyring(
+            VolumeId(7),
+            NodeId(1),
+            &alice,
+            &EpochSecrets::new([7; 16], 0, &[3; 32]),
+            Box::new(|_, _| Ok(())),
+            nodes.clone(),
+        );
         assert_eq!(
             keys.verifying_key(NodeId(1)),
             Some(alice.signing_key().verifying_key())
@@ -1779,7 +1954,7 @@ mod tests {
         );
         assert!(
             keys.sealing_key()
-                .is_some_and(|(epoch, _)| epoch == ENTRY_EPOCH)
+                .is_some_and(|(epoch, _)| epoch == KeyEpoch(0))
         );
         assert!(keys.entry_key(KeyEpoch(9)).is_none());
     }

@@ -620,7 +620,7 @@ mod tests {
                 chain,
                 info,
                 node: paxos::NodeId(2),
-                epoch_secret: None,
+                epoch_secrets: None,
             },
         )?;
         Ok((a, w))

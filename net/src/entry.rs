@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! 0   version u8 = 1
-//! 1   kind u8            1 = operation, 2 = checkpoint
+//! 1   kind u8            1 = operation, 2 = checkpoint, 3 = key rotation
 //! 2   volume u128
 //! 18  key epoch u64
 //! 26  author u64         the signing device (a paxos NodeId)
@@ -19,6 +19,24 @@
 //!                        plaintext + 16-byte tag; its length is implied by the total
 //! end-64 signature [64]  Ed25519(author, "kith/entry-sig/v1" ‖ bytes 0..end-64)
 //! ```
+//!
+//! # Key rotation (kind 3)
+//!
+//! Removing a device starts a new key epoch through the log, so every device switches
+//! at the same slot. The entry is sealed and signed like an operation (under the epoch
+//! in force when it was proposed) and its plaintext is a [`KeyRotation`]:
+//!
+//! ```text
+//! rotation = ver u8 (=1) ‖ epoch u64 ‖ n u16 ‖ (node u64 ‖ share[80])*n   nodes increasing
+//! share    = HPKE-sealed epoch secret to that node's device X25519 key
+//!            (`crate::pairing::seal_epoch_share`, info binds volume, node and epoch)
+//! ```
+//!
+//! The shares go to the remaining devices (voters and learners; never witnesses, never
+//! the removed device): a device that holds the old entry key can read which nodes got a
+//! share, not the new secret. It is a log entry rather than a fossil operation because
+//! the entry keys are net's: the replica must learn the epoch before it opens the
+//! entries sealed under it, and fossil never sees key material.
 //!
 //! # Why a random 192-bit nonce
 //!
@@ -60,8 +78,12 @@ const SIGNATURE_BYTES: usize = 64;
 pub const ENTRY_OVERHEAD_BYTES: usize = HEADER_BYTES + NONCE_BYTES + TAG_BYTES + SIGNATURE_BYTES;
 /// Largest operation that fits one log entry (the core's payload bound less overhead).
 pub const OP_BYTES_MAX: usize = paxos::limits::ENTRY_BYTES_MAX - ENTRY_OVERHEAD_BYTES;
-/// Largest checkpoint that fits one snapshot (the core's bound less overhead).
-pub const CHECKPOINT_BYTES_MAX: usize = paxos::limits::SNAPSHOT_BYTES_MAX - ENTRY_OVERHEAD_BYTES;
+/// Room a snapshot keeps for the key rotations it carries (`crate::replica`).
+pub const SNAPSHOT_ROTATIONS_BYTES_MAX: usize = 2 << 20;
+/// Largest checkpoint that fits one snapshot (the core's bound less overhead and the
+/// carried key rotations).
+pub const CHECKPOINT_BYTES_MAX: usize =
+    paxos::limits::SNAPSHOT_BYTES_MAX - ENTRY_OVERHEAD_BYTES - SNAPSHOT_ROTATIONS_BYTES_MAX;
 /// Largest sealed entry of any kind; longer input is refused before any parsing.
 pub const SEALED_BYTES_MAX: usize = paxos::limits::SNAPSHOT_BYTES_MAX;
 const SIGNATURE_CONTEXT: &[u8] = b"kith/entry-sig/v1";
@@ -111,6 +133,8 @@ pub enum EntryKind {
     Op,
     /// A fossil checkpoint (the state a snapshot replaces the log prefix with).
     Checkpoint,
+    /// A new key epoch's secret, sealed to each remaining device ([`KeyRotation`]).
+    KeyRotation,
 }
 
 impl EntryKind {
@@ -118,6 +142,7 @@ impl EntryKind {
         match self {
             EntryKind::Op => 1,
             EntryKind::Checkpoint => 2,
+            EntryKind::KeyRotation => 3,
         }
     }
 
@@ -125,13 +150,14 @@ impl EntryKind {
         match byte {
             1 => Ok(EntryKind::Op),
             2 => Ok(EntryKind::Checkpoint),
+            3 => Ok(EntryKind::KeyRotation),
             _ => Err(Error::malformed("entry", "unknown kind")),
         }
     }
 
     fn plaintext_bytes_max(self) -> usize {
         match self {
-            EntryKind::Op => OP_BYTES_MAX,
+            EntryKind::Op | EntryKind::KeyRotation => OP_BYTES_MAX,
             EntryKind::Checkpoint => CHECKPOINT_BYTES_MAX,
         }
     }
@@ -376,6 +402,100 @@ impl Entry {
     }
 }
 
+/// Version of the [`KeyRotation`] encoding.
+const ROTATION_VERSION: u8 = 1;
+/// Bytes of one share record: node and sealed secret.
+const ROTATION_SHARE_BYTES: usize = 8 + crate::pairing::SEALED_SECRET_BYTES;
+/// Most shares one rotation carries (every voter and learner of a volume).
+pub const ROTATION_SHARES_MAX: usize = crate::pairing::NODES_MAX;
+
+/// The plaintext of a key-rotation entry: a new epoch and its secret, sealed to each
+/// device that keeps reading the volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRotation {
+    /// The epoch it starts (above every epoch before it).
+    pub epoch: KeyEpoch,
+    /// Per device node, the epoch secret sealed to its X25519 key; nodes increasing.
+    pub shares: Vec<(NodeId, [u8; crate::pairing::SEALED_SECRET_BYTES])>,
+}
+
+impl KeyRotation {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = crate::codec::Writer::new();
+        out.u8(ROTATION_VERSION)
+            .u64(self.epoch.0)
+            .u16(u16::try_from(self.shares.len()).unwrap_or(u16::MAX));
+        for (node, share) in &self.shares {
+            out.u64(node.0).put(share);
+        }
+        out.into_bytes()
+    }
+
+    /// Decodes and checks the shape (epoch within venti's u32, nodes increasing,
+    /// bounded), opens nothing.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut input = crate::codec::Reader::new(bytes, "key rotation");
+        let version = input.u8()?;
+        if version != ROTATION_VERSION {
+            return Err(Error::UnsupportedVersion {
+                what: "key rotation",
+                version,
+            });
+        }
+        let epoch = KeyEpoch(input.u64()?);
+        if epoch.0 == 0 || epoch.0 > u64::from(u32::MAX) {
+            return Err(Error::malformed("key rotation", "epoch out of range"));
+        }
+        let count = usize::from(input.u16()?);
+        if count == 0 || count > ROTATION_SHARES_MAX {
+            return Err(Error::malformed("key rotation", "share count"));
+        }
+        let mut shares: Vec<(NodeId, [u8; crate::pairing::SEALED_SECRET_BYTES])> =
+            Vec::with_capacity(count.min(input.remaining() / ROTATION_SHARE_BYTES));
+        for _ in 0..count {
+            let node = NodeId(input.u64()?);
+            if shares.last().is_some_and(|(last, _)| *last >= node) {
+                return Err(Error::malformed("key rotation", "nodes not increasing"));
+            }
+            shares.push((node, input.array()?));
+        }
+        input.finish()?;
+        Ok(KeyRotation { epoch, shares })
+    }
+
+    /// A rotation to `epoch`: `secret` sealed to each of `recipients` (node and device
+    /// X25519 public key) with [`crate::pairing::seal_epoch_secret`].
+    pub fn seal(
+        volume: VolumeId,
+        epoch: KeyEpoch,
+        secret: &[u8; crate::pairing::EPOCH_SECRET_BYTES],
+        recipients: &[(NodeId, [u8; 32])],
+    ) -> Result<Self> {
+        if recipients.is_empty() || recipients.len() > ROTATION_SHARES_MAX {
+            return Err(Error::malformed("key rotation", "share count"));
+        }
+        let mut shares = recipients
+            .iter()
+            .map(|(node, kem_public)| {
+                crate::pairing::seal_epoch_secret(kem_public, volume, *node, epoch, secret)
+                    .map(|share| (*node, share))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        shares.sort_by_key(|(node, _)| *node);
+        shares.dedup_by_key(|(node, _)| *node);
+        Ok(KeyRotation { epoch, shares })
+    }
+
+    /// The share sealed to `node`, if it got one.
+    pub fn share_for(&self, node: NodeId) -> Option<&[u8; crate::pairing::SEALED_SECRET_BYTES]> {
+        self.shares
+            .binary_search_by_key(&node, |(n, _)| *n)
+            .ok()
+            .and_then(|at| self.shares.get(at))
+            .map(|(_, share)| share)
+    }
+}
+
 fn signed_message(sealed_without_signature: &[u8]) -> Vec<u8> {
     let mut message = Vec::with_capacity(SIGNATURE_CONTEXT.len() + sealed_without_signature.len());
     message.extend_from_slice(SIGNATURE_CONTEXT);
@@ -517,6 +637,34 @@ mod tests {
             open(&vec![1u8; SEALED_BYTES_MAX + 1]),
             Err(Error::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn key_rotations_round_trip_and_refuse_bad_shapes() {
+        let rotation = KeyRotation {
+            epoch: KeyEpoch(2),
+            shares: vec![(NodeId(1), [1; 80]), (NodeId(4), [4; 80])],
+        };
+        let bytes = rotation.to_bytes();
+        assert_eq!(KeyRotation::from_bytes(&bytes).unwrap(), rotation);
+        assert_eq!(rotation.share_for(NodeId(4)), Some(&[4; 80]));
+        assert_eq!(rotation.share_for(NodeId(3)), None);
+        for len in 0..bytes.len() {
+            assert!(KeyRotation::from_bytes(&bytes[..len]).is_err(), "{len}");
+        }
+        let mut unordered = rotation.clone();
+        unordered.shares.reverse();
+        assert!(KeyRotation::from_bytes(&unordered.to_bytes()).is_err());
+        let zero = KeyRotation {
+            epoch: KeyEpoch(0),
+            ..rotation.clone()
+        };
+        assert!(KeyRotation::from_bytes(&zero.to_bytes()).is_err());
+        let wide = KeyRotation {
+            epoch: KeyEpoch(u64::from(u32::MAX) + 1),
+            ..rotation
+        };
+        assert!(KeyRotation::from_bytes(&wide.to_bytes()).is_err());
     }
 
     proptest! {

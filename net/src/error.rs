@@ -191,6 +191,10 @@ pub enum Error {
     /// yet): it can vote but not propose or read.
     #[error("no entry keys for this volume on this device")]
     NoEntryKeys,
+    /// A key epoch learned from a rotation could not be made durable here (reading
+    /// stops before the rotation and tries again).
+    #[error("key epoch {epoch} could not be kept: {reason}")]
+    EpochNotKept { epoch: u64, reason: String },
     /// The slots asked for were truncated behind a checkpoint: install the snapshot.
     #[error("slots before {log_start} were truncated behind a checkpoint")]
     Truncated { log_start: paxos::Slot },

@@ -1,4 +1,7 @@
-//! The device's secrets on disk: one keyring file.
+//! The device's secrets on disk: one keyring file; and [`VolumeKeyring`], the entry keys
+//! of one volume's epochs as the replica uses them (the epoch secrets themselves live in
+//! fossil's `volume.key`, which the owner of a [`VolumeKeyring`] writes through its
+//! [`KeepEpoch`] hook).
 //!
 //! Holds the device keys, the user root key if this device keeps it, and the
 //! per-user X25519 key generations this device can use. The file is sealed with
@@ -35,9 +38,17 @@ use rand::RngCore;
 use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
+use std::collections::BTreeMap;
+
+use ed25519_dalek::VerifyingKey;
+use paxos::{NodeId, VolumeId};
+
 use crate::codec::{Reader, Writer};
+use crate::entry::{EntryKey, KeyEpoch, KeyRotation};
 use crate::error::{Error, Result};
 use crate::identity::{DeviceIdentity, UserRootKey};
+use crate::pairing::open_epoch_secret;
+use crate::replica::VolumeKeys;
 
 const MAGIC: &[u8; 8] = b"KITHKEY1";
 const FORMAT_VERSION: u8 = 1;
@@ -483,4 +494,119 @@ fn to_array(bytes: &[u8]) -> [u8; 32] {
         out.copy_from_slice(src);
     }
     out
+}
+
+/// Makes a newly learned epoch secret durable (the store's `volume.key`: written,
+/// synced, renamed) before the replica reads past the rotation that carried it.
+pub type KeepEpoch =
+    Box<dyn Fn(KeyEpoch, &[u8; 32]) -> std::result::Result<(), String> + Send + Sync>;
+/// The verifying key of an entry author (a device that holds or held the node id).
+pub type AuthorKeys = Box<dyn Fn(NodeId) -> Option<VerifyingKey> + Send + Sync>;
+
+/// A device's keys for one volume's log: the entry key of every epoch it holds (the
+/// newest seals), and what it needs to take its share of a key rotation.
+pub struct VolumeKeyring {
+    volume: VolumeId,
+    node: NodeId,
+    device: DeviceIdentity,
+    epochs: parking_lot::RwLock<BTreeMap<KeyEpoch, EntryKey>>,
+    /// One rotation learned at a time (keep, then insert).
+    learning: parking_lot::Mutex<()>,
+    keep: KeepEpoch,
+    authors: AuthorKeys,
+}
+
+impl fmt::Debug for VolumeKeyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VolumeKeyring")
+            .field("volume", &self.volume)
+            .field("node", &self.node)
+            .field("epochs", &self.epochs.read().keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VolumeKeyring {
+    /// The keyring of `device` (node `node` of `volume`) holding `secrets`' epochs.
+    pub fn new(
+        volume: VolumeId,
+        node: NodeId,
+        device: &DeviceIdentity,
+        secrets: impl IntoIterator<Item = (KeyEpoch, Zeroizing<[u8; 32]>)>,
+        keep: KeepEpoch,
+        authors: AuthorKeys,
+    ) -> VolumeKeyring {
+        let epochs = secrets
+            .into_iter()
+            .map(|(epoch, secret)| (epoch, EntryKey::derive(&secret)))
+            .collect();
+        VolumeKeyring {
+            volume,
+            node,
+            device: DeviceIdentity::from_secrets(
+                &device.signing_key().to_bytes(),
+                &device.kem_secret(),
+            ),
+            epochs: parking_lot::RwLock::new(epochs),
+            learning: parking_lot::Mutex::new(()),
+            keep,
+            authors,
+        }
+    }
+
+    /// The epochs held, oldest first.
+    pub fn epochs(&self) -> Vec<KeyEpoch> {
+        self.epochs.read().keys().copied().collect()
+    }
+
+    /// The newest epoch held (new entries are sealed under it).
+    pub fn newest_epoch(&self) -> Option<KeyEpoch> {
+        self.epochs.read().keys().next_back().copied()
+    }
+
+    /// Takes this device's share of `rotation`: opens it, keeps the secret durably,
+    /// then holds the entry key. `Ok(false)`: the epoch is held already (a rotation
+    /// read again after a crash, or a second rotation to an epoch already started:
+    /// ignored everywhere alike) or there is no share for this device.
+    pub fn learn(&self, rotation: &KeyRotation) -> Result<bool> {
+        let _one_at_a_time = self.learning.lock();
+        if self.epochs.read().contains_key(&rotation.epoch) {
+            return Ok(false);
+        }
+        let Some(share) = rotation.share_for(self.node) else {
+            return Ok(false);
+        };
+        let secret =
+            open_epoch_secret(&self.device, self.volume, self.node, rotation.epoch, share)?;
+        (self.keep)(rotation.epoch, &secret).map_err(|reason| Error::EpochNotKept {
+            epoch: rotation.epoch.0,
+            reason,
+        })?;
+        self.epochs
+            .write()
+            .insert(rotation.epoch, EntryKey::derive(&secret));
+        Ok(true)
+    }
+}
+
+impl VolumeKeys for VolumeKeyring {
+    fn sealing_key(&self) -> Option<(KeyEpoch, EntryKey)> {
+        self.epochs
+            .read()
+            .last_key_value()
+            .map(|(epoch, key)| (*epoch, key.clone()))
+    }
+
+    fn entry_key(&self, epoch: KeyEpoch) -> Option<EntryKey> {
+        self.epochs.read().get(&epoch).cloned()
+    }
+
+    fn verifying_key(&self, author: NodeId) -> Option<VerifyingKey> {
+        (self.authors)(author)
+    }
+
+    fn learn_rotation(&self, slot: paxos::Slot, rotation: &KeyRotation) -> Result<bool> {
+        let _ = slot;
+        self.learn(rotation)
+    }
 }

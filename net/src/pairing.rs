@@ -20,12 +20,14 @@
 //! check        = BLAKE3-derive_key(context, everything before it)[..4]
 //! join request = ver u8 (=2) ‖ role u8 ‖ secret[16] ‖ kem_public[32] ‖ name_len u16 ‖ name ‖ proof[64]
 //!                ‖ n u8 ‖ addr*n                       role: 0 = device, 1 = witness
-//! join answer  = ver u8 (=2) ‖ node u64 ‖ grant ‖ chain_len u32 ‖ chain ‖ info_len u32 ‖ volume info
-//!   grant         = 0 ‖ sealed_secret                  (a device)
+//! join answer  = ver u8 (=3) ‖ node u64 ‖ grant ‖ chain_len u32 ‖ chain ‖ info_len u32 ‖ volume info
+//!   grant         = 0 ‖ n u16 ‖ (epoch u64 ‖ sealed_secret)*n   (a device: every epoch the
+//!                                                    inviter holds, epochs increasing, n ≥ 1)
 //!                 | 1                                  (a witness: no secret, by construction)
 //!   sealed_secret = enc[32] ‖ ciphertext[32] ‖ tag[16]: HPKE base mode (RFC 9180), DHKEM(X25519,
 //!                   HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305, to the joiner's X25519 key,
-//!                   info = "kith/join-secret/v1" ‖ volume u128 ‖ node u64, aad empty
+//!                   info = "kith/epoch-secret/v2" ‖ volume u128 ‖ node u64 ‖ epoch u64, aad
+//!                   empty (the same sealing carries a key rotation's shares, `crate::entry`)
 //! volume info  = ver u8 (=1) ‖ volume u128 ‖ config ‖ n u16 ‖ (node u64 ‖ device[32])*n
 //!                ‖ m u16 ‖ (device[32] ‖ n u8 ‖ addr*n)*m
 //! config       = id u64 ‖ phase1 u8 ‖ phase2 u8 ‖ nv u8 ‖ voter u64*nv ‖ nw u8 ‖ witness u64*nw
@@ -53,6 +55,7 @@ use rand::RngCore;
 use zeroize::Zeroizing;
 
 use crate::codec::{Reader, Writer};
+use crate::entry::KeyEpoch;
 use crate::error::{Error, Result};
 use crate::identity::{
     ChainState, DEVICE_NAME_BYTES_MAX, DeviceId, DevicePublic, LinkBody, UserChain, UserId,
@@ -78,12 +81,14 @@ const CODE_CHECK_CONTEXT: &str = "kith 2026-01-01 pairing code checksum v1";
 const INVITE_CHECK_CONTEXT: &str = "kith 2026-01-01 invite checksum v1";
 const SECRET_HASH_CONTEXT: &str = "kith 2026-01-01 pairing secret v1";
 const INVITE_PREFIX: &str = "kith1";
-const ANSWER_VERSION: u8 = 2;
+const ANSWER_VERSION: u8 = 3;
 const GRANT_DEVICE: u8 = 0;
 const GRANT_WITNESS: u8 = 1;
 const INFO_VERSION: u8 = 1;
 const ANNOUNCEMENT_VERSION: u8 = 1;
-const SEAL_INFO_DOMAIN: &[u8] = b"kith/join-secret/v1";
+const SEAL_INFO_DOMAIN: &[u8] = b"kith/epoch-secret/v2";
+/// Most epoch secrets one join answer carries.
+pub const GRANT_EPOCHS_MAX: usize = 4096;
 /// Bytes of an epoch secret.
 pub const EPOCH_SECRET_BYTES: usize = 32;
 /// Bytes of a sealed epoch secret: HPKE encapsulated key, ciphertext, tag.
@@ -564,10 +569,11 @@ impl VolumeInfo {
 /// What a join gives the joiner besides its place in the chain and the group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JoinGrant {
-    /// A device: the volume's epoch secret, sealed to the joiner's X25519 key
-    /// ([`seal_epoch_secret`]).
+    /// A device: every epoch secret of the volume the inviter holds (so a joiner that
+    /// starts from a checkpoint reads content of every epoch), each sealed to the
+    /// joiner's X25519 key ([`seal_epoch_secret`]); epochs increasing.
     Device {
-        sealed_secret: [u8; SEALED_SECRET_BYTES],
+        secrets: Vec<(KeyEpoch, [u8; SEALED_SECRET_BYTES])>,
     },
     /// A witness: nothing to read the volume with.
     Witness,
@@ -600,8 +606,12 @@ impl JoinAnswer {
         let mut out = Writer::new();
         out.u8(ANSWER_VERSION).u64(self.node.0);
         match &self.grant {
-            JoinGrant::Device { sealed_secret } => {
-                out.u8(GRANT_DEVICE).put(sealed_secret);
+            JoinGrant::Device { secrets } => {
+                out.u8(GRANT_DEVICE)
+                    .u16(u16::try_from(secrets.len()).unwrap_or(u16::MAX));
+                for (epoch, sealed) in secrets {
+                    out.u64(epoch.0).put(sealed);
+                }
             }
             JoinGrant::Witness => {
                 out.u8(GRANT_WITNESS);
@@ -624,9 +634,22 @@ impl JoinAnswer {
         }
         let node = NodeId(input.u64()?);
         let grant = match input.u8()? {
-            GRANT_DEVICE => JoinGrant::Device {
-                sealed_secret: input.array()?,
-            },
+            GRANT_DEVICE => {
+                let count = usize::from(input.u16()?);
+                if count == 0 || count > GRANT_EPOCHS_MAX {
+                    return Err(Error::malformed("join answer", "epoch count"));
+                }
+                let mut secrets: Vec<(KeyEpoch, [u8; SEALED_SECRET_BYTES])> =
+                    Vec::with_capacity(count.min(input.remaining() / (8 + SEALED_SECRET_BYTES)));
+                for _ in 0..count {
+                    let epoch = KeyEpoch(input.u64()?);
+                    if secrets.last().is_some_and(|(last, _)| *last >= epoch) {
+                        return Err(Error::malformed("join answer", "epochs not increasing"));
+                    }
+                    secrets.push((epoch, input.array()?));
+                }
+                JoinGrant::Device { secrets }
+            }
             GRANT_WITNESS => JoinGrant::Witness,
             _ => return Err(Error::malformed("join answer", "unknown grant")),
         };
@@ -678,11 +701,12 @@ impl Announcement {
 
 /// Seals a volume's epoch secret to a device's X25519 key with HPKE (RFC 9180) base
 /// mode, suite DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 / ChaCha20-Poly1305; `info`
-/// binds the volume and the node the secret is for.
+/// binds the volume, the node the secret is for and the epoch.
 pub fn seal_epoch_secret(
     recipient_kem_public: &[u8; 32],
     volume: VolumeId,
     node: NodeId,
+    epoch: KeyEpoch,
     epoch_secret: &[u8; EPOCH_SECRET_BYTES],
 ) -> Result<[u8; SEALED_SECRET_BYTES]> {
     let recipient = <SealKem as hpke::Kem>::PublicKey::from_bytes(recipient_kem_public)
@@ -690,7 +714,7 @@ pub fn seal_epoch_secret(
     let (enc, ciphertext) = hpke::single_shot_seal::<SealAead, SealKdf, SealKem, _>(
         &hpke::OpModeS::Base,
         &recipient,
-        &seal_info(volume, node),
+        &seal_info(volume, node, epoch),
         epoch_secret,
         &[],
         &mut rand::rng(),
@@ -712,6 +736,7 @@ pub fn open_epoch_secret(
     identity: &crate::identity::DeviceIdentity,
     volume: VolumeId,
     node: NodeId,
+    epoch: KeyEpoch,
     sealed: &[u8; SEALED_SECRET_BYTES],
 ) -> Result<Zeroizing<[u8; EPOCH_SECRET_BYTES]>> {
     let refused = || Error::BadSignature {
@@ -726,7 +751,7 @@ pub fn open_epoch_secret(
             &hpke::OpModeR::Base,
             &own,
             &enc,
-            &seal_info(volume, node),
+            &seal_info(volume, node, epoch),
             ciphertext,
             &[],
         )
@@ -746,11 +771,12 @@ type SealAead = hpke::aead::ChaCha20Poly1305;
 /// Bytes of the HPKE encapsulated key (an X25519 public key).
 const SEAL_ENC_BYTES: usize = 32;
 
-fn seal_info(volume: VolumeId, node: NodeId) -> Vec<u8> {
+fn seal_info(volume: VolumeId, node: NodeId, epoch: KeyEpoch) -> Vec<u8> {
     let mut out = Writer::new();
     out.put(SEAL_INFO_DOMAIN)
         .put(&volume.0.to_le_bytes())
-        .u64(node.0);
+        .u64(node.0)
+        .u64(epoch.0);
     out.into_bytes()
 }
 
@@ -1012,7 +1038,7 @@ mod tests {
         };
         let device = JoinAnswer {
             grant: JoinGrant::Device {
-                sealed_secret: [9; SEALED_SECRET_BYTES],
+                secrets: vec![(KeyEpoch(0), [9; SEALED_SECRET_BYTES])],
             },
             ..witness.clone()
         };
@@ -1021,7 +1047,7 @@ mod tests {
         assert_eq!(JoinAnswer::from_bytes(&device_bytes).unwrap(), device);
         assert_eq!(
             device_bytes.len() - witness_bytes.len(),
-            SEALED_SECRET_BYTES
+            2 + 8 + SEALED_SECRET_BYTES
         );
         // A witness grant followed by secret bytes is not an answer.
         let mut smuggled = witness_bytes[..10].to_vec();

@@ -57,7 +57,7 @@ use paxos::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::entry::{self, EntryHeader, EntryKey, EntryKind, KeyEpoch};
+use crate::entry::{self, EntryHeader, EntryKey, EntryKind, KeyEpoch, KeyRotation};
 use crate::error::{Error, Result};
 
 /// Frames waiting in a replica's inbox; more are dropped (Paxos tolerates loss).
@@ -90,6 +90,16 @@ pub trait VolumeKeys: Send + Sync + 'static {
     fn sealing_key(&self) -> Option<(KeyEpoch, EntryKey)>;
     /// The entry key of `epoch`, for opening entries.
     fn entry_key(&self, epoch: KeyEpoch) -> Option<EntryKey>;
+    /// A key rotation committed at `slot` (verified, opened): take this device's share,
+    /// make it durable, and seal with its epoch from now on, all before returning `Ok`
+    /// (the replica reads past the rotation only then). `Ok(false)`: this device got no
+    /// share (a witness, or the removed device). An `Err` is local (the share does not
+    /// open here, the key file cannot be written): reading stops before the rotation
+    /// and tries again later. The default holds no keys to learn.
+    fn learn_rotation(&self, slot: Slot, rotation: &KeyRotation) -> Result<bool> {
+        let _ = (slot, rotation);
+        Ok(false)
+    }
     /// The signature key of `author` if it is a known, unrevoked device of a member.
     fn verifying_key(&self, author: NodeId) -> Option<VerifyingKey>;
 }
@@ -405,6 +415,25 @@ impl Replica {
         answer.await.map_err(|_| Error::ReplicaStopped)?
     }
 
+    /// Proposes a key rotation (a new epoch's secret sealed to each remaining device),
+    /// sealed under the current epoch and signed like an operation; durably queued on
+    /// return. Every replica learns the epoch when it reads the entry committed
+    /// ([`VolumeKeys::learn_rotation`]) and seals with it from then on.
+    pub async fn propose_rotation(&self, rotation: &KeyRotation) -> Result<ProposalId> {
+        let plaintext = rotation.to_bytes();
+        if plaintext.len() > entry::OP_BYTES_MAX {
+            return Err(Error::TooLong {
+                what: "key rotation",
+                len_bytes: plaintext.len(),
+                max_bytes: entry::OP_BYTES_MAX,
+            });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.request(Request::ProposeRotation { plaintext, reply })
+            .await?;
+        answer.await.map_err(|_| Error::ReplicaStopped)?
+    }
+
     /// Waits until proposal `id` is committed and returns its slot (for a proposal
     /// committed so long ago that its slot is forgotten or truncated: a slot at or
     /// after it). `None` if `timeout` passed first: the proposal stays queued.
@@ -437,13 +466,37 @@ impl Replica {
         let mut next = raw.next;
         for command in raw.commands {
             match self.open_command(&command) {
-                Ok(op) => ops.push(op),
+                Ok(OpenedCommand::Op(op)) => ops.push(op),
+                Ok(OpenedCommand::Rotation(rotation)) => {
+                    // Durable before anything after it is returned: a crash before this
+                    // point reads the rotation again (learning is idempotent).
+                    match self.keys.learn_rotation(command.slot, &rotation) {
+                        Ok(true) => {
+                            tracing::info!(volume = ?self.volume, slot = %command.slot, epoch = %rotation.epoch, "new key epoch");
+                        }
+                        Ok(false) => {
+                            tracing::info!(volume = ?self.volume, slot = %command.slot, epoch = %rotation.epoch, "key rotation: nothing new for this device");
+                        }
+                        Err(error) => {
+                            tracing::error!(volume = ?self.volume, slot = %command.slot, %error, "key rotation not kept: reading stops before it");
+                            next = command.slot;
+                            break;
+                        }
+                    }
+                }
                 // Only members' devices propose, so an author this device does not know
                 // is one it has not heard of yet (its announcement is on the way).
                 // Refusing would be final here and not on devices that know it: the
-                // run stops before it instead, and a later read tries again.
+                // run stops before it instead, and a later read tries again. Likewise
+                // an epoch not held yet: its rotation is learned from the log or a
+                // checkpoint, never refused for good.
                 Err(Error::EntryUnknownAuthor { author }) => {
                     tracing::info!(volume = ?self.volume, slot = %command.slot, %author, "committed entry from a device not known yet: waiting");
+                    next = command.slot;
+                    break;
+                }
+                Err(Error::EntryUnknownKeyEpoch { epoch }) => {
+                    tracing::warn!(volume = ?self.volume, slot = %command.slot, epoch, "committed entry under a key epoch not held here: waiting");
                     next = command.slot;
                     break;
                 }
@@ -470,7 +523,10 @@ impl Replica {
                 seq,
                 payload,
             };
-            ops.push((ProposalId(seq), self.open_command(&command)?.op));
+            // A queued key rotation is not fossil's.
+            if let OpenedCommand::Op(op) = self.open_command(&command)? {
+                ops.push((ProposalId(seq), op.op));
+            }
         }
         Ok(ops)
     }
@@ -494,8 +550,32 @@ impl Replica {
         let Some(snapshot) = answer.await.map_err(|_| Error::ReplicaStopped)? else {
             return Ok(None);
         };
+        let (rotations, checkpoint) = SnapshotState::decode(&snapshot.state)?;
+        // The rotations the truncated log held, oldest first: each is sealed under an
+        // epoch the one before it starts, so a device that missed them learns them all.
+        for sealed in rotations {
+            let opened = match entry::Entry::open(
+                sealed,
+                self.volume,
+                |epoch| self.keys.entry_key(epoch),
+                |author| self.keys.verifying_key(author),
+            ) {
+                Ok(opened) if opened.header.kind == EntryKind::KeyRotation => opened,
+                Ok(_) => continue,
+                Err(error) => {
+                    tracing::debug!(%error, "a key rotation carried by the checkpoint does not open here");
+                    continue;
+                }
+            };
+            match KeyRotation::from_bytes(&opened.plaintext) {
+                Ok(rotation) => {
+                    self.keys.learn_rotation(snapshot.slot, &rotation)?;
+                }
+                Err(error) => tracing::warn!(%error, "a carried key rotation does not decode"),
+            }
+        }
         let opened = entry::Entry::open(
-            &snapshot.state,
+            checkpoint,
             self.volume,
             |epoch| self.keys.entry_key(epoch),
             |author| self.keys.verifying_key(author),
@@ -610,7 +690,7 @@ impl Replica {
             .map_err(|_| Error::ReplicaStopped)
     }
 
-    fn open_command(&self, command: &RawCommand) -> Result<CommittedOp> {
+    fn open_command(&self, command: &RawCommand) -> Result<OpenedCommand> {
         let opened = if command.proposer == self.id
             && self.own_sealed.is_own(command.seq, &command.payload)
         {
@@ -626,7 +706,7 @@ impl Replica {
             )?
         };
         let header = opened.header;
-        if header.kind != EntryKind::Op
+        if !matches!(header.kind, EntryKind::Op | EntryKind::KeyRotation)
             || header.author != command.proposer
             || header.seq != command.seq
         {
@@ -638,12 +718,15 @@ impl Replica {
                 log_seq: command.seq,
             });
         }
-        Ok(CommittedOp {
+        if header.kind == EntryKind::KeyRotation {
+            return KeyRotation::from_bytes(&opened.plaintext).map(OpenedCommand::Rotation);
+        }
+        Ok(OpenedCommand::Op(CommittedOp {
             slot: command.slot,
             author: header.author,
             seq: header.seq,
             op: opened.plaintext,
-        })
+        }))
     }
 }
 
@@ -704,6 +787,11 @@ impl BlockingReplica {
     /// [`Replica::wait_committed`].
     pub fn wait_committed(&self, id: ProposalId, timeout: Duration) -> Result<Option<Slot>> {
         self.run(self.replica.wait_committed(id, timeout))
+    }
+
+    /// [`Replica::propose_rotation`].
+    pub fn propose_rotation(&self, rotation: &KeyRotation) -> Result<ProposalId> {
+        self.run(self.replica.propose_rotation(rotation))
     }
 
     /// [`Replica::read_committed`].
@@ -809,12 +897,84 @@ impl VolumeKeys for KeysAdapter {
     fn entry_key(&self, epoch: KeyEpoch) -> Option<EntryKey> {
         self.0.entry_key(epoch)
     }
+    fn learn_rotation(&self, slot: Slot, rotation: &KeyRotation) -> Result<bool> {
+        self.0.learn_rotation(slot, rotation)
+    }
     fn verifying_key(&self, author: NodeId) -> Option<VerifyingKey> {
         self.0.verifying_key(author)
     }
 }
 
 /// A committed command as the log holds it (still sealed).
+/// A committed command, opened: fossil's operation, or a key rotation for the keyring.
+enum OpenedCommand {
+    Op(CommittedOp),
+    Rotation(KeyRotation),
+}
+
+/// Key rotations a snapshot carries at most (the newest are kept): a device more
+/// rotations behind than that cannot catch up from a checkpoint and pairs again.
+pub const ROTATIONS_CARRIED_MAX: usize = 64;
+const SNAPSHOT_STATE_MAGIC: &[u8; 4] = b"KSNP";
+const SNAPSHOT_STATE_VERSION: u8 = 1;
+
+/// What the Paxos snapshot holds: the sealed key rotations of the truncated log, then
+/// the sealed checkpoint entry.
+///
+/// ```text
+/// state = "KSNP" ‖ ver u8 (=1) ‖ n u16 ‖ (len u32 ‖ sealed rotation entry)*n ‖ sealed checkpoint
+///       | sealed checkpoint                      (before rotations: starts with entry version 1)
+/// ```
+struct SnapshotState;
+
+impl SnapshotState {
+    fn encode(rotations: &[Vec<u8>], checkpoint: &[u8]) -> Vec<u8> {
+        let carried: usize = rotations.iter().map(|r| 4 + r.len()).sum();
+        let mut out = Vec::with_capacity(7 + carried + checkpoint.len());
+        out.extend_from_slice(SNAPSHOT_STATE_MAGIC);
+        out.push(SNAPSHOT_STATE_VERSION);
+        out.extend_from_slice(&(rotations.len().min(ROTATIONS_CARRIED_MAX) as u16).to_le_bytes());
+        for rotation in rotations.iter().take(ROTATIONS_CARRIED_MAX) {
+            out.extend_from_slice(&(rotation.len() as u32).to_le_bytes());
+            out.extend_from_slice(rotation);
+        }
+        out.extend_from_slice(checkpoint);
+        out
+    }
+
+    /// The carried rotations and the checkpoint entry (shapes checked, nothing opened).
+    fn decode(state: &[u8]) -> Result<(Vec<&[u8]>, &[u8])> {
+        let Some(rest) = state.strip_prefix(SNAPSHOT_STATE_MAGIC) else {
+            return Ok((Vec::new(), state));
+        };
+        let malformed = || Error::malformed("snapshot", "truncated rotations");
+        let (&version, rest) = rest.split_first().ok_or_else(malformed)?;
+        if version != SNAPSHOT_STATE_VERSION {
+            return Err(Error::UnsupportedVersion {
+                what: "snapshot",
+                version,
+            });
+        }
+        let (count, mut rest) = rest.split_at_checked(2).ok_or_else(malformed)?;
+        let count = usize::from(u16::from_le_bytes([count[0], count[1]]));
+        if count > ROTATIONS_CARRIED_MAX {
+            return Err(Error::malformed("snapshot", "too many rotations"));
+        }
+        let mut rotations = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (len, tail) = rest.split_at_checked(4).ok_or_else(malformed)?;
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            if len > paxos::limits::ENTRY_BYTES_MAX {
+                return Err(Error::malformed("snapshot", "rotation too long"));
+            }
+            let (rotation, tail) = tail.split_at_checked(len).ok_or_else(malformed)?;
+            rotations.push(rotation);
+            rest = tail;
+        }
+        Ok((rotations, rest))
+    }
+}
+
 #[derive(Debug)]
 struct RawCommand {
     slot: Slot,
@@ -834,6 +994,10 @@ enum Request {
     Propose {
         ops: Vec<Vec<u8>>,
         reply: oneshot::Sender<Result<Vec<ProposalId>>>,
+    },
+    ProposeRotation {
+        plaintext: Vec<u8>,
+        reply: oneshot::Sender<Result<ProposalId>>,
     },
     WaitCommitted {
         seq: u64,
@@ -1077,6 +1241,12 @@ impl Task {
     fn on_request(&mut self, request: Request) {
         match request {
             Request::Propose { ops, reply } => self.on_propose(ops, reply),
+            Request::ProposeRotation { plaintext, reply } => {
+                let result = self
+                    .propose_sealed_as(EntryKind::KeyRotation, vec![plaintext])
+                    .and_then(|ids| ids.first().copied().ok_or(Error::ReplicaStopped));
+                self.turn.reply(reply, result);
+            }
             Request::WaitCommitted { seq, reply } => {
                 if let Some(slot) = self.own_slots.get(&seq) {
                     self.turn.reply(reply, *slot);
@@ -1203,6 +1373,11 @@ impl Task {
 
     /// Seals `ops` with the seqs the core will give them and proposes them.
     fn propose_sealed(&mut self, ops: Vec<Vec<u8>>) -> Result<Vec<ProposalId>> {
+        self.propose_sealed_as(EntryKind::Op, ops)
+    }
+
+    /// [`Task::propose_sealed`] for entries of `kind`.
+    fn propose_sealed_as(&mut self, kind: EntryKind, ops: Vec<Vec<u8>>) -> Result<Vec<ProposalId>> {
         let signing_key = self.signing_key.as_ref().ok_or(Error::NoEntryKeys)?;
         let (epoch, key) = self.keys.sealing_key().ok_or(Error::NoEntryKeys)?;
         // The core numbers own proposals consecutively after those applied and queued.
@@ -1213,7 +1388,7 @@ impl Task {
         let mut sealed = Vec::with_capacity(ops.len());
         for (seq, op) in (first_seq..).zip(&ops) {
             let header = EntryHeader {
-                kind: EntryKind::Op,
+                kind,
                 volume: self.node.options().volume,
                 epoch,
                 author: self.node.id(),
@@ -1276,11 +1451,41 @@ impl Task {
             seq: through.0,
         };
         let sealed = entry::Entry::seal(header, checkpoint, &key, signing_key)?;
-        let fx = self
-            .node
-            .compact(self.now_ms(), through, sealed.into_bytes())?;
+        let state = SnapshotState::encode(&self.rotations_through(through), sealed.as_bytes());
+        let fx = self.node.compact(self.now_ms(), through, state)?;
         self.push(fx);
         Ok(())
+    }
+
+    /// The sealed key rotations a snapshot through `through` must carry: those of the
+    /// current snapshot, then those of the log up to `through`; the newest
+    /// `ROTATIONS_CARRIED_MAX`.
+    fn rotations_through(&self, through: Slot) -> Vec<Vec<u8>> {
+        let mut rotations: Vec<Vec<u8>> = self
+            .snapshot
+            .as_ref()
+            .and_then(|snapshot| SnapshotState::decode(&snapshot.state).ok())
+            .map(|(carried, _)| carried.into_iter().map(<[u8]>::to_vec).collect())
+            .unwrap_or_default();
+        let mut slot = self.node.log_start();
+        while slot <= through {
+            if let Some(paxos::Entry::Command(command)) = self.node.committed(slot)
+                && !self.skipped.contains(&slot)
+                && EntryHeader::parse(&command.payload)
+                    .is_ok_and(|header| header.kind == EntryKind::KeyRotation)
+            {
+                rotations.push(command.payload.clone());
+            }
+            slot = slot.next();
+        }
+        let excess = rotations.len().saturating_sub(ROTATIONS_CARRIED_MAX);
+        rotations.drain(..excess);
+        while rotations.iter().map(|r| 4 + r.len()).sum::<usize>()
+            > entry::SNAPSHOT_ROTATIONS_BYTES_MAX
+        {
+            rotations.remove(0);
+        }
+        rotations
     }
 
     fn status(&self) -> ReplicaStatus {

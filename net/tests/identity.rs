@@ -549,7 +549,10 @@ fn volume_info_answer_and_announcement_round_trip() {
     let answer = JoinAnswer {
         node: NodeId(2),
         grant: net::pairing::JoinGrant::Device {
-            sealed_secret: [5; SEALED_SECRET_BYTES],
+            secrets: vec![
+                (net::entry::KeyEpoch(0), [5; SEALED_SECRET_BYTES]),
+                (net::entry::KeyEpoch(2), [6; SEALED_SECRET_BYTES]),
+            ],
         },
         chain: chain.clone(),
         info: info.clone(),
@@ -581,32 +584,34 @@ fn volume_info_refuses_duplicates_and_bad_configurations() {
 }
 
 #[test]
-fn sealed_epoch_secret_opens_only_for_its_device_volume_and_node() {
+fn sealed_epoch_secret_opens_only_for_its_device_volume_node_and_epoch() {
+    use net::entry::KeyEpoch;
     let device = DeviceIdentity::generate();
     let kem = device.public().kem_public;
-    let (volume, node) = (VolumeId(7), NodeId(2));
+    let (volume, node, epoch) = (VolumeId(7), NodeId(2), KeyEpoch(1));
     let secret = [0x42; 32];
-    let sealed = seal_epoch_secret(&kem, volume, node, &secret).unwrap();
+    let sealed = seal_epoch_secret(&kem, volume, node, epoch, &secret).unwrap();
     assert_eq!(
-        *open_epoch_secret(&device, volume, node, &sealed).unwrap(),
+        *open_epoch_secret(&device, volume, node, epoch, &sealed).unwrap(),
         secret
     );
     // Fresh randomness every time: two seals differ.
     assert_ne!(
-        seal_epoch_secret(&kem, volume, node, &secret).unwrap(),
+        seal_epoch_secret(&kem, volume, node, epoch, &secret).unwrap(),
         sealed
     );
     let other = DeviceIdentity::generate();
-    assert!(open_epoch_secret(&other, volume, node, &sealed).is_err());
-    assert!(open_epoch_secret(&device, VolumeId(8), node, &sealed).is_err());
-    assert!(open_epoch_secret(&device, volume, NodeId(3), &sealed).is_err());
+    assert!(open_epoch_secret(&other, volume, node, epoch, &sealed).is_err());
+    assert!(open_epoch_secret(&device, VolumeId(8), node, epoch, &sealed).is_err());
+    assert!(open_epoch_secret(&device, volume, NodeId(3), epoch, &sealed).is_err());
+    assert!(open_epoch_secret(&device, volume, node, KeyEpoch(2), &sealed).is_err());
     for at in [0, 40, SEALED_SECRET_BYTES - 1] {
         let mut altered = sealed;
         altered[at] ^= 1;
-        assert!(open_epoch_secret(&device, volume, node, &altered).is_err());
+        assert!(open_epoch_secret(&device, volume, node, epoch, &altered).is_err());
     }
     // A low-order recipient key is refused rather than sealed to a known secret.
-    assert!(seal_epoch_secret(&[0; 32], volume, node, &secret).is_err());
+    assert!(seal_epoch_secret(&[0; 32], volume, node, epoch, &secret).is_err());
 }
 
 // ---- frames ----

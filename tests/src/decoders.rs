@@ -99,6 +99,8 @@ pub fn targets() -> Vec<Target> {
             net_pairing_code_text_seeds,
         ),
         target("net_join_request", net_join_request, net_join_request_seeds),
+        target("net_join_answer", net_join_answer, net_join_answer_seeds),
+        target("net_key_rotation", net_key_rotation, net_key_rotation_seeds),
         tamper_evident(target("net_invite", net_invite, net_invite_seeds)),
         target("net_invite_body", net_invite_body, net_invite_body_seeds),
         target("net_invite_text", net_invite_text, net_invite_text_seeds),
@@ -119,6 +121,11 @@ pub fn targets() -> Vec<Target> {
         target("fossil_content", fossil_content, fossil_content_seeds),
         target("fossil_image", fossil_image, fossil_image_seeds),
         target("fossil_log_file", fossil_log_file, fossil_log_file_seeds),
+        tamper_evident(target(
+            "fossil_volume_key",
+            fossil_volume_key,
+            fossil_volume_key_seeds,
+        )),
         // venti: refs, arena and record headers, sealed blocks.
         target("venti_block_ref", venti_block_ref, venti_block_ref_seeds),
         tamper_evident(target(
@@ -625,6 +632,79 @@ fn net_join_request(input: &[u8]) -> Result<Verdict, String> {
         Err(_) => Ok(Verdict::Refused),
         Ok(request) => round_trip("join request", input, &request.to_bytes()),
     }
+}
+
+fn net_join_answer(input: &[u8]) -> Result<Verdict, String> {
+    match net::pairing::JoinAnswer::from_bytes(input) {
+        Err(_) => Ok(Verdict::Refused),
+        Ok(answer) => round_trip("join answer", input, &answer.to_bytes()),
+    }
+}
+
+fn net_join_answer_seeds() -> Vec<Vec<u8>> {
+    let user = net::identity::UserRootKey::from_seed(&[4; 32]);
+    let chain = net::identity::UserChain::new(user.user_id());
+    let Some(genesis) = sample_config() else {
+        return Vec::new();
+    };
+    let info = net::pairing::VolumeInfo {
+        volume: paxos::VolumeId(9),
+        genesis,
+        nodes: Vec::new(),
+        addresses: Vec::new(),
+    };
+    let sealed = [5u8; net::pairing::SEALED_SECRET_BYTES];
+    [
+        net::pairing::JoinGrant::Witness,
+        net::pairing::JoinGrant::Device {
+            secrets: vec![(net::entry::KeyEpoch(0), sealed)],
+        },
+        net::pairing::JoinGrant::Device {
+            secrets: vec![
+                (net::entry::KeyEpoch(0), sealed),
+                (
+                    net::entry::KeyEpoch(3),
+                    [6; net::pairing::SEALED_SECRET_BYTES],
+                ),
+            ],
+        },
+    ]
+    .into_iter()
+    .map(|grant| {
+        net::pairing::JoinAnswer {
+            node: paxos::NodeId(2),
+            grant,
+            chain: chain.clone(),
+            info: info.clone(),
+        }
+        .to_bytes()
+    })
+    .collect()
+}
+
+fn net_key_rotation(input: &[u8]) -> Result<Verdict, String> {
+    match net::entry::KeyRotation::from_bytes(input) {
+        Err(_) => Ok(Verdict::Refused),
+        Ok(rotation) => round_trip("key rotation", input, &rotation.to_bytes()),
+    }
+}
+
+fn net_key_rotation_seeds() -> Vec<Vec<u8>> {
+    let share = |byte| [byte; net::pairing::SEALED_SECRET_BYTES];
+    [
+        vec![(paxos::NodeId(1), share(1))],
+        vec![(paxos::NodeId(1), share(1)), (paxos::NodeId(7), share(7))],
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(n, shares)| {
+        net::entry::KeyRotation {
+            epoch: net::entry::KeyEpoch(n as u64 + 1),
+            shares,
+        }
+        .to_bytes()
+    })
+    .collect()
 }
 
 fn net_join_request_seeds() -> Vec<Vec<u8>> {
@@ -1160,6 +1240,28 @@ fn fossil_image_seeds() -> Vec<Vec<u8>> {
 
 /// A log file is read back as whole records up to the first damaged one; opening it
 /// twice gives the same entries (the torn tail is cut once, never served).
+/// `volume.key`: the 48-byte form before epochs reads as epoch 0 (and re-encodes in
+/// the current form); anything else must be canonical.
+fn fossil_volume_key(input: &[u8]) -> Result<Verdict, String> {
+    match fossil::venti_content::EpochSecrets::decode(input) {
+        Err(_) => Ok(Verdict::Refused),
+        Ok(secrets) if input.len() == 48 => {
+            match fossil::venti_content::EpochSecrets::decode(&secrets.encode()) {
+                Ok(again) if again == secrets => Ok(Verdict::Accepted),
+                other => Err(format!("the 48-byte form re-reads as {other:?}")),
+            }
+        }
+        Ok(secrets) => round_trip("volume key", input, &secrets.encode()),
+    }
+}
+
+fn fossil_volume_key_seeds() -> Vec<Vec<u8>> {
+    let mut two = fossil::venti_content::EpochSecrets::new([1; 16], 0, &[2; 32]);
+    let one = two.clone();
+    let _ = two.insert(5, &[3; 32]);
+    vec![one.encode().to_vec(), two.encode().to_vec()]
+}
+
 fn fossil_log_file(input: &[u8]) -> Result<Verdict, String> {
     use fossil::log::{FileLog, Log};
     let read_all = |path: &Path| -> Result<Vec<(u64, Vec<u8>)>, String> {
