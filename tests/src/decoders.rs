@@ -637,7 +637,13 @@ fn net_join_request(input: &[u8]) -> Result<Verdict, String> {
 fn net_join_answer(input: &[u8]) -> Result<Verdict, String> {
     match net::pairing::JoinAnswer::from_bytes(input) {
         Err(_) => Ok(Verdict::Refused),
-        Ok(answer) => round_trip("join answer", input, &answer.to_bytes()),
+        // The volume info's configuration is a set: any order of its nodes decodes.
+        Ok(answer) => value_round_trip(
+            "join answer",
+            &answer,
+            net::pairing::JoinAnswer::to_bytes,
+            net::pairing::JoinAnswer::from_bytes,
+        ),
     }
 }
 
