@@ -298,6 +298,37 @@ impl Config {
     }
 }
 
+/// Sets `keep` in the configuration file at `path` (created with the commented
+/// defaults if missing), keeping every other line and comment as it is. The file is
+/// checked to parse afterwards, so a broken edit is never written.
+pub fn set_keep(path: &Path, keep: Keep) -> Result<()> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => DEFAULT_CONFIG.to_owned(),
+        Err(source) => {
+            return Err(Error::Path {
+                what: "read the configuration",
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let config_error = |detail: String| Error::Config {
+        path: path.to_owned(),
+        detail,
+    };
+    // Refuse to rewrite a file that does not parse today: the user should see why.
+    Config::parse(&text).map_err(config_error)?;
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| config_error(format!("{e}")))?;
+    doc["keep"] = toml_edit::value(keep.as_str());
+    let updated = doc.to_string();
+    Config::parse(&updated).map_err(config_error)?;
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    write_atomically(path, updated.as_bytes(), 0o644)
+}
+
 fn bounded_int(
     item: &toml_edit::Item,
     key: &str,
@@ -494,6 +525,29 @@ pub(crate) mod tests {
         assert!(Config::parse("fuse_threads = \"4\"").is_err());
         assert!(Config::parse("attr_ttl_ms = 999999").is_err());
         assert!(Config::parse("store = [").is_err());
+    }
+
+    #[test]
+    fn set_keep_writes_the_setting_and_keeps_the_rest() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let path = root.path().join("config/kith/config.toml");
+        // No file yet: the commented defaults plus the setting.
+        set_keep(&path, Keep::Full)?;
+        let text = fs::read_to_string(&path)?;
+        assert!(text.contains("# fuse_threads = 1"), "{text}");
+        assert_eq!(Config::load(&path)?.keep, Keep::Full);
+        // An existing file keeps its other settings and comments.
+        fs::write(&path, "# mine\ncheckpoint_ops = 50\nkeep = \"on-demand\"\n")?;
+        set_keep(&path, Keep::Full)?;
+        let text = fs::read_to_string(&path)?;
+        assert!(text.starts_with("# mine\n"), "{text}");
+        let config = Config::load(&path)?;
+        assert_eq!((config.keep, config.checkpoint_ops), (Keep::Full, Some(50)));
+        // A file that does not parse is left alone.
+        fs::write(&path, "colour = 1\n")?;
+        assert!(set_keep(&path, Keep::Full).is_err());
+        assert_eq!(fs::read_to_string(&path)?, "colour = 1\n");
+        Ok(())
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! ```text
 //! client → server   one line, UTF-8, at most REQUEST_BYTES_MAX bytes incl. '\n':
 //!                     ping | status | mountpoint | verify | unmount | snapshot NAME
-//!                     | device-add | status-json | witness-add
+//!                     | device-add | status-json | witness-add | device-list
 //! server → client   "ok\n" or "error MESSAGE\n", then a free-form UTF-8 body,
 //!                   at most RESPONSE_BYTES_MAX bytes; the server closes the connection.
 //! ```
@@ -60,6 +60,9 @@ pub enum Request {
     WitnessAdd,
     /// `kith gc`: a garbage-collection round now.
     Gc,
+    /// `kith device list` with a daemon running: every device with its role and
+    /// whether it is reachable (see `crate::status::device_list`).
+    DeviceList,
 }
 
 impl Request {
@@ -79,6 +82,7 @@ impl Request {
             ("status-json", None) => Ok(Request::StatusJson),
             ("witness-add", None) => Ok(Request::WitnessAdd),
             ("gc", None) => Ok(Request::Gc),
+            ("device-list", None) => Ok(Request::DeviceList),
             ("snapshot", Some(name)) if !name.is_empty() => Ok(Request::Snapshot(name.into())),
             ("device-remove", Some(who)) if !who.is_empty() => {
                 Ok(Request::DeviceRemove(who.into()))
@@ -100,6 +104,7 @@ impl Request {
             Request::DeviceRemove(who) => format!("device-remove {who}\n"),
             Request::WitnessAdd => "witness-add\n".into(),
             Request::Gc => "gc\n".into(),
+            Request::DeviceList => "device-list\n".into(),
         }
     }
 }
@@ -329,6 +334,7 @@ mod tests {
             Request::DeviceRemove("old phone".into()),
             Request::WitnessAdd,
             Request::Gc,
+            Request::DeviceList,
         ] {
             assert_eq!(Request::parse(&request.to_line()), Ok(request));
         }

@@ -11,11 +11,14 @@
 //! 2. The foreground daemon blocks SIGINT/SIGTERM/SIGHUP before any thread exists (so
 //!    every thread inherits the mask and one thread receives them with `sigwait`),
 //!    takes an exclusive `flock` on the store (a second daemon is refused, naming the
-//!    holder), checks the mount point, then brings the volume up in this order:
-//!    membership (created on first run: user, device, home volume) → network
-//!    ([`crate::sync`]: QUIC endpoint, the volume's replica, block exchange) →
-//!    volume (replicated on the replica, its venti store fetching missing blocks from
-//!    the other devices) → control socket → FUSE mount, and only then says `ready`.
+//!    holder), checks the mount point, binds the control socket (from here on
+//!    `kith status` answers, saying the daemon is starting), then brings the volume up
+//!    in this order: membership (created on first run: user, device, home volume) →
+//!    network ([`crate::sync`]: QUIC endpoint, the volume's replica, block exchange;
+//!    status now shows the log and a catch-up's progress) → volume (replicated on the
+//!    replica, its venti store fetching missing blocks from the other devices; a
+//!    device added later installs a checkpoint and replays the log here) → FUSE mount,
+//!    and only then says `ready`.
 //!    A store from before sync (a namespace, no membership) runs single-device on its
 //!    local log, without the network.
 //! 3. It runs until a signal, `kith unmount`, or an external `umount`. Shutdown is
@@ -35,7 +38,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use fossil::Volume;
@@ -53,6 +56,7 @@ use crate::gc;
 use crate::invalidate::Invalidations;
 use crate::membership;
 use crate::mounts;
+use crate::status::{self, LogProgress, ReplicaView, SyncReport};
 use crate::sync::{Home, HomeRole};
 use crate::verify;
 
@@ -247,18 +251,51 @@ fn start(plan: &MountPlan) -> Result<Running> {
     })?;
     let lock = lock_store(&plan.store, Some(&plan.mount_point))?;
     mounts::check_mount_point(&plan.mount_point)?;
-    let invalidations = Invalidations::new();
-    let (volume, home) = if is_local_store(&plan.store) {
-        tracing::info!("a single-device store from before sync: serving it locally");
-        (Arc::new(Volume::open(&plan.store)?), None)
-    } else {
-        let (volume, home) = open_replicated(plan, &invalidations)?;
-        (volume, Some(home))
+    // The control socket answers from here on: while the volume opens (a device that
+    // catches up installs a checkpoint and replays the log first), `kith status` says
+    // so and how far it has come.
+    let (event_tx, events) = mpsc::channel();
+    let handler = Arc::new(DaemonHandler::new(plan, event_tx.clone()));
+    let server = control::Server::bind(&plan.dirs.socket_for(&plan.store_id()))?;
+    let socket = server.path().to_owned();
+    let handle = server.spawn(handler.clone())?;
+    let control = Control {
+        handler,
+        handle,
+        socket,
+        events,
+        event_tx,
     };
-    let started = serve_volume(plan, volume.clone(), home.clone(), invalidations, lock);
+    let invalidations = Invalidations::new();
+    let opened = if is_local_store(&plan.store) {
+        tracing::info!("a single-device store from before sync: serving it locally");
+        Volume::open(&plan.store)
+            .map(|volume| (Arc::new(volume), None))
+            .map_err(Error::from)
+    } else {
+        open_replicated(plan, &invalidations, &control.handler)
+            .map(|(volume, home)| (volume, Some(home)))
+    };
+    let (volume, home) = match opened {
+        Ok(opened) => opened,
+        Err(error) => {
+            let _ = std::fs::remove_file(&control.socket);
+            return Err(error);
+        }
+    };
+    let socket = control.socket.clone();
+    let started = serve_volume(
+        plan,
+        volume.clone(),
+        home.clone(),
+        invalidations,
+        lock,
+        control,
+    );
     match started {
         Ok(running) => Ok(running),
         Err(error) => {
+            let _ = std::fs::remove_file(&socket);
             // Close the volume before the network it commits through.
             drop(volume);
             if let Some(home) = home {
@@ -269,11 +306,21 @@ fn start(plan: &MountPlan) -> Result<Running> {
     }
 }
 
+/// The control socket, bound and answering before the volume opens.
+struct Control {
+    handler: Arc<DaemonHandler>,
+    handle: control::ServerHandle,
+    socket: PathBuf,
+    events: mpsc::Receiver<Event>,
+    event_tx: mpsc::Sender<Event>,
+}
+
 /// Membership → network → volume (replicated on the network's replica, its content
 /// store fetching missing blocks from the other devices).
 fn open_replicated(
     plan: &MountPlan,
     invalidations: &Invalidations,
+    handler: &DaemonHandler,
 ) -> Result<(Arc<Volume>, Arc<Home>)> {
     let (volume, home) = open_on_network(
         &plan.store,
@@ -282,6 +329,7 @@ fn open_replicated(
         plan.listen,
         HomeRole::Daemon,
         |options| options.on_remote_change = Some(invalidations.hook()),
+        |home| handler.network_up(home),
     )?;
     home.serve(Arc::downgrade(&volume));
     Ok((volume, home))
@@ -294,6 +342,7 @@ fn open_on_network(
     listen: Option<SocketAddr>,
     role: HomeRole,
     adjust: impl FnOnce(&mut VolumeOptions),
+    network_up: impl FnOnce(&Arc<Home>) -> Result<()>,
 ) -> Result<(Arc<Volume>, Arc<Home>)> {
     // A witness store holds no volume key: it runs with `kith witness run`.
     crate::witness::refuse_volume(store)?;
@@ -324,6 +373,10 @@ fn open_on_network(
     if role == HomeRole::Daemon
         && let Err(error) = home.start_content_walk(content.clone(), config.keep)
     {
+        home.stop();
+        return Err(error);
+    }
+    if let Err(error) = network_up(&home) {
         home.stop();
         return Err(error);
     }
@@ -372,6 +425,7 @@ impl CommandVolume {
             Some(loopback_any_port),
             HomeRole::Command,
             |options| options.read_barrier_ms = 0,
+            |_| Ok(()),
         )?;
         Ok(CommandVolume {
             volume: Some(volume),
@@ -408,10 +462,8 @@ fn serve_volume(
     home: Option<Arc<Home>>,
     invalidations: Invalidations,
     lock: File,
+    control: Control,
 ) -> Result<Running> {
-    let socket_path = plan.dirs.socket_for(&plan.store_id());
-    let server = control::Server::bind(&socket_path)?;
-
     let fs = KithFs::new(
         volume.clone(),
         CacheTtls {
@@ -439,7 +491,13 @@ fn serve_volume(
     let collector = Arc::new(gc::Collector::new(&volume, shared_with_others)?);
     collector.spawn()?;
 
-    let (event_tx, events) = mpsc::channel();
+    let Control {
+        handler,
+        handle: control,
+        socket,
+        events,
+        event_tx,
+    } = control;
     let session_tx = event_tx.clone();
     std::thread::Builder::new()
         .name("kith-fuse".into())
@@ -459,27 +517,10 @@ fn serve_volume(
             }
         })
         .map_err(|e| Error::Startup(format!("cannot start the signal thread: {e}")))?;
-    let handler = DaemonHandler {
+    handler.serving(Serving {
         volume: Arc::downgrade(&volume),
-        home: home.as_ref().map(Arc::downgrade),
-        events: Mutex::new(event_tx),
-        info: DaemonInfo {
-            mount_point: plan.mount_point.clone(),
-            store: plan.store.clone(),
-            store_id: plan.store_id(),
-            // The device key's fingerprint; a store from before sync has only the
-            // installation's random id.
-            device_id: match &home {
-                Some(home) => home.device().fingerprint(),
-                None => plan.dirs.device_id().unwrap_or_default(),
-            },
-            started: Instant::now(),
-            fuse_threads: plan.config.fuse_threads,
-        },
         collector,
-    };
-    let socket = server.path().to_owned();
-    let control = server.spawn(Arc::new(handler))?;
+    });
     Ok(Running {
         control,
         volume,
@@ -582,30 +623,121 @@ struct DaemonInfo {
     fuse_threads: usize,
 }
 
-struct DaemonHandler {
+/// How often the progress watcher looks at the replica.
+const PROGRESS_POLL: Duration = Duration::from_millis(500);
+
+/// Watches where the log kept here starts and how far fossil has applied it, for
+/// `kith status`: when the last checkpoint was taken or installed (the replica keeps
+/// no time with it), and where the current catch-up began. Reads the replica's status
+/// only — never the volume, whose lock a long apply holds.
+#[derive(Debug)]
+struct ProgressWatch {
+    started: Instant,
+    state: Mutex<WatchState>,
+}
+
+#[derive(Debug, Default)]
+struct WatchState {
+    /// The log start last seen (`None`: not looked yet).
+    log_start: Option<u64>,
+    /// When it was last seen to move.
+    moved_at: Option<Instant>,
+    /// The applied end when this device was first seen behind, until it caught up.
+    catch_up_from: Option<u64>,
+}
+
+impl ProgressWatch {
+    fn new() -> ProgressWatch {
+        ProgressWatch {
+            started: Instant::now(),
+            state: Mutex::new(WatchState::default()),
+        }
+    }
+
+    /// Polls the replica until the daemon lets go of `home`.
+    fn spawn(self: &Arc<Self>, home: Weak<Home>) -> Result<()> {
+        let watch = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("kith-progress".into())
+            .spawn(move || {
+                while let Some(home) = home.upgrade() {
+                    let replica = home.blocking_replica();
+                    drop(home);
+                    if let Ok(status) = replica.status() {
+                        watch.observe(&status);
+                    }
+                    std::thread::sleep(PROGRESS_POLL);
+                }
+            })
+            .map_err(|e| Error::Startup(format!("cannot start the progress thread: {e}")))?;
+        Ok(())
+    }
+
+    fn observe(&self, status: &net::replica::ReplicaStatus) {
+        let mut state = self.state.lock();
+        let log_start = status.log_start.0;
+        if state.log_start.is_some_and(|seen| seen != log_start) {
+            state.moved_at = Some(Instant::now());
+        }
+        state.log_start = Some(log_start);
+        // Behind: committed slots not applied yet (or a checkpoint not installed).
+        let applied_end = status.applied_end.0;
+        if applied_end >= status.commit_end.0 {
+            state.catch_up_from = None;
+        } else if state.catch_up_from.is_none() {
+            state.catch_up_from = Some(applied_end);
+        }
+    }
+
+    fn progress(&self, status: &net::replica::ReplicaStatus) -> LogProgress {
+        self.observe(status);
+        let state = self.state.lock();
+        LogProgress {
+            log_start: status.log_start.0,
+            checkpoint_age_s: state.moved_at.map(|at| at.elapsed().as_secs()),
+            uptime_s: self.started.elapsed().as_secs(),
+            catch_up_from: state.catch_up_from,
+        }
+    }
+}
+
+/// What a starting daemon answers to requests that need the open volume.
+const STARTING: &str = "the daemon is starting: its volume is opening (a device catching up \
+                        installs a checkpoint and replays the log first; see `kith status`)";
+
+/// What the control handler serves once the volume is open and mounted.
+struct Serving {
     /// Weak: once the daemon lets go of the volume, requests get "stopping".
     volume: Weak<Volume>,
-    /// The network side, for a replicated volume.
-    home: Option<Weak<Home>>,
+    collector: Arc<gc::Collector>,
+}
+
+/// Answers the control socket from before the volume opens (status, device list)
+/// until the process ends.
+struct DaemonHandler {
+    /// Set once the volume is open and mounted; until then the daemon is starting.
+    serving: OnceLock<Serving>,
+    /// The network side of a replicated volume, once it is up (before the volume).
+    home: OnceLock<Weak<Home>>,
+    /// A single-device store from before sync: no network side, ever.
+    local: bool,
+    progress: Arc<ProgressWatch>,
     events: Mutex<mpsc::Sender<Event>>,
     info: DaemonInfo,
-    collector: Arc<gc::Collector>,
 }
 
 impl Handler for DaemonHandler {
     fn handle(&self, request: Request) -> std::result::Result<String, String> {
-        let volume = || {
-            self.volume
-                .upgrade()
-                .ok_or_else(|| "the daemon is stopping".to_owned())
-        };
         match request {
             Request::Ping => Ok("pong\n".into()),
-            Request::Mountpoint => Ok(format!("{}\n", self.info.mount_point.display())),
+            Request::Mountpoint => {
+                self.volume()?;
+                Ok(format!("{}\n", self.info.mount_point.display()))
+            }
             Request::Status => Ok(self.status()),
             Request::Snapshot(name) => {
                 validate_snapshot_name(&name).map_err(|e| e.to_string())?;
-                let volume = volume()?;
+                let volume = self.volume()?;
                 volume
                     .snapshot(&name)
                     .and_then(|()| volume.sync_all())
@@ -614,19 +746,43 @@ impl Handler for DaemonHandler {
                     "snapshot {name} recorded (under .snapshots/{name})\n"
                 ))
             }
-            Request::Verify => Ok(verify::verify(volume()?.as_ref()).render()),
-            Request::Gc => self
-                .collector
-                .collect(true)
-                .map(|outcome| outcome.render())
-                .map_err(|e| e.to_string()),
-            Request::DeviceAdd => self.home()?.device_add().map_err(|e| e.to_string()),
-            Request::WitnessAdd => self.home()?.witness_add().map_err(|e| e.to_string()),
+            Request::Verify => Ok(verify::verify(self.volume()?.as_ref()).render()),
+            Request::Gc => {
+                self.volume()?;
+                let serving = self.serving.get().ok_or_else(|| STARTING.to_owned())?;
+                serving
+                    .collector
+                    .collect(true)
+                    .map(|outcome| outcome.render())
+                    .map_err(|e| e.to_string())
+            }
+            // Pairing grants the newcomer rights in the open volume.
+            Request::DeviceAdd => {
+                self.volume()?;
+                self.home()?.device_add().map_err(|e| e.to_string())
+            }
+            Request::WitnessAdd => {
+                self.volume()?;
+                self.home()?.witness_add().map_err(|e| e.to_string())
+            }
             Request::DeviceRemove(who) => {
+                self.volume()?;
                 self.home()?.device_remove(&who).map_err(|e| e.to_string())
             }
             Request::StatusJson => self.status_json(),
+            Request::DeviceList => match self.report() {
+                Some(report) => {
+                    let (report, view) = report?;
+                    Ok(status::device_list(
+                        &report.config,
+                        &report.devices,
+                        &view.heard,
+                    ))
+                }
+                None => Err("this store runs single-device (it predates sync)".into()),
+            },
             Request::Unmount => {
+                self.volume()?;
                 let (reply_tx, reply_rx) = mpsc::channel();
                 self.events
                     .lock()
@@ -641,63 +797,147 @@ impl Handler for DaemonHandler {
 }
 
 impl DaemonHandler {
+    fn new(plan: &MountPlan, events: mpsc::Sender<Event>) -> DaemonHandler {
+        DaemonHandler {
+            serving: OnceLock::new(),
+            home: OnceLock::new(),
+            local: is_local_store(&plan.store),
+            progress: Arc::new(ProgressWatch::new()),
+            events: Mutex::new(events),
+            info: DaemonInfo {
+                mount_point: plan.mount_point.clone(),
+                store: plan.store.clone(),
+                store_id: plan.store_id(),
+                // A store from before sync has only the installation's random id; a
+                // replicated one shows its device key's fingerprint once it is up.
+                device_id: plan.dirs.device_id().unwrap_or_default(),
+                started: Instant::now(),
+                fuse_threads: plan.config.fuse_threads,
+            },
+        }
+    }
+
+    /// The network side is up (the volume opens next): status can report from it.
+    fn network_up(&self, home: &Arc<Home>) -> Result<()> {
+        let _ = self.home.set(Arc::downgrade(home));
+        self.progress.spawn(Arc::downgrade(home))
+    }
+
+    /// The volume is open and mounted.
+    fn serving(&self, serving: Serving) {
+        let _ = self.serving.set(serving);
+    }
+
+    fn volume(&self) -> std::result::Result<Arc<Volume>, String> {
+        match self.serving.get() {
+            None => Err(STARTING.to_owned()),
+            Some(serving) => serving
+                .volume
+                .upgrade()
+                .ok_or_else(|| "the daemon is stopping".to_owned()),
+        }
+    }
+
     fn home(&self) -> std::result::Result<Arc<Home>, String> {
-        match &self.home {
-            None => Err("this store runs single-device (it predates sync)".into()),
+        if self.local {
+            return Err("this store runs single-device (it predates sync)".into());
+        }
+        match self.home.get() {
+            None => Err(STARTING.to_owned()),
             Some(home) => home
                 .upgrade()
                 .ok_or_else(|| "the daemon is stopping".to_owned()),
         }
     }
 
-    /// The sync report of a replicated volume, if this daemon serves one.
-    fn report(&self) -> Option<std::result::Result<crate::status::SyncReport, String>> {
-        self.home.as_ref()?;
+    /// The sync report of a replicated volume, if this daemon serves one, with what
+    /// the replica and the progress watch add to it. While the volume opens, fossil's
+    /// side of it comes from what it told the replica (applied end, queue).
+    fn report(&self) -> Option<std::result::Result<(SyncReport, ReplicaView), String>> {
+        if self.local {
+            return None;
+        }
         let report = (|| {
             let home = self.home()?;
-            let volume = self
-                .volume
-                .upgrade()
-                .ok_or_else(|| "the daemon is stopping".to_owned())?;
-            home.report(volume.sync_status()).map_err(|e| e.to_string())
+            let replica = home
+                .blocking_replica()
+                .status()
+                .map_err(|e| e.to_string())?;
+            let starting = self.serving.get().is_none();
+            let sync = if starting {
+                fossil::volume::SyncStatus {
+                    applied_end: replica.applied_end.0,
+                    commit_end: replica.commit_end.0,
+                    pending: replica.queued,
+                    unproposed: 0,
+                }
+            } else {
+                self.volume()?.sync_status()
+            };
+            let report = home.report(sync).map_err(|e| e.to_string())?;
+            let view = ReplicaView {
+                progress: self.progress.progress(&replica),
+                heard: replica.heard_ms_ago,
+                starting,
+            };
+            Ok((report, view))
         })();
         Some(report)
     }
 
     fn status_json(&self) -> std::result::Result<String, String> {
         match self.report() {
-            Some(report) => Ok(format!("{}\n", report?.to_json())),
+            Some(report) => {
+                let (report, view) = report?;
+                Ok(format!("{}\n", report.to_json(&view)))
+            }
             None => Err("this store runs single-device (it predates sync)".into()),
         }
     }
 
     fn status(&self) -> String {
         let info = &self.info;
+        let starting = self.serving.get().is_none();
+        let device_id = match self.home() {
+            Ok(home) => home.device().fingerprint(),
+            Err(_) => info.device_id.clone(),
+        };
         let mut text = format!(
-            "mountpoint: {}\nstore: {}\nstore id: {}\ndevice: {}\npid: {}\nuptime: {} s\n\
+            "mountpoint: {}{}\nstore: {}\nstore id: {}\ndevice: {}\npid: {}\nuptime: {} s\n\
              mode: {}\nfuse threads: {}\n",
             info.mount_point.display(),
+            if starting {
+                " (not mounted yet: the daemon is starting, its volume is opening)"
+            } else {
+                ""
+            },
             info.store.display(),
             info.store_id,
-            info.device_id,
+            device_id,
             std::process::id(),
             info.started.elapsed().as_secs(),
-            if self.home.is_some() {
-                "replicated"
-            } else {
+            if self.local {
                 "local (single device, from before sync)"
+            } else {
+                "replicated"
             },
             info.fuse_threads,
         );
         match self.report() {
-            Some(Ok(report)) => text.push_str(&report.to_text()),
+            Some(Ok((report, view))) => text.push_str(&report.to_text(&view)),
+            // Before the network is up there is nothing to report yet.
+            Some(Err(_)) if self.home.get().is_none() => {
+                text.push_str("sync: starting (opening the store and its network)\n");
+            }
             Some(Err(error)) => text.push_str(&format!("sync: unknown ({error})\n")),
             None => {}
         }
-        let statfs = match self.volume.upgrade() {
-            Some(volume) => volume.statfs().map_err(|e| e.to_string()),
-            None => Err("the daemon is stopping".to_owned()),
-        };
+        if starting {
+            return text;
+        }
+        let statfs = self
+            .volume()
+            .and_then(|volume| volume.statfs().map_err(|e| e.to_string()));
         match statfs {
             Ok(stat) => text.push_str(&format!(
                 "space: {} of {} blocks of {} bytes free\nfiles: {} used\n",

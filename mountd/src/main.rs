@@ -8,8 +8,9 @@
 //! kith snapshot [NAME]            record a read-only snapshot under .snapshots/NAME
 //! kith verify                     read back every file and directory of the store
 //! kith device add                 a one-time code for adding a device (from the daemon)
-//! kith device join CODE           make a new store a device of the code's user
-//! kith device list                the user's devices
+//! kith device join CODE [--full-copy]   make a new store a device of the code's user
+//!                                 (--full-copy: `keep = "full"` in config.toml)
+//! kith device list                the user's devices, their roles, who is online
 //! kith device remove WHO          revoke a device (name or fingerprint)
 //! kith witness add                a one-time code for adding a witness (from the daemon)
 //! kith witness join CODE          make a new store a witness of the code's user
@@ -163,8 +164,13 @@ enum DeviceCommand {
         /// Where this device's daemon will listen, told to the other devices.
         #[arg(long, value_name = "ADDR:PORT")]
         listen: Option<std::net::SocketAddr>,
+        /// Keep a full copy of the volume's content on this device: sets
+        /// `keep = "full"` in config.toml (the default fetches content when read).
+        #[arg(long)]
+        full_copy: bool,
     },
-    /// List the user's devices as this store knows them.
+    /// List the user's devices: role (device or witness) and, from the running
+    /// daemon, whether each is online and when it was last heard from.
     List,
     /// Remove a device for good (from the device that created the user; running daemon).
     Remove {
@@ -299,7 +305,11 @@ fn device(dirs: &Dirs, config: &Config, store: &Path, command: DeviceCommand) ->
             print!("{}", control::call(&socket, &Request::DeviceAdd)?);
             Ok(())
         }
-        DeviceCommand::Join { code, listen } => {
+        DeviceCommand::Join {
+            code,
+            listen,
+            full_copy,
+        } => {
             let socket = dirs.socket_for(&config::store_id(store));
             if control::is_alive(&socket) {
                 return Err(Error::Join(format!(
@@ -309,6 +319,15 @@ fn device(dirs: &Dirs, config: &Config, store: &Path, command: DeviceCommand) ->
             }
             let summary = join::join(store, config, &code, listen, net::pairing::JoinRole::Device)?;
             println!("kith: {summary}");
+            if full_copy {
+                let path = dirs.config_file();
+                config::set_keep(&path, config::Keep::Full)?;
+                println!(
+                    "kith: this device keeps a full copy (keep = \"full\" in {}); \
+                     `kith status` shows the fetch",
+                    path.display()
+                );
+            }
             Ok(())
         }
         DeviceCommand::Remove { who } => {
@@ -327,7 +346,16 @@ fn device(dirs: &Dirs, config: &Config, store: &Path, command: DeviceCommand) ->
                     store: store.to_owned(),
                 });
             }
-            print!("{}", membership::list_devices(store)?);
+            let socket = dirs.socket_for(&config::store_id(store));
+            if control::is_alive(&socket) {
+                print!("{}", control::call(&socket, &Request::DeviceList)?);
+            } else {
+                print!("{}", membership::list_devices(store)?);
+                println!(
+                    "(no daemon serves this store: roles and who is online show once \
+                     `kith mount` or `kith witness run` runs)"
+                );
+            }
             Ok(())
         }
     }
@@ -588,8 +616,24 @@ mod tests {
             Ok(Command::Device {
                 command: DeviceCommand::Join {
                     listen: Some(_),
+                    full_copy: false,
                     ..
                 }
+            })
+        ));
+        assert!(matches!(
+            parse(&["kith", "device", "join", "ABCDE", "--full-copy"]),
+            Ok(Command::Device {
+                command: DeviceCommand::Join {
+                    full_copy: true,
+                    ..
+                }
+            })
+        ));
+        assert!(matches!(
+            parse(&["kith", "device", "list"]),
+            Ok(Command::Device {
+                command: DeviceCommand::List
             })
         ));
         assert!(parse(&["kith", "device", "join"]).is_err());

@@ -373,7 +373,9 @@ impl Shared {
             config: replica.config,
             leader: replica.leader,
             commit_end: replica.commit_end.0,
+            log_start: replica.log_start.0,
             devices,
+            heard: replica.heard_ms_ago,
         })
     }
 }
@@ -430,6 +432,13 @@ impl Handler for WitnessHandler {
                     .recv()
                     .map_err(|_| "the witness stopped without answering".to_owned())?
             }
+            Request::DeviceList => self
+                .shared
+                .report()
+                .map(|report| {
+                    crate::status::device_list(&report.config, &report.devices, &report.heard)
+                })
+                .map_err(|e| e.to_string()),
             Request::Mountpoint => Err("a witness mounts nothing".into()),
             // Everything else is about a volume or adding devices, which a witness has
             // and does none of (new requests land here too).
