@@ -1,7 +1,9 @@
 //! Two devices and a witness: the desktop is killed and the laptop keeps committing
-//! with the witness (no op stays queued); the desktop restarts and catches up. Without
-//! a witness, the same laptop queues its ops until the desktop is back — what the
-//! witness buys. The witness's store never holds the volume key or any content block.
+//! with the witness (no op stays queued) past a checkpoint, behind which the witness
+//! truncates its own log too; the desktop restarts and catches up from a checkpoint.
+//! Without a witness, the same laptop queues its ops until the desktop is back — what
+//! the witness buys. The witness's store never holds the volume key or any content
+//! block.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -9,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use kith_tests::sync::{
-    SYNC_TIMEOUT, SyncStatus, Witness, cluster, mounts, wait_for_content, wait_for_same_trees,
-    wait_until, write_synced,
+    SYNC_TIMEOUT, SyncStatus, Witness, acceptor_log, cluster, cluster_with, mounts,
+    wait_for_content, wait_for_same_trees, wait_until, write_synced,
 };
 use kith_tests::{Kith, kill_and_wait, pattern, skip_without_fuse};
 
@@ -18,6 +20,10 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// How long ops may take to commit once a quorum is reachable.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The laptop checkpoints after this many ops (the desktop never does: a snapshot in
+/// its store came from a peer).
+const CHECKPOINT_OPS: u64 = 40;
 
 /// Renames, deletes, a directory and a chmod on `device`, each made durable.
 fn more_operations(device: &Kith, tag: &str) -> anyhow::Result<()> {
@@ -75,6 +81,16 @@ fn any_file_contains(dir: &Path, needle: &[u8]) -> anyhow::Result<bool> {
     Ok(false)
 }
 
+/// The fingerprint of the one other device (not this one, not the witness).
+fn desktop_fingerprint_in(status: &SyncStatus) -> anyhow::Result<String> {
+    status
+        .devices
+        .iter()
+        .find(|d| !d.this && d.role == "voter")
+        .map(|d| d.fingerprint.clone())
+        .context("no other device in the status")
+}
+
 fn fingerprint_of_this(status: &SyncStatus) -> Option<String> {
     status
         .devices
@@ -89,7 +105,10 @@ fn a_laptop_with_a_witness_keeps_committing_while_the_desktop_is_off() -> anyhow
         return Ok(());
     }
     let _serial = SERIAL.lock().unwrap_or_else(|poison| poison.into_inner());
-    let devices = cluster(2)?;
+    let devices = cluster_with(2, |index, device| {
+        let ops = if index == 0 { CHECKPOINT_OPS } else { 0 };
+        device.set_config(&format!("checkpoint_ops = {ops}\n"))
+    })?;
     let [laptop, desktop] = [&devices[0], &devices[1]];
     let witness = Witness::join(laptop)?;
     witness.run()?;
@@ -117,6 +136,30 @@ fn a_laptop_with_a_witness_keeps_committing_while_the_desktop_is_off() -> anyhow
         let text = witness.kith.ok(["status"]).unwrap_or_default();
         format!("the witness's status: {text}")
     })?;
+    // `kith device list` on a device and on the witness: every member's kind, role and
+    // whether it is reachable.
+    for (name, kith) in [("laptop", laptop), ("witness", &witness.kith)] {
+        let list = kith.ok(["device", "list"])?;
+        let kinds: Vec<(&str, &str)> = list
+            .lines()
+            .filter_map(|line| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                Some((*words.get(2)?, *words.get(4)?))
+            })
+            .collect();
+        ensure!(
+            kinds.len() == 3
+                && kinds.iter().filter(|(kind, _)| *kind == "device").count() == 2
+                && kinds.iter().filter(|(kind, _)| *kind == "witness").count() == 1
+                && kinds.iter().filter(|(_, state)| *state == "this").count() == 1
+                && kinds
+                    .iter()
+                    .filter(|(_, state)| *state == "online,")
+                    .count()
+                    == 2,
+            "{name}'s device list: {list}"
+        );
+    }
     // The same writes with everyone up, for comparison.
     let mut fsyncs_all_up = timed_writes(laptop, "up", 1)?;
     write_synced(&laptop.path("before"), b"all three up")?;
@@ -127,6 +170,12 @@ fn a_laptop_with_a_witness_keeps_committing_while_the_desktop_is_off() -> anyhow
     let desktop_pid = desktop.daemon_pid().context("desktop pid")?;
     ensure!(kill_and_wait(desktop_pid), "the desktop did not die");
     desktop.detach_dead_mount()?;
+    // Without a daemon, the list comes from the store and says what it cannot know.
+    let list = desktop.ok(["device", "list"])?;
+    ensure!(
+        list.contains("no daemon serves this store"),
+        "the desktop's list without its daemon: {list}"
+    );
 
     // The laptop writes small files (inline in their op) and files of several blocks,
     // renames, deletes: each fsync returns and its op commits with the witness.
@@ -144,6 +193,19 @@ fn a_laptop_with_a_witness_keeps_committing_while_the_desktop_is_off() -> anyhow
         status.leader().map(str::to_owned) == fingerprint_of_this(&status),
         "the laptop leads while the desktop is off: {status:?}"
     );
+    let desktop_fingerprint = desktop_fingerprint_in(&status)?;
+    wait_until(
+        SYNC_TIMEOUT,
+        "the laptop to list the desktop offline",
+        || {
+            let list = laptop.ok(["device", "list"])?;
+            Ok(list.lines().any(|line| {
+                line.starts_with(&desktop_fingerprint)
+                    && line.contains(" device ")
+                    && line.contains("offline, heard ")
+            }))
+        },
+    )?;
     // The trade-off: the new content is on the laptop only until the desktop is back.
     // (venti counts queued blocks outside a push: a retry in flight reads as 0.)
     wait_until(
@@ -155,6 +217,49 @@ fn a_laptop_with_a_witness_keeps_committing_while_the_desktop_is_off() -> anyhow
         witness.status()?.volume.commit_end > witness_seen,
         "the witness took part in the commits"
     );
+
+    // More, past checkpoints on the laptop: the witness truncates its log behind the
+    // laptop's checkpoint (it makes none: it cannot read the log).
+    let desktop_stopped_at = acceptor_log(desktop)?;
+    let desktop_end =
+        desktop_stopped_at.first_slot.unwrap_or(0) + desktop_stopped_at.entries as u64;
+    let witness_before = acceptor_log(&witness.kith)?;
+    let mut most_entries = witness_before.entries;
+    for n in 0..2 * CHECKPOINT_OPS {
+        write_synced(&laptop.path(format!("more-{n}")), &pattern(1_000 + n, 900))?;
+        most_entries = most_entries.max(acceptor_log(&witness.kith)?.entries);
+    }
+    let target = desktop_end + CHECKPOINT_OPS;
+    let mut witness_after = witness_before;
+    wait_until(SYNC_TIMEOUT, "the witness to truncate its log", || {
+        witness_after = acceptor_log(&witness.kith)?;
+        Ok(witness_after
+            .snapshot_through
+            .is_some_and(|through| through >= target))
+    })
+    .with_context(|| {
+        format!(
+            "the witness's log: {witness_after:?}, the laptop's: {:?}",
+            acceptor_log(laptop)
+        )
+    })?;
+    ensure!(
+        witness_after.entries < most_entries
+            && witness_after
+                .first_slot
+                .is_none_or(|first| first > desktop_end),
+        "the witness kept its log: {witness_after:?}, at most {most_entries} entries before \
+         (and {witness_before:?} before the laptop wrote on alone)"
+    );
+    let text = witness.kith.ok(["status"])?;
+    ensure!(
+        text.contains("truncated behind a device's checkpoint"),
+        "the witness's status: {text}"
+    );
+    println!(
+        "witness log: {} entries at most, {} after the laptop's checkpoint through {:?}",
+        most_entries, witness_after.entries, witness_after.snapshot_through
+    );
     println!(
         "fsync on the laptop (2 KB and 300 KB files, create + write + fsync): all up: median \
          {:?} of {}; desktop off: median {:?} of {} (the first after the kill {:?})",
@@ -165,9 +270,18 @@ fn a_laptop_with_a_witness_keeps_committing_while_the_desktop_is_off() -> anyhow
         first_after_kill,
     );
 
-    // The desktop comes back and catches up; its copy of the new blocks arrives.
+    // The desktop comes back and catches up from a checkpoint (the slots it lacks are
+    // gone from the laptop and the witness); its copy of the new blocks arrives.
     desktop.mount_listening()?;
     let tree = wait_for_same_trees(&mounts(&devices), SYNC_TIMEOUT)?;
+    let desktop_log = acceptor_log(desktop)?;
+    ensure!(
+        desktop_log
+            .snapshot_through
+            .is_some_and(|through| through >= desktop_end),
+        "the desktop did not start from a checkpoint: stopped with {desktop_stopped_at:?}, \
+         now {desktop_log:?}"
+    );
     for name in ["renamed-0", "off-1", "off-7", "off-dir/b", "before"] {
         ensure!(
             tree.contains_key(Path::new(name)),
