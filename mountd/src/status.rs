@@ -742,6 +742,9 @@ mod tests {
         );
         let volume = &report.to_json(&view)["volume"];
         assert_eq!(volume["catch_up"], Value::Null);
+        assert_eq!(volume["checkpoint_through"], 40);
+        view.progress = LogProgress::default();
+        let volume = &report.to_json(&view)["volume"];
         assert_eq!(volume["checkpoint_through"], Value::Null);
     }
 
