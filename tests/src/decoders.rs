@@ -1221,11 +1221,15 @@ fn fossil_image_seeds() -> Vec<Vec<u8>> {
     let contents = sample_contents();
     let image = fossil::checkpoint::Image {
         applied_end: 77,
-        inodes: contents
+        // Canonical: inodes in number order, the root directory first.
+        inodes: [inode(1, FileKind::Dir, fossil::op::Content::EMPTY)]
             .into_iter()
-            .enumerate()
-            .map(|(n, content)| inode(n as u64 + 1, FileKind::File, content))
-            .chain([inode(1, FileKind::Dir, fossil::op::Content::EMPTY)])
+            .chain(
+                contents
+                    .into_iter()
+                    .enumerate()
+                    .map(|(n, content)| inode(n as u64 + 2, FileKind::File, content)),
+            )
             .collect(),
         dirents: vec![
             (InodeNo(1), b"a".to_vec(), InodeNo(2)),
