@@ -498,14 +498,12 @@ async fn two_devices_and_a_witness_keep_committing_with_either_device_down() {
         .await
         .unwrap()
         .unwrap();
+    // An entry under a key epoch this node does not hold is waited for, never
+    // skipped (a device may learn the epoch later); a witness never learns one.
     let seen = witness.read_committed(Slot(0), 100).await.unwrap();
     assert!(seen.ops.is_empty());
-    assert_eq!(seen.refused.len(), acked.len());
-    assert!(
-        seen.refused
-            .iter()
-            .all(|(_, e)| matches!(e, Error::EntryUnknownKeyEpoch { .. }))
-    );
+    assert!(seen.refused.is_empty());
+    assert!(seen.next < end, "read past {:?} of {end:?}", seen.next);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
