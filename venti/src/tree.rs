@@ -1292,16 +1292,19 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// The simplest correct `BlockStore`, counting gets.
+    /// The simplest correct `BlockStore`, counting gets and puts (the editor's tests
+    /// use it too).
     #[derive(Default)]
-    struct MemoryStore {
+    pub(in crate::tree) struct MemoryStore {
         blocks: Mutex<HashMap<Address, Vec<u8>>>,
         gets: AtomicUsize,
+        puts: AtomicUsize,
     }
 
     impl BlockStore for MemoryStore {
         fn put(&self, address: &Address, sealed: &[u8], _class: Class) -> Result<()> {
             assert_eq!(Address::of(sealed), *address);
+            self.puts.fetch_add(1, Ordering::Relaxed);
             self.blocks
                 .lock()
                 .unwrap()
@@ -1325,6 +1328,10 @@ mod tests {
     }
 
     impl MemoryStore {
+        pub(in crate::tree) fn puts(&self) -> usize {
+            self.puts.load(Ordering::Relaxed)
+        }
+
         fn addresses(&self) -> HashSet<Address> {
             self.blocks.lock().unwrap().keys().copied().collect()
         }

@@ -721,47 +721,9 @@ impl<'s> OldTree<'s> {
 mod tests {
     use super::*;
     use crate::tree::TreeWriter;
+    use crate::tree::tests::MemoryStore;
     use proptest::prelude::*;
     use rand::{Rng, RngCore, SeedableRng};
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// Blocks in a map, counting puts.
-    #[derive(Default)]
-    struct CountingStore {
-        blocks: Mutex<HashMap<Address, Vec<u8>>>,
-        puts: AtomicUsize,
-    }
-
-    impl BlockStore for CountingStore {
-        fn put(&self, address: &Address, sealed: &[u8], _class: Class) -> Result<()> {
-            self.puts.fetch_add(1, Ordering::Relaxed);
-            self.blocks
-                .lock()
-                .unwrap()
-                .insert(*address, sealed.to_vec());
-            Ok(())
-        }
-
-        fn get(&self, address: &Address) -> Result<Vec<u8>> {
-            self.blocks
-                .lock()
-                .unwrap()
-                .get(address)
-                .cloned()
-                .ok_or(Error::NotFound { address: *address })
-        }
-
-        fn contains(&self, address: &Address) -> Result<bool> {
-            Ok(self.blocks.lock().unwrap().contains_key(address))
-        }
-    }
-
-    impl CountingStore {
-        fn puts(&self) -> usize {
-            self.puts.load(Ordering::Relaxed)
-        }
-    }
 
     fn keys() -> EpochKeys {
         EpochKeys::derive(&[3u8; 32], &[4u8; 16], 9)
@@ -791,7 +753,7 @@ mod tests {
         }
     }
 
-    fn write_full(store: &CountingStore, shape: Shape, data: &[u8]) -> BlockRef {
+    fn write_full(store: &MemoryStore, shape: Shape, data: &[u8]) -> BlockRef {
         let keys = keys();
         let (chunker, fanout) = shape.parts(&keys);
         let mut writer = TreeWriter::new(store, &keys, Class::Pinned)
@@ -802,7 +764,7 @@ mod tests {
     }
 
     fn edit(
-        store: &CountingStore,
+        store: &MemoryStore,
         shape: Shape,
         old: &BlockRef,
         data: &[u8],
@@ -896,13 +858,13 @@ mod tests {
     }
 
     fn check_edit(shape: Shape, kind: u8, bytes: usize, seed: u64, changes: &[Change]) {
-        let store = CountingStore::default();
+        let store = MemoryStore::default();
         let old_data = content(kind, bytes, seed);
         let old = write_full(&store, shape, &old_data);
         let mut data = old_data.clone();
         let changed = apply(&mut data, changes, seed);
         let (root, _) = edit(&store, shape, &old, &data, &changed).unwrap();
-        let full = write_full(&CountingStore::default(), shape, &data);
+        let full = write_full(&MemoryStore::default(), shape, &data);
         assert_eq!(
             root, full,
             "{shape:?}: edited root differs from the full rewrite"
@@ -969,7 +931,7 @@ mod tests {
     /// per level; a rewrite of the same bytes seals nothing.
     #[test]
     fn one_byte_edit_of_a_large_file_is_local() {
-        let store = CountingStore::default();
+        let store = MemoryStore::default();
         let mut data = content(3, 64 << 20, 1);
         let old = write_full(&store, Shape::Kith, &data);
         let keys = keys();
@@ -1016,13 +978,13 @@ mod tests {
         assert!(stats.bytes_read <= 6 * CHUNK_BYTES_MAX as u64, "{stats:?}");
         assert_eq!(
             root,
-            write_full(&CountingStore::default(), Shape::Kith, &data)
+            write_full(&MemoryStore::default(), Shape::Kith, &data)
         );
     }
 
     #[test]
     fn another_epoch_asks_for_a_rewrite() {
-        let store = CountingStore::default();
+        let store = MemoryStore::default();
         let data = content(3, 100_000, 2);
         let old = write_full(&store, Shape::Kith, &data);
         let other = EpochKeys::derive(&[3u8; 32], &[4u8; 16], 10);
@@ -1036,7 +998,7 @@ mod tests {
 
     #[test]
     fn hostile_old_trees_and_short_reads_are_errors() {
-        let store = CountingStore::default();
+        let store = MemoryStore::default();
         let keys = keys();
         let data = content(3, 3_000_000, 3);
         let good = write_full(&store, Shape::Kith, &data);
