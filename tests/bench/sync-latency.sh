@@ -39,6 +39,9 @@
 #   new4k      create s-R.bin, 4 KiB random                 -> B reads it, bytes equal
 #   big        create big-R.bin, -b MB random, 1 MiB writes -> B's copy has the sha256
 #   edit1      overwrite 1 byte in the middle of big-0.bin  -> B's copy has the new sha256
+#   (big and edit1 poll with syncthing-latency.sh's own check: stat B's copy, hash it
+#   only when (inode, size, mtime) changed; so poll_start is when B showed the change,
+#   and complete adds reading and hashing the whole file on B)
 #   rename     s-R.bin -> s-R.renamed.bin                   -> new name right AND old gone
 #   delete     unlink s-R.renamed.bin                       -> gone on B
 #   burst      mkdir burst-R, -n files of 4 KiB, each fsynced -> all on B, bytes equal
@@ -187,6 +190,36 @@ def sha(path):
         return None
 
 
+def sig(path):
+    try:
+        s = os.stat(path)
+        return (s.st_ino, s.st_size, s.st_mtime_ns)
+    except FileNotFoundError:
+        return None
+
+
+class BigCheck:
+    """syncthing-latency.sh's check for big files, verbatim in behaviour: True once path
+    has the wanted sha256; re-hashed only when (ino, size, mtime) changes or every 5 s,
+    primed with B's state before the write. Cheap polls until the change shows, so the
+    start of the poll that succeeds is when B showed the change."""
+    def __init__(self, path, size, digest):
+        self.path, self.size, self.digest = path, size, digest
+        self.last, self.hashed_at = sig(path), mono()
+
+    def __call__(self):
+        s = sig(self.path)
+        if s is None or s[1] != self.size:
+            self.last = s
+            return False
+        if s != self.last or mono() - self.hashed_at > 5.0:
+            self.last = s
+            ok = sha(self.path) == self.digest
+            self.hashed_at = mono()
+            return ok
+        return False
+
+
 def poll(check, t0):
     """(start, end): seconds from t0 to the start of the check that succeeded (what
     syncthing-latency.sh reports) and to its end (the open, the read of every byte and
@@ -235,11 +268,9 @@ for rep in range(REPS):
             if big0 is None:
                 big0 = data
             digest = hashlib.sha256(data).digest()
+            check = BigCheck(os.path.join(B, path), BIG, digest)
             t0 = write_fsync(os.path.join(A, path), data)
-            record(scen, rep, poll(lambda: os.path.exists(os.path.join(B, path))
-                                   and os.stat(os.path.join(B, path)).st_size == BIG
-                                   and sha(os.path.join(B, path)) == digest, t0),
-                   list(last_fsync))
+            record(scen, rep, poll(check, t0), list(last_fsync))
         elif scen == "edit1":
             if big0 is None:
                 log("edit1 needs big first; skipped")
@@ -247,6 +278,7 @@ for rep in range(REPS):
             middle = BIG // 2
             big0[middle] ^= 0xFF
             digest = hashlib.sha256(big0).digest()
+            check = BigCheck(os.path.join(B, "big-0.bin"), BIG, digest)
             fd = os.open(os.path.join(A, "big-0.bin"), os.O_WRONLY)
             try:
                 os.pwrite(fd, bytes(big0[middle:middle + 1]), middle)
@@ -254,7 +286,7 @@ for rep in range(REPS):
                 t0 = mono()
             finally:
                 os.close(fd)
-            record(scen, rep, poll(lambda: sha(os.path.join(B, "big-0.bin")) == digest, t0))
+            record(scen, rep, poll(check, t0))
         elif scen == "rename":
             src, dst = os.path.join(A, name), os.path.join(A, f"s-{rep}.renamed.bin")
             if not os.path.exists(src):
