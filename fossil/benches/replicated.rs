@@ -141,5 +141,73 @@ fn open_barrier(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, small_files, mkdirs, open_barrier);
+/// A device added later opens on a log of 10,000 mkdirs and replays all of it in one
+/// run: without a progress hook, and with one that stores the applied end the way the
+/// daemon's does (`VolumeOptions::apply_progress`).
+#[allow(clippy::unwrap_used)]
+fn replay_at_open(c: &mut Criterion) {
+    const DIRS: u64 = 10_000;
+    let group_log = MemGroup::new();
+    let content = Arc::new(MemContent::new());
+    let writer_dir = tempfile::tempdir().unwrap();
+    let writer = Volume::open_with(
+        writer_dir.path(),
+        VolumeOptions {
+            content: Some(Arc::new(Arc::clone(&content))),
+            agreement: Some(group_log.member(1)),
+            checkpoint_ops: 0,
+            ..VolumeOptions::default()
+        },
+    )
+    .unwrap();
+    for index in 0..DIRS {
+        let name = OsString::from(format!("dir-{index}"));
+        writer.mkdir(InodeNo::ROOT, &name, 0o755, ME).unwrap();
+    }
+    writer.sync_all().unwrap();
+    let mut group = c.benchmark_group("replicated");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    group.throughput(Throughput::Elements(DIRS));
+    for hooked in [false, true] {
+        let name = if hooked { "with_progress" } else { "no_hook" };
+        group.bench_function(format!("replay_10k_at_open_{name}"), |b| {
+            b.iter_batched(
+                || tempfile::tempdir().unwrap(),
+                |dir| {
+                    let applied = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                    let hook: Option<fossil::volume::ApplyProgressHook> = hooked.then(|| {
+                        let applied = Arc::clone(&applied);
+                        Arc::new(move |progress: fossil::volume::ApplyProgress| {
+                            applied.fetch_max(
+                                progress.applied_end,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
+                        }) as fossil::volume::ApplyProgressHook
+                    });
+                    let volume = Volume::open_with(
+                        dir.path(),
+                        VolumeOptions {
+                            device: fossil::op::DeviceId(2),
+                            content: Some(Arc::new(Arc::clone(&content))),
+                            agreement: Some(group_log.member(2)),
+                            create_if_empty: false,
+                            checkpoint_ops: 0,
+                            background: false,
+                            apply_progress: hook,
+                            ..VolumeOptions::default()
+                        },
+                    )
+                    .unwrap();
+                    (dir, volume)
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, small_files, mkdirs, open_barrier, replay_at_open);
 criterion_main!(benches);

@@ -51,8 +51,11 @@ use crate::venti_content::VentiContent;
 use crate::*;
 
 mod replicated;
-pub use replicated::{CHECKPOINT_BYTES_DEFAULT, CHECKPOINT_OPS_DEFAULT, Invalidation, SyncStatus};
-use replicated::{Checkpoints, Replica};
+pub use replicated::{
+    ApplyProgress, ApplyProgressHook, CHECKPOINT_BYTES_DEFAULT, CHECKPOINT_OPS_DEFAULT,
+    Invalidation, SyncStatus,
+};
+use replicated::{Checkpoints, ProgressHook, Replica};
 
 /// Told what other devices changed, after it is applied and the volume lock released:
 /// the daemon invalidates the kernel's caches for these inodes and names. It runs on a
@@ -118,6 +121,9 @@ pub struct VolumeOptions {
     pub checkpoint_ops: u64,
     /// Replicated: or once this many bytes of committed ops were; 0: no byte bound.
     pub checkpoint_bytes: u64,
+    /// Replicated: told how far a long run of committed ops has come while it is
+    /// applied (a replay at open; see [`ApplyProgressHook`]).
+    pub apply_progress: Option<ApplyProgressHook>,
 }
 
 impl Default for VolumeOptions {
@@ -139,6 +145,7 @@ impl Default for VolumeOptions {
             background: true,
             checkpoint_ops: CHECKPOINT_OPS_DEFAULT,
             checkpoint_bytes: CHECKPOINT_BYTES_DEFAULT,
+            apply_progress: None,
         }
     }
 }
@@ -162,6 +169,7 @@ impl std::fmt::Debug for VolumeOptions {
             .field("background", &self.background)
             .field("checkpoint_ops", &self.checkpoint_ops)
             .field("checkpoint_bytes", &self.checkpoint_bytes)
+            .field("apply_progress", &self.apply_progress.is_some())
             .finish()
     }
 }
@@ -395,7 +403,7 @@ impl Volume {
             None => default_content_store(dir)?,
         };
         let replica = options.agreement.as_ref().map(|agreement| {
-            Replica::new(
+            let mut replica = Replica::new(
                 Arc::clone(agreement),
                 options.create_if_empty,
                 Duration::from_millis(options.genesis_wait_ms),
@@ -406,7 +414,9 @@ impl Volume {
                     options.checkpoint_bytes,
                     dir.join("namespace.sqlite"),
                 ),
-            )
+            );
+            replica.apply_progress = ProgressHook(options.apply_progress.clone());
+            replica
         });
         let log: Box<dyn Log> = match (options.log, &replica) {
             (_, Some(_)) => Box::new(NoLog),

@@ -27,6 +27,11 @@
 //! pending layer lives in the main connection's open transaction), so no request
 //! waits for the scan — stores it, syncs the store and only then has the agreement
 //! truncate its log behind it (`Agreement::compact`). Each device compacts on its own.
+//!
+//! Progress: a run of committed ops is applied in one transaction (a device added
+//! later replays the whole log at open that way), and the agreement hears of the
+//! applied end only when it commits. So the run tells an [`ApplyProgressHook`] how far
+//! it has come as it goes, at a bounded rate, for `kith status` to show.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -77,6 +82,14 @@ pub const CHECKPOINT_OPS_DEFAULT: u64 = 10_000;
 pub const CHECKPOINT_BYTES_DEFAULT: u64 = 32 << 20;
 /// After a failed automatic checkpoint, the next attempt waits this long.
 const CHECKPOINT_RETRY: Duration = Duration::from_secs(30);
+/// A run being applied tells its [`ApplyProgressHook`] after this many ops at the
+/// latest...
+const PROGRESS_OPS_MAX: u64 = 256;
+/// ...or sooner, once this long passed since it last told it (slow ops: snapshots).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// The clock is read every this many ops, not for each (it would cost more than the
+/// rest of the reporting).
+const PROGRESS_CLOCK_OPS: u64 = 16;
 
 /// Something the kernel may hold in its caches that a remote change made stale.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -98,6 +111,78 @@ pub struct SyncStatus {
     pub pending: usize,
     /// Of those, ops not proposed yet (until the next commit point).
     pub unproposed: usize,
+}
+
+/// How far a run of committed ops being applied has come (see [`ApplyProgressHook`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApplyProgress {
+    /// Every committed slot below it is applied in the run's transaction. That is
+    /// committed to the database only when the run ends: a run that fails is rolled
+    /// back, and what it told is not applied after all.
+    pub applied_end: u64,
+    /// Where the run stops: the commit end (as far as it is taken) when it began.
+    pub end: u64,
+}
+
+/// Told how far a long run of committed ops has come while it is applied: at open
+/// (a device that was away, or added later, replays the log) and in a catch-up.
+/// Every [`PROGRESS_OPS_MAX`] ops, or sooner once [`PROGRESS_INTERVAL`] passed, and
+/// once more when a run ends. It runs on the applying thread, inside `open` or under
+/// the volume lock: it must be quick (store a number) and must not call the volume.
+pub type ApplyProgressHook = Arc<dyn Fn(ApplyProgress) + Send + Sync>;
+
+/// Tells an [`ApplyProgressHook`] (if any) how a run goes, at a bounded rate.
+struct ProgressReporter<'a> {
+    hook: Option<&'a ApplyProgressHook>,
+    end: Slot,
+    /// Ops applied since the hook was last told, and since the clock was last read.
+    ops_since_told: u64,
+    ops_since_clock: u64,
+    told_at: Instant,
+}
+
+impl<'a> ProgressReporter<'a> {
+    fn new(hook: Option<&'a ApplyProgressHook>, end: Slot) -> ProgressReporter<'a> {
+        ProgressReporter {
+            hook,
+            end,
+            ops_since_told: 0,
+            ops_since_clock: 0,
+            told_at: Instant::now(),
+        }
+    }
+
+    /// One more op applied; every slot below `applied_end` is.
+    fn applied(&mut self, applied_end: Slot) {
+        if self.hook.is_none() {
+            return;
+        }
+        self.ops_since_told += 1;
+        self.ops_since_clock += 1;
+        let due = if self.ops_since_told >= PROGRESS_OPS_MAX {
+            true
+        } else if self.ops_since_clock >= PROGRESS_CLOCK_OPS {
+            self.ops_since_clock = 0;
+            self.told_at.elapsed() >= PROGRESS_INTERVAL
+        } else {
+            false
+        };
+        if due {
+            self.tell(applied_end);
+        }
+    }
+
+    fn tell(&mut self, applied_end: Slot) {
+        if let Some(hook) = self.hook {
+            hook(ApplyProgress {
+                applied_end,
+                end: self.end,
+            });
+            self.ops_since_told = 0;
+            self.ops_since_clock = 0;
+            self.told_at = Instant::now();
+        }
+    }
 }
 
 /// When a replicated volume checkpoints on its own, and where it is with it.
@@ -227,6 +312,20 @@ pub(super) struct Replica {
     pub(super) proposing: Arc<Mutex<()>>,
     ahead: CommittedAhead,
     pub(super) checkpoints: Arc<Checkpoints>,
+    /// Told how a long run goes while it is applied.
+    pub(super) apply_progress: ProgressHook,
+}
+
+/// An optional [`ApplyProgressHook`]; `Debug` says only whether there is one.
+#[derive(Clone, Default)]
+pub(super) struct ProgressHook(pub(super) Option<ApplyProgressHook>);
+
+impl std::fmt::Debug for ProgressHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ProgressHook")
+            .field(&self.0.is_some())
+            .finish()
+    }
 }
 
 /// Committed ops the applier read from the agreement without the volume lock, for the
@@ -365,6 +464,7 @@ impl Replica {
             proposing: Arc::new(Mutex::new(())),
             ahead: CommittedAhead::default(),
             checkpoints: Arc::new(checkpoints),
+            apply_progress: ProgressHook::default(),
         }
     }
 
@@ -592,6 +692,8 @@ impl State {
         let replica = self.replica()?;
         let counted_end = replica.verified_end;
         let checkpoints = Arc::clone(&replica.checkpoints);
+        let progress_hook = replica.apply_progress.clone();
+        let mut progress = ProgressReporter::new(progress_hook.0.as_ref(), end);
         replica.committed_prefix = 0;
         replica.verified_end = next;
         replica.deferred_since = None;
@@ -640,6 +742,7 @@ impl State {
                         tracing::warn!(slot, %error, "log: undecodable entry applied as a no-op")
                     }
                 }
+                progress.applied(slot.saturating_add(1));
             }
             if run.next <= next {
                 break;
@@ -652,6 +755,7 @@ impl State {
             return Err(error);
         }
         self.replica()?.set_applied_end(next);
+        progress.tell(next);
         let mut changed = remote;
         for (op, outcome) in own_committed {
             let replica = self.replica()?;
@@ -1446,6 +1550,16 @@ mod tests {
         }
 
         fn open(&self, device: u32, checkpoint_ops: u64) -> Volume {
+            self.open_telling(device, checkpoint_ops, None)
+        }
+
+        /// [`Devices::open`] with an apply progress hook.
+        fn open_telling(
+            &self,
+            device: u32,
+            checkpoint_ops: u64,
+            apply_progress: Option<ApplyProgressHook>,
+        ) -> Volume {
             let content: Arc<dyn ContentStore> = Arc::new(Arc::clone(&self.content));
             let agreement: Arc<dyn Agreement> = self.group.member(device);
             let options = VolumeOptions {
@@ -1456,6 +1570,7 @@ mod tests {
                 commit_wait_ms: 50,
                 commit_interval_ms: 10,
                 checkpoint_ops,
+                apply_progress,
                 ..VolumeOptions::default()
             };
             Volume::open_with(self.dirs[device as usize - 1].path(), options).unwrap()
@@ -1545,6 +1660,44 @@ mod tests {
         expected.push("from-b".to_owned());
         expected.sort();
         wait_for("a to see b's directory", || names(&a) == expected);
+    }
+
+    #[test]
+    fn a_replay_at_open_tells_its_progress_as_it_goes() {
+        const DIRS: usize = 2_000;
+        let devices = Devices::new(2);
+        let a = devices.open(1, 0);
+        a.grant(DeviceId(2), Rights::Write).unwrap();
+        mkdirs(&a, numbered("dir", DIRS));
+        let end = a.sync_status().commit_end;
+        assert!(end > DIRS as u64, "commit end {end}");
+        // Device 2 opens with nothing applied: it replays the whole log in one run.
+        let told: Arc<Mutex<Vec<ApplyProgress>>> = Arc::default();
+        let hook: ApplyProgressHook = {
+            let told = Arc::clone(&told);
+            Arc::new(move |progress| told.lock().push(progress))
+        };
+        let b = devices.open_telling(2, 0, Some(hook));
+        assert_eq!(b.sync_status().applied_end, end);
+        let told = told.lock().clone();
+        let ends: Vec<u64> = told.iter().map(|progress| progress.applied_end).collect();
+        assert!(
+            ends.iter().any(|&applied| 0 < applied && applied < end),
+            "no value between 0 and {end}: {ends:?}"
+        );
+        assert!(
+            ends.windows(2).all(|pair| pair[0] <= pair[1]),
+            "progress went back: {ends:?}"
+        );
+        assert_eq!(ends.last(), Some(&end), "the run's end is told last");
+        assert!(told.iter().all(|progress| progress.end == end), "{told:?}");
+        // Bounded: at most one report per PROGRESS_OPS_MAX ops, or per clock look.
+        assert!(
+            told.len() as u64 <= end / PROGRESS_CLOCK_OPS + 1,
+            "{} reports for {end} slots",
+            told.len()
+        );
+        assert_eq!(names(&b), numbered("dir", DIRS));
     }
 
     #[test]
