@@ -46,6 +46,9 @@
 //! together, so a remote-backed store fetches them in one batch), and
 //! walks a tree's addresses for GC without opening leaves. Pointer blocks are hostile
 //! input like everything else: fan-out, depth, levels, epochs and lengths are checked.
+//! [`TreeReader::next_data`] and [`TreeReader::next_hole`] find the leaves that are all
+//! zeros (`SEEK_DATA`/`SEEK_HOLE`) from pointer blocks alone: a zero leaf's key is
+//! known per epoch and length ([`Holes`], see `holes`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -62,7 +65,9 @@ use crate::{
 };
 
 mod edit;
+mod holes;
 pub use edit::{EditOutcome, EditStats, TreeEditor};
+pub use holes::{Holes, POINTER_CACHE_BYTES_MAX, SEEK_POINTERS_MAX, TAIL_KEYS_MAX};
 
 /// A pointer block ends at a child whose key's low bits are zero with this odds.
 pub const FANOUT_BOUNDARY_ONE_IN: u32 = 128;
@@ -815,11 +820,23 @@ impl<'s> TreeReader<'s> {
         level: Option<u8>,
         content: &[u8],
     ) -> Result<Pointer> {
+        let pointer = decode_pointer(node_ref.address, self.keys.epoch(), content)?;
+        self.check_children(node_ref, level, &pointer)?;
+        Ok(pointer)
+    }
+
+    /// Check a decoded pointer block against what its parent said: its level, and
+    /// its children's lengths adding up to the length of `node_ref`.
+    fn check_children(
+        &self,
+        node_ref: &BlockRef,
+        level: Option<u8>,
+        pointer: &Pointer,
+    ) -> Result<()> {
         let fault = |fault: BlockFault| Error::Block {
             address: node_ref.address,
             fault,
         };
-        let pointer = decode_pointer(node_ref.address, self.keys.epoch(), content)?;
         if let Some(expected) = level
             && pointer.level != expected
         {
@@ -838,7 +855,7 @@ impl<'s> TreeReader<'s> {
                 sum: sum.unwrap_or(u64::MAX),
             }));
         }
-        Ok(pointer)
+        Ok(())
     }
 }
 
@@ -1340,7 +1357,7 @@ mod tests {
             self.blocks.lock().unwrap().values().map(Vec::len).sum()
         }
 
-        fn gets(&self) -> usize {
+        pub(in crate::tree) fn gets(&self) -> usize {
             self.gets.load(Ordering::Relaxed)
         }
     }
