@@ -8,6 +8,11 @@
 //!
 //! [`Overlay`] is the write buffer of one file: the dirty pieces (data or zeros) over
 //! the committed content, and the size.
+//!
+//! [`seek_content`] answers `SEEK_DATA`/`SEEK_HOLE` for committed content: the bytes
+//! past the content's end (a file grown by truncate) are a hole; inside a tree, the
+//! store finds holes at leaf granularity without reading leaves
+//! ([`ContentStore::seek`]); inline content is one region, a hole only if all zeros.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,7 +21,7 @@ use parking_lot::Mutex;
 use venti::{Address, BlockRef};
 
 use crate::op::Content;
-use crate::{Error, Result};
+use crate::{Error, Result, SeekTo};
 
 /// What a volume needs from the block store.
 pub trait ContentStore: Send + Sync + std::fmt::Debug {
@@ -46,6 +51,16 @@ pub trait ContentStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<BlockRef>> {
         let _ = (base, new_len, changed, read_new);
         Ok(None)
+    }
+    /// The first offset at or after `offset` (below `root.length`) in the content
+    /// under `root` that is data ([`SeekTo::Data`]) or in a hole ([`SeekTo::Hole`]),
+    /// `None` if there is none. A store may call zeros data, never data a hole; one
+    /// that knows no holes answers that everything is data (this default).
+    fn seek(&self, root: &BlockRef, offset: u64, to: SeekTo) -> Result<Option<u64>> {
+        Ok(match to {
+            SeekTo::Data => (offset < root.length).then_some(offset),
+            SeekTo::Hole => None,
+        })
     }
     /// Store a metadata blob (a checkpoint image).
     fn write_meta(&self, bytes: &[u8]) -> Result<BlockRef>;
@@ -143,6 +158,47 @@ pub fn read_content(
             Ok(out)
         }
     }
+}
+
+/// `lseek(SEEK_DATA / SEEK_HOLE)` in committed `content` of a file of `size` bytes,
+/// from `offset < size`: the first offset at or after it that is data, or in a hole;
+/// `None` when no data follows (`ENXIO`). A hole search always finds one: the end of
+/// the file is the hole every file has. Bytes from the content's end to `size` read as
+/// zeros and are a hole; older `Content::Slices` values are reported as data.
+pub fn seek_content(
+    store: &dyn ContentStore,
+    content: &Content,
+    size: u64,
+    offset: u64,
+    to: SeekTo,
+) -> Result<Option<u64>> {
+    let content_len = content.len().min(size);
+    if offset >= content_len {
+        return Ok(match to {
+            SeekTo::Data => None,
+            SeekTo::Hole => (offset < size).then_some(offset),
+        });
+    }
+    let found = match content {
+        Content::Inline(bytes) if bytes.iter().all(|byte| *byte == 0) => match to {
+            SeekTo::Data => None,
+            SeekTo::Hole => Some(offset),
+        },
+        Content::Inline(_) | Content::Slices(_) => match to {
+            SeekTo::Data => Some(offset),
+            SeekTo::Hole => None,
+        },
+        Content::Tree(root) => match (to, store.seek(root, offset, to)?) {
+            // Never before the offset asked about: an answer that is would be a fault
+            // of the store, and "data here" is true whatever the content.
+            (SeekTo::Data, Some(found)) if found < offset => Some(offset),
+            (_, found) => found.filter(|found| *found >= offset && *found < content_len),
+        },
+    };
+    Ok(match to {
+        SeekTo::Data => found,
+        SeekTo::Hole => Some(found.unwrap_or(content_len)),
+    })
 }
 
 /// Whole contents in memory, addressed by their hash. For tests (and nothing else:
@@ -486,6 +542,58 @@ mod tests {
             prop_assert_eq!(&part[..], &model[start..end]);
             prop_assert!(model[overlay.content_len() as usize..].iter().all(|&b| b == 0));
         }
+    }
+
+    #[test]
+    fn seek_in_inline_content_and_past_the_content() {
+        let store = Arc::new(MemContent::new());
+        let data = Content::Inline(b"data".to_vec());
+        let zeros = Content::Inline(vec![0; 10]);
+        // Content of 4 bytes in a file grown to 100: the rest is a hole.
+        assert_eq!(
+            seek_content(&store, &data, 100, 1, SeekTo::Data).unwrap(),
+            Some(1)
+        );
+        assert_eq!(
+            seek_content(&store, &data, 100, 1, SeekTo::Hole).unwrap(),
+            Some(4)
+        );
+        assert_eq!(
+            seek_content(&store, &data, 100, 4, SeekTo::Data).unwrap(),
+            None
+        );
+        assert_eq!(
+            seek_content(&store, &data, 100, 50, SeekTo::Hole).unwrap(),
+            Some(50)
+        );
+        assert_eq!(
+            seek_content(&store, &data, 4, 3, SeekTo::Hole).unwrap(),
+            Some(4)
+        );
+        // All-zero inline content is a hole.
+        assert_eq!(
+            seek_content(&store, &zeros, 10, 0, SeekTo::Data).unwrap(),
+            None
+        );
+        assert_eq!(
+            seek_content(&store, &zeros, 10, 3, SeekTo::Hole).unwrap(),
+            Some(3)
+        );
+        // A store that knows no holes: a tree is all data.
+        let root = store.write_all(&[0u8; 1000]).unwrap();
+        let tree = Content::Tree(root);
+        assert_eq!(
+            seek_content(&store, &tree, 2000, 7, SeekTo::Data).unwrap(),
+            Some(7)
+        );
+        assert_eq!(
+            seek_content(&store, &tree, 2000, 7, SeekTo::Hole).unwrap(),
+            Some(1000)
+        );
+        assert_eq!(
+            seek_content(&store, &tree, 2000, 1500, SeekTo::Data).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -17,6 +17,13 @@
 //! whole under the newest, so no tree ever mixes epochs; content left alone keeps its
 //! old-epoch tree and stays readable. A running volume learns a new epoch through
 //! [`VentiContent::add_epoch`] (clones share the key set).
+//!
+//! # Holes
+//!
+//! `seek` finds all-zero leaves from pointer blocks alone (venti's
+//! [`venti::tree::Holes`]: a zero leaf's key is known per epoch and length). One
+//! `Holes` per epoch is kept, with the pointer blocks recent seeks decoded, so the two
+//! seeks per extent of a sparse copy cost no store reads.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
@@ -30,12 +37,12 @@ use parking_lot::{Mutex, RwLock};
 use venti::chunk::CHUNK_BYTES_MIN;
 use venti::keys::{EPOCH_SECRET_LEN, EpochKeys, VOLUME_ID_LEN};
 use venti::seal::Sealer;
-use venti::tree::{TreeReader, TreeWriter};
+use venti::tree::{Holes, TreeReader, TreeWriter};
 use venti::{BlockRef, BlockStore, Class, Kind, Store, StoreOptions};
 use zeroize::Zeroizing;
 
 use crate::content::{Collected, ContentStore, ContentWriter};
-use crate::{Error, Result};
+use crate::{Error, Result, SeekTo};
 
 /// `write_all` of less than this seals on the calling thread.
 const SEAL_INLINE_BYTES_MAX: usize = 512 << 10;
@@ -347,6 +354,8 @@ pub struct VentiContent {
     /// Sealers (each holds a zstd context) for content of one chunk: a small file's
     /// write should not pay for setting up a tree writer.
     sealers: Arc<Mutex<Vec<Sealer>>>,
+    /// What a hole looks like in each epoch's trees, made on the first seek in one.
+    holes: Arc<Mutex<BTreeMap<u32, Arc<Holes>>>>,
 }
 
 impl VentiContent {
@@ -358,6 +367,7 @@ impl VentiContent {
                 by_epoch: [(keys.epoch(), Arc::new(keys))].into(),
             })),
             sealers: Arc::new(Mutex::new(Vec::new())),
+            holes: Arc::default(),
         }
     }
 
@@ -376,6 +386,7 @@ impl VentiContent {
             store,
             keys: Arc::new(RwLock::new(KeySet { by_epoch })),
             sealers: Arc::new(Mutex::new(Vec::new())),
+            holes: Arc::default(),
         }
     }
 
@@ -402,6 +413,16 @@ impl VentiContent {
     /// The keys of `epoch`, if held.
     pub fn epoch_keys(&self, epoch: u32) -> Result<Arc<EpochKeys>> {
         self.keys.read().of(epoch)
+    }
+
+    /// The holes of `keys`' epoch (made once per epoch: it hashes a zero leaf).
+    fn holes(&self, keys: &EpochKeys) -> Arc<Holes> {
+        Arc::clone(
+            self.holes
+                .lock()
+                .entry(keys.epoch())
+                .or_insert_with(|| Arc::new(Holes::new(keys, Kind::Data))),
+        )
     }
 
     /// Content that the chunker leaves in one piece is a tree of one leaf: seal and put
@@ -510,6 +531,16 @@ impl ContentStore for VentiContent {
         Ok(TreeReader::new(self.store.as_ref(), &keys).read_range(root, offset, len as u64)?)
     }
 
+    fn seek(&self, root: &BlockRef, offset: u64, to: SeekTo) -> Result<Option<u64>> {
+        let keys = self.epoch_keys(root.epoch)?;
+        let holes = self.holes(&keys);
+        let reader = TreeReader::new(self.store.as_ref(), &keys);
+        Ok(match to {
+            SeekTo::Data => reader.next_data(root, offset, &holes)?,
+            SeekTo::Hole => reader.next_hole(root, offset, &holes)?,
+        })
+    }
+
     fn edit(
         &self,
         base: &BlockRef,
@@ -599,6 +630,7 @@ impl ContentWriter for VentiWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use venti::chunk::CHUNK_BYTES_MAX;
 
     fn content(dir: &Path) -> VentiContent {
         VentiContent::open_dir(dir).unwrap()
@@ -637,6 +669,37 @@ mod tests {
             store.read(&meta, 0, 5).is_err(),
             "a meta tree is not file content"
         );
+    }
+
+    #[test]
+    fn seek_finds_zero_leaves_in_every_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = content(dir.path());
+        let mib = 1u64 << 20;
+        let mut bytes: Vec<u8> = (0..mib as u32)
+            .map(|index| (index.wrapping_mul(2_654_435_761) >> 24) as u8 | 1)
+            .collect();
+        bytes.resize(4 << 20, 0);
+        bytes.extend_from_slice(&[7u8; 100_000]);
+        let leaf = CHUNK_BYTES_MAX as u64;
+        let check = |root: &BlockRef| {
+            let hole = store.seek(root, 0, SeekTo::Hole).unwrap().unwrap();
+            assert!(hole >= mib && hole <= mib + leaf, "hole at {hole}");
+            let data = store.seek(root, hole, SeekTo::Data).unwrap().unwrap();
+            assert!(data <= 4 * mib && data + leaf > 4 * mib, "data at {data}");
+            assert_eq!(store.seek(root, data, SeekTo::Hole).unwrap(), None);
+            assert_eq!(store.seek(root, 10, SeekTo::Data).unwrap(), Some(10));
+        };
+        let old = store.write_all(&bytes).unwrap();
+        check(&old);
+        let secrets = EpochSecrets::read(&dir.path().join(VOLUME_KEY_FILE))
+            .unwrap()
+            .unwrap();
+        store.add_epoch(EpochKeys::derive(&[4; 32], &secrets.volume_id(), 1));
+        let new = store.write_all(&bytes).unwrap();
+        assert_eq!((old.epoch, new.epoch), (0, 1));
+        check(&new);
+        check(&old);
     }
 
     #[test]

@@ -40,7 +40,7 @@ use venti::BlockRef;
 use crate::agreement::Agreement;
 use crate::apply::{Outcome, apply};
 use crate::checkpoint::Image;
-use crate::content::{Collected, ContentStore, ContentWriter, Overlay, read_content};
+use crate::content::{Collected, ContentStore, ContentWriter, Overlay, read_content, seek_content};
 use crate::log::{FileLog, Log};
 use crate::namespace::{Inode, Namespace};
 use crate::op::{
@@ -1271,21 +1271,59 @@ impl Volume {
         state.flush_file(ino)
     }
 
+    /// `SEEK_DATA` / `SEEK_HOLE`. Holes are the all-zero leaves of a file's tree, found
+    /// from its pointer blocks without reading a leaf, and the bytes past its stored
+    /// content ([`seek_content`]). A file with buffered writes is flushed first (the
+    /// buffer becomes its write op, as at `close`), so the answer is about stored
+    /// content. No data at or after `offset`, or `offset` at or past the end:
+    /// [`Error::SeekPastEnd`] (ENXIO). A damaged pointer block fails this seek only,
+    /// logged with the file.
     pub fn lseek(&self, ino: InodeNo, offset: u64, to: SeekTo) -> Result<u64> {
-        let mut state = self.shared.state.lock();
-        let size = if is_view(ino) {
-            state.view_inode(ino)?.size
-        } else {
-            state.getattr(ino)?.size
+        let inode = {
+            let mut state = self.shared.state.lock();
+            if is_view(ino) {
+                state.view_inode(ino)?
+            } else {
+                if state
+                    .files
+                    .get(&ino)
+                    .is_some_and(|file| file.dirty.is_some())
+                {
+                    state.flush_file(ino)?;
+                }
+                state.inode(ino)?
+            }
         };
+        let size = inode.size;
         if offset >= size {
             return Err(Error::SeekPastEnd);
         }
-        // Every byte is data: the only hole is the one past the end.
-        Ok(match to {
-            SeekTo::Data => offset,
-            SeekTo::Hole => size,
-        })
+        if inode.kind != FileKind::File {
+            return Ok(match to {
+                SeekTo::Data => offset,
+                SeekTo::Hole => size,
+            });
+        }
+        // Committed content is immutable: search it without holding the volume lock.
+        let found = seek_content(
+            self.shared.content.as_ref(),
+            &inode.content,
+            size,
+            offset,
+            to,
+        )
+        .inspect_err(|error| {
+            let path = self.path_of(ino);
+            tracing::error!(
+                ?ino,
+                path = %path.display(),
+                offset,
+                ?to,
+                %error,
+                "lseek failed: damaged or missing content"
+            );
+        })?;
+        found.ok_or(Error::SeekPastEnd)
     }
 
     pub fn copy_file_range(
