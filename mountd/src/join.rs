@@ -11,8 +11,16 @@
 //!    never handed out twice) and answers with a [`JoinAnswer`]: the chain, the
 //!    volume's configuration, node table and addresses, and the epoch secret sealed to
 //!    the joiner's X25519 key. The [`JoinOutcome`] tells the daemon what is left:
-//!    propose `AddVoter(node)`, grant the device write access in fossil, and tell the
+//!    propose `AddLearner(node)`, grant the device write access in fossil, and tell the
 //!    other devices ([`crate::membership::Membership::announcement`]).
+//!
+//! Learners first: a joined device starts as a *learner* (it pulls the log, proposes,
+//! reads; it does not vote) and becomes a voter only once it has caught up, which the
+//! root-key daemon's reconcile step sees and finishes (`crate::sync`). Adding it as a
+//! voter at once would make every quorum need a device whose daemon may not run for a
+//! long time (`kith device join` writes the store; `kith mount` may come much later):
+//! on a one-device volume every write would stall until then (Raft's and etcd's
+//! learners exist for the same reason).
 //!
 //! Witnesses (`kith witness add` / `kith witness join CODE`): the code is issued for
 //! [`JoinRole::Witness`] and the role is kept with it on the inviter, so the answer to
@@ -75,7 +83,7 @@ pub struct Inviter {
 pub struct JoinOutcome {
     /// The new device.
     pub device: DeviceId,
-    /// Its node id: propose `MembershipChange::AddVoter(node)` and grant
+    /// Its node id: propose [`JoinOutcome::membership_change`] and grant
     /// `fossil::DeviceId(node)` write access.
     pub node: NodeId,
     /// Its name in the user chain.
@@ -87,10 +95,13 @@ pub struct JoinOutcome {
 }
 
 impl JoinOutcome {
-    /// The change that makes the new device take part in the volume's group.
+    /// The change that makes the new device take part in the volume's group: a device
+    /// is a learner until it has caught up (then promoted to voter, see the module
+    /// comment); a witness votes at once (it holds sealed entries only and catches up
+    /// in the background as every acceptor does).
     pub fn membership_change(&self) -> net::replica::MembershipChange {
         match self.role {
-            JoinRole::Device => net::replica::MembershipChange::AddVoter(self.node),
+            JoinRole::Device => net::replica::MembershipChange::AddLearner(self.node),
             JoinRole::Witness => net::replica::MembershipChange::AddWitness(self.node),
         }
     }
@@ -813,6 +824,12 @@ mod tests {
         assert_eq!(outcome.node, NodeId(2));
         assert_eq!(outcome.device, summary.device);
         assert_eq!(outcome.addresses, vec![listen]);
+        // A device joins as a learner (promoted once it has caught up), with write access.
+        assert_eq!(
+            outcome.membership_change(),
+            net::replica::MembershipChange::AddLearner(NodeId(2))
+        );
+        assert!(outcome.grants_write());
 
         // The joiner's store is complete and agrees with the inviter's.
         let b = Membership::load(&store_b)?;

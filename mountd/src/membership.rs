@@ -17,6 +17,10 @@
 //!                    check = BLAKE3-derive_key(MEMBERSHIP_CHECK_CONTEXT, everything before)
 //! ```
 //!
+//! On the device holding the user root key, `store/removals-owed` lists the removals
+//! `kith device remove` started whose key rotation has not committed yet
+//! ([`read_removals_owed`]); it is absent when there are none.
+//!
 //! The membership file is written last: a store that has it is complete. The first run
 //! creates a user, this device (node 1) and the home volume (genesis = {1}); a device
 //! that joins gets all three from its inviter ([`crate::join`]).
@@ -56,6 +60,14 @@ pub const KEYRING_FILE: &str = "keyring";
 pub const MEMBERSHIP_FILE: &str = "membership";
 /// fossil's volume key file in the store.
 pub const VOLUME_KEY_FILE: &str = "volume.key";
+/// Removals the root-key daemon has started and not finished (see
+/// [`read_removals_owed`]); absent when there are none.
+pub const REMOVALS_OWED_FILE: &str = "removals-owed";
+const REMOVALS_OWED_MAGIC: &[u8; 8] = b"KITHROWE";
+const REMOVALS_OWED_VERSION: u8 = 1;
+const REMOVALS_OWED_CHECK_CONTEXT: &str = "kith 2026-01-01 removals owed file v1";
+/// Most removals one file records (each is one node id).
+const REMOVALS_OWED_MAX: usize = 4096;
 /// The network's views of the membership that [`Membership::publish`] keeps in step.
 pub(crate) struct NetworkViews<'a> {
     pub trust: &'a TrustSet,
@@ -488,9 +500,9 @@ impl Membership {
 
     /// `kith device remove WHO`: revokes the live device named `who` (its name in the
     /// chain, or its fingerprint with or without dashes) with a signed link, and saves.
-    /// Only the device holding the user root key can, and not on itself. The daemon then
-    /// proposes `Remove(node)`, publishes (closing the device's connections) and
-    /// announces the chain. The volume's epoch secret is not rotated (not done yet).
+    /// Only the device holding the user root key can, and not on itself. The daemon
+    /// proposes `Remove(node)` and a key rotation before it calls this, then publishes
+    /// (closing the device's connections) and announces the chain (`crate::sync`).
     pub fn revoke(&mut self, store: &Path, who: &str) -> Result<Revoked> {
         let revoked = self.revocable(store, who)?;
         let Some(root) = self.keyring.user_root.as_ref() else {
@@ -877,6 +889,107 @@ pub(crate) fn read_volume_key(store: &Path) -> Result<EpochSecrets> {
         Ok(None) => Err(membership_error(store, "volume.key is missing")),
         Err(error) => Err(volume_key_error(store, &error)),
     }
+}
+
+/// The nodes whose removal `kith device remove` started on this store and whose key
+/// rotation has not committed yet (the root-key daemon proposes it at start and on
+/// its reconcile step; `crate::sync`). No file: none.
+///
+/// ```text
+/// removals-owed = "KITHROWE" ‖ ver u8 (=1) ‖ n u16 ‖ node u64*n ‖ check[32]
+///                 nodes strictly increasing, n ≤ 4096
+/// check         = BLAKE3-derive_key("kith 2026-01-01 removals owed file v1", everything before)
+/// ```
+///
+/// A damaged file is an error: the caller must not take it as "nothing owed".
+pub(crate) fn read_removals_owed(store: &Path) -> Result<std::collections::BTreeSet<NodeId>> {
+    let path = store.join(REMOVALS_OWED_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(std::collections::BTreeSet::new());
+        }
+        Err(source) => {
+            return Err(Error::Path {
+                what: "read",
+                path,
+                source,
+            });
+        }
+    };
+    let corrupt = |what: &str| membership_error(store, &format!("{REMOVALS_OWED_FILE} {what}"));
+    let Some(body_len) = bytes.len().checked_sub(32) else {
+        return Err(corrupt("is truncated"));
+    };
+    let (body, check) = bytes.split_at(body_len);
+    if check != blake3::derive_key(REMOVALS_OWED_CHECK_CONTEXT, body).as_slice() {
+        return Err(corrupt("fails its checksum"));
+    }
+    let mut input = body;
+    if take(&mut input, 8) != Some(REMOVALS_OWED_MAGIC.as_slice())
+        || take(&mut input, 1) != Some([REMOVALS_OWED_VERSION].as_slice())
+    {
+        return Err(corrupt("has an unknown header"));
+    }
+    let count = take(&mut input, 2)
+        .and_then(|b| <[u8; 2]>::try_from(b).ok())
+        .map(u16::from_le_bytes)
+        .ok_or_else(|| corrupt("is truncated"))?;
+    let count = usize::from(count);
+    if count > REMOVALS_OWED_MAX || input.len() != count * 8 {
+        return Err(corrupt("has the wrong length"));
+    }
+    let mut nodes = std::collections::BTreeSet::new();
+    let mut previous: Option<u64> = None;
+    for chunk in input.chunks_exact(8) {
+        let node = <[u8; 8]>::try_from(chunk)
+            .map(u64::from_le_bytes)
+            .map_err(|_| corrupt("is truncated"))?;
+        if previous.is_some_and(|p| p >= node) {
+            return Err(corrupt("lists nodes out of order"));
+        }
+        previous = Some(node);
+        nodes.insert(NodeId(node));
+    }
+    Ok(nodes)
+}
+
+/// Records `nodes` as the removals owed (atomically), or removes the file when there
+/// are none.
+pub(crate) fn write_removals_owed(
+    store: &Path,
+    nodes: &std::collections::BTreeSet<NodeId>,
+) -> Result<()> {
+    let path = store.join(REMOVALS_OWED_FILE);
+    if nodes.is_empty() {
+        let io_error = |source| Error::Path {
+            what: "remove",
+            path: path.clone(),
+            source,
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(io_error(error)),
+        }
+        return std::fs::File::open(store)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_error);
+    }
+    let count = u16::try_from(nodes.len())
+        .ok()
+        .filter(|n| usize::from(*n) <= REMOVALS_OWED_MAX)
+        .ok_or_else(|| membership_error(store, "too many removals owed"))?;
+    let mut body = Vec::with_capacity(11 + nodes.len() * 8 + 32);
+    body.extend_from_slice(REMOVALS_OWED_MAGIC);
+    body.push(REMOVALS_OWED_VERSION);
+    body.extend_from_slice(&count.to_le_bytes());
+    for node in nodes {
+        body.extend_from_slice(&node.0.to_le_bytes());
+    }
+    let check = blake3::derive_key(REMOVALS_OWED_CHECK_CONTEXT, &body);
+    body.extend_from_slice(&check);
+    write_atomically(&path, &body)
 }
 
 /// Writes `volume.key` atomically (mode 0600).
@@ -1463,6 +1576,34 @@ mod tests {
         if std::env::var_os(PASSPHRASE_ENV).is_none() {
             assert!(daemon_environment(&store, &Config::default())?.is_empty());
         }
+        Ok(())
+    }
+
+    #[test]
+    fn removals_owed_round_trip_and_a_damaged_record_is_an_error() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let store = root.path();
+        assert!(read_removals_owed(store)?.is_empty(), "no file: nothing owed");
+        let owed: std::collections::BTreeSet<NodeId> = [NodeId(3), NodeId(7)].into();
+        write_removals_owed(store, &owed)?;
+        assert_eq!(read_removals_owed(store)?, owed);
+        let path = store.join(REMOVALS_OWED_FILE);
+        let good = std::fs::read(&path)?;
+        for at in 0..good.len() {
+            let mut flipped = good.clone();
+            flipped[at] ^= 0x10;
+            std::fs::write(&path, &flipped)?;
+            assert!(read_removals_owed(store).is_err(), "byte {at} flipped");
+        }
+        std::fs::write(&path, &good[..good.len() - 1])?;
+        assert!(read_removals_owed(store).is_err());
+        std::fs::write(&path, &good[..5])?;
+        assert!(read_removals_owed(store).is_err());
+        // Nothing owed any more: the file goes.
+        write_removals_owed(store, &owed)?;
+        write_removals_owed(store, &std::collections::BTreeSet::new())?;
+        assert!(!path.exists());
+        write_removals_owed(store, &std::collections::BTreeSet::new())?;
         Ok(())
     }
 

@@ -18,13 +18,33 @@
 //!   volume's devices push here, pinned. A background thread retries pushes that
 //!   could not be placed.
 //!
+//! Membership reconcile (the daemon holding the user root key, every
+//! [`RECONCILE_INTERVAL`] from its start): work that a join or a removal leaves owed is
+//! finished from state that survives restarts, never from memory —
+//! - *promotions*: a device joins as a learner ([`crate::join`]); every learner that is
+//!   a live device of the user's chain and has caught up as this leader sees it (heard
+//!   within [`PROMOTE_HEARD_WITHIN_MS`], its reported commit index within
+//!   [`PROMOTE_WITHIN_SLOTS`] of the commit end: [`learners_to_promote`]) is proposed
+//!   as a voter, one configuration change at a time. Derived from the configuration in
+//!   force, so a restart between the join and the promotion changes nothing.
+//! - *removals*: `kith device remove` records the node in the store's
+//!   [`membership::REMOVALS_OWED_FILE`] before it proposes `Remove(node)`, and the
+//!   record goes only once a key rotation that excludes the node has committed (then
+//!   the device is revoked too, if it is not yet). A daemon stopped anywhere in between
+//!   proposes the rotation again at start: at worst one rotation too many, which only
+//!   adds an epoch (a second rotation to an epoch already held is ignored everywhere
+//!   alike). A marker rather than a rule read from the log: the log does not keep what
+//!   the rule would need (a checkpoint truncates it, and carries rotations without
+//!   their slots and the configuration in force only), and only this daemon decides
+//!   removals, so its own durable record of what it started is the whole truth.
+//!
 //! Threads: fossil and the FUSE threads never enter this runtime. They reach the
 //! replica through [`BlockingReplica`] and the block client through
 //! [`PeerBlocks`], both of which refuse to run on a runtime thread rather than block
 //! one. Frames that are neither Paxos nor block requests (pairing, chain updates) go
 //! to a plain thread, so their handler may call the volume and the replica.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +61,10 @@ use net::identity::{ChainState, DeviceId, DeviceIdentity};
 use net::keyring::{KeepEpoch, VolumeKeyring};
 use net::link::{Dispatch, NodeTable, PaxosRouter, QuicLink};
 use net::quic::{Admission, Endpoint, Inbound, Trust, TrustSet};
-use net::replica::{BlockingReplica, Replica, ReplicaOptions, VolumeKeys};
+use net::replica::{
+    BlockingReplica, MembershipChange, ProposalId, Replica, ReplicaOptions, ReplicaStatus,
+    VolumeKeys,
+};
 use paxos::{Config, NodeId, NodeOptions, VolumeId};
 use tokio::sync::mpsc;
 use venti::keys::EpochKeys;
@@ -1092,13 +1115,78 @@ fn content_walk_loop(
 /// Announcements of the user chain and the volume's devices go to every other device
 /// this often (and at once after a join), so a device that was away learns newcomers.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(10);
-/// Tries at proposing a joined device as a voter (the leader may be changing).
+/// Tries at proposing a joined device as a member (the leader may be changing).
 const VOTER_ATTEMPTS_MAX: u32 = 20;
 const VOTER_RETRY: Duration = Duration::from_millis(250);
 /// How often a sleeping announcer looks for a stop.
 const STOP_POLL: Duration = Duration::from_millis(100);
 /// How long `kith device remove` waits for the key rotation to commit.
 const ROTATION_WAIT: Duration = Duration::from_secs(10);
+/// How often the root-key daemon finishes owed promotions and removals.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+/// A learner is promoted once its reported commit index is within this many slots of
+/// the commit end: one catch-up answer (`paxos::limits::CATCHUP_ENTRIES_MAX`). A
+/// learner reports where it is only when it pulls (from that index), and it stops
+/// pulling once one answer brought it to the end; so a caught-up learner of an idle
+/// volume last reported at most one answer's worth below the end. (etcd promotes a
+/// learner at 90 % of the leader's index.)
+pub const PROMOTE_WITHIN_SLOTS: u64 = paxos::limits::CATCHUP_ENTRIES_MAX as u64;
+/// ... and heard from this recently: a learner whose daemon is not running is never
+/// made a voter (every quorum would then need it).
+pub const PROMOTE_HEARD_WITHIN_MS: u64 = 3_000;
+/// How long one reconcile step waits to see the rotation it proposed committed.
+const ROTATION_POLL: Duration = Duration::from_millis(100);
+/// Test hook: with this set in the daemon's environment, `kith device remove` kills the
+/// daemon (SIGKILL) right after `Remove(node)` took effect and before the key rotation
+/// is proposed — the crash the owed-removal record exists for. Tests only.
+pub const KILL_AFTER_REMOVE_ENV: &str = "KITH_TEST_KILL_AFTER_REMOVE";
+
+/// The learners of `status.config` to make voters, lowest node first: devices of the
+/// user (`is_live_device`; never a revoked one), heard from within
+/// [`PROMOTE_HEARD_WITHIN_MS`], whose reported commit index is within
+/// [`PROMOTE_WITHIN_SLOTS`] of the commit end as `status` (the leader's) sees it.
+/// Witnesses are voters, never learners, so none is here.
+pub fn learners_to_promote(
+    status: &ReplicaStatus,
+    is_live_device: impl Fn(NodeId) -> bool,
+) -> Vec<NodeId> {
+    status
+        .config
+        .learners
+        .iter()
+        .copied()
+        .filter(|node| is_live_device(*node))
+        .filter(|node| {
+            status
+                .heard_ms_ago
+                .get(node)
+                .copied()
+                .flatten()
+                .is_some_and(|ms| ms <= PROMOTE_HEARD_WITHIN_MS)
+        })
+        .filter(|node| {
+            status.reported_commit.get(node).is_some_and(|slot| {
+                slot.0.saturating_add(PROMOTE_WITHIN_SLOTS) >= status.commit_end.0
+            })
+        })
+        .collect()
+}
+
+/// A key rotation proposed for owed removals, not seen committed yet.
+#[derive(Clone, Debug)]
+struct RotationInFlight {
+    id: ProposalId,
+    /// The nodes it leaves out (the owed removals when it was proposed).
+    excluded: BTreeSet<NodeId>,
+}
+
+/// A key rotation just proposed.
+struct ProposedRotation {
+    id: ProposalId,
+    epoch: KeyEpoch,
+    /// Devices it is sealed to.
+    shared: usize,
+}
 
 /// What a [`Home`] is started for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1122,9 +1210,6 @@ pub struct Home {
     stopping: Arc<AtomicBool>,
     content: Arc<parking_lot::Mutex<ContentProgress>>,
     epoch_sink: EpochSink,
-    keyring: Arc<VolumeKeyring>,
-    /// One device removal (and its key rotation) at a time.
-    removing: parking_lot::Mutex<()>,
 }
 
 /// What pairing, announcements and status share: the membership and the network's
@@ -1139,6 +1224,11 @@ struct Devices {
     blocking: BlockingReplica,
     /// The volume joins are granted in, once it is open.
     volume: parking_lot::Mutex<Weak<Volume>>,
+    /// The volume's entry keys (the newest epoch held here).
+    keyring: Arc<VolumeKeyring>,
+    /// One removal or owed-removal step at a time; the rotation proposed for owed
+    /// removals while it has not been seen committed.
+    removing: parking_lot::Mutex<Option<RotationInFlight>>,
 }
 
 impl std::fmt::Debug for Home {
@@ -1214,6 +1304,8 @@ impl Home {
             endpoint: network.endpoint().clone(),
             blocking: network.blocking_replica(),
             volume: parking_lot::Mutex::new(Weak::new()),
+            keyring,
+            removing: parking_lot::Mutex::new(None),
         });
         let home = Home {
             listen: network.listen(),
@@ -1226,8 +1318,6 @@ impl Home {
             stopping: Arc::new(AtomicBool::new(false)),
             content: Arc::new(parking_lot::Mutex::new(ContentProgress::default())),
             epoch_sink,
-            keyring,
-            removing: parking_lot::Mutex::new(()),
         };
         if role == HomeRole::Daemon
             && let Err(error) = home.spawn_threads()
@@ -1355,120 +1445,31 @@ impl Home {
                 }
             })
             .map_err(|e| Error::Startup(format!("cannot start the push thread: {e}")))?;
+        let holds_root = self.devices.membership.lock().keyring.user_root.is_some();
+        if holds_root {
+            let devices = self.devices.clone();
+            let stopping = self.stopping.clone();
+            std::thread::Builder::new()
+                .name("kith-members".into())
+                .spawn(move || {
+                    while !stopping.load(Ordering::SeqCst) {
+                        devices.reconcile();
+                        let deadline = Instant::now() + RECONCILE_INTERVAL;
+                        while Instant::now() < deadline && !stopping.load(Ordering::SeqCst) {
+                            std::thread::sleep(STOP_POLL);
+                        }
+                    }
+                })
+                .map_err(|e| {
+                    Error::Startup(format!("cannot start the membership thread: {e}"))
+                })?;
+        }
         Ok(())
     }
 
-    /// `kith device remove WHO` (devices helper hook): first removes the device's vote
-    /// (while it is still trusted: with two voters that change needs it for its quorum),
-    /// waiting up to `REMOVE_VOTE_WAIT` for the change to take effect; then revokes it in
-    /// the user chain, stops trusting it (its connections close) and tells the others.
-    /// The revocation happens whether or not the vote could be removed.
+    /// `kith device remove WHO`: see [`Devices::device_remove`].
     pub fn device_remove(&self, who: &str) -> Result<String> {
-        const REMOVE_VOTE_WAIT: Duration = Duration::from_secs(5);
-        let _one_removal_at_a_time = self.removing.lock();
-        let devices = &self.devices;
-        let target = devices.membership.lock().revocable(&devices.store, who)?;
-        let mut vote = String::new();
-        let mut rotation = String::new();
-        if let Some(node) = target.node {
-            let change = net::replica::MembershipChange::Remove(node);
-            let proposed = devices.blocking.change_membership(change);
-            let deadline = Instant::now() + REMOVE_VOTE_WAIT;
-            let removed = || {
-                devices
-                    .blocking
-                    .status()
-                    .is_ok_and(|status| !status.config.is_member(node))
-            };
-            while proposed.is_ok() && !removed() && Instant::now() < deadline {
-                std::thread::sleep(VOTER_RETRY);
-            }
-            vote = match proposed {
-                Ok(()) if removed() => format!("its vote (node {}) is removed\n", node.0),
-                Ok(()) => format!(
-                    "removing its vote (node {}) has not taken effect yet (it needs a quorum \
-                     without that device)\n",
-                    node.0
-                ),
-                Err(error) => format!("its vote (node {}) could not be removed: {error}\n", node.0),
-            };
-            // What the device holds stays readable to it; what is written from now on
-            // is sealed under an epoch it never gets.
-            rotation = match self.rotate_keys(node) {
-                Ok(message) => message,
-                Err(error) => format!("the volume key was not rotated: {error}\n"),
-            };
-        }
-        let revoked = {
-            let mut membership = devices.membership.lock();
-            let revoked = membership.revoke(&devices.store, who)?;
-            membership.publish(&devices.trust, &devices.nodes, &devices.endpoint)?;
-            revoked
-        };
-        devices.announce();
-        Ok(format!(
-            "removed {} ({})\n{vote}{rotation}",
-            revoked.name, revoked.device
-        ))
-    }
-
-    /// Proposes a new key epoch whose secret is sealed to every device that keeps
-    /// reading the volume (voters and learners of the configuration, never witnesses,
-    /// never `removed`), and waits up to `ROTATION_WAIT` for it to commit. Every
-    /// device (this one included) takes its share when it reads the entry.
-    fn rotate_keys(&self, removed: NodeId) -> Result<String> {
-        let devices = &self.devices;
-        let config = devices.blocking.status()?.config;
-        let recipients: Vec<(NodeId, [u8; 32])> = {
-            let membership = devices.membership.lock();
-            let state = membership.chain_state()?;
-            config
-                .voters
-                .difference(&config.witnesses)
-                .chain(config.learners.iter())
-                .filter(|node| **node != removed)
-                .filter_map(|node| {
-                    let (_, device) = membership.nodes.iter().find(|(n, _)| n == node)?;
-                    let live = state.devices.get(device)?;
-                    Some((*node, live.kem_public))
-                })
-                .collect()
-        };
-        let newest = self
-            .keyring
-            .newest_epoch()
-            .ok_or(Error::Startup("this device holds no key epoch".into()))?;
-        let next = KeyEpoch(newest.0.saturating_add(1));
-        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
-        rand::RngCore::fill_bytes(&mut rand::rng(), secret.as_mut());
-        let rotation = KeyRotation::seal(self.volume_id(), next, &secret, &recipients)?;
-        let id = devices.blocking.propose_rotation(&rotation)?;
-        let shared = recipients.len();
-        let deadline = Instant::now() + ROTATION_WAIT;
-        Ok(match devices.blocking.wait_committed(id, ROTATION_WAIT)? {
-            Some(slot) => {
-                tracing::info!(epoch = %next, %slot, shared, "key rotation committed");
-                // This device takes its share when its volume reads the entry (at
-                // once: it applies what commits); from then on what it writes is
-                // sealed under the new epoch.
-                while self.keyring.newest_epoch() < Some(next) && Instant::now() < deadline {
-                    std::thread::sleep(STOP_POLL);
-                }
-                format!(
-                    "new key epoch {} (slot {}), sealed to {shared} device(s)\n",
-                    next.0, slot.0
-                )
-            }
-            None => format!(
-                "new key epoch {} proposed (sealed to {shared} device(s)); it commits once a \
-                 quorum is reachable\n",
-                next.0
-            ),
-        })
-    }
-
-    fn volume_id(&self) -> VolumeId {
-        self.devices.membership.lock().volume
+        self.devices.device_remove(who)
     }
 
     /// A one-time pairing code that adds a `role`, as text.
@@ -1558,6 +1559,311 @@ impl Devices {
         membership::announce(&self.membership, &self.endpoint);
     }
 
+    /// `kith device remove WHO`: records the removal as owed
+    /// ([`membership::REMOVALS_OWED_FILE`]), removes the device's vote (while it is
+    /// still trusted: with two voters that change needs it for its quorum), waiting up
+    /// to `REMOVE_VOTE_WAIT` for the change to take effect; rotates the volume key past
+    /// it; then revokes it in the user chain, stops trusting it (its connections close)
+    /// and tells the others. The revocation happens whether or not the vote could be
+    /// removed; the record goes once the rotation has committed (else the reconcile
+    /// step finishes it, after a restart too).
+    fn device_remove(&self, who: &str) -> Result<String> {
+        const REMOVE_VOTE_WAIT: Duration = Duration::from_secs(5);
+        let mut in_flight = self.removing.lock();
+        let target = self.membership.lock().revocable(&self.store, who)?;
+        let mut vote = String::new();
+        let mut rotation = String::new();
+        let mut rotated_past = None;
+        if let Some(node) = target.node {
+            let mut owed = match membership::read_removals_owed(&self.store) {
+                Ok(owed) => owed,
+                Err(error) => {
+                    // Rewritten below: the rotation proposed now is sealed to the
+                    // configuration's devices, which leaves out those already removed.
+                    tracing::warn!(%error, "the owed-removal record is damaged; starting a new one");
+                    BTreeSet::new()
+                }
+            };
+            owed.insert(node);
+            membership::write_removals_owed(&self.store, &owed)?;
+            let change = MembershipChange::Remove(node);
+            let proposed = self.blocking.change_membership(change);
+            let deadline = Instant::now() + REMOVE_VOTE_WAIT;
+            let removed = || {
+                self.blocking
+                    .status()
+                    .is_ok_and(|status| !status.config.is_member(node))
+            };
+            while proposed.is_ok() && !removed() && Instant::now() < deadline {
+                std::thread::sleep(VOTER_RETRY);
+            }
+            if std::env::var_os(KILL_AFTER_REMOVE_ENV).is_some() && removed() {
+                tracing::warn!("{KILL_AFTER_REMOVE_ENV} is set: stopping as a crash would");
+                let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            }
+            vote = match proposed {
+                Ok(()) if removed() => format!("its vote (node {}) is removed\n", node.0),
+                Ok(()) => format!(
+                    "removing its vote (node {}) has not taken effect yet (it needs a quorum \
+                     without that device)\n",
+                    node.0
+                ),
+                Err(error) => format!("its vote (node {}) could not be removed: {error}\n", node.0),
+            };
+            // What the device holds stays readable to it; what is written from now on
+            // is sealed under an epoch it never gets.
+            rotation = match self.rotate_past(&owed) {
+                Ok((message, None)) => {
+                    rotated_past = Some(owed);
+                    message
+                }
+                Ok((message, Some(flight))) => {
+                    *in_flight = Some(flight);
+                    message
+                }
+                Err(error) => format!("the volume key was not rotated: {error}\n"),
+            };
+        }
+        let revoked = {
+            let mut membership = self.membership.lock();
+            let revoked = membership.revoke(&self.store, who)?;
+            membership.publish(&self.trust, &self.nodes, &self.endpoint)?;
+            revoked
+        };
+        if let Some(owed) = rotated_past {
+            self.removals_finished(&owed);
+        }
+        self.announce();
+        Ok(format!(
+            "removed {} ({})\n{vote}{rotation}",
+            revoked.name, revoked.device
+        ))
+    }
+
+    /// Proposes a rotation past `excluded` and waits up to `ROTATION_WAIT` for it to
+    /// commit (then nothing is in flight; the caller finishes the removals with
+    /// [`Devices::removals_finished`]); otherwise the rotation is returned as in flight.
+    fn rotate_past(
+        &self,
+        excluded: &BTreeSet<NodeId>,
+    ) -> Result<(String, Option<RotationInFlight>)> {
+        let proposed = self.propose_rotation(excluded)?;
+        let deadline = Instant::now() + ROTATION_WAIT;
+        let (next, shared) = (proposed.epoch, proposed.shared);
+        match self.blocking.wait_committed(proposed.id, ROTATION_WAIT)? {
+            Some(slot) => {
+                tracing::info!(epoch = %next, %slot, shared, "key rotation committed");
+                // This device takes its share when its volume reads the entry (at
+                // once: it applies what commits); from then on what it writes is
+                // sealed under the new epoch.
+                while self.keyring.newest_epoch() < Some(next) && Instant::now() < deadline {
+                    std::thread::sleep(STOP_POLL);
+                }
+                Ok((
+                    format!(
+                        "new key epoch {} (slot {}), sealed to {shared} device(s)\n",
+                        next.0, slot.0
+                    ),
+                    None,
+                ))
+            }
+            None => Ok((
+                format!(
+                    "new key epoch {} proposed (sealed to {shared} device(s)); it commits once \
+                     a quorum is reachable\n",
+                    next.0
+                ),
+                Some(RotationInFlight {
+                    id: proposed.id,
+                    excluded: excluded.clone(),
+                }),
+            )),
+        }
+    }
+
+    /// Proposes a new key epoch whose secret is sealed to every device that keeps
+    /// reading the volume (voters and learners of the configuration, never witnesses,
+    /// never one of `excluded`, never a device the chain no longer holds live). Every
+    /// device (this one included) takes its share when it reads the entry.
+    fn propose_rotation(&self, excluded: &BTreeSet<NodeId>) -> Result<ProposedRotation> {
+        let config = self.blocking.status()?.config;
+        let (volume, recipients) = {
+            let membership = self.membership.lock();
+            let state = membership.chain_state()?;
+            let recipients: Vec<(NodeId, [u8; 32])> = config
+                .voters
+                .difference(&config.witnesses)
+                .chain(config.learners.iter())
+                .filter(|node| !excluded.contains(node))
+                .filter_map(|node| {
+                    let (_, device) = membership.nodes.iter().find(|(n, _)| n == node)?;
+                    let live = state.devices.get(device)?;
+                    Some((*node, live.kem_public))
+                })
+                .collect();
+            (membership.volume, recipients)
+        };
+        let newest = self
+            .keyring
+            .newest_epoch()
+            .ok_or(Error::Startup("this device holds no key epoch".into()))?;
+        let epoch = KeyEpoch(newest.0.saturating_add(1));
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rng(), secret.as_mut());
+        let rotation = KeyRotation::seal(volume, epoch, &secret, &recipients)?;
+        let id = self.blocking.propose_rotation(&rotation)?;
+        Ok(ProposedRotation {
+            id,
+            epoch,
+            shared: recipients.len(),
+        })
+    }
+
+    /// A rotation past `removed` has committed: each of them still live in the chain
+    /// is revoked (a removal stopped before its revocation), and the record forgets
+    /// them. Failures are logged.
+    fn removals_finished(&self, removed: &BTreeSet<NodeId>) {
+        let mut membership = self.membership.lock();
+        let mut revoked_any = false;
+        if let Ok(state) = membership.chain_state() {
+            let live: Vec<DeviceId> = membership
+                .nodes
+                .iter()
+                .filter(|(node, device)| removed.contains(node) && state.is_live(device))
+                .map(|(_, device)| *device)
+                .collect();
+            for device in live {
+                match membership.revoke(&self.store, &device.fingerprint()) {
+                    Ok(revoked) => {
+                        tracing::info!(device = %revoked.device, name = %revoked.name, "revoked a removed device");
+                        revoked_any = true;
+                    }
+                    // Its rotation committed: the record goes anyway (kith device
+                    // remove NAME revokes it again).
+                    Err(error) => tracing::warn!(%device, %error, "cannot revoke a removed device"),
+                }
+            }
+        }
+        if revoked_any
+            && let Err(error) = membership.publish(&self.trust, &self.nodes, &self.endpoint)
+        {
+            tracing::warn!(%error, "cannot apply a revocation");
+        }
+        let left = match membership::read_removals_owed(&self.store) {
+            Ok(owed) => owed.difference(removed).copied().collect(),
+            // Damaged: the rotation just committed left out every removed device.
+            Err(_) => BTreeSet::new(),
+        };
+        if let Err(error) = membership::write_removals_owed(&self.store, &left) {
+            tracing::warn!(%error, "cannot update the owed-removal record");
+        }
+        drop(membership);
+        if revoked_any {
+            self.announce();
+        }
+    }
+
+    /// One reconcile step of the root-key daemon (see the module comment): owed
+    /// removals first, then at most one promotion. Nothing while this device knows no
+    /// leader: its configuration may not be the group's yet.
+    fn reconcile(&self) {
+        let Ok(status) = self.blocking.status() else {
+            return;
+        };
+        if status.leader.is_none() {
+            return;
+        }
+        // A removal running now is finished by `device_remove` itself.
+        let Some(mut in_flight) = self.removing.try_lock() else {
+            return;
+        };
+        let owed = self.finish_removals(&status, &mut in_flight);
+        drop(in_flight);
+        self.promote(&status, &owed);
+    }
+
+    /// Finishes owed removals: `Remove` proposed again for those still members (this
+    /// device leading), then one rotation past all of them, followed until it commits.
+    /// Returns the removals owed.
+    fn finish_removals(
+        &self,
+        status: &ReplicaStatus,
+        in_flight: &mut Option<RotationInFlight>,
+    ) -> BTreeSet<NodeId> {
+        let (owed, damaged) = match membership::read_removals_owed(&self.store) {
+            Ok(owed) => (owed, false),
+            Err(error) => {
+                tracing::error!(%error, "the owed-removal record is damaged: rotating the key past every removed device");
+                (BTreeSet::new(), true)
+            }
+        };
+        if owed.is_empty() && !damaged {
+            *in_flight = None;
+            return owed;
+        }
+        if let Some(flight) = in_flight.as_ref() {
+            match self.blocking.wait_committed(flight.id, ROTATION_POLL) {
+                Ok(Some(slot)) => {
+                    tracing::info!(%slot, "the owed key rotation committed");
+                    let excluded = flight.excluded.clone();
+                    *in_flight = None;
+                    self.removals_finished(&excluded);
+                }
+                // Waiting for a quorum; the proposal stays queued.
+                Ok(None) => {}
+                Err(error) => tracing::debug!(%error, "cannot follow the owed key rotation"),
+            }
+            return owed;
+        }
+        if status.leader == Some(status.id)
+            && let Some(node) = owed.iter().find(|node| status.config.is_member(**node))
+            && let Err(error) = self.blocking.change_membership(MembershipChange::Remove(*node))
+        {
+            tracing::debug!(%node, %error, "proposing an owed removal failed; retrying later");
+        }
+        match self.propose_rotation(&owed) {
+            Ok(proposed) => {
+                tracing::info!(epoch = %proposed.epoch, shared = proposed.shared, ?owed, "proposed the key rotation a removal owes");
+                *in_flight = Some(RotationInFlight {
+                    id: proposed.id,
+                    excluded: owed.clone(),
+                });
+            }
+            Err(error) => tracing::warn!(%error, "cannot propose the key rotation a removal owes"),
+        }
+        owed
+    }
+
+    /// Proposes the first caught-up learner ([`learners_to_promote`]) as a voter, if
+    /// this device leads: only the leader proposes a configuration, and a learner
+    /// pulls from the leader, so only the leader hears how far it is. Learners whose
+    /// removal is owed are left alone.
+    fn promote(&self, status: &ReplicaStatus, owed: &BTreeSet<NodeId>) {
+        if status.leader != Some(status.id) || status.config.learners.is_empty() {
+            return;
+        }
+        let live: BTreeSet<NodeId> = {
+            let membership = self.membership.lock();
+            let Ok(state) = membership.chain_state() else {
+                return;
+            };
+            membership
+                .nodes
+                .iter()
+                .filter(|(_, device)| state.is_live(device))
+                .map(|(node, _)| *node)
+                .collect()
+        };
+        let ready = learners_to_promote(status, |node| live.contains(&node) && !owed.contains(&node));
+        let Some(node) = ready.first().copied() else {
+            return;
+        };
+        match self.blocking.change_membership(MembershipChange::AddVoter(node)) {
+            Ok(()) => tracing::info!(%node, "proposed a caught-up learner as a voter"),
+            Err(error) => tracing::debug!(%node, %error, "promoting a learner failed; retrying later"),
+        }
+    }
+
     /// One pairing request or announcement (on the pairing thread).
     fn on_frame(&self, inbound: Inbound) {
         let kind = inbound.frame.kind;
@@ -1611,8 +1917,9 @@ impl Devices {
     }
 
     /// The volume side of a join: write access first (it commits under the current
-    /// configuration, before the new voter is needed for a quorum), then the voter. A
-    /// witness gets no access, only its vote.
+    /// configuration, before the new member is in it), then the member: a device as a
+    /// learner (promoted by the reconcile step once caught up), a witness as a voter
+    /// with no access.
     fn admit_to_volume(&self, outcome: &JoinOutcome) {
         if outcome.grants_write() && !self.grant_write(outcome) {
             return;
@@ -1646,16 +1953,16 @@ impl Devices {
         for attempt in 0..VOTER_ATTEMPTS_MAX {
             match self.blocking.change_membership(change) {
                 Ok(()) => {
-                    tracing::info!(node = %outcome.node, name = %outcome.name, "proposed the new voter");
+                    tracing::info!(node = %outcome.node, name = %outcome.name, ?change, "proposed the new member");
                     return;
                 }
                 Err(error) => {
-                    tracing::info!(node = %outcome.node, attempt, %error, "adding the voter failed; retrying");
+                    tracing::info!(node = %outcome.node, attempt, %error, "adding the member failed; retrying");
                     std::thread::sleep(VOTER_RETRY);
                 }
             }
         }
-        tracing::error!(node = %outcome.node, "the new device was not added as a voter");
+        tracing::error!(node = %outcome.node, "the new device was not added to the volume's group");
     }
 }
 
@@ -1918,6 +2225,74 @@ mod tests {
         // A torn tail is ignored, never read as an address.
         std::fs::write(&path, [7u8; 40]).unwrap();
         assert_eq!(load_unplaced(&path), vec![Address([7; 32])]);
+    }
+
+    fn status_with(
+        config: Config,
+        commit_end: u64,
+        peers: &[(u64, Option<u64>, Option<u64>)],
+    ) -> ReplicaStatus {
+        ReplicaStatus {
+            id: NodeId(1),
+            volume: VolumeId(7),
+            role: paxos::Role::Leader,
+            config,
+            leader: Some(NodeId(1)),
+            heard_ms_ago: peers
+                .iter()
+                .map(|(node, heard, _)| (NodeId(*node), *heard))
+                .collect(),
+            reported_commit: peers
+                .iter()
+                .filter_map(|(node, _, at)| Some((NodeId(*node), paxos::Slot((*at)?))))
+                .collect(),
+            commit_end: paxos::Slot(commit_end),
+            log_start: paxos::Slot(0),
+            applied_end: paxos::Slot(commit_end),
+            queued: 0,
+        }
+    }
+
+    #[test]
+    fn learners_are_promoted_once_heard_and_caught_up_and_only_live_devices() {
+        let config = Config::majority(
+            paxos::ConfigId(3),
+            [NodeId(1), NodeId(4)],
+            [NodeId(4)],
+            [2, 3, 5, 6, 7].map(NodeId),
+        )
+        .unwrap();
+        let end = 1_000;
+        let status = status_with(
+            config,
+            end,
+            &[
+                // Caught up, heard now.
+                (2, Some(10), Some(end)),
+                // Within one catch-up answer of the end: promoted.
+                (3, Some(10), Some(end - PROMOTE_WITHIN_SLOTS)),
+                // One slot further behind: not yet.
+                (5, Some(10), Some(end - PROMOTE_WITHIN_SLOTS - 1)),
+                // Caught up when last heard, but silent since (its daemon stopped).
+                (6, Some(PROMOTE_HEARD_WITHIN_MS + 1), Some(end)),
+                // Heard, never reported where it is.
+                (7, Some(10), None),
+            ],
+        );
+        assert_eq!(learners_to_promote(&status, |_| true), [NodeId(2), NodeId(3)]);
+        // A revoked device (or one this device does not know) stays a learner; the
+        // witness (a voter) is never a candidate.
+        assert_eq!(
+            learners_to_promote(&status, |node| node != NodeId(2)),
+            [NodeId(3)]
+        );
+        // Never heard since this daemon started (a restart before the joiner's daemon
+        // ran): not promoted.
+        let silent = status_with(status.config.clone(), end, &[(2, None, None)]);
+        assert!(learners_to_promote(&silent, |_| true).is_empty());
+        // A fresh volume's join: the learner asks from slot 0 of a short log.
+        let fresh = status_with(status.config.clone(), 5, &[(2, Some(0), Some(0))]);
+        assert_eq!(learners_to_promote(&fresh, |_| true), [NodeId(2)]);
     }
 
     fn config_of_five() -> Config {

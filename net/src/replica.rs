@@ -211,6 +211,10 @@ pub struct ReplicaStatus {
     /// Per other member: ms since a well-formed frame last arrived from it (`None`:
     /// never since this replica started).
     pub heard_ms_ago: BTreeMap<NodeId, Option<u64>>,
+    /// Per other member heard from since this replica started: the commit index it
+    /// last reported (a heartbeat ack, a promise, a rejection, or a learner's fetch,
+    /// which asks from its commit index). What a leader knows of how far each member is.
+    pub reported_commit: BTreeMap<NodeId, Slot>,
     /// Every slot below it is committed here.
     pub commit_end: Slot,
     /// Slots below it were truncated behind a checkpoint.
@@ -318,6 +322,7 @@ impl Replica {
             clock: Instant::now(),
             deadlines: BTreeMap::new(),
             last_heard_ms: BTreeMap::new(),
+            reported_commit: BTreeMap::new(),
             skipped: BTreeSet::new(),
             own_slots: BTreeMap::new(),
             commit_waiters: BTreeMap::new(),
@@ -1085,6 +1090,8 @@ struct Task {
     clock: Instant,
     deadlines: BTreeMap<Timer, u64>,
     last_heard_ms: BTreeMap<NodeId, u64>,
+    /// See [`ReplicaStatus::reported_commit`].
+    reported_commit: BTreeMap<NodeId, Slot>,
     /// Committed command slots whose `apply` flag was false (duplicates, gaps).
     skipped: BTreeSet<Slot>,
     /// Commit slot of own proposals, by seq (the latest `OWN_SLOTS_KEPT`).
@@ -1233,6 +1240,16 @@ impl Task {
         let now_ms = self.now_ms();
         if self.node.config().is_member(from) {
             self.last_heard_ms.insert(from, now_ms);
+            let reported = match &message.body {
+                paxos::Body::Fetch { first } => Some(*first),
+                paxos::Body::HeartbeatAck { committed, .. }
+                | paxos::Body::Promise { committed, .. }
+                | paxos::Body::Reject { committed, .. } => Some(*committed),
+                _ => None,
+            };
+            if let Some(slot) = reported {
+                self.reported_commit.insert(from, slot);
+            }
         }
         let fx = self.node.handle_message(now_ms, from, message);
         self.push(fx);
@@ -1501,6 +1518,12 @@ impl Task {
                 (*n, ago)
             })
             .collect();
+        let reported_commit = self
+            .reported_commit
+            .iter()
+            .filter(|(n, _)| config.is_member(**n))
+            .map(|(n, slot)| (*n, *slot))
+            .collect();
         ReplicaStatus {
             id: self.node.id(),
             volume: self.node.options().volume,
@@ -1508,6 +1531,7 @@ impl Task {
             config,
             leader: self.node.leader(),
             heard_ms_ago,
+            reported_commit,
             commit_end: self.node.commit_index(),
             log_start: self.node.log_start(),
             applied_end: Slot(0),
