@@ -43,8 +43,8 @@ const DEFAULT_CONFIG: &str = "\
 #
 # store = \"~/.local/share/kith/store\"   # the embedded store `kith mount` uses
 # fuse_threads = 1                       # threads serving kernel requests
-# attr_ttl_ms = 1000                     # how long the kernel caches attributes
-# entry_ttl_ms = 1000                    # how long the kernel caches names
+# attr_ttl_ms = 60000                    # how long the kernel caches attributes
+# entry_ttl_ms = 60000                   # how long the kernel caches names
 # keyring = \"encrypted\"                # or \"unencrypted\" (servers, tests; flagged by status)
 # listen = \"0.0.0.0:7420\"               # where the daemon listens for its devices (QUIC)
 # keep = \"on-demand\"                   # or \"full\": hold every block the volume refers to
@@ -200,8 +200,13 @@ impl Default for Config {
             // previous file (measured: creates ~2x faster than with 2 or 4 threads;
             // cold sequential reads unchanged, they fan out inside the volume).
             fuse_threads: 1,
-            attr_ttl: Duration::from_secs(1),
-            entry_ttl: Duration::from_secs(1),
+            // Long: the kernel is told of every change it did not make itself (its
+            // own requests update its caches; the daemon invalidates what other
+            // devices changed, and that queue never drops, see `invalidate`), so the
+            // TTL only spares it revalidating names and attributes (a stat of a path
+            // was one request per component, every second).
+            attr_ttl: Duration::from_secs(60),
+            entry_ttl: Duration::from_secs(60),
             keyring: None,
             listen: None,
             keep: Keep::OnDemand,
