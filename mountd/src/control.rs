@@ -11,6 +11,7 @@
 //! client → server   one line, UTF-8, at most REQUEST_BYTES_MAX bytes incl. '\n':
 //!                     ping | status | mountpoint | verify | unmount | snapshot NAME
 //!                     | device-add | status-json | witness-add | device-list
+//!                     | progress
 //! server → client   "ok\n" or "error MESSAGE\n", then a free-form UTF-8 body,
 //!                   at most RESPONSE_BYTES_MAX bytes; the server closes the connection.
 //! ```
@@ -63,6 +64,9 @@ pub enum Request {
     /// `kith device list` with a daemon running: every device with its role and
     /// whether it is reachable (see `crate::status::device_list`).
     DeviceList,
+    /// What a starting daemon is doing, for `kith mount` while it waits: one JSON
+    /// object (`crate::status::StartupProgress`).
+    Progress,
 }
 
 impl Request {
@@ -83,6 +87,7 @@ impl Request {
             ("witness-add", None) => Ok(Request::WitnessAdd),
             ("gc", None) => Ok(Request::Gc),
             ("device-list", None) => Ok(Request::DeviceList),
+            ("progress", None) => Ok(Request::Progress),
             ("snapshot", Some(name)) if !name.is_empty() => Ok(Request::Snapshot(name.into())),
             ("device-remove", Some(who)) if !who.is_empty() => {
                 Ok(Request::DeviceRemove(who.into()))
@@ -105,6 +110,7 @@ impl Request {
             Request::WitnessAdd => "witness-add\n".into(),
             Request::Gc => "gc\n".into(),
             Request::DeviceList => "device-list\n".into(),
+            Request::Progress => "progress\n".into(),
         }
     }
 }
@@ -123,7 +129,8 @@ pub fn call(socket: &Path, request: &Request) -> Result<String> {
     call_within(socket, request, timeout)
 }
 
-fn call_within(socket: &Path, request: &Request, timeout: Duration) -> Result<String> {
+/// [`call`], waiting at most `timeout` for the answer.
+pub fn call_within(socket: &Path, request: &Request, timeout: Duration) -> Result<String> {
     let control_error = |detail: String| Error::Control {
         socket: socket.to_owned(),
         detail,
@@ -335,6 +342,7 @@ mod tests {
             Request::WitnessAdd,
             Request::Gc,
             Request::DeviceList,
+            Request::Progress,
         ] {
             assert_eq!(Request::parse(&request.to_line()), Ok(request));
         }

@@ -8,6 +8,17 @@
 //!    waits for the child's single status line — `ready` or `error MESSAGE` — and
 //!    reports it on the terminal. Re-exec rather than fork: the daemon starts threads
 //!    (fuser, control socket), and forking a threaded process is unsound.
+//!    Opening can take long (a device added later installs a checkpoint and replays
+//!    the log): while it waits, `kith mount` asks the daemon's control socket how far
+//!    it is every [`STARTUP_POLL`], prints the catch-up lines when they change (at
+//!    most once a second), and waits for as long as the catch-up moves
+//!    ([`StartupWatch`]). Once nothing has
+//!    moved for [`STARTUP_STALL_TIMEOUT`] it gives up and says so, and leaves the
+//!    daemon running: stalled mostly means waiting for other devices (no quorum, a
+//!    checkpoint's blocks held only by devices that are off), which the daemon gets
+//!    over on its own, keeping what it caught up so far; and a daemon that has not
+//!    mounted yet acts on SIGTERM only once it has (its signals wait, blocked, for the
+//!    signal thread), so stopping it now would take a SIGKILL.
 //! 2. The foreground daemon blocks SIGINT/SIGTERM/SIGHUP before any thread exists (so
 //!    every thread inherits the mask and one thread receives them with `sigwait`),
 //!    takes an exclusive `flock` on the store (a second daemon is refused, naming the
@@ -37,13 +48,14 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use fossil::Volume;
 use fossil::venti_content::VentiContent;
-use fossil::volume::VolumeOptions;
+use fossil::volume::{ApplyProgress, ApplyProgressHook, VolumeOptions};
 use nix::sys::signal::{SigSet, Signal};
 use parking_lot::Mutex;
 
@@ -56,15 +68,22 @@ use crate::gc;
 use crate::invalidate::Invalidations;
 use crate::membership;
 use crate::mounts;
-use crate::status::{self, LogProgress, ReplicaView, SyncReport};
+use crate::status::{self, KeyEpochs, LogProgress, ReplicaView, StartupProgress, SyncReport};
 use crate::sync::{Home, HomeRole};
 use crate::verify;
 
 /// Where a daemon listens for its devices unless told otherwise.
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 7420);
-/// How long `kith mount` waits for the daemon to report.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+/// `kith mount` waits for a starting daemon as long as its catch-up moves, and gives
+/// up once nothing has moved for this long (see [`StartupWatch`]).
+const STARTUP_STALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often `kith mount` asks a starting daemon how far it is.
+const STARTUP_POLL: Duration = Duration::from_millis(250);
+/// It shows changed progress lines at most this often.
+const STARTUP_PRINT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one such question may take (a daemon that does not answer has not moved).
+const STARTUP_ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// After a signal, how long the FUSE threads get to finish once unmounted.
 const SESSION_END_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopping daemon waits for control answers to be written.
@@ -109,7 +128,10 @@ pub fn spawn_background(plan: &MountPlan) -> Result<String> {
             command.env(name, value.as_str());
         }
     }
-    let pid = spawn_reporting(command, &log_path, &plan.mount_point)?;
+    let mut progress = ControlProgress {
+        socket: plan.dirs.socket_for(&plan.store_id()),
+    };
+    let pid = spawn_watching(command, &log_path, &plan.mount_point, &mut progress)?;
     Ok(format!(
         "mounted {} (daemon pid {pid}, log {})",
         plan.mount_point.display(),
@@ -132,8 +154,20 @@ pub(crate) fn kith_command(store: &Path) -> Result<Command> {
 /// Starts `command` (a `--foreground --notify-stdout` daemon) in its own process
 /// group with stdin closed, stderr appended to `log_path` and stdout a pipe, and waits
 /// for its one status line: its pid once it said `ready`, else what it reported.
-/// `what` names the daemon's mount point (or store) in errors.
-pub(crate) fn spawn_reporting(mut command: Command, log_path: &Path, what: &Path) -> Result<u32> {
+/// `what` names the daemon's mount point (or store) in errors. It says nothing while
+/// it starts: the wait ends [`STARTUP_STALL_TIMEOUT`] after the start.
+pub(crate) fn spawn_reporting(command: Command, log_path: &Path, what: &Path) -> Result<u32> {
+    spawn_watching(command, log_path, what, &mut NoProgress)
+}
+
+/// [`spawn_reporting`], printing what `progress` says the starting daemon does (to
+/// stderr) and waiting for as long as that moves.
+fn spawn_watching(
+    mut command: Command,
+    log_path: &Path,
+    what: &Path,
+    progress: &mut dyn StartupSource,
+) -> Result<u32> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -165,14 +199,27 @@ pub(crate) fn spawn_reporting(mut command: Command, log_path: &Path, what: &Path
         let read = BufReader::new(stdout.take(64 * 1024)).read_line(&mut line);
         let _ = line_tx.send(read.map(|_| line));
     });
-    let line = match line_rx.recv_timeout(STARTUP_TIMEOUT) {
-        Ok(Ok(line)) => line,
-        Ok(Err(error)) => return Err(Error::Startup(error.to_string())),
-        Err(_) => {
-            return Err(Error::Startup(format!(
-                "no answer within {} s; see {}",
-                STARTUP_TIMEOUT.as_secs(),
-                log_path.display()
+    let mut watch = StartupWatch::new(
+        Instant::now(),
+        STARTUP_STALL_TIMEOUT,
+        STARTUP_PRINT_INTERVAL,
+    );
+    let waited = wait_for_daemon(
+        &line_rx,
+        progress,
+        &mut watch,
+        STARTUP_POLL,
+        &mut std::io::stderr(),
+    );
+    let line = match waited {
+        Waited::Line(Ok(line)) => line,
+        Waited::Line(Err(error)) => return Err(Error::Startup(error.to_string())),
+        Waited::Stalled { last } => {
+            return Err(Error::Startup(stalled_message(
+                &last,
+                child.id(),
+                what,
+                log_path,
             )));
         }
     };
@@ -194,6 +241,153 @@ pub(crate) fn spawn_reporting(mut command: Command, log_path: &Path, what: &Path
     )))
 }
 
+/// What `kith mount` says when a starting daemon stopped moving: the daemon is left
+/// running (see the module comment for why).
+fn stalled_message(last: &[String], pid: u32, what: &Path, log_path: &Path) -> String {
+    let last = match last {
+        [] => String::new(),
+        lines => format!(" (last: {})", lines.join("; ")),
+    };
+    format!(
+        "nothing moved for {} s while it started{last}. It was left running (pid {pid}) \
+         and serves {} if it gets there: `kith status` shows how far it is; `kill {pid}` \
+         stops it once it is up, `kill -9 {pid}` at once; its log is {}",
+        STARTUP_STALL_TIMEOUT.as_secs(),
+        what.display(),
+        log_path.display()
+    )
+}
+
+/// Where `kith mount` learns how far a starting daemon is.
+trait StartupSource {
+    /// What the daemon says now; `None` if it says nothing (not answering yet).
+    fn progress(&mut self) -> Option<StartupProgress>;
+}
+
+/// A daemon that is not asked (the witness): nothing ever moves.
+struct NoProgress;
+
+impl StartupSource for NoProgress {
+    fn progress(&mut self) -> Option<StartupProgress> {
+        None
+    }
+}
+
+/// Asks the daemon's control socket (bound before its volume opens).
+struct ControlProgress {
+    socket: PathBuf,
+}
+
+impl StartupSource for ControlProgress {
+    fn progress(&mut self) -> Option<StartupProgress> {
+        let answer =
+            control::call_within(&self.socket, &Request::Progress, STARTUP_ASK_TIMEOUT).ok()?;
+        StartupProgress::parse(answer.trim_end())
+    }
+}
+
+/// How a wait for a starting daemon ended.
+#[derive(Debug)]
+enum Waited {
+    /// The daemon's status line (empty: it closed its stdout, i.e. it exited).
+    Line(std::io::Result<String>),
+    /// Nothing moved for the watch's stall timeout; the last lines it showed.
+    Stalled { last: Vec<String> },
+}
+
+/// Waits for the daemon's status line on `lines`, asking `source` every `poll` how far
+/// the daemon is and writing what changed to `out`, until the line comes (a reported
+/// error ends the wait at once, as `ready` does) or `watch` finds it stalled.
+fn wait_for_daemon(
+    lines: &mpsc::Receiver<std::io::Result<String>>,
+    source: &mut dyn StartupSource,
+    watch: &mut StartupWatch,
+    poll: Duration,
+    out: &mut dyn Write,
+) -> Waited {
+    loop {
+        match lines.recv_timeout(poll) {
+            Ok(line) => return Waited::Line(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Waited::Line(Err(std::io::Error::other(
+                    "the daemon's status line was lost",
+                )));
+            }
+        }
+        let progress = source.progress();
+        let now = Instant::now();
+        for line in watch.observe(now, progress.as_ref()) {
+            // Progress is a courtesy: a closed terminal must not end the wait.
+            let _ = writeln!(out, "kith: {line}");
+        }
+        if watch.stalled(now) {
+            return Waited::Stalled {
+                last: watch.shown.clone(),
+            };
+        }
+    }
+}
+
+/// What `kith mount` makes of a starting daemon's answers: which lines to show (when
+/// they changed, at most once per `print_interval`), and whether the daemon stalled
+/// (nothing it reports moved for `stall_timeout`; not answering at all counts as not
+/// moving). Pure: the caller brings the clock.
+#[derive(Debug)]
+struct StartupWatch {
+    stall_timeout: Duration,
+    print_interval: Duration,
+    /// When the position last changed (or the wait began).
+    moved_at: Instant,
+    /// The last position the daemon reported.
+    position: Option<Vec<u64>>,
+    /// The lines shown last, and when.
+    shown: Vec<String>,
+    shown_at: Option<Instant>,
+}
+
+impl StartupWatch {
+    fn new(now: Instant, stall_timeout: Duration, print_interval: Duration) -> StartupWatch {
+        StartupWatch {
+            stall_timeout,
+            print_interval,
+            moved_at: now,
+            position: None,
+            shown: Vec::new(),
+            shown_at: None,
+        }
+    }
+
+    /// Takes what the daemon said at `now` (`None`: nothing); answers the lines to
+    /// show: they differ from the ones shown last, which were shown at least
+    /// `print_interval` ago.
+    fn observe(&mut self, now: Instant, progress: Option<&StartupProgress>) -> Vec<String> {
+        let Some(progress) = progress else {
+            return Vec::new();
+        };
+        if self.position.as_ref() != Some(&progress.position) {
+            self.position = Some(progress.position.clone());
+            self.moved_at = now;
+        }
+        if progress.lines.is_empty()
+            || progress.lines == self.shown
+            || self
+                .shown_at
+                .is_some_and(|at| now.saturating_duration_since(at) < self.print_interval)
+        {
+            return Vec::new();
+        }
+        self.shown.clone_from(&progress.lines);
+        self.shown_at = Some(now);
+        progress.lines.clone()
+    }
+
+    /// Nothing has moved for the stall timeout.
+    fn stalled(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.moved_at) >= self.stall_timeout
+    }
+}
+
 /// `kith mount --foreground`: run the daemon in this process until it is told to stop.
 pub fn run_foreground(plan: &MountPlan, notify_stdout: bool) -> Result<()> {
     // Before any thread exists: every later thread inherits the blocked set.
@@ -205,7 +399,7 @@ pub fn run_foreground(plan: &MountPlan, notify_stdout: bool) -> Result<()> {
         Ok(running) => running,
         Err(error) => {
             if notify_stdout {
-                println!("error {}", error.to_string().replace('\n', " "));
+                notify(&format!("error {}", error.to_string().replace('\n', " ")));
             }
             return Err(error);
         }
@@ -218,10 +412,18 @@ pub fn run_foreground(plan: &MountPlan, notify_stdout: bool) -> Result<()> {
     );
     if notify_stdout {
         // The last thing ever written to stdout: the parent closes the pipe after it.
-        println!("ready");
-        let _ = std::io::stdout().flush();
+        notify("ready");
     }
     running.serve()
+}
+
+/// The daemon's one status line to `kith mount`. That may have given up waiting and
+/// gone (a long catch-up that stalled): a closed pipe is not the daemon's failure.
+fn notify(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        tracing::info!(%error, "kith mount is no longer waiting for the status line");
+    }
 }
 
 /// The parts of a running daemon that shutdown needs.
@@ -328,7 +530,11 @@ fn open_replicated(
         &plan.config,
         plan.listen,
         HomeRole::Daemon,
-        |options| options.on_remote_change = Some(invalidations.hook()),
+        |options| {
+            options.on_remote_change = Some(invalidations.hook());
+            // A replay at open tells status how far it is as it goes.
+            options.apply_progress = Some(handler.progress.apply_hook());
+        },
         |home| handler.network_up(home),
     )?;
     home.serve(Arc::downgrade(&volume));
@@ -634,6 +840,10 @@ const PROGRESS_POLL: Duration = Duration::from_millis(500);
 struct ProgressWatch {
     started: Instant,
     state: Mutex<WatchState>,
+    /// How far the volume's current run of committed ops has applied (told by fossil
+    /// while it runs, not committed until the run ends): while the volume opens, the
+    /// replica's applied end moves only when a whole replay is done.
+    applying_end: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -651,7 +861,25 @@ impl ProgressWatch {
         ProgressWatch {
             started: Instant::now(),
             state: Mutex::new(WatchState::default()),
+            applying_end: AtomicU64::new(0),
         }
+    }
+
+    /// fossil's hook: it stores a number, under the volume's lock or inside `open`.
+    fn apply_hook(self: &Arc<Self>) -> ApplyProgressHook {
+        let watch = Arc::downgrade(self);
+        Arc::new(move |progress: ApplyProgress| {
+            if let Some(watch) = watch.upgrade() {
+                watch
+                    .applying_end
+                    .fetch_max(progress.applied_end, Ordering::Relaxed);
+            }
+        })
+    }
+
+    /// The applied end as far as a run in progress has come (0: none told yet).
+    fn applying_end(&self) -> u64 {
+        self.applying_end.load(Ordering::Relaxed)
     }
 
     /// Polls the replica until the daemon lets go of `home`.
@@ -700,6 +928,9 @@ impl ProgressWatch {
         }
     }
 }
+
+/// What status says while the network side is not up yet.
+const NETWORK_STARTING: &str = "sync: starting (opening the store and its network)";
 
 /// What a starting daemon answers to requests that need the open volume.
 const STARTING: &str = "the daemon is starting: its volume is opening (a device catching up \
@@ -770,6 +1001,7 @@ impl Handler for DaemonHandler {
                 self.home()?.device_remove(&who).map_err(|e| e.to_string())
             }
             Request::StatusJson => self.status_json(),
+            Request::Progress => Ok(format!("{}\n", self.startup_progress().to_json())),
             Request::DeviceList => match self.report() {
                 Some(report) => {
                     let (report, view) = report?;
@@ -866,7 +1098,12 @@ impl DaemonHandler {
             let starting = self.serving.get().is_none();
             let sync = if starting {
                 fossil::volume::SyncStatus {
-                    applied_end: replica.applied_end.0,
+                    // A replay at open tells its progress as it goes; the replica
+                    // hears of it when the replay is done.
+                    applied_end: replica
+                        .applied_end
+                        .0
+                        .max(self.progress.applying_end().min(replica.commit_end.0)),
                     commit_end: replica.commit_end.0,
                     pending: replica.queued,
                     unproposed: 0,
@@ -879,10 +1116,46 @@ impl DaemonHandler {
                 progress: self.progress.progress(&replica),
                 heard: replica.heard_ms_ago,
                 starting,
+                key_epochs: self.key_epochs(),
             };
             Ok((report, view))
         })();
         Some(report)
+    }
+
+    /// The volume key epochs held here, from `volume.key` (written atomically when a
+    /// rotation is learned, so a read sees the old file or the new one).
+    fn key_epochs(&self) -> Option<KeyEpochs> {
+        match membership::read_volume_key(&self.info.store) {
+            Ok(secrets) => Some(KeyEpochs {
+                newest: secrets.newest().0,
+                held: secrets.iter().count(),
+            }),
+            Err(error) => {
+                tracing::debug!(%error, "status: the volume key epochs are unknown");
+                None
+            }
+        }
+    }
+
+    /// What `kith mount` shows and watches while this daemon starts.
+    fn startup_progress(&self) -> StartupProgress {
+        let starting = self.serving.get().is_none();
+        let said = |line: String| StartupProgress {
+            starting,
+            lines: vec![line],
+            position: Vec::new(),
+        };
+        match self.report() {
+            Some(Ok((report, view))) => report.startup_progress(&view),
+            Some(Err(_)) if self.home.get().is_none() => said(NETWORK_STARTING.to_owned()),
+            Some(Err(error)) => said(format!("sync: unknown ({error})")),
+            // A single-device store replays its own short log tail: nothing to show.
+            None => StartupProgress {
+                starting,
+                ..StartupProgress::default()
+            },
+        }
     }
 
     fn status_json(&self) -> std::result::Result<String, String> {
@@ -927,7 +1200,8 @@ impl DaemonHandler {
             Some(Ok((report, view))) => text.push_str(&report.to_text(&view)),
             // Before the network is up there is nothing to report yet.
             Some(Err(_)) if self.home.get().is_none() => {
-                text.push_str("sync: starting (opening the store and its network)\n");
+                text.push_str(NETWORK_STARTING);
+                text.push('\n');
             }
             Some(Err(error)) => text.push_str(&format!("sync: unknown ({error})\n")),
             None => {}
@@ -1068,6 +1342,193 @@ mod tests {
         assert!(message.contains("/mnt/kith"), "{message}");
         drop(first);
         assert!(lock_store(store.path(), None).is_ok());
+        Ok(())
+    }
+
+    /// A daemon whose catch-up moves for `moves` answers (each one slot further),
+    /// then stays where it is.
+    struct FakeDaemon {
+        answers: u64,
+        moves: u64,
+    }
+
+    impl StartupSource for FakeDaemon {
+        fn progress(&mut self) -> Option<StartupProgress> {
+            self.answers += 1;
+            let applied = self.answers.min(self.moves);
+            Some(StartupProgress {
+                starting: true,
+                lines: vec![format!("catching up: {applied} of 1000 slot(s) applied")],
+                position: vec![1000, applied],
+            })
+        }
+    }
+
+    fn progress(lines: &[&str], position: &[u64]) -> StartupProgress {
+        StartupProgress {
+            starting: true,
+            lines: lines.iter().map(|line| (*line).to_owned()).collect(),
+            position: position.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_watch_waits_while_the_catch_up_moves_and_shows_only_changes() {
+        let stall = Duration::from_secs(120);
+        let start = Instant::now();
+        let mut watch = StartupWatch::new(start, stall, Duration::from_secs(1));
+        // Not answering yet (the socket is not bound): nothing shown, not moving.
+        assert!(watch.observe(start, None).is_empty());
+        // Ten minutes of a catch-up that moves a little every 100 s: never stalled.
+        for step in 1..=6u64 {
+            let now = start + Duration::from_secs(100 * step);
+            let line = format!("catching up: {step} of 9 slot(s) applied");
+            let shown = watch.observe(now, Some(&progress(&[&line], &[9, step])));
+            assert_eq!(shown, [line], "step {step}");
+            assert!(!watch.stalled(now + Duration::from_secs(99)), "step {step}");
+        }
+        // The same answer again: nothing to show; moved but the same line: nothing.
+        let at = start + Duration::from_millis(600_500);
+        let same = progress(&["catching up: 6 of 9 slot(s) applied"], &[9, 6]);
+        assert!(watch.observe(at, Some(&same)).is_empty());
+        let fetched = progress(&["catching up: 6 of 9 slot(s) applied"], &[9, 6, 4096]);
+        assert!(watch.observe(at, Some(&fetched)).is_empty());
+        // New lines within a second of the last ones wait for the second to pass.
+        let later = progress(&["catching up: 7 of 9 slot(s) applied"], &[9, 7]);
+        let shown_at = start + Duration::from_secs(600);
+        assert!(watch.observe(at, Some(&later)).is_empty());
+        assert_eq!(
+            watch.observe(shown_at + Duration::from_secs(1), Some(&later)),
+            ["catching up: 7 of 9 slot(s) applied"]
+        );
+        let at = shown_at + Duration::from_secs(1);
+        let fetched = progress(&["catching up: 7 of 9 slot(s) applied"], &[9, 7, 4096]);
+        assert!(watch.observe(at, Some(&fetched)).is_empty());
+        // Then nothing moves (the same figures, or no answer) for the stall timeout.
+        assert!(watch.observe(at + stall / 2, Some(&fetched)).is_empty());
+        assert!(watch.observe(at + stall / 2, None).is_empty());
+        assert!(!watch.stalled(at + stall - Duration::from_millis(1)));
+        assert!(watch.stalled(at + stall));
+        assert_eq!(watch.shown, ["catching up: 7 of 9 slot(s) applied"]);
+    }
+
+    #[test]
+    fn moving_progress_keeps_the_wait_going_past_the_stall_timeout() {
+        let stall = Duration::from_millis(100);
+        let (line_tx, lines) = mpsc::channel();
+        let ready_after = stall * 8;
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(ready_after);
+            let _ = line_tx.send(Ok("ready\n".to_owned()));
+        });
+        let mut daemon = FakeDaemon {
+            answers: 0,
+            moves: u64::MAX,
+        };
+        let started = Instant::now();
+        let mut watch = StartupWatch::new(started, stall, Duration::ZERO);
+        let mut out = Vec::new();
+        let waited = wait_for_daemon(
+            &lines,
+            &mut daemon,
+            &mut watch,
+            Duration::from_millis(5),
+            &mut out,
+        );
+        let _ = sender.join();
+        assert!(
+            matches!(&waited, Waited::Line(Ok(line)) if line == "ready\n"),
+            "{waited:?}"
+        );
+        assert!(started.elapsed() >= ready_after);
+        let out = String::from_utf8_lossy(&out);
+        let shown: Vec<&str> = out.lines().collect();
+        assert!(shown.len() >= 2, "{out}");
+        assert!(
+            shown
+                .iter()
+                .all(|line| line.starts_with("kith: catching up: ")),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_stalled_catch_up_ends_the_wait_with_the_last_lines() {
+        let (_line_tx, lines) = mpsc::channel::<std::io::Result<String>>();
+        let mut daemon = FakeDaemon {
+            answers: 0,
+            moves: 3,
+        };
+        let mut watch =
+            StartupWatch::new(Instant::now(), Duration::from_millis(50), Duration::ZERO);
+        let mut out = Vec::new();
+        let waited = wait_for_daemon(
+            &lines,
+            &mut daemon,
+            &mut watch,
+            Duration::from_millis(5),
+            &mut out,
+        );
+        let Waited::Stalled { last } = waited else {
+            panic!("not stalled: {waited:?}");
+        };
+        assert_eq!(last, ["catching up: 3 of 1000 slot(s) applied"]);
+        assert!(daemon.answers > 3, "asked {} times", daemon.answers);
+        // Each line once, though it was answered many times.
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(out.lines().count(), 3, "{out}");
+        let message = stalled_message(
+            &last,
+            4242,
+            Path::new("/home/me/Kith"),
+            Path::new("/home/me/.local/share/kith/logs/s.log"),
+        );
+        for part in [
+            "nothing moved for 120 s",
+            "(last: catching up: 3 of 1000 slot(s) applied)",
+            "left running (pid 4242)",
+            "/home/me/Kith",
+            "`kill 4242` stops it once it is up, `kill -9 4242` at once",
+            "its log is /home/me/.local/share/kith/logs/s.log",
+        ] {
+            assert!(message.contains(part), "{part:?} not in {message}");
+        }
+    }
+
+    #[test]
+    fn a_reported_error_ends_the_wait_at_once() -> anyhow::Result<()> {
+        let (line_tx, lines) = mpsc::channel();
+        line_tx.send(Ok("error the mount point is busy\n".to_owned()))?;
+        // Moving, with a stall timeout the test would notice: only the line ends it.
+        let mut daemon = FakeDaemon {
+            answers: 0,
+            moves: 5,
+        };
+        let mut watch =
+            StartupWatch::new(Instant::now(), Duration::from_millis(200), Duration::ZERO);
+        let waited = wait_for_daemon(
+            &lines,
+            &mut daemon,
+            &mut watch,
+            Duration::from_millis(5),
+            &mut std::io::sink(),
+        );
+        assert!(
+            matches!(&waited, Waited::Line(Ok(line)) if line.starts_with("error the mount")),
+            "{waited:?}"
+        );
+        assert_eq!(daemon.answers, 0, "the daemon was asked after its error");
+        // A daemon that exits without a word: its pipe closes, the line is empty.
+        let (line_tx, lines) = mpsc::channel();
+        line_tx.send(Ok(String::new()))?;
+        let waited = wait_for_daemon(
+            &lines,
+            &mut NoProgress,
+            &mut watch,
+            Duration::from_millis(5),
+            &mut std::io::sink(),
+        );
+        assert!(matches!(&waited, Waited::Line(Ok(line)) if line.is_empty()));
         Ok(())
     }
 

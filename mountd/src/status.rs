@@ -7,9 +7,12 @@
 //! `/work/briefs/sync-cli-contract.md`; fields are only ever added. The daemon adds a
 //! [`ReplicaView`]: where the log kept here starts (the last checkpoint, and its age
 //! as the daemon watched it), how far a catch-up has come, when each member was last
-//! heard from, and whether the daemon is still starting (status answers while the
-//! volume opens, which is when a device added later catches up).
-//! [`device_list`] is `kith device list` from a running daemon.
+//! heard from, whether the daemon is still starting (status answers while the
+//! volume opens, which is when a device added later catches up) and the key epochs
+//! this device holds. [`device_list`] is `kith device list` from a running daemon.
+//! [`StartupProgress`] is what `kith mount` shows (and watches for movement) while it
+//! waits for a starting daemon: the catch-up lines of the status, and the figures
+//! that move while the catch-up does.
 //!
 //! A witness daemon (`kith witness run`) reports a [`WitnessReport`]: the same
 //! configuration, leader and device lines, and what it cannot have — no applied end,
@@ -47,6 +50,69 @@ pub struct ReplicaView {
     /// The daemon is starting: its volume is opening (not mounted yet), and a device
     /// that catches up installs a checkpoint and replays the log first.
     pub starting: bool,
+    /// The volume key epochs held here (`None`: `volume.key` could not be read).
+    pub key_epochs: Option<KeyEpochs>,
+}
+
+/// The volume key epochs this device holds (its `volume.key`): new content is sealed
+/// under the newest; a device that has not learned a rotation yet lags behind the
+/// others here (and cannot open what they sealed since).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyEpochs {
+    pub newest: u32,
+    /// How many epochs are held (the older ones open older content).
+    pub held: usize,
+}
+
+/// What `kith mount` is told while it waits for a starting daemon (the control
+/// socket's `progress`): the lines to show, and where the catch-up is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StartupProgress {
+    /// The daemon is still starting (its volume is opening).
+    pub starting: bool,
+    /// The catch-up lines `kith status` shows.
+    pub lines: Vec<String>,
+    /// Figures that change while the catch-up moves (commit end, applied end, log
+    /// start, bytes fetched, …); the waiting side compares them, nothing more.
+    pub position: Vec<u64>,
+}
+
+impl StartupProgress {
+    /// One line of JSON.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "state": if self.starting { "starting" } else { "serving" },
+            "lines": self.lines,
+            "position": self.position,
+        })
+    }
+
+    /// Parses [`StartupProgress::to_json`]'s text; `None` if it is not that.
+    pub fn parse(text: &str) -> Option<StartupProgress> {
+        let value: Value = serde_json::from_str(text).ok()?;
+        let starting = match value.get("state")?.as_str()? {
+            "starting" => true,
+            "serving" => false,
+            _ => return None,
+        };
+        let lines = value
+            .get("lines")?
+            .as_array()?
+            .iter()
+            .map(|line| line.as_str().map(str::to_owned))
+            .collect::<Option<Vec<String>>>()?;
+        let position = value
+            .get("position")?
+            .as_array()?
+            .iter()
+            .map(Value::as_u64)
+            .collect::<Option<Vec<u64>>>()?;
+        Some(StartupProgress {
+            starting,
+            lines,
+            position,
+        })
+    }
 }
 
 /// Where this device's copy of the log starts and how far a catch-up has come: what
@@ -298,6 +364,38 @@ impl SyncReport {
         }
     }
 
+    /// What `kith mount` shows and watches while this daemon starts: the catch-up
+    /// lines, and the figures that move with a catch-up — the log reaching this device
+    /// (commit end), applying it (applied end, which moves during a replay), a
+    /// checkpoint arriving (log start) and its blocks (bytes fetched).
+    pub fn startup_progress(&self, view: &ReplicaView) -> StartupProgress {
+        StartupProgress {
+            starting: view.starting,
+            lines: self
+                .catch_up_line(view)
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+            position: vec![
+                self.commit_end,
+                self.applied_end,
+                view.progress.log_start,
+                self.fetched_bytes,
+            ],
+        }
+    }
+
+    /// The volume key epochs held here, for people.
+    fn key_line(&self, view: &ReplicaView) -> String {
+        match view.key_epochs {
+            Some(keys) => format!(
+                "volume key: epoch {} (the newest held here; {} epoch(s) held)\n",
+                keys.newest, keys.held
+            ),
+            None => "volume key: unknown (volume.key could not be read)\n".to_owned(),
+        }
+    }
+
     /// Votes needed to commit, of the voters.
     fn quorum(&self) -> (usize, usize) {
         (
@@ -342,6 +440,9 @@ impl SyncReport {
                     "applied": applied,
                     "to_apply": to_apply,
                 })),
+                // The newest volume key epoch held here, and how many are held.
+                "key_epoch": view.key_epochs.map(|keys| keys.newest),
+                "key_epochs_held": view.key_epochs.map(|keys| keys.held),
             },
             "devices": devices,
         })
@@ -352,7 +453,7 @@ impl SyncReport {
         let progress = &view.progress;
         let (quorum, voters) = self.quorum();
         let mut text = format!(
-            "listen: {}\nkeyring: {}\nlog: committed to {}, applied to {} ({} behind{}), {} op(s) queued\n\
+            "listen: {}\nkeyring: {}\n{}log: committed to {}, applied to {} ({} behind{}), {} op(s) queued\n\
              quorum: {quorum} of {voters} voter(s), leader {}\nfetching: {} block(s) now, {} bytes fetched\n\
              {}{}{}{}devices:\n",
             self.listen,
@@ -361,6 +462,7 @@ impl SyncReport {
             } else {
                 "UNENCRYPTED (keys readable by anyone who can read the store)"
             },
+            self.key_line(view),
             self.commit_end,
             self.applied_end,
             self.behind(),
@@ -528,7 +630,69 @@ mod tests {
             },
             heard: [(NodeId(2), Some(250)), (NodeId(3), Some(95_000))].into(),
             starting: false,
+            key_epochs: Some(KeyEpochs { newest: 2, held: 3 }),
         }
+    }
+
+    #[test]
+    fn the_text_and_json_show_the_newest_key_epoch_held() {
+        let report = report();
+        let mut view = view();
+        let text = report.to_text(&view);
+        assert!(
+            text.contains("\nvolume key: epoch 2 (the newest held here; 3 epoch(s) held)\n"),
+            "{text}"
+        );
+        let volume = &report.to_json(&view)["volume"];
+        assert_eq!(volume["key_epoch"], 2);
+        assert_eq!(volume["key_epochs_held"], 3);
+        view.key_epochs = None;
+        assert!(
+            report
+                .to_text(&view)
+                .contains("volume key: unknown (volume.key could not be read)")
+        );
+        assert_eq!(report.to_json(&view)["volume"]["key_epoch"], Value::Null);
+    }
+
+    #[test]
+    fn startup_progress_has_the_catch_up_lines_and_moves_with_the_catch_up() {
+        let mut report = report();
+        let mut view = view();
+        view.starting = true;
+        let progress = report.startup_progress(&view);
+        assert!(progress.starting);
+        assert_eq!(
+            progress.lines,
+            ["catching up: 4 of 7 slot(s) applied, 3 to go"]
+        );
+        assert_eq!(
+            StartupProgress::parse(&progress.to_json().to_string()),
+            Some(progress.clone())
+        );
+        // Each figure a catch-up moves changes the position; the age of things and
+        // who was heard from do not.
+        let position = progress.position.clone();
+        let moved = |report: &SyncReport, view: &ReplicaView| {
+            report.startup_progress(view).position != position
+        };
+        view.heard.insert(NodeId(2), Some(10));
+        view.progress.checkpoint_age_s = Some(13);
+        assert!(!moved(&report, &view));
+        report.applied_end += 1;
+        assert!(moved(&report, &view));
+        report.applied_end -= 1;
+        report.commit_end += 1;
+        assert!(moved(&report, &view));
+        report.commit_end -= 1;
+        report.fetched_bytes += 1;
+        assert!(moved(&report, &view));
+        report.fetched_bytes -= 1;
+        view.progress.log_start += 1;
+        assert!(moved(&report, &view));
+        // Not JSON of this shape: nothing.
+        assert_eq!(StartupProgress::parse("{\"state\":\"starting\"}"), None);
+        assert_eq!(StartupProgress::parse("not json"), None);
     }
 
     #[test]
