@@ -11,11 +11,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
+use common::WAIT;
 use net::Error;
 use net::entry::{KeyEpoch, KeyRotation};
 use net::identity::DeviceIdentity;
@@ -23,11 +25,10 @@ use net::keyring::VolumeKeyring;
 use net::pairing::open_epoch_secret;
 use net::replica::mem_link::MemNet;
 use net::replica::{Replica, ReplicaOptions, VolumeKeys};
-use paxos::{Config, ConfigId, NodeId, NodeOptions, Role, Slot, VolumeId};
+use paxos::{Config, ConfigId, NodeId, NodeOptions, Slot, VolumeId};
 use zeroize::Zeroizing;
 
 const VOLUME: VolumeId = VolumeId(0x4b17_e90c);
-const WAIT: Duration = Duration::from_secs(15);
 const SECRET_0: [u8; 32] = [0x10; 32];
 const SECRET_1: [u8; 32] = [0x11; 32];
 
@@ -135,19 +136,9 @@ impl Group {
         KeyRotation::seal(VOLUME, KeyEpoch(1), &SECRET_1, &recipients).unwrap()
     }
 
+    /// Waits until a live replica leads and returns it.
     async fn leader(&self) -> NodeId {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                for (id, replica) in &self.replicas {
-                    if replica.status().await.unwrap().role == Role::Leader {
-                        return *id;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .expect("no leader elected")
+        common::leader(&self.replicas).await
     }
 }
 

@@ -7,10 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::WAIT;
 use ed25519_dalek::SigningKey;
 use net::Error;
 use net::entry::{EntryKey, KeyEpoch};
@@ -22,7 +25,6 @@ use paxos::{Config, ConfigId, NodeId, NodeOptions, Role, Slot, VolumeId};
 use rand::{Rng, SeedableRng};
 
 const VOLUME: VolumeId = VolumeId(0x4b17_7e57);
-const WAIT: Duration = Duration::from_secs(15);
 
 fn signing(id: NodeId) -> SigningKey {
     let mut seed = [0u8; 32];
@@ -119,18 +121,7 @@ impl Cluster {
 
     /// Waits until a live replica leads and returns it.
     async fn leader(&self) -> NodeId {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                for (id, replica) in &self.replicas {
-                    if replica.status().await.unwrap().role == Role::Leader {
-                        return *id;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .expect("no leader elected")
+        common::leader(&self.replicas).await
     }
 
     /// Waits until every live non-witness replica has committed below `end`, and
