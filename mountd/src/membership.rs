@@ -1583,7 +1583,10 @@ mod tests {
     fn removals_owed_round_trip_and_a_damaged_record_is_an_error() -> anyhow::Result<()> {
         let root = tempfile::tempdir()?;
         let store = root.path();
-        assert!(read_removals_owed(store)?.is_empty(), "no file: nothing owed");
+        assert!(
+            read_removals_owed(store)?.is_empty(),
+            "no file: nothing owed"
+        );
         let owed: std::collections::BTreeSet<NodeId> = [NodeId(3), NodeId(7)].into();
         write_removals_owed(store, &owed)?;
         assert_eq!(read_removals_owed(store)?, owed);

@@ -1460,9 +1460,7 @@ impl Home {
                         }
                     }
                 })
-                .map_err(|e| {
-                    Error::Startup(format!("cannot start the membership thread: {e}"))
-                })?;
+                .map_err(|e| Error::Startup(format!("cannot start the membership thread: {e}")))?;
         }
         Ok(())
     }
@@ -1817,7 +1815,9 @@ impl Devices {
         }
         if status.leader == Some(status.id)
             && let Some(node) = owed.iter().find(|node| status.config.is_member(**node))
-            && let Err(error) = self.blocking.change_membership(MembershipChange::Remove(*node))
+            && let Err(error) = self
+                .blocking
+                .change_membership(MembershipChange::Remove(*node))
         {
             tracing::debug!(%node, %error, "proposing an owed removal failed; retrying later");
         }
@@ -1854,13 +1854,19 @@ impl Devices {
                 .map(|(node, _)| *node)
                 .collect()
         };
-        let ready = learners_to_promote(status, |node| live.contains(&node) && !owed.contains(&node));
+        let ready =
+            learners_to_promote(status, |node| live.contains(&node) && !owed.contains(&node));
         let Some(node) = ready.first().copied() else {
             return;
         };
-        match self.blocking.change_membership(MembershipChange::AddVoter(node)) {
+        match self
+            .blocking
+            .change_membership(MembershipChange::AddVoter(node))
+        {
             Ok(()) => tracing::info!(%node, "proposed a caught-up learner as a voter"),
-            Err(error) => tracing::debug!(%node, %error, "promoting a learner failed; retrying later"),
+            Err(error) => {
+                tracing::debug!(%node, %error, "promoting a learner failed; retrying later")
+            }
         }
     }
 
@@ -2279,7 +2285,10 @@ mod tests {
                 (7, Some(10), None),
             ],
         );
-        assert_eq!(learners_to_promote(&status, |_| true), [NodeId(2), NodeId(3)]);
+        assert_eq!(
+            learners_to_promote(&status, |_| true),
+            [NodeId(2), NodeId(3)]
+        );
         // A revoked device (or one this device does not know) stays a learner; the
         // witness (a voter) is never a candidate.
         assert_eq!(

@@ -182,7 +182,8 @@ fn daemon_pid_in(out: &str) -> anyhow::Result<u32> {
 
 /// `n` devices of one user: the first creates the user and the volume, the others
 /// join through it; all are mounted and listening on loopback, and each lists all
-/// `n` devices online with nothing left to apply.
+/// `n` devices online, every one a voter (a device joins as a learner and is promoted
+/// once caught up), with nothing left to apply.
 pub fn cluster(n: usize) -> anyhow::Result<Vec<Kith>> {
     cluster_with(n, |_, _| Ok(()))
 }
@@ -208,10 +209,11 @@ pub fn cluster_with(
     for (index, device) in devices.iter().enumerate() {
         wait_until(
             SYNC_TIMEOUT,
-            &format!("device {index} sees {n} online"),
+            &format!("device {index} sees {n} online voters"),
             || {
                 let status = device.sync_status()?;
                 Ok(status.devices.iter().filter(|d| d.online).count() == n
+                    && status.devices.iter().all(|d| d.role == "voter")
                     && status.volume.behind == 0)
             },
         )?;
