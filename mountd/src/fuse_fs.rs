@@ -731,6 +731,8 @@ impl Filesystem for KithFs {
                 Ok(found) => reply.offset(found),
                 Err(_) => reply.error(Errno::EOVERFLOW),
             },
+            // At or past the end, or no data after the offset.
+            Err(fossil::Error::SeekPastEnd) => reply.error(Errno::ENXIO),
             Err(error) => reply.error(fail("lseek", ino, &error)),
         }
     }

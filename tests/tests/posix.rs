@@ -241,14 +241,30 @@ fn attributes_xattrs_and_space_operations() -> anyhow::Result<()> {
         &content[..hole_at as usize],
         &pattern(2, 3 << 20)[..hole_at as usize]
     );
-    // A file system may report a punched range as data (then the first hole is EOF).
+    // Holes are found at leaf granularity (leaves of a zero run are 256 KiB): the
+    // first starts inside the punched range, data resumes at the leaf holding its end.
+    let leaf = 256 << 10;
     let hole = rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(0))?;
     assert!(
-        hole <= hole_at || hole == 3 << 20,
+        hole >= hole_at && hole < hole_at + leaf,
         "first hole at {hole}, punched at {hole_at}"
     );
     let data = rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(hole_at))?;
     assert!(data >= hole_at && data <= 2 << 20, "data resumes at {data}");
+    // (Two leaves: the zero leaf just before data may be cut short, and count as data.)
+    let data = rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(hole))?;
+    assert!(
+        data > (2 << 20) - 2 * leaf && data <= 2 << 20,
+        "data resumes at {data}"
+    );
+    assert_eq!(
+        rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(data))?,
+        3 << 20
+    );
+    assert_eq!(
+        rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(3 << 20)),
+        Err(rustix::io::Errno::NXIO)
+    );
 
     // copy_file_range into a new file.
     let copy = fs::File::create(kith.path("copy"))?;
@@ -276,5 +292,53 @@ fn attributes_xattrs_and_space_operations() -> anyhow::Result<()> {
     // statfs reports the name limit the volume enforces.
     let stat = rustix::fs::statfs(&kith.mnt)?;
     assert_eq!(stat.f_namelen, 255);
+    Ok(())
+}
+
+#[test]
+fn sparse_files_report_their_holes_and_copy_sparse() -> anyhow::Result<()> {
+    if skip_without_fuse("sparse_files_report_their_holes_and_copy_sparse") {
+        return Ok(());
+    }
+    let kith = Kith::new()?;
+    kith.mount()?;
+    // A file grown by truncate, then one write at the end (how VM images and
+    // databases start out).
+    let size: u64 = 64 << 20;
+    let tail = pattern(3, 1 << 20);
+    let path = kith.path("image");
+    let mut file = fs::File::create(&path)?;
+    file.set_len(size)?;
+    file.seek(SeekFrom::Start(size - (1 << 20)))?;
+    file.write_all(&tail)?;
+    drop(file);
+    let file = fs::File::open(&path)?;
+    let seek = |to| rustix::fs::seek(&file, to);
+    assert_eq!(seek(rustix::fs::SeekFrom::Hole(0))?, 0);
+    let data = seek(rustix::fs::SeekFrom::Data(0))?;
+    let data_start = size - (1 << 20);
+    // Within two leaves of the write (the zero leaf just before data may be cut short).
+    assert!(
+        data <= data_start && data > data_start - (512 << 10),
+        "data at {data}, written at {data_start}"
+    );
+    assert_eq!(seek(rustix::fs::SeekFrom::Hole(data))?, size);
+    assert_eq!(
+        seek(rustix::fs::SeekFrom::Data(size)),
+        Err(rustix::io::Errno::NXIO)
+    );
+
+    // cp finds the data through SEEK_DATA/SEEK_HOLE and copies the same bytes.
+    let copy = kith.root().join("copy");
+    let status = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&path)
+        .arg(&copy)
+        .status()?;
+    assert!(status.success(), "cp failed: {status}");
+    let copied = fs::read(&copy)?;
+    assert_eq!(copied.len() as u64, size);
+    assert!(copied[..data_start as usize].iter().all(|b| *b == 0));
+    assert!(copied[data_start as usize..] == tail[..], "tail differs");
     Ok(())
 }
