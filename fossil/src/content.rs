@@ -62,6 +62,13 @@ pub trait ContentStore: Send + Sync + std::fmt::Debug {
             SeekTo::Hole => None,
         })
     }
+    /// Bytes of the content under `root` outside the holes [`ContentStore::seek`]
+    /// finds (what `st_blocks` counts), or `None` when that is unknown or too costly
+    /// to find out (this default).
+    fn data_bytes(&self, root: &BlockRef) -> Result<Option<u64>> {
+        let _ = root;
+        Ok(None)
+    }
     /// Store a metadata blob (a checkpoint image).
     fn write_meta(&self, bytes: &[u8]) -> Result<BlockRef>;
     fn read_meta(&self, root: &BlockRef) -> Result<Vec<u8>>;

@@ -23,9 +23,11 @@
 //! `seek` finds all-zero leaves from pointer blocks alone (venti's
 //! [`venti::tree::Holes`]: a zero leaf's key is known per epoch and length). One
 //! `Holes` per epoch is kept, with the pointer blocks recent seeks decoded, so the two
-//! seeks per extent of a sparse copy cost no store reads.
+//! seeks per extent of a sparse copy cost no store reads. `data_bytes` (a file's
+//! `st_blocks`) counts the bytes outside those holes once per root, for trees of more
+//! than one leaf, within a bound on the pointer blocks it opens.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -51,6 +53,9 @@ const SEAL_INLINE_BYTES_MAX: usize = 512 << 10;
 const COMPACT_DEAD_FRACTION_MIN: f64 = 0.5;
 /// Buffers queued to one writer thread before `write` waits.
 const WRITER_QUEUE_BUFFERS: usize = 16;
+
+/// Roots whose `data_bytes` answer is remembered; the map starts over when full.
+const DATA_BYTES_ROOTS_MAX: usize = 16_384;
 
 /// Sealers kept for reuse by `write_all` of single-chunk content (one per thread that
 /// writes at the same time; more are dropped).
@@ -356,6 +361,8 @@ pub struct VentiContent {
     sealers: Arc<Mutex<Vec<Sealer>>>,
     /// What a hole looks like in each epoch's trees, made on the first seek in one.
     holes: Arc<Mutex<BTreeMap<u32, Arc<Holes>>>>,
+    /// `data_bytes` answers by root address (content under a root never changes).
+    data_bytes: Arc<Mutex<HashMap<venti::Address, Option<u64>>>>,
 }
 
 impl VentiContent {
@@ -368,6 +375,7 @@ impl VentiContent {
             })),
             sealers: Arc::new(Mutex::new(Vec::new())),
             holes: Arc::default(),
+            data_bytes: Arc::default(),
         }
     }
 
@@ -387,6 +395,7 @@ impl VentiContent {
             keys: Arc::new(RwLock::new(KeySet { by_epoch })),
             sealers: Arc::new(Mutex::new(Vec::new())),
             holes: Arc::default(),
+            data_bytes: Arc::default(),
         }
     }
 
@@ -415,7 +424,8 @@ impl VentiContent {
         self.keys.read().of(epoch)
     }
 
-    /// The holes of `keys`' epoch (made once per epoch: it hashes a zero leaf).
+    /// The holes of `keys`' epoch (made once per epoch: it chunks and hashes a zero
+    /// leaf).
     fn holes(&self, keys: &EpochKeys) -> Arc<Holes> {
         Arc::clone(
             self.holes
@@ -539,6 +549,29 @@ impl ContentStore for VentiContent {
             SeekTo::Data => reader.next_data(root, offset, &holes)?,
             SeekTo::Hole => reader.next_hole(root, offset, &holes)?,
         })
+    }
+
+    fn data_bytes(&self, root: &BlockRef) -> Result<Option<u64>> {
+        // A root of one leaf is all data or all zeros; telling which would hash a
+        // zero leaf of its length on every stat of a new small file: call it data.
+        if root.length <= venti::seal::CONTENT_BYTES_MAX as u64 {
+            return Ok(None);
+        }
+        if let Some(known) = self.data_bytes.lock().get(&root.address) {
+            return Ok(*known);
+        }
+        let keys = self.epoch_keys(root.epoch)?;
+        let holes = self.holes(&keys);
+        let reader = TreeReader::new(self.store.as_ref(), &keys);
+        let data_bytes = reader
+            .zero_bytes(root, &holes)?
+            .map(|zero_bytes| root.length.saturating_sub(zero_bytes));
+        let mut known = self.data_bytes.lock();
+        if known.len() >= DATA_BYTES_ROOTS_MAX {
+            known.clear();
+        }
+        known.insert(root.address, data_bytes);
+        Ok(data_bytes)
     }
 
     fn edit(
@@ -689,6 +722,9 @@ mod tests {
             assert!(data <= 4 * mib && data + leaf > 4 * mib, "data at {data}");
             assert_eq!(store.seek(root, data, SeekTo::Hole).unwrap(), None);
             assert_eq!(store.seek(root, 10, SeekTo::Data).unwrap(), Some(10));
+            // The zero leaves between the first hole and the data are not counted.
+            let data_bytes = store.data_bytes(root).unwrap().unwrap();
+            assert_eq!(data_bytes, root.length - (data - hole));
         };
         let old = store.write_all(&bytes).unwrap();
         check(&old);

@@ -67,7 +67,9 @@ use crate::{
 mod edit;
 mod holes;
 pub use edit::{EditOutcome, EditStats, TreeEditor};
-pub use holes::{Holes, POINTER_CACHE_BYTES_MAX, SEEK_POINTERS_MAX, TAIL_KEYS_MAX};
+pub use holes::{
+    Holes, POINTER_CACHE_BYTES_MAX, SEEK_POINTERS_MAX, TAIL_KEYS_MAX, ZERO_BYTES_POINTERS_MAX,
+};
 
 /// A pointer block ends at a child whose key's low bits are zero with this odds.
 pub const FANOUT_BOUNDARY_ONE_IN: u32 = 128;

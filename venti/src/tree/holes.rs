@@ -41,6 +41,8 @@ use crate::{Address, BlockRef, Error, Kind, Result};
 /// Pointer blocks one search visits at most (about 40 GiB of content at average
 /// fan-out): the bound on the work one `lseek` can cause.
 pub const SEEK_POINTERS_MAX: usize = 4096;
+/// Pointer blocks [`TreeReader::zero_bytes`] visits at most (it runs on `stat`).
+pub const ZERO_BYTES_POINTERS_MAX: usize = 256;
 /// Tail-leaf lengths whose zero key is remembered; the map starts over when full.
 pub const TAIL_KEYS_MAX: usize = 64;
 /// Decoded pointer blocks kept (bytes of refs); the cache starts over when full.
@@ -265,7 +267,90 @@ impl Search<'_, '_> {
     }
 }
 
+/// Bytes in recognisable zero leaves under one node: a walk over pointer blocks.
+struct ZeroCount<'a, 's> {
+    reader: &'a TreeReader<'s>,
+    holes: &'a Holes,
+    tree_bytes: u64,
+    /// Zero bytes under each pointer block counted so far (repeated blocks once).
+    counted: HashMap<Address, u64>,
+    pointers_left: usize,
+}
+
+impl ZeroCount<'_, '_> {
+    /// `None` when the pointer budget ran out.
+    fn node(
+        &mut self,
+        node_ref: &BlockRef,
+        level: Option<u8>,
+        node_start: u64,
+    ) -> Result<Option<u64>> {
+        let is_last = node_start.saturating_add(node_ref.length) == self.tree_bytes;
+        let keys = self.reader.keys;
+        let zero_leaf = || self.holes.is_zero_leaf(keys, node_ref, is_last);
+        match level {
+            Some(0) => return Ok(Some(if zero_leaf() { node_ref.length } else { 0 })),
+            // A pointer block's key is of another kind: only a zero leaf matches.
+            None if zero_leaf() => return Ok(Some(node_ref.length)),
+            _ => {}
+        }
+        if let Some(zero_bytes) = self.counted.get(&node_ref.address) {
+            return Ok(Some(*zero_bytes));
+        }
+        if self.pointers_left == 0 {
+            return Ok(None);
+        }
+        self.pointers_left -= 1;
+        let Some(pointer) = self.holes.pointer(self.reader, node_ref, level)? else {
+            return Ok(Some(0));
+        };
+        let mut zero_bytes = 0u64;
+        let mut child_start = node_start;
+        for child in &pointer.children {
+            let Some(child_zero) = self.node(child, Some(pointer.level - 1), child_start)? else {
+                return Ok(None);
+            };
+            zero_bytes = zero_bytes.saturating_add(child_zero);
+            child_start = child_start.saturating_add(child.length);
+        }
+        self.counted.insert(node_ref.address, zero_bytes);
+        Ok(Some(zero_bytes))
+    }
+}
+
 impl TreeReader<'_> {
+    /// Bytes of the content under `root` that are in leaves [`TreeReader::next_hole`]
+    /// calls holes (what a file's allocated size leaves out), or `None` if counting
+    /// them would open more than [`ZERO_BYTES_POINTERS_MAX`] pointer blocks. A pointer
+    /// block listed many times (a long zero run) is opened once.
+    pub fn zero_bytes(&self, root: &BlockRef, holes: &Holes) -> Result<Option<u64>> {
+        self.check_holes(holes)?;
+        let mut count = ZeroCount {
+            reader: self,
+            holes,
+            tree_bytes: root.length,
+            counted: HashMap::new(),
+            pointers_left: ZERO_BYTES_POINTERS_MAX.min(holes.pointers_max),
+        };
+        count.node(root, None, 0)
+    }
+
+    fn check_holes(&self, holes: &Holes) -> Result<()> {
+        if holes.epoch != self.keys.epoch() || holes.leaf_kind != self.leaf_kind {
+            return Err(Error::Malformed {
+                what: "hole search",
+                detail: format!(
+                    "holes of epoch {} ({:?} leaves) for a reader of epoch {} ({:?} leaves)",
+                    holes.epoch,
+                    holes.leaf_kind,
+                    self.keys.epoch(),
+                    self.leaf_kind
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The first offset at or after `offset` that lies in a leaf holding data, or
     /// `None` if every leaf from there to the end is all zeros (`SEEK_DATA`). Opens
     /// pointer blocks only; a leaf of zeros may be called data (see the module
@@ -288,18 +373,7 @@ impl TreeReader<'_> {
         holes: &Holes,
         want_zero: bool,
     ) -> Result<Option<u64>> {
-        if holes.epoch != self.keys.epoch() || holes.leaf_kind != self.leaf_kind {
-            return Err(Error::Malformed {
-                what: "hole search",
-                detail: format!(
-                    "holes of epoch {} ({:?} leaves) for a reader of epoch {} ({:?} leaves)",
-                    holes.epoch,
-                    holes.leaf_kind,
-                    self.keys.epoch(),
-                    self.leaf_kind
-                ),
-            });
-        }
+        self.check_holes(holes)?;
         if offset >= root.length {
             return Ok(None);
         }
@@ -483,6 +557,40 @@ mod tests {
         let mut offsets: Vec<u64> = starts.clone();
         offsets.extend(starts.iter().map(|start| start + 3));
         check_all(&data, false, &offsets);
+    }
+
+    #[test]
+    fn zero_bytes_are_the_bytes_of_zero_leaves() {
+        let store = MemoryStore::default();
+        let keys = keys();
+        let reader = TreeReader::new(&store, &keys);
+        let data = sparse_image();
+        let (root, holes) = write(&store, &data, false);
+        let in_holes: u64 = model(&data, false)
+            .iter()
+            .filter(|(_, _, hole)| *hole)
+            .map(|(start, end, _)| end - start)
+            .sum();
+        assert!(in_holes > 12 * MIB as u64, "{in_holes}");
+        assert_eq!(reader.zero_bytes(&root, &holes).unwrap(), Some(in_holes));
+        let (random, _) = write(&store, &random(MIB, 7), false);
+        assert_eq!(reader.zero_bytes(&random, &holes).unwrap(), Some(0));
+        let (small, _) = write(&store, &[0u8; 100], false);
+        assert_eq!(reader.zero_bytes(&small, &holes).unwrap(), Some(100));
+        // Deep trees against the model; a tiny budget gives up rather than guess.
+        let data = runs(
+            &[(false, 3000), (true, 40_000), (false, 10), (true, 9000)],
+            8,
+        );
+        let (root, holes) = write(&store, &data, true);
+        let in_holes: u64 = model(&data, true)
+            .iter()
+            .filter(|(_, _, hole)| *hole)
+            .map(|(start, end, _)| end - start)
+            .sum();
+        assert_eq!(reader.zero_bytes(&root, &holes).unwrap(), Some(in_holes));
+        let holes = holes.with_pointers_max(2);
+        assert_eq!(reader.zero_bytes(&root, &holes).unwrap(), None);
     }
 
     #[test]
