@@ -33,9 +33,9 @@ use fossil::{
 };
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -342,7 +342,7 @@ impl Filesystem for KithFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let ino = ino_of(ino);
         let handle = match self.volume.open_file(ino) {
             Ok(handle) => handle,
@@ -351,10 +351,18 @@ impl Filesystem for KithFs {
                 return;
             }
         };
-        let open_flags = match self.volume.getattr(ino) {
+        let mut open_flags = match self.volume.getattr(ino) {
             Ok(attr) => self.open_flags_for(ino, attr.version),
             Err(_) => FopenFlags::empty(),
         };
+        // Nothing is written through a read-only descriptor, so its close has nothing
+        // to flush or report: skip the FLUSH round trip (a reader's close, e.g. every
+        // file `tar -c` reads). Locks are the kernel's (no getlk/setlk here), so FLUSH
+        // has no lock owner to release either. Writable opens keep it: their close
+        // reports ENOSPC or EIO from turning the buffer into a write op.
+        if flags.acc_mode() == OpenAccMode::O_RDONLY {
+            open_flags |= FopenFlags::FOPEN_NOFLUSH;
+        }
         reply.opened(fuser::FileHandle(handle.0), open_flags);
     }
 
