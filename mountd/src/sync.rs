@@ -22,9 +22,9 @@
 //! [`RECONCILE_INTERVAL`] from its start): work that a join or a removal leaves owed is
 //! finished from state that survives restarts, never from memory —
 //! - *promotions*: a device joins as a learner ([`crate::join`]); every learner that is
-//!   a live device of the user's chain and has caught up as this leader sees it (heard
-//!   within [`PROMOTE_HEARD_WITHIN_MS`], its reported commit index within
-//!   [`PROMOTE_WITHIN_SLOTS`] of the commit end: [`learners_to_promote`]) is proposed
+//!   a live device of the user's chain, connected now, and has caught up as this leader
+//!   sees it (its reported commit index within [`PROMOTE_WITHIN_SLOTS`] of the commit
+//!   end: [`learners_to_promote`]) is proposed
 //!   as a voter, one configuration change at a time. Derived from the configuration in
 //!   force, so a restart between the join and the promotion changes nothing.
 //! - *removals*: `kith device remove` records the node in the store's
@@ -1131,9 +1131,6 @@ pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// volume last reported at most one answer's worth below the end. (etcd promotes a
 /// learner at 90 % of the leader's index.)
 pub const PROMOTE_WITHIN_SLOTS: u64 = paxos::limits::CATCHUP_ENTRIES_MAX as u64;
-/// ... and heard from this recently: a learner whose daemon is not running is never
-/// made a voter (every quorum would then need it).
-pub const PROMOTE_HEARD_WITHIN_MS: u64 = 3_000;
 /// How long one reconcile step waits to see the rotation it proposed committed.
 const ROTATION_POLL: Duration = Duration::from_millis(100);
 /// Test hook: with this set in the daemon's environment, `kith device remove` kills the
@@ -1141,29 +1138,26 @@ const ROTATION_POLL: Duration = Duration::from_millis(100);
 /// is proposed — the crash the owed-removal record exists for. Tests only.
 pub const KILL_AFTER_REMOVE_ENV: &str = "KITH_TEST_KILL_AFTER_REMOVE";
 
-/// The learners of `status.config` to make voters, lowest node first: devices of the
-/// user (`is_live_device`; never a revoked one), heard from within
-/// [`PROMOTE_HEARD_WITHIN_MS`], whose reported commit index is within
-/// [`PROMOTE_WITHIN_SLOTS`] of the commit end as `status` (the leader's) sees it.
-/// Witnesses are voters, never learners, so none is here.
+/// The learners of `status.config` to make voters, lowest node first: those
+/// `is_candidate` accepts (the daemon's rule: a live device of the user's chain,
+/// connected now — a learner whose daemon is not running is never made a voter, every
+/// quorum would then need it) whose reported commit index (so: heard since this
+/// replica started) is within [`PROMOTE_WITHIN_SLOTS`] of the commit end as `status`
+/// (the leader's) sees it. Witnesses are voters, never learners, so none is here.
+///
+/// Connected rather than "heard lately": a learner that has caught up on an idle
+/// volume sends the leader nothing (it pulls only when told of new commits), while
+/// its connection stays up as long as its daemon runs.
 pub fn learners_to_promote(
     status: &ReplicaStatus,
-    is_live_device: impl Fn(NodeId) -> bool,
+    is_candidate: impl Fn(NodeId) -> bool,
 ) -> Vec<NodeId> {
     status
         .config
         .learners
         .iter()
         .copied()
-        .filter(|node| is_live_device(*node))
-        .filter(|node| {
-            status
-                .heard_ms_ago
-                .get(node)
-                .copied()
-                .flatten()
-                .is_some_and(|ms| ms <= PROMOTE_HEARD_WITHIN_MS)
-        })
+        .filter(|node| is_candidate(*node))
         .filter(|node| {
             status.reported_commit.get(node).is_some_and(|slot| {
                 slot.0.saturating_add(PROMOTE_WITHIN_SLOTS) >= status.commit_end.0
@@ -1850,7 +1844,9 @@ impl Devices {
             membership
                 .nodes
                 .iter()
-                .filter(|(_, device)| state.is_live(device))
+                .filter(|(_, device)| {
+                    state.is_live(device) && self.endpoint.existing_connection(device).is_some()
+                })
                 .map(|(node, _)| *node)
                 .collect()
         };
@@ -2279,20 +2275,21 @@ mod tests {
                 (3, Some(10), Some(end - PROMOTE_WITHIN_SLOTS)),
                 // One slot further behind: not yet.
                 (5, Some(10), Some(end - PROMOTE_WITHIN_SLOTS - 1)),
-                // Caught up when last heard, but silent since (its daemon stopped).
-                (6, Some(PROMOTE_HEARD_WITHIN_MS + 1), Some(end)),
+                // Caught up, silent for a long time (an idle volume): promoted if
+                // the daemon's rule (connected now) accepts it.
+                (6, Some(600_000), Some(end)),
                 // Heard, never reported where it is.
                 (7, Some(10), None),
             ],
         );
         assert_eq!(
             learners_to_promote(&status, |_| true),
-            [NodeId(2), NodeId(3)]
+            [NodeId(2), NodeId(3), NodeId(6)]
         );
-        // A revoked device (or one this device does not know) stays a learner; the
-        // witness (a voter) is never a candidate.
+        // One the daemon's rule refuses (revoked, unknown, or not connected: its daemon
+        // stopped) stays a learner; the witness (a voter) is never a candidate.
         assert_eq!(
-            learners_to_promote(&status, |node| node != NodeId(2)),
+            learners_to_promote(&status, |node| node != NodeId(2) && node != NodeId(6)),
             [NodeId(3)]
         );
         // Never heard since this daemon started (a restart before the joiner's daemon
