@@ -135,6 +135,36 @@ impl Drop for Witness {
     }
 }
 
+/// A fresh device joined through `inviter`, not mounted. A failed join is retried on
+/// a fresh store with a fresh code, and said on stdout (pairing has lost its
+/// connection now and then on this loaded machine).
+pub fn join_retrying(inviter: &Kith) -> anyhow::Result<Kith> {
+    let mut attempt = 1;
+    loop {
+        let device = Kith::new()?;
+        let code = inviter.device_add()?;
+        match device.device_join(&code) {
+            Ok(_) => return Ok(device),
+            Err(error) if attempt < 3 => {
+                println!("join attempt {attempt} failed, retrying: {error:#}");
+                attempt += 1;
+            }
+            Err(error) => return Err(error.context("joining")),
+        }
+    }
+}
+
+/// `device`'s own fingerprint, as its status lists it.
+pub fn own_fingerprint(device: &Kith) -> anyhow::Result<String> {
+    device
+        .sync_status()?
+        .devices
+        .into_iter()
+        .find(|d| d.this)
+        .map(|d| d.fingerprint)
+        .context("status lists no device as this one")
+}
+
 /// A loopback UDP port free a moment ago.
 pub fn free_loopback_port() -> anyhow::Result<std::net::SocketAddr> {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use anyhow::{Context, ensure};
 use kith_tests::sync::{
-    SYNC_TIMEOUT, acceptor_log, cluster_with, json, mounts, pause, read, resume,
+    SYNC_TIMEOUT, acceptor_log, cluster_with, join_retrying, json, mounts, pause, read, resume,
     wait_for_same_trees, wait_until, write_synced,
 };
 use kith_tests::{Kith, pattern, skip_without_fuse, wait_gone};
@@ -84,25 +84,6 @@ fn check_files(device: &Kith, writers: &[&str], range: std::ops::Range<u64>) -> 
     Ok(())
 }
 
-/// A fresh device joined through `inviter`, not mounted. A failed join is retried on
-/// a fresh store with a fresh code, and said on stdout (pairing has lost its
-/// connection now and then on this loaded machine).
-fn join(inviter: &Kith) -> anyhow::Result<Kith> {
-    let mut attempt = 1;
-    loop {
-        let device = Kith::new()?;
-        let code = inviter.device_add()?;
-        match device.device_join(&code) {
-            Ok(_) => return Ok(device),
-            Err(error) if attempt < 3 => {
-                println!("join attempt {attempt} failed, retrying: {error:#}");
-                attempt += 1;
-            }
-            Err(error) => return Err(error.context("joining")),
-        }
-    }
-}
-
 #[test]
 fn a_device_added_later_starts_from_a_checkpoint_plus_the_log() -> anyhow::Result<()> {
     if skip_without_fuse("a_device_added_later_starts_from_a_checkpoint_plus_the_log") {
@@ -154,7 +135,7 @@ fn a_device_added_later_starts_from_a_checkpoint_plus_the_log() -> anyhow::Resul
 
     // A third device joins: it never checkpoints itself (checkpoint_ops = 0), so a
     // snapshot in its store came from a peer. Its status is asked while it mounts.
-    let c = join(a)?;
+    let c = join_retrying(a)?;
     c.set_config(&checkpoint_config(0))?;
     let (mounted, while_starting) = std::thread::scope(|scope| {
         let mounting = scope.spawn(|| c.mount_listening());

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use kith_tests::sync::{
-    SYNC_TIMEOUT, abort_fuse_connection, cluster, mounts, pause, read, resume, wait_for_content,
-    wait_for_same_trees, wait_until, write_synced,
+    SYNC_TIMEOUT, abort_fuse_connection, cluster, mounts, own_fingerprint, pause, read, resume,
+    wait_for_content, wait_for_same_trees, wait_until, write_synced,
 };
 use kith_tests::{Kith, kill_and_wait, pattern, skip_without_fuse};
 
@@ -24,17 +24,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn long_run() -> bool {
     std::env::var_os("KITH_LONG").is_some_and(|value| value != "0")
-}
-
-/// This device's own fingerprint, as its status lists it.
-fn own_fingerprint(device: &Kith) -> anyhow::Result<String> {
-    device
-        .sync_status()?
-        .devices
-        .into_iter()
-        .find(|d| d.this)
-        .map(|d| d.fingerprint)
-        .context("status lists no device as this one")
 }
 
 /// Index of the device every live device agrees is the leader.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use fossil::venti_content::EpochSecrets;
 use kith_tests::sync::{
-    SYNC_TIMEOUT, join_and_mount, read, wait_for_content, wait_until, write_synced,
+    SYNC_TIMEOUT, join_and_mount, own_fingerprint, read, wait_for_content, wait_until, write_synced,
 };
 use kith_tests::{Kith, pattern, skip_without_fuse, wait_gone};
 use net::entry::{EntryHeader, EntryKind};
@@ -79,16 +79,6 @@ fn mount_with_kill_hook(device: &Kith) -> anyhow::Result<u32> {
         .with_context(|| format!("no daemon pid in {stdout:?}"))
 }
 
-fn this_fingerprint(device: &Kith) -> anyhow::Result<String> {
-    device
-        .sync_status()?
-        .devices
-        .into_iter()
-        .find(|d| d.this)
-        .map(|d| d.fingerprint)
-        .context("the device lists itself")
-}
-
 #[test]
 fn a_rotation_owed_by_a_removal_is_proposed_after_a_crash() -> anyhow::Result<()> {
     if skip_without_fuse("a_rotation_owed_by_a_removal_is_proposed_after_a_crash") {
@@ -99,7 +89,7 @@ fn a_rotation_owed_by_a_removal_is_proposed_after_a_crash() -> anyhow::Result<()
     let a_pid = mount_with_kill_hook(&a).context("mounting a")?;
     let b = join_and_mount(&a, 1, |_| Ok(()))?;
     let c = join_and_mount(&a, 2, |_| Ok(()))?;
-    let a_fingerprint = this_fingerprint(&a)?;
+    let a_fingerprint = own_fingerprint(&a)?;
     wait_until(SYNC_TIMEOUT, "three voters, a leading", || {
         for device in [&a, &b, &c] {
             let status = device.sync_status()?;
@@ -118,7 +108,7 @@ fn a_rotation_owed_by_a_removal_is_proposed_after_a_crash() -> anyhow::Result<()
     wait_for_content(&c.path("f1"), &f1, SYNC_TIMEOUT)?;
 
     // The removal: a dies after Remove(c) took effect, before any rotation.
-    let c_fingerprint = this_fingerprint(&c)?;
+    let c_fingerprint = own_fingerprint(&c)?;
     let removal = a.run(["device", "remove", &c_fingerprint])?;
     ensure!(
         !removal.status.success(),

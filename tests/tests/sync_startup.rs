@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::process::Stdio;
 
 use anyhow::{Context, ensure};
-use kith_tests::sync::{SYNC_TIMEOUT, json, wait_until};
+use kith_tests::sync::{SYNC_TIMEOUT, join_retrying, json, wait_until};
 use kith_tests::{Kith, skip_without_fuse};
 
 /// Operations in the log the new device replays. Its start lasts past a progress
@@ -16,25 +16,6 @@ use kith_tests::{Kith, skip_without_fuse};
 /// log is and fetches it. More would take long to write (about 85-260 ms per mkdir
 /// through the mount on a loaded 2-core machine) and add little.
 const DIRS: usize = 150;
-
-/// A fresh device joined through `inviter`, not mounted. A failed join is retried on
-/// a fresh store with a fresh code, and said on stdout (pairing has lost its
-/// connection now and then on this loaded machine).
-fn join(inviter: &Kith) -> anyhow::Result<Kith> {
-    let mut attempt = 1;
-    loop {
-        let device = Kith::new()?;
-        let code = inviter.device_add()?;
-        match device.device_join(&code) {
-            Ok(_) => return Ok(device),
-            Err(error) if attempt < 3 => {
-                println!("join attempt {attempt} failed, retrying: {error:#}");
-                attempt += 1;
-            }
-            Err(error) => return Err(error.context("joining")),
-        }
-    }
-}
 
 /// `kith mount MNT --listen 127.0.0.1:0` with stdout and stderr in one file, in the
 /// order they were written; answers whether it succeeded and what it wrote.
@@ -72,7 +53,7 @@ fn a_device_added_later_shows_its_catch_up_while_kith_mount_waits() -> anyhow::R
     ensure!(commit_end > DIRS as u64, "a's commit end {commit_end}");
 
     println!("{DIRS} directories written: {:?}", started.elapsed());
-    let b = join(&a)?;
+    let b = join_retrying(&a)?;
     println!("joined: {:?}", started.elapsed());
     let (mut mounted, mut output) = mount_capturing(&b)?;
     println!(
