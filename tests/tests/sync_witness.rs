@@ -243,11 +243,14 @@ fn a_laptop_with_a_witness_keeps_committing_while_the_desktop_is_off() -> anyhow
             acceptor_log(laptop)
         )
     })?;
+    // Truncated: nothing from before the laptop's checkpoint is left, in particular
+    // nothing from before the desktop stopped. (Comparing the entry count with the
+    // largest seen during the writes was racy: the log grows again after each
+    // truncation and can reach the same count by the time the wait ends.)
     ensure!(
-        witness_after.entries < most_entries
-            && witness_after
-                .first_slot
-                .is_none_or(|first| first > desktop_end),
+        witness_after
+            .first_slot
+            .is_none_or(|first| first > desktop_end),
         "the witness kept its log: {witness_after:?}, at most {most_entries} entries before \
          (and {witness_before:?} before the laptop wrote on alone)"
     );
