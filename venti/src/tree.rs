@@ -1364,11 +1364,11 @@ mod tests {
         }
     }
 
-    fn keys() -> EpochKeys {
+    pub(in crate::tree) fn keys() -> EpochKeys {
         EpochKeys::derive(&[3u8; 32], &[4u8; 16], 9)
     }
 
-    fn random(bytes: usize, seed: u64) -> Vec<u8> {
+    pub(in crate::tree) fn random(bytes: usize, seed: u64) -> Vec<u8> {
         let mut data = vec![0u8; bytes];
         rand_chacha::ChaCha20Rng::seed_from_u64(seed).fill_bytes(&mut data);
         data

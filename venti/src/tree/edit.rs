@@ -721,13 +721,9 @@ impl<'s> OldTree<'s> {
 mod tests {
     use super::*;
     use crate::tree::TreeWriter;
-    use crate::tree::tests::MemoryStore;
+    use crate::tree::tests::{MemoryStore, keys};
     use proptest::prelude::*;
     use rand::{Rng, RngCore, SeedableRng};
-
-    fn keys() -> EpochKeys {
-        EpochKeys::derive(&[3u8; 32], &[4u8; 16], 9)
-    }
 
     /// Kith's shape, or a tiny one (256-byte chunks, 2..8 children) whose trees are
     /// five or six levels deep at a few hundred KB.

@@ -397,21 +397,10 @@ impl TreeReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::tests::MemoryStore;
+    use crate::tree::tests::{MemoryStore, keys, random};
     use crate::tree::{FANOUT, Fanout, TreeWriter};
     use crate::{BlockStore, Class};
     use proptest::prelude::*;
-    use rand::{RngCore, SeedableRng};
-
-    fn keys() -> EpochKeys {
-        EpochKeys::derive(&[3u8; 32], &[4u8; 16], 9)
-    }
-
-    fn random(bytes: usize, seed: u64) -> Vec<u8> {
-        let mut data = vec![0u8; bytes];
-        rand_chacha::ChaCha20Rng::seed_from_u64(seed).fill_bytes(&mut data);
-        data
-    }
 
     /// Kith's chunker, or a tiny one (256-byte chunks, 2..8 children) for deep trees.
     fn shape(tiny: bool, keys: &EpochKeys) -> (Chunker, Fanout) {
