@@ -1406,56 +1406,56 @@ impl Home {
             network.serve_other_frames(handler)?;
         }
         let devices = self.devices.clone();
-        let stopping = self.stopping.clone();
-        std::thread::Builder::new()
-            .name("kith-announce".into())
-            .spawn(move || {
-                while !stopping.load(Ordering::SeqCst) {
-                    devices.announce();
-                    // Unknown devices are admitted for pairing only while a code is open.
-                    devices.inviter.lock().expire(&devices.trust);
-                    let deadline = Instant::now() + ANNOUNCE_INTERVAL;
-                    while Instant::now() < deadline && !stopping.load(Ordering::SeqCst) {
-                        std::thread::sleep(STOP_POLL);
-                    }
-                }
-            })
-            .map_err(|e| Error::Startup(format!("cannot start the announce thread: {e}")))?;
+        self.spawn_every("kith-announce", "announce", ANNOUNCE_INTERVAL, move || {
+            devices.announce();
+            // Unknown devices are admitted for pairing only while a code is open.
+            devices.inviter.lock().expire(&devices.trust);
+        })?;
         let venti = self.venti.clone();
-        let stopping = self.stopping.clone();
-        std::thread::Builder::new()
-            .name("kith-push".into())
-            .spawn(move || {
-                while !stopping.load(Ordering::SeqCst) {
-                    if venti.push_stats().unpushed_blocks > 0
-                        && let Err(error) = venti.push_unpushed()
-                    {
-                        tracing::warn!(%error, "retrying block pushes failed");
-                    }
-                    let deadline = Instant::now() + PUSH_RETRY_INTERVAL;
-                    while Instant::now() < deadline && !stopping.load(Ordering::SeqCst) {
-                        std::thread::sleep(STOP_POLL);
-                    }
-                }
-            })
-            .map_err(|e| Error::Startup(format!("cannot start the push thread: {e}")))?;
+        self.spawn_every("kith-push", "push", PUSH_RETRY_INTERVAL, move || {
+            if venti.push_stats().unpushed_blocks > 0
+                && let Err(error) = venti.push_unpushed()
+            {
+                tracing::warn!(%error, "retrying block pushes failed");
+            }
+        })?;
         let holds_root = self.devices.membership.lock().keyring.user_root.is_some();
         if holds_root {
             let devices = self.devices.clone();
-            let stopping = self.stopping.clone();
-            std::thread::Builder::new()
-                .name("kith-members".into())
-                .spawn(move || {
-                    while !stopping.load(Ordering::SeqCst) {
-                        devices.reconcile();
-                        let deadline = Instant::now() + RECONCILE_INTERVAL;
-                        while Instant::now() < deadline && !stopping.load(Ordering::SeqCst) {
-                            std::thread::sleep(STOP_POLL);
-                        }
-                    }
-                })
-                .map_err(|e| Error::Startup(format!("cannot start the membership thread: {e}")))?;
+            self.spawn_every(
+                "kith-members",
+                "membership",
+                RECONCILE_INTERVAL,
+                move || {
+                    devices.reconcile();
+                },
+            )?;
         }
+        Ok(())
+    }
+
+    /// A thread `name` that runs `work` every `interval` until the network stops
+    /// (checking for the stop every `STOP_POLL`).
+    fn spawn_every(
+        &self,
+        name: &str,
+        what: &str,
+        interval: Duration,
+        mut work: impl FnMut() + Send + 'static,
+    ) -> Result<()> {
+        let stopping = self.stopping.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                while !stopping.load(Ordering::SeqCst) {
+                    work();
+                    let deadline = Instant::now() + interval;
+                    while Instant::now() < deadline && !stopping.load(Ordering::SeqCst) {
+                        std::thread::sleep(STOP_POLL);
+                    }
+                }
+            })
+            .map_err(|e| Error::Startup(format!("cannot start the {what} thread: {e}")))?;
         Ok(())
     }
 
