@@ -167,6 +167,8 @@ pub struct Store {
     remote: RwLock<Option<Remote>>,
     flights: Flights,
     pushes: Pushes,
+    /// Rounds of index deletions since open; see [`Store::removals`].
+    removals: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -260,6 +262,7 @@ impl Store {
             remote: RwLock::new(None),
             flights: Flights::default(),
             pushes: Pushes::default(),
+            removals: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -720,6 +723,21 @@ impl Store {
         self.remove_locked(&mut writer, addresses)
     }
 
+    /// A counter that moves whenever blocks leave the index (`remove`, eviction of
+    /// cached blocks, compaction dropping damaged records). While it stands still, a
+    /// block once seen here is still here: callers that learned "this whole tree is
+    /// held" may rely on it until then.
+    pub fn removals(&self) -> u64 {
+        self.removals.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Counted after the deletion commits: whoever read the count before it may
+    /// have seen the rows, and will see the count move.
+    fn count_removal(&self) {
+        self.removals
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Check every indexed record (header, length, hash) and every arena header.
     /// Damaged blocks are reported, never repaired; undamaged ones stay readable.
     pub fn verify(&self) -> Result<VerifyReport> {
@@ -902,6 +920,8 @@ impl Store {
         index::write_meta(&tx, &writer.meta)?;
         self.backend.commit_point()?;
         tx.commit()?;
+        // Damaged records of the source were not moved: they left the index.
+        self.count_removal();
         for (id, len) in &written {
             // The destination is indexed through `len` now; nothing in it is pending.
             if let Some(through) = writer.unsynced_arenas.get_mut(id) {
@@ -1235,6 +1255,7 @@ impl Store {
         index::remove(&tx, addresses)?;
         self.backend.commit_point()?;
         tx.commit()?;
+        self.count_removal();
         writer.cached_bytes = index::totals(writer.index.conn())?.1;
         let mut hits = self.hits.lock();
         for address in addresses {
