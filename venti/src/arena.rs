@@ -12,6 +12,18 @@
 //! [`scan`] walks a byte range of an arena and reports every valid record and every
 //! damaged stretch between them; the store uses it to re-index the unindexed tail on
 //! open, to rebuild a lost index, and to cut a torn tail.
+//!
+//! Reads: [`read_record`] checks a record fully (header against the index, payload
+//! hash) and is what `verify`, compaction and every `get` use. [`read_record_unhashed`]
+//! checks the header against the index but leaves the payload hash out; it is only for
+//! a reader that opens the block right after, whose tag and key-commitment checks
+//! subsume the hash for content (see `seal`'s "Which checks a read needs"), and who
+//! hashes the payload when the block fails to authenticate, so damage is still
+//! reported with this arena and offset. It reads header and payload in one read into
+//! a caller's reusable buffer and returns the payload's place in it: no move, no
+//! allocation per record.
+
+use std::ops::Range;
 
 use crate::backend::BackendFile;
 use crate::{Address, Class, Error, Result};
@@ -177,8 +189,9 @@ pub fn encode_record(out: &mut Vec<u8>, header: &RecordHeader, sealed: &[u8]) {
     out.extend_from_slice(sealed);
 }
 
-/// Read and fully check the record at `offset`, which the index says holds `address`.
-/// Every failure names the arena, the offset and what is wrong.
+/// Read and fully check the record at `offset`, which the index says holds `address`:
+/// its header and its payload's hash. Returns the header and the payload (the sealed
+/// block). Every failure names the arena, the offset and what is wrong.
 pub fn read_record(
     file: &dyn BackendFile,
     arena: u32,
@@ -186,40 +199,114 @@ pub fn read_record(
     address: &Address,
     length: u32,
 ) -> Result<(RecordHeader, Vec<u8>)> {
-    let damaged = |reason: String| Error::Damaged {
-        address: *address,
+    let damaged = damaged_at(arena, offset, address);
+    check_index_length(length).map_err(&damaged)?;
+    // Header and payload in two reads: the payload lands in a vector of its own
+    // without being moved past the header.
+    let mut header_bytes = [0u8; RECORD_HEADER_BYTES];
+    read_exact(file, offset, &mut header_bytes).map_err(|error| error.into_error(&damaged))?;
+    let header = check_header(&header_bytes, address, length).map_err(&damaged)?;
+    let mut payload = vec![0u8; length as usize];
+    read_exact(file, offset + RECORD_HEADER_BYTES as u64, &mut payload)
+        .map_err(|error| error.into_error(&damaged))?;
+    if Address::of(&payload) != *address {
+        return Err(damaged(PAYLOAD_MISMATCH.into()));
+    }
+    Ok((header, payload))
+}
+
+/// [`read_record`] into `buffer` (overwritten; grown when too short, never shrunk, so
+/// a reader of many records allocates and zeroes once) in one read, checking the
+/// header against the index but NOT hashing the payload: only for a reader that opens
+/// the block and so checks it more strongly (see `seal`'s "Which checks a read
+/// needs"). Returns the header and where the payload is in `buffer`.
+pub fn read_record_unhashed(
+    file: &dyn BackendFile,
+    arena: u32,
+    offset: u64,
+    address: &Address,
+    length: u32,
+    buffer: &mut Vec<u8>,
+) -> Result<(RecordHeader, Range<usize>)> {
+    let damaged = damaged_at(arena, offset, address);
+    check_index_length(length).map_err(&damaged)?;
+    let record_bytes = RECORD_HEADER_BYTES + length as usize;
+    if buffer.len() < record_bytes {
+        buffer.resize(record_bytes, 0);
+    }
+    let record = &mut buffer[..record_bytes];
+    read_exact(file, offset, record).map_err(|error| error.into_error(&damaged))?;
+    let mut header_bytes = [0u8; RECORD_HEADER_BYTES];
+    header_bytes.copy_from_slice(&record[..RECORD_HEADER_BYTES]);
+    let header = check_header(&header_bytes, address, length).map_err(&damaged)?;
+    Ok((header, RECORD_HEADER_BYTES..record_bytes))
+}
+
+/// Why a record whose payload does not match its address is refused.
+pub(crate) const PAYLOAD_MISMATCH: &str = "payload does not hash to its address";
+
+fn damaged_at(arena: u32, offset: u64, address: &Address) -> impl Fn(String) -> Error {
+    let address = *address;
+    move |reason| Error::Damaged {
+        address,
         arena,
         offset,
         reason,
-    };
-    if length > RECORD_PAYLOAD_BYTES_MAX {
-        return Err(damaged(format!("index length {length} over the maximum")));
     }
-    let mut buf = vec![0u8; RECORD_HEADER_BYTES + length as usize];
-    file.read_at(offset, &mut buf)
-        .map_err(|error| match error {
-            Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-                damaged("record extends past the end of the arena (truncated)".into())
-            }
-            other => other,
-        })?;
-    let mut header_bytes = [0u8; RECORD_HEADER_BYTES];
-    header_bytes.copy_from_slice(&buf[..RECORD_HEADER_BYTES]);
-    let header = RecordHeader::decode(&header_bytes).map_err(damaged)?;
+}
+
+fn check_index_length(length: u32) -> std::result::Result<(), String> {
+    if length > RECORD_PAYLOAD_BYTES_MAX {
+        return Err(format!("index length {length} over the maximum"));
+    }
+    Ok(())
+}
+
+/// Decode a record header and check it names what the index says is there.
+fn check_header(
+    bytes: &[u8; RECORD_HEADER_BYTES],
+    address: &Address,
+    length: u32,
+) -> std::result::Result<RecordHeader, String> {
+    let header = RecordHeader::decode(bytes)?;
     if header.address != *address {
-        return Err(damaged(format!("record holds {}", header.address)));
+        return Err(format!("record holds {}", header.address));
     }
     if header.length != length {
-        return Err(damaged(format!(
+        return Err(format!(
             "record length {} but index says {length}",
             header.length
-        )));
+        ));
     }
-    buf.drain(..RECORD_HEADER_BYTES);
-    if Address::of(&buf) != *address {
-        return Err(damaged("payload does not hash to its address".into()));
+    Ok(header)
+}
+
+/// A failed read of a record: past the end of the arena, or the backend's error.
+enum ReadFailure {
+    Truncated,
+    Other(Error),
+}
+
+impl ReadFailure {
+    fn into_error(self, damaged: &impl Fn(String) -> Error) -> Error {
+        match self {
+            ReadFailure::Truncated => {
+                damaged("record extends past the end of the arena (truncated)".into())
+            }
+            ReadFailure::Other(error) => error,
+        }
     }
-    Ok((header, buf))
+}
+
+fn read_exact(
+    file: &dyn BackendFile,
+    offset: u64,
+    buf: &mut [u8],
+) -> std::result::Result<(), ReadFailure> {
+    file.read_at(offset, buf).map_err(|error| match error {
+        Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => ReadFailure::Truncated,
+        other => ReadFailure::Other(other),
+    })
 }
 
 /// What [`scan`] found.

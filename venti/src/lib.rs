@@ -86,6 +86,16 @@ impl PutTicket {
     pub const DONE: PutTicket = PutTicket(0);
 }
 
+/// Where [`BlockStore::get_for_open`] put a block's sealed bytes, and what is known
+/// of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetched {
+    /// The sealed block's bytes in the caller's buffer.
+    pub range: std::ops::Range<usize>,
+    /// Whether the bytes were hashed against the address, and where they were read.
+    pub check: seal::AddressCheck,
+}
+
 /// The narrow interface the tree writer/reader and GC use to move sealed blocks.
 ///
 /// Implementations verify nothing about content — callers seal and open — but every
@@ -131,6 +141,19 @@ pub trait BlockStore: Send + Sync {
     }
     /// The sealed bytes stored under `address`, verified against it.
     fn get(&self, address: &Address) -> Result<Vec<u8>>;
+    /// The sealed bytes of `address`, to be opened: read into `buffer` (whatever it
+    /// held is overwritten; its capacity is reused, so a reader of many blocks
+    /// allocates once) at `buffer[fetched.range]`, and how they were checked against
+    /// the address. A store reading its own arenas may leave the address hash to the
+    /// opener ([`seal::AddressCheck::Unhashed`]; `seal` says why that is enough);
+    /// this default goes through `get`, which hashes.
+    fn get_for_open(&self, address: &Address, buffer: &mut Vec<u8>) -> Result<Fetched> {
+        *buffer = self.get(address)?;
+        Ok(Fetched {
+            range: 0..buffer.len(),
+            check: seal::AddressCheck::Hashed,
+        })
+    }
     /// `get` from this store only: a store that fetches misses from other devices
     /// (see [`Store::set_remote`]) does not ask them. Serving blocks to others goes
     /// through this, so a device never relays what it does not hold.

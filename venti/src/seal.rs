@@ -20,6 +20,37 @@
 //! the plaintext and compares it with the ref's key in constant time. ChaCha20-Poly1305
 //! alone does not commit to its key; this last check does, so no two refs with
 //! different keys can show different content under one address.
+//!
+//! # Which checks a read needs
+//!
+//! A reader holds the ref `(address, K, epoch, length)` from an authenticated parent
+//! (a pointer block it opened, or the volume's log), and two checks bind what it gets
+//! to that ref without the address: the AEAD tag authenticates the ciphertext under
+//! `K` (a flipped bit anywhere but the version byte, which is compared exactly, fails
+//! it), and the key commitment binds the content to `K` (`K` is a keyed hash of the
+//! content, so only that content opens under `K`). Bytes that pass both are the
+//! content the ref's writer sealed, whichever record they came from. So a block read
+//! from this device's own arenas is opened without hashing it for its address
+//! ([`AddressCheck::Unhashed`], via [`crate::BlockStore::get_for_open`]): one hash per
+//! block (the key commitment) instead of three, and it is decrypted where the arena
+//! read put it ([`open_in_place`]), its content handed back as a range of that buffer.
+//!
+//! Errors stay as precise as with the hash first: the record header (which names the
+//! address, under its own checksum) is still compared with the index, so an index row
+//! pointing at another record is refused before any crypto; a block refused before it
+//! authenticated (version, tag) is hashed then, and one that does not match its address
+//! is reported as [`Error::Damaged`] with its arena and offset, as the hash-first order
+//! reported it. What changes is only the report for a block that authenticates under
+//! `K` but breaks a later rule while not matching its address: a key holder's forgery
+//! written into the arena, reported as the fault it has instead of as damage.
+//!
+//! The address is what a device *without* the keys can check, and it is checked
+//! wherever the bytes are not known to be this device's own: blocks fetched from or
+//! pushed by other devices (`Store::get`'s fetch path, `put` with `verify_puts`),
+//! `Store::get`/`get_local` (which serve other devices), `verify`, compaction and arena
+//! scans, and [`open`] itself, which takes bytes of any origin ([`AddressCheck::Verify`]).
+
+use std::ops::Range;
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
@@ -192,6 +223,55 @@ impl Sealer {
     }
 }
 
+/// How the sealed bytes handed to [`open_in_place`] were checked against the ref's
+/// address before they got there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressCheck {
+    /// Bytes of unknown origin: opening hashes them and compares first.
+    Verify,
+    /// Already hashed and found equal to the address (a store's `get`, a block fetched
+    /// from another device).
+    Hashed,
+    /// Read from this device's own arena `arena` at record `offset`, whose header
+    /// names the address, without hashing the payload. Authentication and key
+    /// commitment stand in for the hash (module comment); a block refused before it
+    /// authenticated is hashed then, so on-disk damage is reported as
+    /// [`Error::Damaged`] with this place.
+    Unhashed { arena: u32, offset: u64 },
+}
+
+/// The content of a block opened by [`open_in_place`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// Uncompressed content: these bytes of the buffer it was opened in.
+    InPlace(Range<usize>),
+    /// Decompressed content, in a buffer of its own.
+    Owned(Vec<u8>),
+}
+
+impl Opened {
+    /// The content, given the buffer the block was opened in.
+    pub fn bytes<'a>(&'a self, opened_in: &'a [u8]) -> &'a [u8] {
+        match self {
+            // open_in_place returned a range inside the buffer it was given.
+            Opened::InPlace(range) => opened_in.get(range.clone()).unwrap_or_default(),
+            Opened::Owned(content) => content,
+        }
+    }
+
+    /// The content as a vector of its own, reusing `opened_in` when it is in there.
+    pub fn into_vec(self, mut opened_in: Vec<u8>) -> Vec<u8> {
+        match self {
+            Opened::InPlace(range) => {
+                opened_in.truncate(range.end);
+                opened_in.drain(..range.start.min(range.end));
+                opened_in
+            }
+            Opened::Owned(content) => content,
+        }
+    }
+}
+
 /// Open a sealed block that must be of `expected` kind; returns its content.
 pub fn open(
     keys: &EpochKeys,
@@ -206,7 +286,8 @@ pub fn open(
 }
 
 /// Open a sealed block whose kind `accept` allows (`expected` names the allowed kinds
-/// in errors); returns its kind and content. All checks of [`open`] apply.
+/// in errors); returns its kind and content. All checks of [`open`] apply, the
+/// address first ([`AddressCheck::Verify`]).
 pub(crate) fn open_as(
     keys: &EpochKeys,
     block_ref: &BlockRef,
@@ -214,13 +295,39 @@ pub(crate) fn open_as(
     expected: &'static str,
     accept: impl Fn(Kind) -> bool,
 ) -> Result<(Kind, Vec<u8>)> {
+    let mut buffer = sealed.to_vec();
+    let (kind, opened) = open_in_place(
+        keys,
+        block_ref,
+        &mut buffer,
+        AddressCheck::Verify,
+        expected,
+        accept,
+    )?;
+    Ok((kind, opened.into_vec(buffer)))
+}
+
+/// [`open_as`] of the sealed block in `sealed`, decrypting it where it lies: no copy of
+/// the block is made, and uncompressed content is returned as the range of `sealed`
+/// that holds it. `check` says whether the address still needs checking (see
+/// [`AddressCheck`]); all other checks of [`open`] apply, in its order. On any error
+/// `sealed` holds the ciphertext or the plaintext, and should be dropped.
+pub fn open_in_place(
+    keys: &EpochKeys,
+    block_ref: &BlockRef,
+    sealed: &mut [u8],
+    check: AddressCheck,
+    expected: &'static str,
+    accept: impl Fn(Kind) -> bool,
+) -> Result<(Kind, Opened)> {
     let fault = |fault: BlockFault| Error::Block {
         address: block_ref.address,
         fault,
     };
-    if !(SEALED_BYTES_MIN..=SEALED_BYTES_MAX).contains(&sealed.len()) {
+    let sealed_bytes = sealed.len();
+    if !(SEALED_BYTES_MIN..=SEALED_BYTES_MAX).contains(&sealed_bytes) {
         return Err(fault(BlockFault::SealedLength {
-            bytes: sealed.len() as u64,
+            bytes: sealed_bytes as u64,
             bytes_min: SEALED_BYTES_MIN as u64,
             bytes_max: SEALED_BYTES_MAX as u64,
         }));
@@ -231,25 +338,39 @@ pub(crate) fn open_as(
             found: block_ref.epoch,
         }));
     }
-    if Address::of(sealed) != block_ref.address {
+    if check == AddressCheck::Verify && Address::of(sealed) != block_ref.address {
         return Err(Error::AddressMismatch {
             address: block_ref.address,
         });
     }
-    let (version, rest) = sealed.split_first().ok_or(fault(BlockFault::Aead))?;
-    if *version != BLOCK_VERSION {
-        return Err(fault(BlockFault::Version { found: *version }));
+    let version = sealed.first().copied().unwrap_or_default();
+    if version != BLOCK_VERSION {
+        return Err(refused_unauthenticated(
+            block_ref,
+            sealed,
+            check,
+            BlockFault::Version { found: version },
+        ));
     }
-    let (ciphertext, tag) = rest.split_at(rest.len() - TAG_BYTES);
-    let mut plaintext = ciphertext.to_vec();
-    ChaCha20Poly1305::new((&block_ref.key).into())
-        .decrypt_in_place_detached(
-            &Nonce::default(),
-            BLOCK_AAD,
-            &mut plaintext,
-            Tag::from_slice(tag),
-        )
-        .map_err(|_| fault(BlockFault::Aead))?;
+    let mut tag = Tag::default();
+    tag.copy_from_slice(&sealed[sealed_bytes - TAG_BYTES..]);
+    // Verifies the tag over the ciphertext first and decrypts only if it holds, so a
+    // refused block is still the ciphertext (ChaCha20Poly1305::decrypt_in_place_detached).
+    let authenticated = ChaCha20Poly1305::new((&block_ref.key).into()).decrypt_in_place_detached(
+        &Nonce::default(),
+        BLOCK_AAD,
+        &mut sealed[1..sealed_bytes - TAG_BYTES],
+        &tag,
+    );
+    if authenticated.is_err() {
+        return Err(refused_unauthenticated(
+            block_ref,
+            sealed,
+            check,
+            BlockFault::Aead,
+        ));
+    }
+    let plaintext = &sealed[1..sealed_bytes - TAG_BYTES];
 
     // Exactly one marker, then zeros, to the Padmé length of the unpadded plaintext.
     let marker_at = plaintext
@@ -290,16 +411,16 @@ pub(crate) fn open_as(
         Some(length)
     };
     let payload = &plaintext[HEADER_BYTES..marker_at];
-    let content = if flags & FLAG_COMPRESSED != 0 {
+    let opened = if flags & FLAG_COMPRESSED != 0 {
         let decompressed = match declared {
             Some(length) => compress::decompress(payload, length),
             None => compress::decompress_bounded(payload, CONTENT_BYTES_MAX),
         };
-        decompressed.map_err(|error| {
+        Opened::Owned(decompressed.map_err(|error| {
             fault(BlockFault::Decompress {
                 detail: error.to_string(),
             })
-        })?
+        })?)
     } else {
         if let Some(length) = declared
             && payload.len() != length
@@ -309,16 +430,39 @@ pub(crate) fn open_as(
                 found: payload.len() as u64,
             }));
         }
-        let payload_bytes = payload.len();
-        plaintext.copy_within(HEADER_BYTES..marker_at, 0);
-        plaintext.truncate(payload_bytes);
-        plaintext
+        // The plaintext starts after the version byte.
+        Opened::InPlace(1 + HEADER_BYTES..1 + marker_at)
     };
     // blake3::Hash compares in constant time.
-    if content_key(keys, kind, &content) != blake3::Hash::from_bytes(block_ref.key) {
+    if content_key(keys, kind, opened.bytes(sealed)) != blake3::Hash::from_bytes(block_ref.key) {
         return Err(fault(BlockFault::KeyCommitment));
     }
-    Ok((kind, content))
+    Ok((kind, opened))
+}
+
+/// The error for a block refused before it authenticated. Bytes read from an arena
+/// without hashing are hashed now: if they do not match their address, the record is
+/// damaged (or is another block's), and that is the more precise error, with the place.
+fn refused_unauthenticated(
+    block_ref: &BlockRef,
+    sealed: &[u8],
+    check: AddressCheck,
+    fault: BlockFault,
+) -> Error {
+    match check {
+        AddressCheck::Unhashed { arena, offset } if Address::of(sealed) != block_ref.address => {
+            Error::Damaged {
+                address: block_ref.address,
+                arena,
+                offset,
+                reason: crate::arena::PAYLOAD_MISMATCH.into(),
+            }
+        }
+        _ => Error::Block {
+            address: block_ref.address,
+            fault,
+        },
+    }
 }
 
 /// The kind of a sealed block, decrypted WITHOUT authentication or key commitment.
@@ -524,6 +668,118 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn opening_in_place_gives_the_content_as_a_range_of_the_buffer() {
+        let text = b"compressible ".repeat(1000);
+        for (data, compressed) in [
+            (random(70_000, 6), false),
+            (text, true),
+            (Vec::new(), false),
+        ] {
+            let (block_ref, sealed) = seal(&keys(1), Kind::Data, &data).unwrap();
+            for check in [
+                AddressCheck::Verify,
+                AddressCheck::Hashed,
+                AddressCheck::Unhashed {
+                    arena: 1,
+                    offset: 2,
+                },
+            ] {
+                let mut buffer = sealed.clone();
+                let (kind, opened) =
+                    open_in_place(&keys(1), &block_ref, &mut buffer, check, "Data", |kind| {
+                        kind == Kind::Data
+                    })
+                    .unwrap();
+                assert_eq!(kind, Kind::Data);
+                assert_eq!(matches!(opened, Opened::Owned(_)), compressed);
+                if let Opened::InPlace(range) = &opened {
+                    assert_eq!(range.start, IN_PLACE_OFFSET_BYTES);
+                }
+                assert_eq!(opened.bytes(&buffer), &data[..]);
+                assert_eq!(opened.into_vec(buffer), data);
+            }
+        }
+    }
+
+    #[test]
+    fn every_flipped_bit_of_an_unhashed_block_is_reported_as_damage_at_its_place() {
+        let keys = keys(1);
+        let place = AddressCheck::Unhashed {
+            arena: 9,
+            offset: 4096,
+        };
+        for data in [random(300, 3), b"abc".repeat(200)] {
+            let (block_ref, sealed) = seal(&keys, Kind::Data, &data).unwrap();
+            for bit in 0..sealed.len() * 8 {
+                let mut damaged = sealed.clone();
+                damaged[bit / 8] ^= 1 << (bit % 8);
+                let opened = open_in_place(
+                    &keys,
+                    &block_ref,
+                    &mut damaged.clone(),
+                    place,
+                    "Data",
+                    |_| true,
+                );
+                match opened {
+                    Err(Error::Damaged {
+                        address,
+                        arena: 9,
+                        offset: 4096,
+                        reason,
+                    }) => {
+                        assert_eq!(address, block_ref.address);
+                        assert!(reason.contains("does not hash"), "{reason}");
+                    }
+                    other => panic!("bit {bit}: {other:?}"),
+                }
+                // Bytes already hashed (a forged ref that matches them): the version
+                // check or the tag refuses them, as `open` does.
+                let forged = BlockRef {
+                    address: Address::of(&damaged),
+                    ..block_ref
+                };
+                for check in [place, AddressCheck::Hashed] {
+                    let fault =
+                        match open_in_place(&keys, &forged, &mut damaged.clone(), check, "", |_| {
+                            true
+                        }) {
+                            Err(Error::Block { fault, .. }) => fault,
+                            other => panic!("bit {bit}: {other:?}"),
+                        };
+                    if bit < 8 {
+                        assert!(matches!(fault, BlockFault::Version { .. }));
+                    } else {
+                        assert_eq!(fault, BlockFault::Aead);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_authentic_block_under_the_wrong_ref_is_refused_without_the_hash() {
+        // Another block sealed under the same key cannot exist (K commits to the
+        // content), so the only blocks that authenticate under a ref's key are its
+        // own; a key holder's forgery breaks the key commitment.
+        let keys = keys(1);
+        let key = *content_key(&keys, Kind::Data, b"data").as_bytes();
+        let (honest_ref, _) = forge(b"\x00\x00data\x80", key);
+        let (_, mut other) = forge(b"\x00\x00dat4\x80", key);
+        let unhashed = AddressCheck::Unhashed {
+            arena: 0,
+            offset: 32,
+        };
+        assert!(matches!(
+            open_in_place(&keys, &honest_ref, &mut other, unhashed, "Data", |_| true),
+            Err(Error::Block {
+                fault: BlockFault::KeyCommitment,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! created) and only then commits all pending rows to the index in one transaction. Readers take no writer lock: they look
 //! in the pending map (waiting for a record still queued), then in the index through
 //! their own read-only SQLite connection, and `read_at` the record, checking header and
-//! hash before returning a byte.
+//! hash before returning a byte — except [`Store::get_for_open`], the tree reader's
+//! path, which checks the header and leaves the payload hash to the opener (one read
+//! into the reader's buffer, no hash: see `seal`'s "Which checks a read needs").
 //!
 //! A queued write that fails (ENOSPC) stops the writer from writing anything after it;
 //! the next put or sync (whichever takes the writer lock first) rolls back the rows and
@@ -69,8 +71,9 @@ use crate::remote::{
     BlockPusher, Flights, Joined, Lead, Origin, Outcome, PushStats, Pushes, Remote, RemoteBlocks,
     RemoteStats,
 };
+use crate::seal::AddressCheck;
 use crate::write_queue::{WriteJob, WriteQueue};
-use crate::{Address, BlockStore, Class, Error, PUT_HEADROOM_BYTES, PutTicket, Result};
+use crate::{Address, BlockStore, Class, Error, Fetched, PUT_HEADROOM_BYTES, PutTicket, Result};
 
 /// How many reads may find a block's arena gone (compaction moved it) before giving up.
 const GET_ATTEMPTS_MAX: usize = 4;
@@ -587,6 +590,58 @@ impl Store {
     /// The sealed bytes of `address` if this store holds them, checked against it;
     /// never asks the remote.
     pub fn get_local(&self, address: &Address) -> Result<Vec<u8>> {
+        self.read_local(address, |file, location| {
+            let (_, bytes) = arena::read_record(
+                file,
+                location.arena,
+                location.offset,
+                address,
+                location.length,
+            )?;
+            Ok(bytes)
+        })
+    }
+
+    /// [`BlockStore::get_for_open`]: a block held here is read into `buffer` in one
+    /// read, its record header checked against the index but its payload not hashed
+    /// ([`AddressCheck::Unhashed`]: opening checks it more strongly, see `seal`); a
+    /// block fetched from the remote is hashed like any fetched block.
+    pub fn get_for_open(&self, address: &Address, buffer: &mut Vec<u8>) -> Result<Fetched> {
+        let local = self.read_local(address, |file, location| {
+            let (_, range) = arena::read_record_unhashed(
+                file,
+                location.arena,
+                location.offset,
+                address,
+                location.length,
+                buffer,
+            )?;
+            Ok(Fetched {
+                range,
+                check: AddressCheck::Unhashed {
+                    arena: location.arena,
+                    offset: location.offset,
+                },
+            })
+        });
+        match local {
+            Err(Error::NotFound { .. }) => {}
+            held => return held,
+        }
+        *buffer = self.get(address)?;
+        Ok(Fetched {
+            range: 0..buffer.len(),
+            check: AddressCheck::Hashed,
+        })
+    }
+
+    /// Find `address` here (waiting for its record if it is still queued) and `read`
+    /// its record; counts a hit of a cached block.
+    fn read_local<T>(
+        &self,
+        address: &Address,
+        mut read: impl FnMut(&dyn BackendFile, &Location) -> Result<T>,
+    ) -> Result<T> {
         for _ in 0..GET_ATTEMPTS_MAX {
             let pending = self.pending.read().get(address).copied();
             let location = match pending {
@@ -606,20 +661,14 @@ impl Store {
                 // Compaction retired the arena between lookup and read: look again.
                 continue;
             };
-            let (_, bytes) = arena::read_record(
-                file.as_ref(),
-                location.arena,
-                location.offset,
-                address,
-                location.length,
-            )?;
+            let value = read(file.as_ref(), &location)?;
             if location.class == Class::Cached {
                 let mut hits = self.hits.lock();
                 if hits.len() < HIT_BUFFER_ENTRIES_MAX || hits.contains_key(address) {
                     *hits.entry(*address).or_insert(0) += 1;
                 }
             }
-            return Ok(bytes);
+            return Ok(value);
         }
         Err(Error::NotFound { address: *address })
     }
@@ -1330,6 +1379,10 @@ impl BlockStore for Store {
 
     fn get_local(&self, address: &Address) -> Result<Vec<u8>> {
         Store::get_local(self, address)
+    }
+
+    fn get_for_open(&self, address: &Address, buffer: &mut Vec<u8>) -> Result<Fetched> {
+        Store::get_for_open(self, address, buffer)
     }
 
     fn prefetch(&self, addresses: &[Address]) -> Result<()> {

@@ -59,7 +59,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::chunk::{CHUNK_BYTES_MAX, Chunker, StreamChunker};
 use crate::error::BlockFault;
 use crate::keys::EpochKeys;
-use crate::seal::{self, CONTENT_BYTES_MAX, IN_PLACE_OFFSET_BYTES, Sealer};
+use crate::seal::{self, AddressCheck, CONTENT_BYTES_MAX, IN_PLACE_OFFSET_BYTES, Opened, Sealer};
 use crate::{
     Address, BlockRef, BlockStore, Class, Error, Kind, PUT_HEADROOM_BYTES, PutTicket, Result,
 };
@@ -680,7 +680,8 @@ impl<'s> TreeReader<'s> {
         }
         let wanted = usize::try_from(end - offset).unwrap_or(usize::MAX);
         let mut out = Vec::with_capacity(wanted.min(READ_PREALLOC_BYTES_MAX));
-        self.read_node(root, None, offset, end, &mut out)?;
+        let mut sealed = Vec::new();
+        self.read_node(root, None, offset, end, &mut out, &mut sealed)?;
         Ok(out)
     }
 
@@ -691,7 +692,9 @@ impl<'s> TreeReader<'s> {
 
     /// Append bytes `start..end` (relative to the node, `start < end <= length`) of
     /// the node `node_ref` to `out`. `level` is the level the parent says the node has;
-    /// `None` for the root, which may be a leaf or a pointer block.
+    /// `None` for the root, which may be a leaf or a pointer block. Each block is read
+    /// into `sealed` (reused from block to block) and opened there; a leaf's content is
+    /// copied once, from there into `out`.
     fn read_node(
         &self,
         node_ref: &BlockRef,
@@ -699,9 +702,21 @@ impl<'s> TreeReader<'s> {
         start: u64,
         end: u64,
         out: &mut Vec<u8>,
+        sealed: &mut Vec<u8>,
     ) -> Result<()> {
-        let sealed = self.store.get(&node_ref.address)?;
-        let (kind, content) = self.open_node(node_ref, level, &sealed)?;
+        let fetched = self.store.get_for_open(&node_ref.address, sealed)?;
+        let buffer_bytes = sealed.len();
+        let block = sealed
+            .get_mut(fetched.range.clone())
+            .ok_or_else(|| Error::Malformed {
+                what: "fetched block",
+                detail: format!(
+                    "{:?} outside a buffer of {buffer_bytes} bytes",
+                    fetched.range
+                ),
+            })?;
+        let (kind, opened) = self.open_node_in_place(node_ref, level, block, fetched.check)?;
+        let content = opened.bytes(block);
         if kind == self.leaf_kind && kind != Kind::Pointer {
             // open checked content.len() == node_ref.length >= end.
             let range = usize::try_from(start).ok().zip(usize::try_from(end).ok());
@@ -717,7 +732,7 @@ impl<'s> TreeReader<'s> {
             out.extend_from_slice(bytes);
             return Ok(());
         }
-        let pointer = self.check_pointer(node_ref, level, &content)?;
+        let pointer = self.check_pointer(node_ref, level, content)?;
         let covering = covering_children(&pointer.children, start, end);
         if covering.len() > 1 {
             // One round trip for all the children a remote-backed store is missing,
@@ -735,6 +750,7 @@ impl<'s> TreeReader<'s> {
                     start.max(child_start) - child_start,
                     end.min(child_end) - child_start,
                     out,
+                    sealed,
                 )?;
             }
             if child_end >= end {
@@ -797,21 +813,47 @@ impl<'s> TreeReader<'s> {
         level: Option<u8>,
         sealed: &[u8],
     ) -> Result<(Kind, Vec<u8>)> {
+        let mut buffer = sealed.to_vec();
+        let (kind, opened) =
+            self.open_node_in_place(node_ref, level, &mut buffer, AddressCheck::Verify)?;
+        Ok((kind, opened.into_vec(buffer)))
+    }
+
+    /// [`TreeReader::open_node`] of a block in `sealed`, decrypted where it lies;
+    /// `check` says whether its address still needs checking.
+    fn open_node_in_place(
+        &self,
+        node_ref: &BlockRef,
+        level: Option<u8>,
+        sealed: &mut [u8],
+        check: AddressCheck,
+    ) -> Result<(Kind, Opened)> {
+        let leaf_kind = self.leaf_kind;
         match level {
-            None => {
-                let leaf_kind = self.leaf_kind;
-                seal::open_as(self.keys, node_ref, sealed, "leaf or Pointer", |kind| {
-                    kind == leaf_kind || kind == Kind::Pointer
-                })
-            }
-            Some(0) => Ok((
-                self.leaf_kind,
-                seal::open(self.keys, node_ref, sealed, self.leaf_kind)?,
-            )),
-            Some(_) => Ok((
-                Kind::Pointer,
-                seal::open(self.keys, node_ref, sealed, Kind::Pointer)?,
-            )),
+            None => seal::open_in_place(
+                self.keys,
+                node_ref,
+                sealed,
+                check,
+                "leaf or Pointer",
+                |kind| kind == leaf_kind || kind == Kind::Pointer,
+            ),
+            Some(0) => seal::open_in_place(
+                self.keys,
+                node_ref,
+                sealed,
+                check,
+                seal::kind_name(leaf_kind),
+                |kind| kind == leaf_kind,
+            ),
+            Some(_) => seal::open_in_place(
+                self.keys,
+                node_ref,
+                sealed,
+                check,
+                seal::kind_name(Kind::Pointer),
+                |kind| kind == Kind::Pointer,
+            ),
         }
     }
 
