@@ -956,6 +956,9 @@ impl BlockPusher for PeerPusher {
 
 /// How often the content walk runs when nothing is left to fetch (or on demand).
 const CONTENT_WALK_INTERVAL: Duration = Duration::from_secs(10);
+/// A counting walk is followed by at least this many times its own duration of rest
+/// (at most 1/20 of a core).
+const CONTENT_WALK_PACE: u32 = 20;
 /// How soon a full copy that is still missing blocks walks again.
 const CONTENT_FETCH_RETRY: Duration = Duration::from_secs(2);
 /// Leaves fetched in one batch by a full copy.
@@ -1001,23 +1004,47 @@ impl venti::BlockStore for LocalOnly<'_> {
     }
 }
 
-/// Walks the trees under `roots` (each distinct block once). Counting (`fetch`
-/// false): a block not held here adds its subtree's declared length to the missing
-/// bytes and is not descended (what is under it cannot be seen without fetching it).
-/// Fetching: a block not held here is fetched (leaves in batches, through the store's
-/// remote) and descended, so afterwards every block is held unless a fetch failed.
-/// Stops early, with what it has, when `stop` is set.
+/// Trees a walk found whole (every block held here). Content under a root never
+/// changes, so a whole tree stays whole until the store drops a block (eviction,
+/// `remove`): then [`Store::removals`] moves and every tree is walked again. Without
+/// this memory every round re-read every pointer block and looked up every block of
+/// the volume, however little had changed.
+#[derive(Debug, Default)]
+pub struct WholeTrees {
+    roots: HashSet<Address>,
+    /// `Store::removals` when `roots` was last known to be right.
+    removals: u64,
+}
+
+/// Walks the trees under `roots` (each distinct block once), skipping trees `whole`
+/// knows to be held. Counting (`fetch` false): a block not held here adds its
+/// subtree's declared length to the missing bytes and is not descended (what is under
+/// it cannot be seen without fetching it); trees found whole are remembered, and
+/// trees no longer among `roots` forgotten. Fetching: a block not held here is
+/// fetched (leaves in batches, through the store's remote) and descended, so
+/// afterwards every block is held unless a fetch failed. Stops early, with what it
+/// has, when `stop` is set.
 pub fn walk_content(
     store: &Store,
     keys: &dyn Fn(u32) -> Option<Arc<EpochKeys>>,
     roots: &[BlockRef],
     fetch: bool,
+    whole: &mut WholeTrees,
     stop: &AtomicBool,
 ) -> ContentCount {
+    // Read before walking: a block dropped during the walk moves it past this value.
+    let removals = store.removals();
+    if removals != whole.removals {
+        whole.roots.clear();
+        whole.removals = removals;
+    }
     let local = LocalOnly(store);
     let reader_store: &dyn venti::BlockStore = if fetch { store } else { &local };
     let mut count = ContentCount::default();
     let mut seen: HashSet<Address> = HashSet::new();
+    // Set once a block was missing or a tree could not be read: from then on a block
+    // seen before may head a subtree that is not whole, so sharing one proves nothing.
+    let mut round_incomplete = false;
     let mut seen_roots: HashSet<Address> = HashSet::new();
     for root in roots {
         if stop.load(Ordering::Relaxed) {
@@ -1027,6 +1054,9 @@ pub fn walk_content(
             continue;
         }
         count.referenced_bytes += root.length;
+        if whole.roots.contains(&root.address) {
+            continue;
+        }
         // Each tree is of one epoch: its root's.
         let Some(epoch_keys) = keys(root.epoch) else {
             tracing::debug!(root = %root.address, epoch = root.epoch, "content walk: a tree of a key epoch not held here");
@@ -1034,13 +1064,22 @@ pub fn walk_content(
         };
         let reader = TreeReader::new(reader_store, &epoch_keys);
         let mut batch: Vec<Address> = Vec::new();
+        let mut tree_whole = true;
         let walked = reader.walk(root, |block| {
-            if stop.load(Ordering::Relaxed) || !seen.insert(block.address) {
+            if stop.load(Ordering::Relaxed) {
+                tree_whole = false;
+                round_incomplete = true;
+                return Ok(false);
+            }
+            if !seen.insert(block.address) {
+                tree_whole &= !round_incomplete;
                 return Ok(false);
             }
             if store.contains(&block.address)? {
                 return Ok(true);
             }
+            tree_whole = false;
+            round_incomplete = true;
             if !fetch {
                 count.missing_bytes += block.length;
                 return Ok(false);
@@ -1059,12 +1098,23 @@ pub fn walk_content(
         } else {
             Ok(())
         };
-        if let Err(error) = walked.and(fetched) {
-            // Counting: a held pointer block that cannot be read is damaged here;
-            // fetching: a block no device sent. The next walk tries again.
-            tracing::debug!(root = %root.address, %error, "content walk: a tree was not walked whole");
-            seen.remove(&root.address);
+        match walked.and(fetched) {
+            // Fetching proves nothing yet: the counting walk after it decides.
+            Ok(()) if tree_whole && !fetch => {
+                whole.roots.insert(root.address);
+            }
+            Ok(()) => {}
+            Err(error) => {
+                round_incomplete = true;
+                // Counting: a held pointer block that cannot be read is damaged here;
+                // fetching: a block no device sent. The next walk tries again.
+                tracing::debug!(root = %root.address, %error, "content walk: a tree was not walked whole");
+                seen.remove(&root.address);
+            }
         }
+    }
+    if !fetch && !stop.load(Ordering::Relaxed) {
+        whole.roots.retain(|root| seen_roots.contains(root));
     }
     count
 }
@@ -1077,6 +1127,7 @@ fn content_walk_loop(
     stopping: &AtomicBool,
     progress: &parking_lot::Mutex<ContentProgress>,
 ) {
+    let mut whole = WholeTrees::default();
     while !stopping.load(Ordering::SeqCst) {
         // The volume only for the roots: a walk never keeps it from closing.
         let upgraded = volume.lock().upgrade();
@@ -1087,11 +1138,13 @@ fn content_walk_loop(
             Some(Err(error)) => tracing::warn!(%error, "content walk: no roots"),
             Some(Ok(roots)) => {
                 if keep == Keep::Full {
-                    // With everything held this costs what counting does.
+                    // Whole trees are skipped, so with everything held this is cheap.
                     progress.lock().fetching = true;
-                    walk_content(store, keys, &roots, true, stopping);
+                    walk_content(store, keys, &roots, true, &mut whole, stopping);
                 }
-                let count = walk_content(store, keys, &roots, false, stopping);
+                let counting = Instant::now();
+                let count = walk_content(store, keys, &roots, false, &mut whole, stopping);
+                let counted_in = counting.elapsed();
                 let missing = count.missing_bytes;
                 {
                     let mut progress = progress.lock();
@@ -1103,6 +1156,9 @@ fn content_walk_loop(
                 if keep == Keep::Full && missing > 0 {
                     wait = CONTENT_FETCH_RETRY;
                 }
+                // Counting that still reads much (an on-demand device whose cache
+                // evicts walks every tree again) takes at most a share of one core.
+                wait = wait.max(counted_in * CONTENT_WALK_PACE);
             }
         }
         let deadline = Instant::now() + wait;
@@ -2150,7 +2206,14 @@ mod tests {
         let stop = AtomicBool::new(false);
 
         let copy = store_in(&dir.path().join("copy"));
-        let counted = walk_content(&copy, &by_epoch(&keys), &roots, false, &stop);
+        let counted = walk_content(
+            &copy,
+            &by_epoch(&keys),
+            &roots,
+            false,
+            &mut WholeTrees::default(),
+            &stop,
+        );
         assert_eq!(counted.referenced_bytes, 3_100_000);
         assert_eq!(
             counted.missing_bytes, 3_100_000,
@@ -2159,7 +2222,14 @@ mod tests {
         // Counting never fetches.
         copy.set_remote(Some(Arc::new(Other(writer.clone()))), venti::Class::Pinned);
         assert_eq!(
-            walk_content(&copy, &by_epoch(&keys), &roots, false, &stop),
+            walk_content(
+                &copy,
+                &by_epoch(&keys),
+                &roots,
+                false,
+                &mut WholeTrees::default(),
+                &stop
+            ),
             counted
         );
         assert_eq!(copy.stats().unwrap().blocks, 0);
@@ -2181,7 +2251,14 @@ mod tests {
             )
             .unwrap();
         }
-        let partial = walk_content(&copy, &by_epoch(&keys), &roots, false, &stop);
+        let partial = walk_content(
+            &copy,
+            &by_epoch(&keys),
+            &roots,
+            false,
+            &mut WholeTrees::default(),
+            &stop,
+        );
         assert_eq!(partial.referenced_bytes, 3_100_000);
         assert!(
             partial.missing_bytes > 0 && partial.missing_bytes <= 3_000_000,
@@ -2189,8 +2266,22 @@ mod tests {
         );
 
         // A full copy fetches everything (pinned), after which nothing is missing.
-        walk_content(&copy, &by_epoch(&keys), &roots, true, &stop);
-        let complete = walk_content(&copy, &by_epoch(&keys), &roots, false, &stop);
+        walk_content(
+            &copy,
+            &by_epoch(&keys),
+            &roots,
+            true,
+            &mut WholeTrees::default(),
+            &stop,
+        );
+        let complete = walk_content(
+            &copy,
+            &by_epoch(&keys),
+            &roots,
+            false,
+            &mut WholeTrees::default(),
+            &stop,
+        );
         assert_eq!(complete.missing_bytes, 0, "{complete:?}");
         let mut all = HashSet::new();
         for root in &roots {
@@ -2206,9 +2297,78 @@ mod tests {
         // A stop request ends a walk at once.
         stop.store(true, Ordering::SeqCst);
         assert_eq!(
-            walk_content(&copy, &by_epoch(&keys), &roots, false, &stop),
+            walk_content(
+                &copy,
+                &by_epoch(&keys),
+                &roots,
+                false,
+                &mut WholeTrees::default(),
+                &stop
+            ),
             ContentCount::default()
         );
+    }
+
+    #[test]
+    fn whole_trees_are_not_walked_again_until_the_store_drops_a_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = EpochKeys::derive(&[4; 32], &[2; 16], 0);
+        let writer = store_in(&dir.path().join("writer"));
+        let big = write_tree(&writer, &keys, 3_000_000, 1);
+        let small = write_tree(&writer, &keys, 100_000, 2);
+        writer.sync().unwrap();
+        let stop = AtomicBool::new(false);
+        let copy = store_in(&dir.path().join("copy"));
+        let mut big_blocks = HashSet::new();
+        let reader = TreeReader::new(writer.as_ref(), &keys);
+        venti::gc::mark_tree(&reader, &big, &mut big_blocks).unwrap();
+        let mut all = big_blocks.clone();
+        venti::gc::mark_tree(&reader, &small, &mut all).unwrap();
+        for address in &all {
+            let sealed = writer.get_local(address).unwrap();
+            copy.put(address, &sealed, venti::Class::Cached).unwrap();
+        }
+        copy.sync().unwrap();
+
+        let mut whole = WholeTrees::default();
+        let roots = [big, small];
+        let first = walk_content(&copy, &by_epoch(&keys), &roots, false, &mut whole, &stop);
+        assert_eq!(
+            (first.referenced_bytes, first.missing_bytes),
+            (3_100_000, 0)
+        );
+        assert_eq!(whole.roots, HashSet::from([big.address, small.address]));
+        // Nothing dropped: the same count, from memory.
+        let again = walk_content(&copy, &by_epoch(&keys), &roots, false, &mut whole, &stop);
+        assert_eq!(again, first);
+
+        // A block of the big tree leaves the store: that tree is walked again and is
+        // missing what is under it; the small tree is still whole.
+        let dropped = *big_blocks
+            .iter()
+            .find(|address| **address != big.address && copy.class(address).unwrap().is_some())
+            .unwrap();
+        let dropped_bytes = {
+            let mut length = None;
+            reader
+                .walk(&big, |block| {
+                    if block.address == dropped {
+                        length = Some(block.length);
+                    }
+                    Ok(true)
+                })
+                .unwrap();
+            length.unwrap()
+        };
+        copy.remove(&[dropped]).unwrap();
+        let after = walk_content(&copy, &by_epoch(&keys), &roots, false, &mut whole, &stop);
+        assert_eq!(after.referenced_bytes, 3_100_000);
+        assert_eq!(after.missing_bytes, dropped_bytes);
+        assert_eq!(whole.roots, HashSet::from([small.address]));
+
+        // A tree no longer referred to is forgotten.
+        walk_content(&copy, &by_epoch(&keys), &[big], false, &mut whole, &stop);
+        assert!(whole.roots.is_empty(), "{:?}", whole.roots);
     }
 
     #[test]
