@@ -438,10 +438,35 @@ fn unmount(dirs: &Dirs, dir: &Path) -> Result<()> {
             return Ok(());
         }
     }
-    // No live daemon serves it: a mount left behind by a daemon that died, or one that
-    // is wedged while dying. Aborting the connection first frees programs blocked on it
-    // and lets such a daemon finish; the detach then removes the mount.
+    // No daemon reachable through this runtime directory serves it.
     match mounts::mounted_at(dir) {
+        Some(entry) if entry.is_kith() && daemon_answers(dir) => {
+            // A live daemon started with another XDG_RUNTIME_DIR (another login, sudo):
+            // unmount it as the kernel would; the daemon sees its session end and stops
+            // cleanly. Aborting it would fail every program using the mount.
+            match mounts::unmount(dir, false) {
+                Ok(()) => {
+                    println!(
+                        "kith: unmounted {} (its daemon runs outside {}; it stops by itself)",
+                        dir.display(),
+                        dirs.runtime.display()
+                    );
+                    Ok(())
+                }
+                Err(error) if error.raw_os_error() == Some(libc::EBUSY) => Err(Error::MountPoint {
+                    path: dir.to_owned(),
+                    problem: "busy (files open or a shell in it)".to_owned(),
+                }),
+                Err(source) => Err(Error::Path {
+                    what: "unmount",
+                    path: dir.to_owned(),
+                    source,
+                }),
+            }
+        }
+        // A mount left behind by a daemon that died, or one that is wedged while dying.
+        // Aborting the connection first frees programs blocked on it and lets such a
+        // daemon finish; the detach then removes the mount.
         Some(entry) if entry.is_kith() => {
             let aborted = mounts::abort_connection(dir);
             detach(dir)?;
@@ -463,6 +488,24 @@ fn unmount(dirs: &Dirs, dir: &Path) -> Result<()> {
             path: dir.to_owned(),
         }),
     }
+}
+
+/// How long a daemon has to answer [`daemon_answers`]'s probe.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether a daemon answers on the FUSE connection mounted at `dir`. `statfs` always
+/// reaches the daemon (the kernel caches no answer). A dead daemon's connection fails
+/// it at once; a wedged one leaves it hanging, and the probe thread stays blocked
+/// until the caller aborts the connection or exits.
+fn daemon_answers(dir: &Path) -> bool {
+    let (answer_tx, answer_rx) = std::sync::mpsc::channel();
+    let path = dir.to_owned();
+    let probe = std::thread::Builder::new()
+        .name("kith-probe".into())
+        .spawn(move || {
+            let _ = answer_tx.send(nix::sys::statfs::statfs(&path).is_ok());
+        });
+    probe.is_ok() && answer_rx.recv_timeout(PROBE_TIMEOUT).unwrap_or(false)
 }
 
 fn detach(dir: &Path) -> Result<()> {

@@ -224,6 +224,59 @@ impl Drop for UnmountOnDrop {
     }
 }
 
+/// `kith unmount` run where the daemon's control socket cannot be found (another
+/// XDG_RUNTIME_DIR: another login, sudo) must not take a live daemon for a dead one
+/// and abort its connection under the programs using it.
+#[test]
+fn unmount_from_another_runtime_dir_stops_a_live_daemon_cleanly() -> anyhow::Result<()> {
+    if skip_without_fuse("unmount_from_another_runtime_dir_stops_a_live_daemon_cleanly") {
+        return Ok(());
+    }
+    let kith = Kith::new()?;
+    let pid = kith.mount()?;
+    let content = pattern(11, 300_000);
+    fs::write(kith.path("kept"), &content)?;
+    let elsewhere = kith.root().join("other-run");
+    fs::create_dir(&elsewhere)?;
+    let unmount_elsewhere = || {
+        kith.command([OsStr::new("unmount"), kith.mnt.as_os_str()])
+            .env("XDG_RUNTIME_DIR", &elsewhere)
+            .output()
+    };
+
+    // In use: refused as busy, and the program keeps working.
+    let open = fs::File::open(kith.path("kept"))?;
+    let busy = unmount_elsewhere()?;
+    let said = String::from_utf8_lossy(&busy.stderr).into_owned();
+    assert!(!busy.status.success(), "{said}");
+    assert!(said.contains("busy"), "{said}");
+    assert!(kith.is_mounted());
+    assert_eq!(fs::read(kith.path("kept"))?, content);
+    drop(open);
+
+    let done = unmount_elsewhere()?;
+    let said = String::from_utf8_lossy(&done.stdout).into_owned();
+    assert!(
+        done.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(
+        said.contains("unmounted") && !said.contains("aborted"),
+        "{said}"
+    );
+    assert!(
+        wait_gone(pid, Duration::from_secs(20)),
+        "the daemon did not stop"
+    );
+    assert!(!kith.is_mounted());
+
+    kith.mount()?;
+    assert_eq!(fs::read(kith.path("kept"))?, content);
+    kith.unmount()?;
+    Ok(())
+}
+
 #[test]
 fn sigterm_syncs_and_unmounts() -> anyhow::Result<()> {
     if skip_without_fuse("sigterm_syncs_and_unmounts") {
