@@ -674,15 +674,29 @@ impl<'s> TreeReader<'s> {
     /// Bytes `offset .. offset + length` of the content under `root`, cut short at its
     /// end (like `pread`). Opens only the blocks covering the range.
     pub fn read_range(&self, root: &BlockRef, offset: u64, length: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_range_into(root, offset, length, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`TreeReader::read_range`] appended to `out`, so that a caller assembling a
+    /// larger buffer (a read-ahead window read in parts) copies each leaf once, from
+    /// where it was opened into `out`. On an error `out` may hold part of the range.
+    pub fn read_range_into(
+        &self,
+        root: &BlockRef,
+        offset: u64,
+        length: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let end = offset.saturating_add(length).min(root.length);
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let wanted = usize::try_from(end - offset).unwrap_or(usize::MAX);
-        let mut out = Vec::with_capacity(wanted.min(READ_PREALLOC_BYTES_MAX));
+        out.reserve(wanted.min(READ_PREALLOC_BYTES_MAX));
         let mut sealed = Vec::new();
-        self.read_node(root, None, offset, end, &mut out, &mut sealed)?;
-        Ok(out)
+        self.read_node(root, None, offset, end, out, &mut sealed)
     }
 
     /// All content under `root`.
@@ -1811,6 +1825,10 @@ mod tests {
                 let start = (offset as usize).min(bytes);
                 let end = (offset.saturating_add(length) as usize).min(bytes);
                 prop_assert_eq!(reader.read_range(&root, offset, length).unwrap(), &data[start..end.max(start)]);
+                let mut appended = b"before".to_vec();
+                reader.read_range_into(&root, offset, length, &mut appended).unwrap();
+                prop_assert_eq!(&appended[..6], b"before");
+                prop_assert_eq!(&appended[6..], &data[start..end.max(start)]);
             }
         }
     }

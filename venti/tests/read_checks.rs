@@ -263,6 +263,20 @@ fn a_read_of_undamaged_trees_matches_get_and_open() -> TestResult {
     let store = fixture.open()?;
     let reader = TreeReader::new(&store, &fixture.keys);
     assert_eq!(reader.read_all(&fixture.root)?, fixture.content);
+    // Compressed leaves open into buffers of their own.
+    let text = b"compressible text, ".repeat(100_000);
+    let mut writer = TreeWriter::new(&store, &fixture.keys, Class::Pinned);
+    writer.write(&text)?;
+    let text_root = writer.finish()?;
+    store.sync()?;
+    drop(store);
+    let store = fixture.open()?;
+    let reader = TreeReader::new(&store, &fixture.keys);
+    assert_eq!(reader.read_all(&text_root)?, text);
+    assert_eq!(
+        reader.read_range(&text_root, 777_777, 300_000)?,
+        &text[777_777..1_077_777]
+    );
     for (_, leaf) in &fixture.leaves {
         let mut buffer = vec![0xEE; 7];
         let fetched = store.get_for_open(&leaf.address, &mut buffer)?;
