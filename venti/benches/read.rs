@@ -63,7 +63,11 @@ fn text(bytes: usize, seed: u64) -> Vec<u8> {
         if state.is_multiple_of(7) {
             out.extend_from_slice((state % 100_000).to_string().as_bytes());
         }
-        out.push(if state.is_multiple_of(11) { b'\n' } else { b' ' });
+        out.push(if state.is_multiple_of(11) {
+            b'\n'
+        } else {
+            b' '
+        });
     }
     out.truncate(bytes);
     out
