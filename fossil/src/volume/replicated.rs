@@ -77,14 +77,6 @@ const AHEAD_BYTES_MAX: usize = 16 << 20;
 /// Most ops handed to the agreement in one call (the replica refuses a call that does
 /// not fit its queue whole; this keeps one call well inside it).
 const PROPOSE_OPS_MAX: usize = 1024;
-/// A committed prefix waits at least this long for its database commit (unless forced
-/// or at `commit_ops_max` ops). Each group commit applies again the ops queued after
-/// the last committed batch (see [`State::promote_through_savepoint`]): about the
-/// ops of the last [`super::CLOSE_PROPOSE_GAP`] plus a commit round, which is a few
-/// per cent of a group this long and most of one as short as the commit interval.
-/// Committed ops the database does not hold yet are still in the agreement's log: a
-/// crash costs their replay at the next open, nothing else.
-const GROUP_COMMIT_WAIT_MIN: Duration = Duration::from_millis(200);
 /// Most savepoints one pending layer holds (each proposed batch ends with one; pages
 /// changed after a savepoint are journaled once for it).
 const SAVEPOINTS_MAX: usize = 256;
@@ -496,7 +488,7 @@ impl Replica {
             committed_prefix: 0,
             verified_end: 0,
             deferred_since: None,
-            group_commit: group_commit.max(GROUP_COMMIT_WAIT_MIN),
+            group_commit,
             group_commit_ops_max,
             create_if_empty,
             genesis_wait,
