@@ -88,9 +88,6 @@ pub struct Namespace {
     rolled_back: bool,
     /// Decoded copies of inode rows as the database has them (see the module doc).
     inode_cache: RefCell<HashMap<InodeNo, Inode>>,
-    /// Tags of the savepoints in the open transaction, oldest first (see
-    /// [`Namespace::savepoint`]). Empty outside a transaction.
-    savepoints: Vec<u64>,
     /// Test hook: the next commit fails as on a full disk, rolled back.
     #[cfg(test)]
     pub(crate) fail_next_commit: bool,
@@ -123,9 +120,6 @@ impl Namespace {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "cache_size", -32768)?;
-        // Savepoints journal the pages they may have to restore; in memory, not in a
-        // temporary file (they live for one group commit).
-        conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.execute_batch(SCHEMA)?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(Namespace::over(conn))
@@ -137,7 +131,6 @@ impl Namespace {
             in_transaction: false,
             rolled_back: false,
             inode_cache: RefCell::new(HashMap::new()),
-            savepoints: Vec::new(),
             #[cfg(test)]
             fail_next_commit: false,
         }
@@ -154,7 +147,6 @@ impl Namespace {
             self.forget_cached_inodes();
         }
         if !self.in_transaction {
-            self.savepoints.clear();
             self.conn.execute_batch("BEGIN")?;
             self.in_transaction = true;
         }
@@ -165,7 +157,6 @@ impl Namespace {
     /// back: [`Namespace::in_transaction`] then says false, and the caller must apply
     /// again what the transaction held.
     pub fn commit(&mut self) -> Result<()> {
-        self.savepoints.clear();
         let lost = std::mem::take(&mut self.rolled_back)
             || (self.in_transaction && self.conn.is_autocommit());
         if lost {
@@ -203,7 +194,6 @@ impl Namespace {
     /// Drop the open transaction's changes (a replicated volume's pending layer).
     pub fn rollback(&mut self) -> Result<()> {
         self.forget_cached_inodes();
-        self.savepoints.clear();
         self.rolled_back = false;
         if !self.conn.is_autocommit() {
             self.conn.execute_batch("ROLLBACK")?;
@@ -215,54 +205,6 @@ impl Namespace {
     /// A transaction is open: applied changes are not yet committed.
     pub fn in_transaction(&self) -> bool {
         self.in_transaction
-    }
-
-    /// Mark the state of the open transaction as it is now under `tag`, so that
-    /// [`Namespace::rollback_to`] can return to it later without ending the
-    /// transaction. Tags must increase within a transaction. A replicated volume marks
-    /// the end of each proposed batch of its pending layer: when that batch commits, the
-    /// database returns to the mark and commits there, instead of rolling everything
-    /// back and applying the batch again.
-    pub fn savepoint(&mut self, tag: u64) -> Result<()> {
-        if !self.in_transaction || self.conn.is_autocommit() {
-            return Err(Error::Invalid("savepoint outside a transaction"));
-        }
-        if self.savepoints.last().is_some_and(|last| *last >= tag) {
-            return Err(Error::Invalid("savepoint tags must increase"));
-        }
-        self.conn.execute_batch(&format!("SAVEPOINT s{tag}"))?;
-        self.savepoints.push(tag);
-        Ok(())
-    }
-
-    /// The open transaction holds a savepoint under `tag`.
-    pub fn has_savepoint(&self, tag: u64) -> bool {
-        self.in_transaction && self.savepoints.binary_search(&tag).is_ok()
-    }
-
-    /// How many savepoints the open transaction holds.
-    pub fn savepoint_count(&self) -> usize {
-        self.savepoints.len()
-    }
-
-    /// Undo what the open transaction did since the savepoint `tag` (later savepoints
-    /// go with it); the transaction stays open, `tag` included. An error leaves the
-    /// caller to roll back: the transaction may be gone (SQLite rolled it back on its
-    /// own) or the savepoint unknown.
-    pub fn rollback_to(&mut self, tag: u64) -> Result<()> {
-        self.forget_cached_inodes();
-        let Ok(index) = self.savepoints.binary_search(&tag) else {
-            return Err(Error::Invalid("no such savepoint"));
-        };
-        if !self.in_transaction || self.conn.is_autocommit() {
-            self.savepoints.clear();
-            return Err(Error::Io(std::io::Error::other(
-                "namespace transaction was rolled back by the database",
-            )));
-        }
-        self.conn.execute_batch(&format!("ROLLBACK TO s{tag}"))?;
-        self.savepoints.truncate(index + 1);
-        Ok(())
     }
 
     fn forget_cached_inodes(&self) {

@@ -82,13 +82,6 @@ const REWRITE_IN_MEMORY_BYTES_MAX: usize = 4 << 20;
 const STREAM_AFTER_BYTES: u64 = 256 << 10;
 /// Pieces of a streamed copy or rewrite.
 const COPY_BYTES: usize = 1 << 20;
-/// Replicated: a close that wrote has the background thread propose at once, but no
-/// sooner than this after its previous commit point. The closes of a burst (an
-/// unpacked archive) then share one content sync, one proposal (sealed, and fsynced
-/// by the agreement) and one wake-up of the applier per few milliseconds instead of
-/// paying them every few files, on the cores the files' own requests need. Another
-/// device hears of a close at most this much later; `fsync` does not wait for it.
-const CLOSE_PROPOSE_GAP: Duration = Duration::from_millis(10);
 
 /// How to open a volume. `Default` gives a device-1 volume on a file log.
 pub struct VolumeOptions {
@@ -1024,8 +1017,7 @@ impl Volume {
     }
 
     /// Replicated: a close that wrote has the background thread propose its op now
-    /// (at most [`CLOSE_PROPOSE_GAP`] after its previous commit point) instead of at
-    /// the end of the interval, without waiting for it here. A burst of
+    /// instead of at the end of the interval, without waiting for it here. A burst of
     /// closes (an unpacked archive) shares one content sync and one proposal, where
     /// waiting for each commit would cost every file a quorum round trip; `fsync`
     /// is the call that waits for the commit.
@@ -1589,8 +1581,6 @@ impl Drop for Volume {
 }
 
 fn background_loop(shared: Weak<Shared>, interval: Duration) {
-    let gap = CLOSE_PROPOSE_GAP.min(interval);
-    let mut last_done: Option<Instant> = None;
     loop {
         let Some(shared) = shared.upgrade() else {
             return;
@@ -1603,15 +1593,10 @@ fn background_loop(shared: Weak<Shared>, interval: Duration) {
             let asked = std::sync::atomic::Ordering::AcqRel;
             if !shared.commit_soon.swap(false, asked) {
                 shared.wake.wait_for(&mut stop, interval);
-            } else if let Some(deadline) = last_done.map(|done| done + gap) {
-                // Closes asked: go soon, but let the closes of a burst gather first.
-                while !*stop && Instant::now() < deadline {
-                    shared.wake.wait_until(&mut stop, deadline);
-                }
+                shared
+                    .commit_soon
+                    .store(false, std::sync::atomic::Ordering::Release);
             }
-            shared
-                .commit_soon
-                .store(false, std::sync::atomic::Ordering::Release);
             if *stop {
                 return;
             }
@@ -1619,7 +1604,6 @@ fn background_loop(shared: Weak<Shared>, interval: Duration) {
         if let Err(error) = background_commit(&shared) {
             tracing::warn!(%error, "volume: background commit failed");
         }
-        last_done = Some(Instant::now());
         replicated::checkpoint_if_due(&shared);
     }
 }

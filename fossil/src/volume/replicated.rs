@@ -9,14 +9,6 @@
 //! carries its preconditions, so a pending op resolves at commit exactly as it does on
 //! every other device (a conflict name, a conflict copy, a no-op).
 //!
-//! Online, what commits is nearly always this device's own ops, exactly as proposed and
-//! with nothing between them (the committed prefix of the pending layer): their effect
-//! is in the open transaction already. Each proposed batch ends with a savepoint of
-//! that transaction, so when a batch has committed the database returns to its
-//! savepoint and commits there, and only the ops queued after it are applied again:
-//! each op is applied about once, not two or three times, and the volume lock is held
-//! for that much less.
-//!
 //! Ordering: an op's blocks are synced before the op is proposed (other devices fetch
 //! them from here). Ops queue in memory like the single-device log buffer and are
 //! proposed together at commit points (interval, fsync, close of a written file,
@@ -77,9 +69,6 @@ const AHEAD_BYTES_MAX: usize = 16 << 20;
 /// Most ops handed to the agreement in one call (the replica refuses a call that does
 /// not fit its queue whole; this keeps one call well inside it).
 const PROPOSE_OPS_MAX: usize = 1024;
-/// Most savepoints one pending layer holds (each proposed batch ends with one; pages
-/// changed after a savepoint are journaled once for it).
-const SAVEPOINTS_MAX: usize = 256;
 /// A checkpoint is due once this many slots were applied since the last one. The log
 /// behind a checkpoint costs memory and disk on every device (the agreement keeps
 /// committed entries, sealed and signed, a few hundred bytes each for metadata ops)
@@ -325,10 +314,6 @@ pub(super) struct Replica {
     pub(super) checkpoints: Arc<Checkpoints>,
     /// Told how a long run goes while it is applied.
     pub(super) apply_progress: ProgressHook,
-    /// Ops applied to the database again after their first application in the pending
-    /// layer (a committed run, the pending layer rebuilt): the work group commits exist
-    /// to keep small.
-    applied_again: u64,
 }
 
 /// An optional [`ApplyProgressHook`]; `Debug` says only whether there is one.
@@ -429,23 +414,6 @@ pub(super) struct PendingOp {
     proposal: Proposal,
     /// What it did in the pending layer last time it was applied.
     outcome: Outcome,
-    /// The slot it committed in, once it is in the committed prefix.
-    committed_slot: Option<Slot>,
-    /// A proposed batch ended with this op: the pending layer marks the state after it
-    /// with a savepoint tagged with its seq (see [`State::promote_through_savepoint`]).
-    batch_end: bool,
-}
-
-impl PendingOp {
-    fn new(op: Op, proposal: Proposal) -> PendingOp {
-        PendingOp {
-            op,
-            proposal,
-            outcome: Outcome::Applied,
-            committed_slot: None,
-            batch_end: false,
-        }
-    }
 }
 
 /// Where a pending op is on its way into the agreement.
@@ -497,14 +465,17 @@ impl Replica {
             ahead: CommittedAhead::default(),
             checkpoints: Arc::new(checkpoints),
             apply_progress: ProgressHook::default(),
-            applied_again: 0,
         }
     }
 
     /// Add a local op to the batch; answers the provisional slot it is applied at.
     pub(super) fn queue(&mut self, op: Op) -> u64 {
         let slot = self.provisional_slot(self.pending.len());
-        self.pending.push_back(PendingOp::new(op, Proposal::Queued));
+        self.pending.push_back(PendingOp {
+            op,
+            proposal: Proposal::Queued,
+            outcome: Outcome::Applied,
+        });
         slot
     }
 
@@ -586,9 +557,11 @@ impl State {
                     continue;
                 }
             };
-            self.replica()?
-                .pending
-                .push_back(PendingOp::new(op, Proposal::Proposed(id)));
+            self.replica()?.pending.push_back(PendingOp {
+                op,
+                proposal: Proposal::Proposed(id),
+                outcome: Outcome::Applied,
+            });
         }
         let applied_seq = self.ns.author(self.device)?.map_or(0, |(seq, _)| seq);
         let pending_seq = self
@@ -756,7 +729,6 @@ impl State {
                 }
                 match Op::decode(&bytes) {
                     Ok(op) => {
-                        self.replica()?.applied_again += 1;
                         let outcome = apply(&self.ns, slot, &op)?;
                         self.after_apply(&outcome)?;
                         if op.author == self.device {
@@ -823,9 +795,8 @@ impl State {
             else {
                 return Ok(false);
             };
-            for (slot, bytes) in &run.ops {
-                let index = replica.committed_prefix;
-                let Some(next) = replica.pending.get_mut(index) else {
+            for (_, bytes) in &run.ops {
+                let Some(next) = replica.pending.get(replica.committed_prefix) else {
                     return Ok(false);
                 };
                 if next.proposal == Proposal::Queued
@@ -834,7 +805,6 @@ impl State {
                 {
                     return Ok(false);
                 }
-                next.committed_slot = Some(*slot);
                 replica.committed_prefix += 1;
                 replica.checkpoints.note_bytes(bytes.len());
             }
@@ -863,92 +833,6 @@ impl State {
         Ok(())
     }
 
-    /// Part of the pending layer is committed: the first `committed_prefix` ops, and a
-    /// savepoint marks the state after the first `count` of them (the end of a proposed
-    /// batch, `count <= committed_prefix`). Return the database to that savepoint,
-    /// which is exactly the committed state through those ops, commit it, and apply
-    /// only the ops after it again (usually a few: those queued since the batch was
-    /// proposed). Without the savepoint every committed op would be applied a second
-    /// time (and the later ones a third) under the volume lock.
-    ///
-    /// An error leaves the pending layer rebuilt on the committed state, as
-    /// [`State::reapply_pending`] does.
-    fn promote_through_savepoint(&mut self, count: usize) -> Result<()> {
-        let replica = self.replica()?;
-        let (tag, end) = match count
-            .checked_sub(1)
-            .and_then(|last| replica.pending.get(last))
-        {
-            Some(last) if count <= replica.committed_prefix => {
-                let end = if count == replica.committed_prefix {
-                    replica.verified_end
-                } else {
-                    match last.committed_slot {
-                        Some(slot) => slot.saturating_add(1),
-                        None => return Err(Error::Invalid("committed op without a slot")),
-                    }
-                };
-                (last.op.seq, end)
-            }
-            _ => return Err(Error::Invalid("no committed batch to promote")),
-        };
-        let promoted = self
-            .ns
-            .rollback_to(tag)
-            .and_then(|()| self.ns.set_applied_end(end))
-            .and_then(|()| self.ns.commit());
-        if let Err(error) = promoted {
-            self.reapply_pending()?;
-            return Err(error);
-        }
-        let replica = self.replica()?;
-        replica.pending.drain(..count);
-        replica.committed_prefix -= count;
-        replica.ahead.forget_below(end);
-        replica.applied_end = end;
-        replica.applied_end_shared.store(end, Ordering::Release);
-        replica.agreement.note_applied(end);
-        // The rest of the prefix waits for the next group commit.
-        replica.deferred_since = (replica.committed_prefix > 0).then(Instant::now);
-        self.reapply_pending()
-    }
-
-    /// The largest number of leading pending ops, at most `committed_prefix`, that a
-    /// savepoint of the open transaction ends exactly after; 0 if none.
-    fn savepoint_within_prefix(&self) -> usize {
-        let Some(replica) = self.replica.as_ref() else {
-            return 0;
-        };
-        (1..=replica.committed_prefix)
-            .rev()
-            .find(|&count| {
-                replica.pending.get(count - 1).is_some_and(|pending| {
-                    pending.batch_end && self.ns.has_savepoint(pending.op.seq)
-                })
-            })
-            .unwrap_or(0)
-    }
-
-    /// Mark the end of a batch just taken for proposal with a savepoint, if the batch
-    /// ends with the last op the pending layer holds (the state after it is then the
-    /// state now). Not marking only costs the faster promotion later.
-    fn mark_batch_end(&mut self, last_seq: u64) {
-        let marks = self.ns.savepoint_count();
-        let Some(replica) = self.replica.as_mut() else {
-            return;
-        };
-        let Some(last) = replica.pending.back_mut() else {
-            return;
-        };
-        if last.op.seq != last_seq || marks >= SAVEPOINTS_MAX || !self.ns.in_transaction() {
-            return;
-        }
-        last.batch_end = true;
-        if let Err(error) = self.ns.savepoint(last_seq) {
-            tracing::debug!(%error, "volume: no savepoint at the end of a proposed batch");
-        }
-    }
-
     /// The names map follows an own inode that ended up under another name.
     fn follow_rename(&mut self, outcome: &Outcome) {
         if let Outcome::Conflict { ino, parent, name } | Outcome::Created { ino, parent, name } =
@@ -968,9 +852,7 @@ impl State {
         let mut changed = Vec::new();
         let mut result = Ok(());
         for (index, entry) in pending.iter_mut().enumerate() {
-            let replica = self.replica()?;
-            replica.applied_again += 1;
-            let slot = replica.provisional_slot(index);
+            let slot = self.replica()?.provisional_slot(index);
             let outcome = match apply(&self.ns, slot, &entry.op) {
                 Ok(outcome) => outcome,
                 Err(error) => {
@@ -981,12 +863,6 @@ impl State {
             if let Err(error) = self.after_apply(&outcome) {
                 result = Err(error);
                 break;
-            }
-            if entry.batch_end
-                && self.ns.savepoint_count() < SAVEPOINTS_MAX
-                && let Err(error) = self.ns.savepoint(entry.op.seq)
-            {
-                tracing::debug!(%error, "volume: no savepoint at the end of a proposed batch");
             }
             if outcome != entry.outcome {
                 touched(&entry.op, &entry.outcome, &mut changed);
@@ -1035,10 +911,6 @@ impl State {
             }
             if replica.committed_prefix == replica.pending.len() {
                 return self.promote_pending();
-            }
-            let count = self.savepoint_within_prefix();
-            if count > 0 {
-                return self.promote_through_savepoint(count);
             }
         }
         let applied = self.apply_committed_run(end);
@@ -1115,10 +987,9 @@ impl State {
         let agreement = Arc::clone(&replica.agreement);
         self.uncommitted_ops = 0;
         self.last_commit = Instant::now();
-        let Some(&last_seq) = seqs.last() else {
+        if ops.is_empty() {
             return Ok(None);
-        };
-        self.mark_batch_end(last_seq);
+        }
         Ok(Some(Batch {
             agreement,
             ops,
@@ -1827,161 +1698,6 @@ mod tests {
             told.len()
         );
         assert_eq!(names(&b), numbered("dir", DIRS));
-    }
-
-    /// A device-1 volume on `group` that proposes only when told (no timer, no
-    /// applier thread), so a test decides what is proposed and committed when.
-    fn open_by_hand(group: &MemGroup, dir: &std::path::Path) -> Volume {
-        let agreement: Arc<dyn Agreement> = group.member(1);
-        let options = VolumeOptions {
-            device: DeviceId(1),
-            content: Some(Arc::new(Arc::new(MemContent::new()))),
-            agreement: Some(agreement),
-            commit_wait_ms: 50,
-            commit_interval_ms: 3_600_000,
-            background: false,
-            checkpoint_ops: 0,
-            checkpoint_bytes: 0,
-            ..VolumeOptions::default()
-        };
-        Volume::open_with(dir, options).unwrap()
-    }
-
-    /// Names under the root as the volume shows them (pending layer included), without
-    /// applying anything first.
-    fn shown(volume: &Volume) -> Vec<String> {
-        let mut names: Vec<String> = volume
-            .readdir(InodeNo::ROOT, 0)
-            .unwrap()
-            .iter()
-            .map(|entry| entry.name.to_string_lossy().into_owned())
-            .filter(|name| !name.starts_with('.'))
-            .collect();
-        names.sort();
-        names
-    }
-
-    /// Names under the root in the committed database (what a crash would leave).
-    fn committed_names(dir: &std::path::Path) -> (Vec<String>, Slot) {
-        let reader = Namespace::open_reader(&dir.join("namespace.sqlite")).unwrap();
-        let mut names: Vec<String> = Image::capture(&reader)
-            .unwrap()
-            .dirents
-            .iter()
-            .filter(|(parent, _, _)| *parent == InodeNo::ROOT)
-            .map(|(_, name, _)| String::from_utf8_lossy(name).into_owned())
-            .collect();
-        names.sort();
-        (names, reader.applied_end().unwrap())
-    }
-
-    fn applied_again(volume: &Volume) -> u64 {
-        let state = volume.shared.state.lock();
-        state
-            .replica
-            .as_ref()
-            .map_or(0, |replica| replica.applied_again)
-    }
-
-    #[test]
-    fn a_committed_batch_becomes_committed_state_without_being_applied_again() {
-        let group = MemGroup::new();
-        let dir = tempfile::tempdir().unwrap();
-        let volume = open_by_hand(&group, dir.path());
-        group.set_held(true);
-        let first = numbered("first", 10);
-        mkdirs_unsynced(&volume, &first);
-        propose(&volume.shared).unwrap();
-        let later = numbered("later", 5);
-        mkdirs_unsynced(&volume, &later);
-        group.commit_some(1, first.len());
-        let before = applied_again(&volume);
-
-        volume.apply_committed().unwrap();
-
-        // Only the ops after the committed batch were applied again.
-        assert_eq!(applied_again(&volume) - before, later.len() as u64);
-        let (on_disk, applied_end) = committed_names(dir.path());
-        assert_eq!(on_disk, first);
-        assert_eq!(applied_end, group.commit_end());
-        let mut everything = first.clone();
-        everything.extend(later.iter().cloned());
-        assert_eq!(shown(&volume), everything);
-        assert_eq!(volume.sync_status().pending, later.len());
-
-        group.set_held(false);
-        volume.sync_all().unwrap();
-        volume.apply_committed().unwrap();
-        assert_eq!(committed_names(dir.path()).0, everything);
-        drop(volume);
-        let reopened = open_by_hand(&group, dir.path());
-        assert_eq!(shown(&reopened), everything);
-    }
-
-    #[test]
-    fn a_commit_ending_inside_a_batch_is_committed_up_to_the_batch_before_it() {
-        let group = MemGroup::new();
-        let dir = tempfile::tempdir().unwrap();
-        let volume = open_by_hand(&group, dir.path());
-        group.set_held(true);
-        let first = numbered("first", 10);
-        mkdirs_unsynced(&volume, &first);
-        propose(&volume.shared).unwrap();
-        let second = numbered("second", 6);
-        mkdirs_unsynced(&volume, &second);
-        propose(&volume.shared).unwrap();
-        let unproposed = numbered("unproposed", 3);
-        mkdirs_unsynced(&volume, &unproposed);
-        // The first batch and half of the second commit.
-        group.commit_some(1, first.len() + second.len() / 2);
-        let before = applied_again(&volume);
-
-        volume.apply_committed().unwrap();
-
-        // Returned to the end of the first batch; the rest was applied again.
-        assert_eq!(
-            applied_again(&volume) - before,
-            (second.len() + unproposed.len()) as u64
-        );
-        let (on_disk, applied_end) = committed_names(dir.path());
-        assert_eq!(on_disk, first);
-        assert!(applied_end < group.commit_end());
-        // Half of the second batch is committed, but not yet committed state.
-        assert_eq!(
-            volume.sync_status().pending,
-            second.len() - second.len() / 2 + unproposed.len()
-        );
-
-        // The rest of the second batch commits: its savepoint was made again when the
-        // pending layer was rebuilt, so only the unproposed ops are applied again.
-        group.commit_some(1, second.len() - second.len() / 2);
-        let before = applied_again(&volume);
-        volume.apply_committed().unwrap();
-        assert_eq!(applied_again(&volume) - before, unproposed.len() as u64);
-        let mut committed = first.clone();
-        committed.extend(second.iter().cloned());
-        committed.sort();
-        let (on_disk, applied_end) = committed_names(dir.path());
-        assert_eq!(on_disk, committed);
-        assert_eq!(applied_end, group.commit_end());
-
-        group.set_held(false);
-        volume.sync_all().unwrap();
-        let mut everything = committed.clone();
-        everything.extend(unproposed.iter().cloned());
-        everything.sort();
-        assert_eq!(shown(&volume), everything);
-        drop(volume);
-        let reopened = open_by_hand(&group, dir.path());
-        assert_eq!(shown(&reopened), everything);
-    }
-
-    fn mkdirs_unsynced(volume: &Volume, names: &[String]) {
-        for name in names {
-            volume
-                .mkdir(InodeNo::ROOT, OsStr::new(name), 0o755, ME)
-                .unwrap();
-        }
     }
 
     #[test]
